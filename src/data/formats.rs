@@ -1,0 +1,258 @@
+//! Dataset row formats and their parsing into [`Example`]s: `text`, `alpaca`, `messages`
+//! (OpenAI-style `role`/`content`), `sharegpt` (`from`/`value`) and `pretokenized`
+//! (`input_ids`, optional `labels`). Column names can be remapped per source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::DataError;
+use super::source::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `{"text": ...}`: every token trained, EOS appended.
+    Text,
+    /// `instruction`, optional `input`, `output`: only the response is trained.
+    #[default]
+    Alpaca,
+    /// `messages: [{role, content}]`: only assistant turns are trained.
+    Messages,
+    /// `conversations: [{from, value}]` with `human`/`gpt`/`system`.
+    Sharegpt,
+    /// `input_ids` and optional `labels` (-100 = not trained).
+    Pretokenized,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [
+        Format::Text,
+        Format::Alpaca,
+        Format::Messages,
+        Format::Sharegpt,
+        Format::Pretokenized,
+    ];
+
+    /// The canonical column names of this format (what `fields` may remap).
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Format::Text => &["text"],
+            Format::Alpaca => &["instruction", "input", "output", "system"],
+            Format::Messages => &["messages", "role", "content"],
+            Format::Sharegpt => &["conversations", "from", "value"],
+            Format::Pretokenized => &["input_ids", "labels"],
+        }
+    }
+
+    /// Guess the format from a row's keys (used by `eval` without `--format`).
+    pub fn detect(row: &Value) -> Option<Format> {
+        let has = |k: &str| row.get(k).is_some();
+        if has("input_ids") {
+            Some(Format::Pretokenized)
+        } else if has("messages") {
+            Some(Format::Messages)
+        } else if has("conversations") {
+            Some(Format::Sharegpt)
+        } else if has("instruction") && has("output") {
+            Some(Format::Alpaca)
+        } else if has("text") {
+            Some(Format::Text)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Text => "text",
+            Format::Alpaca => "alpaca",
+            Format::Messages => "messages",
+            Format::Sharegpt => "sharegpt",
+            Format::Pretokenized => "pretokenized",
+        })
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.to_string() == s)
+            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt or pretokenized)"))
+    }
+}
+
+/// One chat message, roles normalised to `system`/`user`/`assistant` (others kept as given).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A parsed dataset row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Example {
+    Text(String),
+    Alpaca {
+        instruction: String,
+        input: String,
+        output: String,
+        system: Option<String>,
+    },
+    Chat(Vec<Message>),
+    Tokens {
+        input_ids: Vec<u32>,
+        labels: Option<Vec<i64>>,
+    },
+}
+
+/// Column renames: canonical field name -> the dataset's column name.
+pub type FieldMap = BTreeMap<String, String>;
+
+pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Example, DataError> {
+    let name = |canonical: &str| -> String {
+        fields
+            .get(canonical)
+            .cloned()
+            .unwrap_or_else(|| canonical.to_string())
+    };
+    let bad = |message: String| DataError::BadRow {
+        at: row.at.clone(),
+        message,
+    };
+    let get = |canonical: &str| row.value.get(name(canonical));
+    let text = |canonical: &str, required: bool| -> Result<Option<String>, DataError> {
+        match get(canonical) {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Null) | None if !required => Ok(None),
+            None | Some(Value::Null) => Err(bad(format!(
+                "missing field '{}' (format {format}; map columns with `fields:` in the recipe)",
+                name(canonical)
+            ))),
+            Some(other) => Err(bad(format!(
+                "field '{}' must be a string, found {}",
+                name(canonical),
+                type_name(other)
+            ))),
+        }
+    };
+    match format {
+        Format::Text => Ok(Example::Text(text("text", true)?.unwrap_or_default())),
+        Format::Alpaca => Ok(Example::Alpaca {
+            instruction: text("instruction", true)?.unwrap_or_default(),
+            input: text("input", false)?.unwrap_or_default(),
+            output: text("output", true)?.unwrap_or_default(),
+            system: text("system", false)?,
+        }),
+        Format::Messages | Format::Sharegpt => {
+            let (list_key, role_key, content_key) = if format == Format::Messages {
+                ("messages", "role", "content")
+            } else {
+                ("conversations", "from", "value")
+            };
+            let list = match get(list_key) {
+                Some(Value::Array(list)) => list,
+                None | Some(Value::Null) => {
+                    return Err(bad(format!("missing field '{}' (format {format})", name(list_key))));
+                }
+                Some(other) => {
+                    return Err(bad(format!(
+                        "field '{}' must be a list of messages, found {}",
+                        name(list_key),
+                        type_name(other)
+                    )));
+                }
+            };
+            let mut messages = Vec::with_capacity(list.len());
+            for (i, m) in list.iter().enumerate() {
+                let field = |key: &str| -> Result<String, DataError> {
+                    match m.get(name(key)) {
+                        Some(Value::String(s)) => Ok(s.clone()),
+                        _ => Err(bad(format!(
+                            "message {i} of '{}' has no string '{}'",
+                            name(list_key),
+                            name(key)
+                        ))),
+                    }
+                };
+                let role = normalise_role(&field(role_key)?);
+                messages.push(Message {
+                    role,
+                    content: field(content_key)?,
+                });
+            }
+            if !messages.iter().any(|m| m.role == "assistant") {
+                return Err(bad("conversation has no assistant message to train on".into()));
+            }
+            Ok(Example::Chat(messages))
+        }
+        Format::Pretokenized => {
+            let ints = |canonical: &str, required: bool| -> Result<Option<Vec<i64>>, DataError> {
+                match get(canonical) {
+                    Some(Value::Array(list)) => list
+                        .iter()
+                        .map(|v| {
+                            v.as_i64().ok_or_else(|| {
+                                bad(format!("'{}' must hold integers, found {v}", name(canonical)))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Some),
+                    None | Some(Value::Null) if !required => Ok(None),
+                    None | Some(Value::Null) => Err(bad(format!("missing field '{}'", name(canonical)))),
+                    Some(other) => Err(bad(format!(
+                        "field '{}' must be a list of integers, found {}",
+                        name(canonical),
+                        type_name(other)
+                    ))),
+                }
+            };
+            let ids = ints("input_ids", true)?.unwrap_or_default();
+            if ids.is_empty() {
+                return Err(bad("'input_ids' is empty".into()));
+            }
+            let input_ids = ids
+                .iter()
+                .map(|&i| u32::try_from(i).map_err(|_| bad(format!("token id {i} is negative or too large"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let labels = ints("labels", false)?;
+            if let Some(l) = &labels
+                && l.len() != input_ids.len()
+            {
+                return Err(bad(format!(
+                    "'labels' has {} entries but 'input_ids' has {}",
+                    l.len(),
+                    input_ids.len()
+                )));
+            }
+            Ok(Example::Tokens { input_ids, labels })
+        }
+    }
+}
+
+fn normalise_role(role: &str) -> String {
+    match role {
+        "human" | "user" => "user".into(),
+        "gpt" | "assistant" | "bot" | "model" => "assistant".into(),
+        "system" => "system".into(),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

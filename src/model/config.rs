@@ -1,0 +1,242 @@
+//! `config.json` of a Hugging Face causal LM, mirrored as it is on disk, and the normalised
+//! [`ModelConfig`] the decoder is built from.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::arch::Architecture;
+use super::error::ModelError;
+
+/// Rotary-embedding parameters as transformers 5 writes them (`rope_parameters`) or as released
+/// checkpoints write them (`rope_scaling`, with `type` or `rope_type`).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RopeParameters {
+    pub rope_theta: Option<f64>,
+    pub rope_type: Option<String>,
+    #[serde(rename = "type")]
+    pub legacy_type: Option<String>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// `eos_token_id` may be one id or a list of ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => u32::try_from(*id).into_iter().collect(),
+            TokenIds::Many(ids) => ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect(),
+        }
+    }
+}
+
+/// `config.json`, field names as Hugging Face writes them. Unknown fields are ignored, as
+/// transformers ignores them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HfConfig {
+    pub architectures: Option<Vec<String>>,
+    pub model_type: Option<String>,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub vocab_size: usize,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub rope_parameters: Option<RopeParameters>,
+    pub rope_scaling: Option<RopeParameters>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub hidden_act: Option<String>,
+    pub torch_dtype: Option<String>,
+    pub dtype: Option<String>,
+    pub max_position_embeddings: Option<usize>,
+    pub bos_token_id: Option<TokenIds>,
+    pub eos_token_id: Option<TokenIds>,
+    pub pad_token_id: Option<TokenIds>,
+    pub use_sliding_window: Option<bool>,
+    pub sliding_window: Option<serde_json::Value>,
+}
+
+/// How rotary frequencies are rescaled for long context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's piecewise rescaling of low/medium/high frequencies.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Everything the decoder needs, resolved from `config.json` with each family's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub tie_word_embeddings: bool,
+    /// Bias on q, k and v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Bias on gate, up and down projections.
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+    pub qk_norm: bool,
+    pub max_position_embeddings: usize,
+    /// The dtype the checkpoint says it was saved in (`torch_dtype` or `dtype`).
+    pub dtype: Option<String>,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| e.in_file(path))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let raw: HfConfig = serde_json::from_str(text).map_err(|e| ModelError::Config {
+            path: None,
+            message: e.to_string(),
+        })?;
+        Self::from_hf(&raw)
+    }
+
+    pub fn from_hf(raw: &HfConfig) -> Result<Self, ModelError> {
+        let architecture = Architecture::detect(raw)?;
+        let defaults = architecture.defaults();
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        let invalid = |message: String| ModelError::Config {
+            path: None,
+            message,
+        };
+        if raw.num_attention_heads == 0 || num_kv_heads == 0 {
+            return Err(invalid("num_attention_heads and num_key_value_heads must be > 0".into()));
+        }
+        if raw.num_attention_heads % num_kv_heads != 0 {
+            return Err(invalid(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({num_kv_heads})",
+                raw.num_attention_heads
+            )));
+        }
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(invalid(format!("head_dim {head_dim} must be even and > 0")));
+        }
+        if let Some(act) = &raw.hidden_act
+            && act != "silu"
+        {
+            return Err(invalid(format!(
+                "hidden_act '{act}' is not supported (only 'silu', as in every supported family)"
+            )));
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err(invalid(
+                "use_sliding_window: true is not supported; burnish uses full attention".into(),
+            ));
+        }
+        let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let rope_theta = raw
+            .rope_theta
+            .or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .unwrap_or(defaults.rope_theta);
+        let rope_scaling = match params {
+            None => RopeScaling::None,
+            Some(p) => parse_rope_scaling(p).map_err(invalid)?,
+        };
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let dtype = raw.dtype.clone().or_else(|| raw.torch_dtype.clone());
+        Ok(ModelConfig {
+            architecture,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: defaults.qkv_bias || attention_bias,
+            o_bias: defaults.o_bias_follows_attention_bias && attention_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm: defaults.qk_norm,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(32768),
+            dtype,
+            eos_token_ids: raw.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            bos_token_id: raw
+                .bos_token_id
+                .as_ref()
+                .and_then(|b| b.to_vec().first().copied()),
+        })
+    }
+
+    /// Width of the concatenated query heads.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of the concatenated key (or value) heads.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+fn parse_rope_scaling(p: &RopeParameters) -> Result<RopeScaling, String> {
+    let kind = p
+        .rope_type
+        .as_deref()
+        .or(p.legacy_type.as_deref())
+        .unwrap_or("default");
+    let factor = || {
+        p.factor
+            .ok_or_else(|| format!("rope scaling '{kind}' needs a 'factor'"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: p.low_freq_factor.unwrap_or(1.0),
+            high_freq_factor: p.high_freq_factor.unwrap_or(4.0),
+            original_max_position_embeddings: p.original_max_position_embeddings.unwrap_or(8192),
+        }),
+        other => Err(format!(
+            "rope scaling type '{other}' is not supported (supported: default, linear, llama3)"
+        )),
+    }
+}

@@ -1,0 +1,120 @@
+//! Host-side batches and the per-forward attention context built from them.
+//!
+//! A row may hold several packed examples: `segments` gives each token's example index
+//! (`-1` for padding). A token attends to earlier tokens of its own example only, and positions
+//! restart at 0 for every example, so packed rows compute exactly what the examples would
+//! compute alone.
+
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
+
+use super::decoder::AttentionContext;
+use super::rope::RopeFrequencies;
+
+/// Segment id of padding tokens.
+pub const PAD_SEGMENT: i32 = -1;
+
+/// A batch of equal-length rows, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    pub input_ids: Vec<Vec<u32>>,
+    pub positions: Vec<Vec<i64>>,
+    pub segments: Vec<Vec<i32>>,
+}
+
+impl HostBatch {
+    /// Rows of possibly different lengths, each a single example, right-padded with `pad_id`.
+    pub fn from_rows(rows: &[Vec<u32>], pad_id: u32) -> Self {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut batch = HostBatch {
+            input_ids: Vec::with_capacity(rows.len()),
+            positions: Vec::with_capacity(rows.len()),
+            segments: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            let n = row.len();
+            let mut ids = row.clone();
+            ids.resize(len, pad_id);
+            batch.input_ids.push(ids);
+            batch.positions.push((0..len as i64).collect());
+            batch
+                .segments
+                .push((0..len).map(|t| if t < n { 0 } else { PAD_SEGMENT }).collect());
+        }
+        batch
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.input_ids.first().map_or(0, Vec::len)
+    }
+
+    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let flat: Vec<i32> = self.input_ids.iter().flatten().map(|&i| i as i32).collect();
+        Tensor::from_data(
+            TensorData::new(flat, [self.batch_size(), self.seq_len()]),
+            device,
+        )
+    }
+
+    /// Rotary tables and the packed/padded causal mask for this batch.
+    pub fn context<B: Backend>(
+        &self,
+        rope: &RopeFrequencies,
+        dtype: DType,
+        device: &B::Device,
+    ) -> AttentionContext<B> {
+        let (b, s) = (self.batch_size(), self.seq_len());
+        let (cos, sin) = rope.tables::<B>(&self.positions, device);
+        let mut mask = Vec::with_capacity(b * s * s);
+        for seg in &self.segments {
+            for i in 0..s {
+                for j in 0..s {
+                    mask.push(j > i || seg[i] != seg[j]);
+                }
+            }
+        }
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, s, s]), device);
+        AttentionContext {
+            cos: cast(cos, dtype),
+            sin: cast(sin, dtype),
+            mask,
+        }
+    }
+}
+
+/// Context for `seq` new tokens after `past` cached ones (single-example rows, no padding).
+pub fn incremental_context<B: Backend>(
+    rope: &RopeFrequencies,
+    batch: usize,
+    past: usize,
+    seq: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> AttentionContext<B> {
+    let positions: Vec<Vec<i64>> = (0..batch)
+        .map(|_| (past as i64..(past + seq) as i64).collect())
+        .collect();
+    let (cos, sin) = rope.tables::<B>(&positions, device);
+    let keys = past + seq;
+    let mut mask = Vec::with_capacity(batch * seq * keys);
+    for _ in 0..batch {
+        for i in 0..seq {
+            for j in 0..keys {
+                mask.push(j > past + i);
+            }
+        }
+    }
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, seq, keys]), device);
+    AttentionContext {
+        cos: cast(cos, dtype),
+        sin: cast(sin, dtype),
+        mask,
+    }
+}
+
+fn cast<B: Backend>(t: Tensor<B, 4>, dtype: DType) -> Tensor<B, 4> {
+    if dtype == DType::F32 { t } else { t.cast(dtype) }
+}

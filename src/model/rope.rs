@@ -1,0 +1,111 @@
+//! Rotary position embeddings (Su et al., RoFormer) in Hugging Face's `rotate_half` layout:
+//! each head's first half pairs with its second half (not adjacent pairs, as in Burn's
+//! `RotaryEncoding`). Frequencies are computed in f32 exactly as transformers does, so logits
+//! match at long positions too.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use super::config::{ModelConfig, RopeScaling};
+
+/// Inverse frequencies of one head (`head_dim / 2` of them), after any rope scaling.
+#[derive(Debug, Clone)]
+pub struct RopeFrequencies {
+    inv_freq: Vec<f32>,
+}
+
+impl RopeFrequencies {
+    pub fn new(config: &ModelConfig) -> Self {
+        let dim = config.head_dim;
+        let base = config.rope_theta as f32;
+        // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), all in f32.
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+            .collect();
+        match &config.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                for f in &mut inv_freq {
+                    *f /= *factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, low, high) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                );
+                let old_len = *original_max_position_embeddings as f32;
+                let low_freq_wavelen = old_len / low;
+                let high_freq_wavelen = old_len / high;
+                for f in &mut inv_freq {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    let scaled = if wavelen > low_freq_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
+                    let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    *f = if is_medium {
+                        let smooth = (old_len / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                }
+            }
+        }
+        Self { inv_freq }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.inv_freq.len() * 2
+    }
+
+    /// `cos` and `sin` tables of shape `[batch, 1, seq, head_dim]` for the given positions
+    /// (`positions[b][t]`), in f32.
+    pub fn tables<B: Backend>(
+        &self,
+        positions: &[Vec<i64>],
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let batch = positions.len();
+        let seq = positions.first().map_or(0, Vec::len);
+        let half = self.inv_freq.len();
+        let dim = half * 2;
+        let mut cos = Vec::with_capacity(batch * seq * dim);
+        let mut sin = Vec::with_capacity(batch * seq * dim);
+        for row in positions {
+            for &p in row {
+                let start = cos.len();
+                for &f in &self.inv_freq {
+                    // f32 product, as transformers' `inv_freq @ position_ids` in float32.
+                    let angle = f * p as f32;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+                cos.extend_from_within(start..start + half);
+                sin.extend_from_within(start..start + half);
+            }
+        }
+        let shape = [batch, 1, seq, dim];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x: [batch, heads, seq, head_dim]`.
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, _, dim] = x.dims();
+    let half = dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}

@@ -1,0 +1,111 @@
+//! Shared test helpers: fixture paths, golden tensors, running the binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn model_dir(variant: &str) -> PathBuf {
+    fixtures().join("models").join(variant)
+}
+
+pub const VARIANTS: [&str; 7] = [
+    "qwen2-tied",
+    "qwen2-untied",
+    "qwen2-mha",
+    "qwen2-bf16",
+    "llama-gqa",
+    "mistral",
+    "qwen3",
+];
+
+/// A golden tensor: shape and values as f32 (or i64 for ids).
+pub struct Golden {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+pub fn read_golden(path: &Path) -> HashMap<String, Golden> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("golden safetensors");
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let (f, i) = match view.dtype() {
+            safetensors::Dtype::F32 => (
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                vec![],
+            ),
+            safetensors::Dtype::I64 => (
+                vec![],
+                data.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            other => panic!("unexpected golden dtype {other:?}"),
+        };
+        out.insert(
+            name,
+            Golden {
+                shape: view.shape().to_vec(),
+                f32: f,
+                i64: i,
+            },
+        );
+    }
+    out
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("golden json")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// Run the burnish binary with `args`; returns the process output.
+pub fn burnish(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run burnish")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Copy a fixture model into a fresh temporary folder (for tests that damage files).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}

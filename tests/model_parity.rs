@@ -1,0 +1,111 @@
+//! The decoder against transformers: logits, padded batches and losses for every tiny variant
+//! made by scripts/make_fixtures.py.
+
+mod common;
+
+use burn::tensor::DType;
+use burnish::backend::Cpu;
+use burnish::model::{HostBatch, ModelFolder};
+use common::*;
+
+/// f32 end to end: transformers and burnish differ only in summation order.
+const LOGITS_TOL_F32: f32 = 1e-4;
+
+fn golden_ids(g: &Golden) -> Vec<Vec<u32>> {
+    let seq = g.shape[1];
+    g.i64.chunks(seq).map(|r| r.iter().map(|&i| i as u32).collect()).collect()
+}
+
+#[test]
+fn logits_match_transformers_for_every_variant() {
+    for variant in VARIANTS {
+        let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
+        let folder = ModelFolder::open(&model_dir(variant)).unwrap();
+        let model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
+        let ids = golden_ids(&golden["input_ids"]);
+        let batch = HostBatch::from_rows(&ids, 0);
+        let logits = model.logits(&batch).into_data().to_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&logits, &golden["logits"].f32);
+        assert!(diff <= LOGITS_TOL_F32, "{variant}: max |logit diff| {diff}");
+    }
+}
+
+#[test]
+fn padded_rows_equal_unpadded_rows() {
+    for variant in ["qwen2-tied", "llama-gqa", "qwen3"] {
+        let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
+        let folder = ModelFolder::open(&model_dir(variant)).unwrap();
+        let model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
+        let ids = golden_ids(&golden["input_ids"]);
+        let rows = vec![ids[0].clone(), ids[1][..7].to_vec()];
+        let batch = HostBatch::from_rows(&rows, 0);
+        let padded = model.logits(&batch).into_data().to_vec::<f32>().unwrap();
+        let vocab = golden["logits"].shape[2];
+        let seq = ids[0].len();
+        // Real tokens of the padded batch vs transformers with an attention mask...
+        let expect = &golden["logits_padded"].f32;
+        for (b, len) in [(0usize, seq), (1, 7)] {
+            let range = b * seq * vocab..(b * seq + len) * vocab;
+            let diff = max_abs_diff(&padded[range.clone()], &expect[range.clone()]);
+            assert!(diff <= LOGITS_TOL_F32, "{variant} row {b}: {diff}");
+            // ...and vs the same row run alone, unpadded.
+            let alone = model
+                .logits(&HostBatch::from_rows(&[rows[b].clone()], 0))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let diff = max_abs_diff(&padded[range], &alone);
+            assert!(diff <= 1e-5, "{variant} row {b} padded vs alone: {diff}");
+        }
+    }
+}
+
+/// bf16 weights and activations against transformers computing in bf16. Both round every
+/// intermediate to 8 bits of mantissa (relative step 2^-8 = 0.0039) but in different places
+/// (fused vs unfused ops, summation order), so logits of magnitude ~3 can differ by a few
+/// bf16 steps: 0.1 absolute is about 6 steps at that magnitude and still catches any layout or
+/// formula error, which shifts logits by O(1).
+#[test]
+fn bf16_weights_match_transformers_bf16() {
+    let variant = "qwen2-bf16";
+    let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
+    let golden_bf16 = read_golden(&fixtures().join(format!("golden/{variant}.bf16.safetensors")));
+    let folder = ModelFolder::open(&model_dir(variant)).unwrap();
+    let model = folder.load::<Cpu>(DType::BF16, &Default::default()).unwrap();
+    let ids = golden_ids(&golden["input_ids"]);
+    let logits = model
+        .logits(&HostBatch::from_rows(&ids, 0))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&logits, &golden_bf16["logits_bf16"].f32);
+    assert!(diff <= 0.1, "bf16 max |logit diff| {diff}");
+}
+
+#[test]
+fn eval_loss_matches_transformers() {
+    for variant in VARIANTS {
+        let info = read_json(&fixtures().join(format!("golden/{variant}.json")));
+        let eval = &info["eval"];
+        let data = fixtures().join("golden").join(eval["file"].as_str().unwrap());
+        let out = burnish(&[
+            "eval",
+            "--model",
+            model_dir(variant).to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{variant}: {}", stderr(&out));
+        let got: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        let loss = got["loss"].as_f64().unwrap();
+        let want = eval["loss"].as_f64().unwrap();
+        assert!((loss - want).abs() <= 1e-5, "{variant}: loss {loss} vs {want}");
+        assert_eq!(got["tokens"].as_u64(), eval["tokens"].as_u64(), "{variant}");
+        // Perplexity is exp(loss): a 1e-5 loss tolerance is a 1e-5 relative one here.
+        let ppl = got["perplexity"].as_f64().unwrap();
+        assert!((ppl / want.exp() - 1.0).abs() <= 2e-5, "{variant}: perplexity {ppl}");
+    }
+}

@@ -1,0 +1,63 @@
+//! Tokenizer ids against Python `tokenizers`, and `inspect` against transformers' counts.
+
+mod common;
+
+use burnish::model::TokenizerBundle;
+use common::*;
+
+#[test]
+fn token_ids_equal_python_tokenizers() {
+    let dir = fixtures().join("tokenizer");
+    let tok = TokenizerBundle::from_dir(&dir).unwrap();
+    let golden = read_json(&dir.join("golden_ids.json"));
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(
+            tok.decode(&want).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
+    }
+    // The fact the reference README states.
+    assert_eq!(tok.encode("Hello, world!").unwrap(), vec![9707, 11, 1879, 0]);
+    assert_eq!(tok.token_id("<|im_end|>"), Some(151645));
+}
+
+#[test]
+fn inspect_counts_parameters_like_transformers() {
+    let counts = read_json(&fixtures().join("configs/parameter_counts.json"));
+    for (name, want) in counts["counts"].as_object().unwrap() {
+        let path = fixtures().join(format!("configs/{name}.json"));
+        let out = burnish(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(v["parameters"].as_u64(), want.as_u64(), "{name}");
+        assert_eq!(v["weights_present"], false);
+    }
+    // The headline number for Qwen2.5-0.5B, in the human-readable output too.
+    let path = fixtures().join("configs/qwen2.5-0.5b.json");
+    let out = burnish(&["inspect", path.to_str().unwrap()]);
+    assert!(stdout(&out).contains("494,032,768"), "{}", stdout(&out));
+}
+
+#[test]
+fn inspect_reports_fixture_models() {
+    for variant in VARIANTS {
+        let out = burnish(&["inspect", model_dir(variant).to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{variant}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let golden = read_json(&fixtures().join(format!("golden/{variant}.json")));
+        assert_eq!(v["parameters"], golden["parameters"], "{variant}");
+        let disk = if variant == "qwen2-bf16" { "bf16" } else { "f32" };
+        assert_eq!(v["disk_dtype"], disk, "{variant}");
+    }
+}
