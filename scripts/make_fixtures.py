@@ -369,11 +369,68 @@ def make_lora():
     print("lora: qwen2.5-0.5b r=16 trainable", n)
 
 
+# --------------------------------------------------------------------------------------------
+# burnish's outputs read back by the reference libraries
+# --------------------------------------------------------------------------------------------
+
+BURNISH = os.path.join(ROOT, "target", "debug", "burnish")
+
+
+def run_burnish(*args):
+    import subprocess
+    res = subprocess.run([BURNISH, *args], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"burnish {' '.join(args)} failed:\n{res.stderr}")
+    return res.stdout
+
+
+def folder_structure(path):
+    """Tensor names, dtypes and shapes of every shard, plus the files present."""
+    from safetensors import safe_open
+    tensors = {}
+    for f in sorted(os.listdir(path)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(path, f), "pt") as st:
+                for k in st.keys():
+                    t = st.get_tensor(k)
+                    tensors[k] = [f, str(t.dtype).replace("torch.", ""), list(t.shape)]
+    return {"files": sorted(os.listdir(path)), "tensors": tensors}
+
+
+def check_burnish_merge():
+    """transformers loads folders written by `burnish merge` (build burnish first:
+    `cargo build`), and their logits equal PEFT's merged model's. CI re-checks the structure."""
+    import tempfile
+    results = {}
+    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa"]:
+        tmp = tempfile.mkdtemp()
+        merged = os.path.join(tmp, "merged")
+        run_burnish("merge", "--adapter", f"tests/fixtures/lora/{case}/adapter", "--out", merged)
+        dtype = torch.bfloat16 if case == "qwen2-bf16" else torch.float32
+        ours = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).eval()
+        peft_merged = transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.join(FIX, "lora", case, "merged"), dtype=dtype).eval()
+        ids = golden_inputs(7)
+        with torch.no_grad():
+            a = ours(input_ids=ids).logits.float()
+            b = peft_merged(input_ids=ids).logits.float()
+        results[case] = {
+            "loaded_by_transformers": True,
+            "tied": bool(ours.config.tie_word_embeddings),
+            "max_logit_diff_vs_peft_merged": float((a - b).abs().max()),
+            "structure": folder_structure(merged),
+        }
+        shutil.rmtree(tmp)
+        print("merge check:", case, results[case]["max_logit_diff_vs_peft_merged"])
+    write_json(out("golden", "burnish-merge-check.json"), {"versions": versions(), "cases": results})
+
+
 PARTS = {
     "tokenizer": make_tokenizer,
     "models": make_models,
     "configs": make_configs,
     "lora": make_lora,
+    "burnish_merge": check_burnish_merge,
 }
 
 

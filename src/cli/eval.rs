@@ -16,9 +16,12 @@ use crate::train::evaluate::{EvalResult, evaluate};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model folder.
+    /// Model folder, Hub repo id or builtin:<preset>.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
+    /// A PEFT adapter folder to apply on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Dataset file (.jsonl, .json, .parquet).
     #[arg(long)]
     pub data: PathBuf,
@@ -40,7 +43,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let folder = ModelFolder::open(&args.model)?;
+    let folder = ModelFolder::open(&crate::hub::resolve_model(&args.model)?)?;
     let rows = read_rows(&args.data)?;
     let format = match args.format {
         Some(f) => f,
@@ -76,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let packed: Vec<PackedRow> = examples.iter().map(PackedRow::single).collect();
     let job = EvalJob {
         folder,
+        adapter: args.adapter,
         rows: packed,
         batch_size: args.batch_size,
         dtype: args.dtype,
@@ -93,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 struct EvalJob {
     folder: ModelFolder,
+    adapter: Option<PathBuf>,
     rows: Vec<PackedRow>,
     batch_size: usize,
     dtype: WeightDtype,
@@ -102,10 +107,14 @@ impl BackendJob for EvalJob {
     type Output = anyhow::Result<EvalResult>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
-        let model = self
+        let mut model = self
             .folder
             .load::<B::InnerBackend>(self.dtype.resolve(on_gpu), &device)
             .with_context(|| format!("loading {}", self.folder.dir.display()))?;
+        if let Some(dir) = &self.adapter {
+            crate::lora::apply_adapter(&mut model, dir, false)
+                .with_context(|| format!("applying adapter {}", dir.display()))?;
+        }
         Ok(evaluate(&model, &self.rows, self.batch_size, 0))
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod inspect;
+pub mod merge;
 
 use std::process::ExitCode;
 
@@ -26,12 +27,15 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Loss and perplexity of a model (optionally with an adapter) on a dataset.
     Eval(eval::Args),
+    /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
+    Merge(merge::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }
 

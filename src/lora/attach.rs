@@ -37,7 +37,7 @@ pub fn init_factors(target: &TargetModule, init: InitKind, seed: u64) -> HostFac
         InitKind::Gaussian => {
             // PEFT: normal_(std = 1/r).
             let std = 1.0 / target.r as f64;
-            (0..n).map(|_| (gaussian(&mut rng) * std) as f32).collect()
+            (0..n).map(|_| (standard_normal(&mut rng) * std) as f32).collect()
         }
     };
     HostFactors {
@@ -51,7 +51,7 @@ pub fn init_factors(target: &TargetModule, init: InitKind, seed: u64) -> HostFac
 }
 
 /// Standard normal by Box-Muller (two uniforms per sample; simple and reproducible).
-fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
     let u2: f64 = rng.random::<f64>();
     (-2.0f64 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

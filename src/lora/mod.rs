@@ -10,3 +10,22 @@ pub mod settings;
 
 pub use error::LoraError;
 pub use settings::{InitKind, LoraSettings, TargetModule, TargetSpec};
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::model::Model;
+
+/// Read the adapter in `dir`, check it against `model`, and attach it. Returns its modules.
+pub fn apply_adapter<B: Backend>(
+    model: &mut Model<B>,
+    dir: &Path,
+    trainable: bool,
+) -> Result<(peft::AdapterFiles, Vec<TargetModule>), LoraError> {
+    let adapter = peft::read_adapter(dir, &model.config)?;
+    let targets = adapter.settings.resolve(&model.config)?;
+    let device = model.device.clone();
+    attach::attach_files(&mut model.net, &adapter, &targets, adapter.settings.dropout, trainable, &device);
+    Ok((adapter, targets))
+}

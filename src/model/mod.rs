@@ -10,6 +10,7 @@ pub mod load;
 pub mod loss;
 pub mod norm;
 pub mod params;
+pub mod preset;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,115 @@
+//! `burnish merge --adapter <DIR> [--base <MODEL>] --out <DIR>`: fold an adapter into its base
+//! and write a normal Hugging Face model folder.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use burn::tensor::DType;
+
+use crate::backend::Cpu;
+use crate::error::user;
+use crate::lora::merge::{MergeRequest, OutputDtype, check_output, merge};
+use crate::lora::peft::read_adapter;
+use crate::model::{HostBatch, ModelFolder};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Base model folder; defaults to the adapter's base_model_name_or_path.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Output folder (written to a temporary sibling, renamed when complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output precision: f32, bf16 or f16 (default: the base's own).
+    #[arg(long)]
+    pub dtype: Option<OutputDtype>,
+    /// Replace a non-empty --out.
+    #[arg(long)]
+    pub force: bool,
+    /// After writing, compare logits of base+adapter with the merged folder.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_output(&args.out, args.force)?;
+    let base_dir = match &args.base {
+        Some(b) => b.clone(),
+        None => base_from_adapter(&args.adapter)?,
+    };
+    let base_dir = crate::hub::resolve_model(&base_dir.to_string_lossy())?;
+    let folder = ModelFolder::open(&base_dir).with_context(|| format!("opening base model {}", base_dir.display()))?;
+    let adapter = read_adapter(&args.adapter, &folder.config)
+        .with_context(|| format!("reading adapter {}", args.adapter.display()))?;
+    let report = merge(&MergeRequest {
+        base_dir: &base_dir,
+        config: &folder.config,
+        adapter: &adapter,
+        out_dir: &args.out,
+        dtype: args.dtype,
+        force: args.force,
+    })?;
+    tracing::info!(
+        "merged {} projections ({} tensors copied) into {} ({} shard{}, {} bytes of weights)",
+        report.merged_tensors,
+        report.copied_tensors,
+        report.out_dir.display(),
+        report.shards,
+        if report.shards == 1 { "" } else { "s" },
+        report.total_size
+    );
+    if args.verify {
+        verify(&base_dir, &args.adapter, &args.out)?;
+    }
+    println!("{}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn base_from_adapter(adapter: &Path) -> anyhow::Result<PathBuf> {
+    let path = adapter.join(crate::lora::peft::CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    cfg.get("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| user(format!("{} names no base_model_name_or_path; pass --base", path.display())))
+}
+
+/// Logits of base + adapter against the merged folder on a fixed token sequence, both computed
+/// in f32 so the difference is only the merged weights' rounding to their stored dtype.
+fn verify(base_dir: &Path, adapter: &Path, merged: &Path) -> anyhow::Result<()> {
+    let device = Default::default();
+    let base = ModelFolder::open(base_dir)?;
+    let mut with_adapter = base.load::<Cpu>(DType::F32, &device)?;
+    crate::lora::apply_adapter(&mut with_adapter, adapter, false)?;
+    let merged_folder = ModelFolder::open(merged)?;
+    let merged_model = merged_folder.load::<Cpu>(DType::F32, &device)?;
+    let vocab = base.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..16u32).map(|i| (i * 7919 + 11) % vocab).collect();
+    let batch = HostBatch::from_rows(&[ids], 0);
+    let a = with_adapter.logits(&batch).into_data().to_vec::<f32>().unwrap_or_default();
+    let b = merged_model.logits(&batch).into_data().to_vec::<f32>().unwrap_or_default();
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let scale = a.iter().map(|x| x.abs()).fold(1.0f32, f32::max);
+    let dtype = crate::model::weights::WeightFiles::open(merged)?
+        .dominant_dtype()
+        .map(|d| format!("{d:?}"))
+        .unwrap_or_default();
+    // Relative to the largest logit: f32 weights only differ by summation order; bf16/f16 weights
+    // carry one rounding each (2^-9 / 2^-12 relative), which a forward pass accumulates.
+    let tolerance = match dtype.as_str() {
+        "BF16" => 0.03,
+        "F16" => 0.005,
+        _ => 1e-4,
+    } * scale;
+    println!("verify: max |logit difference| = {diff:.3e} (tolerance {tolerance:.1e}, weights {dtype})");
+    if diff.is_nan() || diff > tolerance {
+        anyhow::bail!("merged model differs from base + adapter by {diff} (> {tolerance}); the merge is wrong");
+    }
+    Ok(())
+}
