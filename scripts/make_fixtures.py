@@ -370,6 +370,166 @@ def make_lora():
 
 
 # --------------------------------------------------------------------------------------------
+# Chat templates and loss masks
+# --------------------------------------------------------------------------------------------
+
+QWEN25_TEMPLATE_FILE = os.path.join(ROOT, "src", "model", "preset", "chat_template_qwen2_5.jinja")
+
+# The same templates with transformers' {% generation %} markers around what is trained: an
+# assistant turn from right after "<|im_start|>assistant\n" through its "<|im_end|>".
+# make_templates() checks that each renders exactly like the original.
+QWEN25_ASSISTANT_BRANCH = """    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"""
+QWEN25_ASSISTANT_BRANCH_MARKED = """    {%- if message.role == "assistant" and not message.tool_calls %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- generation %}
+        {{- message.content + '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\\n' }}
+    {%- elif (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"""
+
+QWEN3_ASSISTANT_OLD = """        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}"""
+QWEN3_ASSISTANT_NEW = """        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- generation %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- content }}
+            {%- endif %}
+        {%- else %}
+            {{- content }}
+        {%- endif %}"""
+QWEN3_END_OLD = """            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}"""
+QWEN3_END_NEW = """            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\\n' }}"""
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}],
+    [{"role": "system", "content": "You are a concise math tutor."},
+     {"role": "user", "content": "Multiply 12 by 7."}, {"role": "assistant", "content": "12 × 7 = 84."}],
+    [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7 is prime."},
+     {"role": "user", "content": "And the next one?"}, {"role": "assistant", "content": "The next prime is 11."},
+     {"role": "user", "content": "東京はどこ? 🗼"}, {"role": "assistant", "content": "東京は日本にあります。"}],
+    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Colour of the sky?"},
+     {"role": "assistant", "content": "Blue"}, {"role": "user", "content": "And grass?"},
+     {"role": "assistant", "content": "Green"}],
+    [{"role": "user", "content": "Think first: is 91 prime?"},
+     {"role": "assistant", "content": "<think>\n91 = 7 × 13.\n</think>\n\nNo, 91 = 7 × 13."}],
+]
+
+ALPACA_ROWS = [
+    {"instruction": "Reverse the word.", "input": "burnish", "output": "hsinrub"},
+    {"instruction": "Give the capital letter form of the sentence.", "input": "", "output": "HELLO THERE."},
+]
+
+SHAREGPT_ROWS = [
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Sum 3 and 4."},
+                       {"from": "gpt", "value": "7"}, {"from": "human", "value": "Double it."},
+                       {"from": "gpt", "value": "14"}]},
+]
+
+TEXT_ROWS = [{"text": "A short plain text with an ending."}, {"text": "café 東京 🦀 code: x = 1"}]
+
+
+def alpaca_messages(row, system=None):
+    user = row["instruction"] if not row["input"] else row["instruction"] + "\n\n" + row["input"]
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+def sharegpt_messages(row):
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    return [{"role": roles[m["from"]], "content": m["value"]} for m in row["conversations"]]
+
+
+def make_templates():
+    from transformers import AutoTokenizer
+    tok_dir = os.path.join(FIX, "tokenizer")
+    # A Qwen2.5-Instruct tokenizer folder: same tokenizer.json, the ChatML template burnish ships.
+    q25 = os.path.join(FIX, "tokenizer-qwen2.5")
+    os.makedirs(q25, exist_ok=True)
+    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), os.path.join(q25, "tokenizer.json"))
+    with open(QWEN25_TEMPLATE_FILE, encoding="utf-8") as f:
+        q25_template = f.read()
+    write_json(os.path.join(q25, "tokenizer_config.json"), {
+        "add_bos_token": False, "add_prefix_space": False, "bos_token": None,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+        "model_max_length": 32768, "tokenizer_class": "Qwen2Tokenizer", "split_special_tokens": False,
+        "chat_template": q25_template})
+    # A Qwen2.5 *base* tokenizer: EOS and padding are the same token.
+    base = os.path.join(FIX, "tokenizer-base")
+    os.makedirs(base, exist_ok=True)
+    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), os.path.join(base, "tokenizer.json"))
+    write_json(os.path.join(base, "tokenizer_config.json"), {
+        "add_bos_token": False, "bos_token": None, "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "tokenizer_class": "Qwen2Tokenizer"})
+
+    with open(os.path.join(tok_dir, "tokenizer_config.json"), encoding="utf-8") as f:
+        q3_template = json.load(f)["chat_template"]
+    q25_marked = q25_template.replace(QWEN25_ASSISTANT_BRANCH, QWEN25_ASSISTANT_BRANCH_MARKED)
+    assert q25_marked != q25_template
+    q3_marked = q3_template.replace(QWEN3_ASSISTANT_OLD, QWEN3_ASSISTANT_NEW).replace(QWEN3_END_OLD, QWEN3_END_NEW)
+    assert q3_marked.count("generation %}") == 2, "Qwen3 template patch did not apply"
+
+    cases = {}
+    for name, folder, marked in [("qwen2.5", q25, q25_marked), ("qwen3", tok_dir, q3_marked)]:
+        tok = AutoTokenizer.from_pretrained(folder)
+        out_cases = []
+        convs = [("messages", c) for c in CONVERSATIONS]
+        convs += [("alpaca", alpaca_messages(r)) for r in ALPACA_ROWS]
+        convs += [("alpaca-system", alpaca_messages(ALPACA_ROWS[0], "You are terse."))]
+        convs += [("sharegpt", sharegpt_messages(r)) for r in SHAREGPT_ROWS]
+        for kind, msgs in convs:
+            text = tok.apply_chat_template(msgs, tokenize=False)
+            prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+            enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True)
+            marked_out = tok.apply_chat_template(msgs, chat_template=marked, tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True)
+            assert tok.apply_chat_template(msgs, chat_template=marked, tokenize=False) == text, (name, kind)
+            assert marked_out["input_ids"] == enc["input_ids"]
+            out_cases.append({"kind": kind, "messages": msgs, "text": text,
+                              "prompt_with_generation": prompt, "input_ids": enc["input_ids"],
+                              "assistant_mask": marked_out["assistant_masks"]})
+        cases[name] = out_cases
+    # Classic Alpaca prompt (no chat template): response + EOS trained.
+    tok = AutoTokenizer.from_pretrained(base)
+    classic = []
+    for row in ALPACA_ROWS:
+        if row["input"]:
+            prompt = ("Below is an instruction that describes a task, paired with an input that provides further "
+                      "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                      f"{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n")
+        else:
+            prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                      f"the request.\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n")
+        enc = tok(prompt + row["output"], return_offsets_mapping=True, add_special_tokens=False)
+        ids = enc["input_ids"] + [tok.eos_token_id]
+        mask = [int(s >= len(prompt)) for s, _ in enc["offset_mapping"]] + [1]
+        classic.append({"row": row, "input_ids": ids, "trained": mask})
+    text = [{"row": r, "input_ids": tok(r["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]}
+            for r in TEXT_ROWS]
+    write_json(out("golden", "chat-templates.json"), {
+        "versions": versions(), "templates": cases, "alpaca_classic": classic, "text_eos_is_pad": text,
+        "eos_is_pad_id": tok.eos_token_id, "pad_id": tok.pad_token_id})
+    print("templates:", {k: len(v) for k, v in cases.items()})
+
+
+# --------------------------------------------------------------------------------------------
 # burnish's outputs read back by the reference libraries
 # --------------------------------------------------------------------------------------------
 
@@ -430,6 +590,7 @@ PARTS = {
     "models": make_models,
     "configs": make_configs,
     "lora": make_lora,
+    "templates": make_templates,
     "burnish_merge": check_burnish_merge,
 }
 

@@ -10,4 +10,6 @@ pub mod error;
 pub mod hub;
 pub mod lora;
 pub mod model;
+pub mod observe;
+pub mod recipe;
 pub mod train;

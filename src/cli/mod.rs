@@ -3,6 +3,9 @@
 pub mod eval;
 pub mod inspect;
 pub mod merge;
+pub mod plan;
+pub mod train;
+pub mod validate;
 
 use std::process::ExitCode;
 
@@ -27,6 +30,12 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Loss and perplexity of a model (optionally with an adapter) on a dataset.
     Eval(eval::Args),
+    /// Fine-tune a model with LoRA as a recipe describes.
+    Train(train::Args),
+    /// Check a recipe, its model and a sample of its data without loading weights.
+    Validate(validate::Args),
+    /// Show what a recipe's run will do: data, steps, trainable parameters, memory.
+    Plan(plan::Args),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(merge::Args),
 }
@@ -36,6 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Plan(args) => plan::run(args),
     }
 }
 

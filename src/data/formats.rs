@@ -94,6 +94,9 @@ impl FromStr for Format {
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// Other fields of the message (tool calls, reasoning content, ...), passed to templates.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// A parsed dataset row.
@@ -183,9 +186,19 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
                     }
                 };
                 let role = normalise_role(&field(role_key)?);
+                let extra = m
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, _)| **k != name(role_key) && **k != name(content_key))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 messages.push(Message {
                     role,
                     content: field(content_key)?,
+                    extra,
                 });
             }
             if !messages.iter().any(|m| m.role == "assistant") {

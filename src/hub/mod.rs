@@ -9,6 +9,12 @@ use crate::model::preset;
 /// Turn a model reference into a local folder: an existing path as is, `builtin:<name>` through
 /// the preset cache, and `org/name` through the Hub cache.
 pub fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
+    resolve_model_revision(spec, "main")
+}
+
+/// [`resolve_model`] at a Hub revision (ignored for local folders and presets).
+pub fn resolve_model_revision(spec: &str, revision: &str) -> anyhow::Result<PathBuf> {
+    let _ = revision;
     if let Some(name) = spec.strip_prefix(preset::PREFIX) {
         return Ok(preset::materialize(name)?);
     }
@@ -24,4 +30,21 @@ pub fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )))
+}
+
+/// The local files of a Hub dataset split.
+pub fn dataset_files(
+    repo: &str,
+    split: Option<&str>,
+    files: Option<&[String]>,
+    revision: Option<&str>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let _ = (split, files, revision);
+    Err(user(format!("dataset '{repo}': Hub datasets are not available in this build")))
+}
+
+/// Whether a repo's files are already in the local Hub cache.
+pub fn is_cached(repo: &str, revision: &str) -> bool {
+    let _ = (repo, revision);
+    false
 }

@@ -10,8 +10,14 @@ use super::decoder::CausalLm;
 /// Label value that excludes a token from the loss.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// Rows of the vocabulary projection computed at once.
+/// Rows of the vocabulary projection computed at once for small vocabularies.
 pub const DEFAULT_CHUNK_ROWS: usize = 1024;
+
+/// Rows per loss chunk so one chunk's f32 logits stay near 64 MiB (about 110 rows for Qwen's
+/// 151,936-token vocabulary), never fewer than 16.
+pub fn loss_chunk_rows(vocab: usize) -> usize {
+    ((64usize << 20) / (4 * vocab.max(1))).clamp(16, DEFAULT_CHUNK_ROWS * 64)
+}
 
 /// Targets already shifted: `targets[b][t]` is the token position t must predict, or
 /// [`IGNORE_INDEX`].

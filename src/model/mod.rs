@@ -108,3 +108,11 @@ impl<B: Backend> Model<B> {
             .hidden_states(batch.ids_tensor(&self.device), &ctx, None, train)
     }
 }
+
+impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
+    /// The same network on the inner backend, without autodiff (for evaluation and generation).
+    pub fn valid(&self) -> Model<B::InnerBackend> {
+        use burn::module::AutodiffModule;
+        Model::new(self.net.valid(), self.config.clone(), self.dtype, self.device.clone())
+    }
+}

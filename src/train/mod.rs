@@ -1,3 +1,12 @@
 //! Training: the loop, optimizer, schedules, checkpoints and resume, and evaluation.
 
+pub mod checkpoint;
 pub mod evaluate;
+pub mod memory;
+pub mod optimizer;
+pub mod run;
+pub mod schedule;
+pub mod setup;
+pub mod signals;
+pub mod state;
+pub mod sync;

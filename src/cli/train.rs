@@ -1,0 +1,134 @@
+//! `burnish train <RECIPE>`: the main job.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::cli::inspect::group_digits;
+use crate::error::user;
+use crate::lora::merge::{MergeRequest, OutputDtype, merge};
+use crate::lora::peft::read_adapter;
+use crate::recipe::LoadedRecipe;
+use crate::train::run::{Resume, TrainOptions, TrainOutcome, train};
+use crate::train::setup::RunSetup;
+use crate::train::signals::StopFlag;
+use crate::train::sync::SingleProcess;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The recipe (YAML).
+    pub recipe: PathBuf,
+    /// Continue from the newest complete checkpoint in output.dir, or from the given one.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT_DIR")]
+    pub resume: Option<Option<PathBuf>>,
+    /// Start over in an output.dir that holds an earlier run (its checkpoints are deleted).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Also merge the adapter into the base at the end (as output.merge: true).
+    #[arg(long)]
+    pub merge: bool,
+    /// Override a value: `--set train.optimizer.lr=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = LoadedRecipe::load(&args.recipe, &args.set)?;
+    let device: DeviceSpec = loaded.recipe.train.device.parse().map_err(user)?;
+    let setup = RunSetup::new(loaded)?;
+    let resume = match args.resume {
+        None => Resume::No,
+        Some(None) => Resume::Latest,
+        Some(Some(dir)) => Resume::From(dir),
+    };
+    let opts = TrainOptions {
+        resume,
+        overwrite: args.overwrite,
+        merge: args.merge,
+        stop: StopFlag::install(),
+    };
+    let outcome = dispatch(device, TrainJob { setup: &setup, opts: &opts }).map_err(user)??;
+    if let Some(sig) = outcome.interrupted_by {
+        eprintln!(
+            "interrupted at step {}; checkpoint {} saved. Continue with: burnish train {} --resume",
+            outcome.global_step,
+            outcome.last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            args.recipe.display()
+        );
+        return Ok(ExitCode::from(StopFlag::exit_code(sig)));
+    }
+    let r = setup.recipe();
+    if r.output.merge || opts.merge {
+        let adapter_dir = outcome.adapter_dir.clone().context("no adapter was written")?;
+        let merged = setup.output_dir.join("merged");
+        let adapter = read_adapter(&adapter_dir, &setup.folder.config)?;
+        let dtype = match r.output.merge_dtype.as_str() {
+            "auto" => None,
+            other => Some(other.parse::<OutputDtype>().map_err(user)?),
+        };
+        let report = merge(&MergeRequest {
+            base_dir: &setup.folder.dir,
+            config: &setup.folder.config,
+            adapter: &adapter,
+            out_dir: &merged,
+            dtype,
+            force: true,
+        })?;
+        tracing::info!("merged model written to {} ({} projections merged)", merged.display(), report.merged_tensors);
+    }
+    if let Some(e) = &outcome.final_eval {
+        println!("final eval loss {:.4} (perplexity {:.2}) over {} tokens", e.loss, e.perplexity, e.tokens);
+    }
+    println!("{}", setup.output_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+struct TrainJob<'a> {
+    setup: &'a RunSetup,
+    opts: &'a TrainOptions,
+}
+
+impl BackendJob for TrainJob<'_> {
+    type Output = anyhow::Result<TrainOutcome>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
+        let s = self.setup;
+        let r = s.recipe();
+        let dtype = r.model.dtype.parse::<WeightDtype>().map_err(user)?.resolve(on_gpu);
+        let d = &s.data.stats;
+        tracing::info!(
+            "model {} ({}, {} parameters) on {} ({:?} frozen weights, f32 adapters)",
+            r.model.base,
+            s.folder.config.architecture,
+            group_digits(s.folder.config.parameter_count()),
+            if on_gpu { "cuda" } else { "cpu" },
+            dtype
+        );
+        tracing::info!(
+            "adapter r={} alpha={} on {} modules: {} trainable parameters ({:.3}% of {})",
+            s.lora.r,
+            s.lora.alpha,
+            s.targets.len(),
+            group_digits(s.trainable_parameters()),
+            100.0 * s.trainable_parameters() as f64 / s.folder.config.parameter_count() as f64,
+            group_digits(s.folder.config.parameter_count())
+        );
+        tracing::info!(
+            "data: {} train / {} validation examples, {} rows, {} tokens ({} trained)",
+            d.train_examples, d.validation_examples, d.train_rows, d.train_tokens, d.trained_tokens
+        );
+        tracing::info!(
+            "{} optimizer steps ({} per epoch), effective batch {} rows ({} x {} accumulation), output {}",
+            s.counts.total_steps,
+            s.counts.steps_per_epoch,
+            s.counts.effective_batch_rows,
+            r.train.micro_batch_size,
+            r.train.grad_accum,
+            s.output_dir.display()
+        );
+        train::<B>(s, self.opts, &mut SingleProcess, device, on_gpu)
+    }
+}

@@ -1,0 +1,209 @@
+//! Building the training and validation rows of a run: read every source, parse rows in their
+//! format, tokenize with loss masks, truncate or drop long examples, hold out a validation
+//! split, and pack. Every count is kept for `plan` and the run summary.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::batch::{PackedRow, TokenizedExample};
+use super::error::DataError;
+use super::formats::{Example, FieldMap, Format, parse_example};
+use super::order::permutation;
+use super::pack::{pack, unpacked};
+use super::source::{Row, read_rows};
+use super::tokenize::Tokenization;
+use crate::model::TokenizerBundle;
+
+/// A dataset source resolved to local files.
+#[derive(Debug, Clone)]
+pub struct LocalSource {
+    pub files: Vec<PathBuf>,
+    pub format: Option<Format>,
+    pub fields: FieldMap,
+    pub max_rows: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooLong {
+    Truncate,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub enum Validation {
+    None,
+    Split(f64),
+    Sources(Vec<LocalSource>),
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct DataPlan {
+    pub train: Vec<LocalSource>,
+    pub validation: Validation,
+    pub seq_len: usize,
+    pub packing: bool,
+    pub train_on_inputs: bool,
+    pub too_long: TooLong,
+    pub chat_template: Option<String>,
+    pub system_prompt: Option<String>,
+    pub seed: u64,
+    /// Largest valid token id + 1 (the model's vocabulary).
+    pub vocab_size: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DataStats {
+    pub rows_read: usize,
+    pub examples: usize,
+    pub truncated: usize,
+    pub dropped_too_long: usize,
+    pub dropped_untrained: usize,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Tokens in training rows (without padding).
+    pub train_tokens: usize,
+    /// Tokens that count towards the training loss.
+    pub trained_tokens: usize,
+}
+
+pub struct PreparedData {
+    pub train: Vec<PackedRow>,
+    pub validation: Vec<PackedRow>,
+    pub stats: DataStats,
+    /// Formats used per training source (detected when not given).
+    pub formats: Vec<Format>,
+}
+
+fn read_source(src: &LocalSource) -> Result<(Vec<Row>, Format), DataError> {
+    let mut rows = Vec::new();
+    for f in &src.files {
+        rows.extend(read_rows(f)?);
+        if src.max_rows.is_some_and(|m| rows.len() >= m) {
+            break;
+        }
+    }
+    if let Some(m) = src.max_rows {
+        rows.truncate(m);
+    }
+    let first = rows.first().ok_or_else(|| DataError::Empty {
+        path: src.files.first().cloned().unwrap_or_default(),
+    })?;
+    let format = match src.format {
+        Some(f) => f,
+        None => Format::detect(&first.value).ok_or_else(|| DataError::BadRow {
+            at: first.at.clone(),
+            message: "cannot tell the format from the first row's fields; set format: in the recipe".into(),
+        })?,
+    };
+    Ok((rows, format))
+}
+
+struct Tokenized {
+    examples: Vec<TokenizedExample>,
+}
+
+fn tokenize_sources(
+    sources: &[LocalSource],
+    plan: &DataPlan,
+    tok: &Tokenization<'_>,
+    stats: &mut DataStats,
+    formats: &mut Vec<Format>,
+) -> Result<Tokenized, DataError> {
+    let mut examples = Vec::new();
+    for src in sources {
+        let (rows, format) = read_source(src)?;
+        formats.push(format);
+        stats.rows_read += rows.len();
+        for row in &rows {
+            let example = parse_example(row, format, &src.fields)?;
+            if matches!(example, Example::Chat(_) | Example::Alpaca { .. }) && format != Format::Alpaca && !tok.has_template() {
+                return Err(DataError::BadRow {
+                    at: row.at.clone(),
+                    message: "conversations need a chat template, and this tokenizer has none; set data.chat_template".into(),
+                });
+            }
+            let mut t = tok.tokenize(&example).map_err(|message| DataError::BadRow { at: row.at.clone(), message })?;
+            if let Some(bad) = t.ids.iter().find(|&&id| id as usize >= plan.vocab_size) {
+                return Err(DataError::BadRow {
+                    at: row.at.clone(),
+                    message: format!("token id {bad} is outside the model's vocabulary ({})", plan.vocab_size),
+                });
+            }
+            if t.len() > plan.seq_len {
+                match plan.too_long {
+                    TooLong::Drop => {
+                        stats.dropped_too_long += 1;
+                        continue;
+                    }
+                    TooLong::Truncate => {
+                        t.ids.truncate(plan.seq_len);
+                        t.labels.truncate(plan.seq_len);
+                        stats.truncated += 1;
+                    }
+                }
+            }
+            if t.trained_tokens() == 0 {
+                stats.dropped_untrained += 1;
+                continue;
+            }
+            examples.push(t);
+        }
+    }
+    Ok(Tokenized { examples })
+}
+
+pub fn prepare(plan: &DataPlan, tokenizer: &TokenizerBundle) -> Result<PreparedData, DataError> {
+    let tok = Tokenization::new(tokenizer, plan.chat_template.as_deref(), plan.train_on_inputs, plan.system_prompt.clone())?;
+    let mut stats = DataStats::default();
+    let mut formats = Vec::new();
+    let train = tokenize_sources(&plan.train, plan, &tok, &mut stats, &mut formats)?.examples;
+    let (train, validation) = match &plan.validation {
+        Validation::None => (train, Vec::new()),
+        Validation::Split(fraction) => {
+            let n = train.len();
+            let k = if n >= 2 { ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1) } else { 0 };
+            let order = permutation(n, plan.seed, "validation-split");
+            let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
+            let mut tr = Vec::with_capacity(n - k);
+            let mut va = Vec::with_capacity(k);
+            for (i, e) in train.into_iter().enumerate() {
+                if held.contains(&i) {
+                    va.push(e);
+                } else {
+                    tr.push(e);
+                }
+            }
+            (tr, va)
+        }
+        Validation::Sources(sources) => {
+            let mut unused = Vec::new();
+            let va = tokenize_sources(sources, plan, &tok, &mut stats, &mut unused)?.examples;
+            (train, va)
+        }
+    };
+    stats.examples = train.len() + validation.len();
+    stats.train_examples = train.len();
+    stats.validation_examples = validation.len();
+    if train.is_empty() {
+        return Err(DataError::Empty {
+            path: plan.train.first().and_then(|s| s.files.first().cloned()).unwrap_or_default(),
+        });
+    }
+    let train_rows = if plan.packing { pack(&train, plan.seq_len) } else { unpacked(&train) };
+    // Validation rows are never packed differently from training ones: same rule.
+    let validation_rows = if plan.packing { pack(&validation, plan.seq_len) } else { unpacked(&validation) };
+    stats.train_rows = train_rows.len();
+    stats.validation_rows = validation_rows.len();
+    stats.train_tokens = train_rows.iter().map(PackedRow::len).sum();
+    stats.trained_tokens = train.iter().map(TokenizedExample::trained_tokens).sum();
+    Ok(PreparedData {
+        train: train_rows,
+        validation: validation_rows,
+        stats,
+        formats,
+    })
+}

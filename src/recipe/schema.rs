@@ -1,0 +1,320 @@
+//! The recipe: what a user writes in `recipes/<name>.yaml`. Every default lives here, next to
+//! the field it belongs to; `burnish validate --defaults` prints them as YAML.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::data::formats::Format;
+use crate::lora::{InitKind, TargetSpec};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recipe {
+    pub model: ModelSection,
+    pub lora: LoraSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+    pub output: OutputSection,
+    pub logging: LoggingSection,
+    pub hub: HubSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face repo id (`Qwen/Qwen2.5-0.5B-Instruct`), a local model folder, or a built-in
+    /// preset (`builtin:tiny-qwen2`). Required.
+    pub base: String,
+    /// Hub revision (branch, tag or commit) when `base` is a repo id.
+    pub revision: String,
+    /// Precision of the frozen base: `auto` (f32 on CPU, bf16 on CUDA), `f32` or `bf16`.
+    pub dtype: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            base: String::new(),
+            revision: "main".into(),
+            dtype: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank of every adapter (unless `rank_pattern` says otherwise).
+    pub r: usize,
+    /// Scaling numerator: the update is scaled by `alpha / r` (`alpha / sqrt(r)` with rslora).
+    pub alpha: f64,
+    /// Dropout on the adapter input while training.
+    pub dropout: f64,
+    /// `all-linear`, a list of module names (`[q_proj, v_proj]`), or a regex on full names.
+    pub targets: TargetSpec,
+    /// rsLoRA scaling (Kalajdzievski 2023).
+    pub rslora: bool,
+    /// `default` (PEFT's kaiming-uniform A) or `gaussian` (A ~ N(0, 1/r)); B starts at zero.
+    pub init: InitKind,
+    /// Start from an existing PEFT adapter folder instead.
+    pub init_from: Option<String>,
+    /// Only adapt these layer indices.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// Per-module ranks: regex on module names -> rank (PEFT semantics).
+    pub rank_pattern: IndexMap<String, usize>,
+    /// Per-module alphas: regex on module names -> alpha (PEFT semantics).
+    pub alpha_pattern: IndexMap<String, f64>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: TargetSpec::default(),
+            rslora: false,
+            init: InitKind::Default,
+            init_from: None,
+            layers_to_transform: None,
+            rank_pattern: IndexMap::new(),
+            alpha_pattern: IndexMap::new(),
+        }
+    }
+}
+
+/// One dataset: a local file or a Hub dataset repo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceSection {
+    /// A local `.jsonl`, `.json` or `.parquet` file.
+    pub path: Option<String>,
+    /// A Hub dataset repo id (`org/name`).
+    pub hub: Option<String>,
+    /// Split of a Hub dataset.
+    pub split: Option<String>,
+    /// Files of a Hub dataset to use (overrides the split's own files).
+    pub files: Option<Vec<String>>,
+    /// Hub revision of a dataset.
+    pub revision: Option<String>,
+    /// Row format; detected from the first row when omitted.
+    pub format: Option<Format>,
+    /// Column renames: canonical field -> the dataset's column (`{instruction: prompt}`).
+    pub fields: IndexMap<String, String>,
+    /// Use only the first N rows.
+    pub max_rows: Option<usize>,
+}
+
+/// `validation:` is a held-out fraction of the training data or its own list of sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ValidationSection {
+    Split { split: f64 },
+    Sources(Vec<SourceSection>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Keep the first `seq_len` tokens.
+    #[default]
+    Truncate,
+    /// Leave the example out.
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Training sources. Required.
+    pub train: Vec<SourceSection>,
+    /// Held-out data for evaluation (`null` for none).
+    pub validation: Option<ValidationSection>,
+    /// Maximum tokens per row.
+    pub seq_len: usize,
+    /// Pack several examples per row (attention and positions stay per example).
+    pub packing: bool,
+    /// Also train on prompts (system/user turns, alpaca instruction and input).
+    pub train_on_inputs: bool,
+    /// Shuffle rows each epoch (a pure function of seed and epoch).
+    pub shuffle: bool,
+    /// What to do with examples longer than `seq_len`: `truncate` or `drop`.
+    pub truncation: Truncation,
+    /// A Jinja chat template (inline text or a path to a `.jinja` file) replacing the tokenizer's.
+    pub chat_template: Option<String>,
+    /// System prompt for alpaca rows rendered through a chat template.
+    pub system_prompt: Option<String>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            train: Vec::new(),
+            validation: Some(ValidationSection::Split { split: 0.05 }),
+            seq_len: 1024,
+            packing: true,
+            train_on_inputs: false,
+            shuffle: true,
+            truncation: Truncation::Truncate,
+            chat_template: None,
+            system_prompt: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// `adamw` (PyTorch semantics: decoupled weight decay).
+    pub name: String,
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            name: "adamw".into(),
+            lr: 2.0e-4,
+            betas: [0.9, 0.999],
+            eps: 1.0e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// `cosine`, `linear` or `constant`, each after a linear warmup from 0.
+    pub name: String,
+    pub warmup_steps: usize,
+    /// Warmup as a fraction of all steps (used when `warmup_steps` is 0).
+    pub warmup_ratio: f64,
+    /// Learning rate at the end of a cosine or linear decay.
+    pub min_lr: f64,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            name: "cosine".into(),
+            warmup_steps: 10,
+            warmup_ratio: 0.0,
+            min_lr: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// Passes over the training data (ignored when `max_steps` is set).
+    pub epochs: usize,
+    /// Total optimizer steps; overrides `epochs` (the data repeats as needed).
+    pub max_steps: Option<usize>,
+    /// Rows per forward/backward pass.
+    pub micro_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub optimizer: OptimizerSection,
+    pub scheduler: SchedulerSection,
+    /// Global gradient-norm clipping (`null` = none).
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
+    pub eval_every: usize,
+    /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
+    pub save_every: usize,
+    /// Complete checkpoints to keep (the newest is never deleted).
+    pub keep_last: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: None,
+            micro_batch_size: 4,
+            grad_accum: 4,
+            optimizer: OptimizerSection::default(),
+            scheduler: SchedulerSection::default(),
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            device: "auto".into(),
+            eval_every: 100,
+            save_every: 100,
+            keep_last: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputSection {
+    /// Run folder: checkpoints, adapter, merged model, metrics, TensorBoard, loss plot.
+    pub dir: String,
+    /// Also write `<dir>/merged/`, the adapter folded into the base.
+    pub merge: bool,
+    /// Precision of the merged model: `auto` (the base's on-disk dtype), `f32`, `bf16`, `f16`.
+    pub merge_dtype: String,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            merge: false,
+            merge_dtype: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// Write TensorBoard event files to `<output.dir>/tensorboard/`.
+    pub tensorboard: bool,
+    /// Log (and write scalars) every N optimizer steps.
+    pub every: usize,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            tensorboard: true,
+            every: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushWhat {
+    Adapter,
+    Merged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubSection {
+    /// Repo to publish to at the end of training (`null` = don't publish).
+    pub repo: Option<String>,
+    /// What to push: `adapter`, `merged` or both (merged pushes to `<repo>-merged`... see README).
+    pub push: Vec<PushWhat>,
+    pub private: bool,
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        Self {
+            repo: None,
+            push: vec![PushWhat::Adapter],
+            private: true,
+        }
+    }
+}

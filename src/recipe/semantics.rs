@@ -1,0 +1,256 @@
+//! Checks on values beyond their types: ranges, names, files that must exist, combinations.
+
+use std::path::Path;
+
+use super::check::{Issues, suggestion};
+use super::node::{Node, Origin};
+use super::schema::*;
+use crate::backend::{DeviceSpec, WeightDtype};
+use crate::data::formats::Format;
+use crate::lora::TargetSpec;
+use crate::model::params::LINEAR_MODULES;
+
+struct Ctx<'a> {
+    tree: &'a Node,
+    issues: &'a mut Issues,
+}
+
+impl Ctx<'_> {
+    fn origin(&self, path: &str) -> Origin {
+        if let Some(n) = self.tree.at_path(path) {
+            return n.origin.clone();
+        }
+        // Defaults have no location; point at the closest written parent.
+        let mut p = path;
+        while let Some((parent, _)) = p.rsplit_once('.') {
+            if let Some(n) = self.tree.at_path(parent) {
+                return n.origin.clone();
+            }
+            p = parent;
+        }
+        Origin::Unknown
+    }
+
+    fn bad(&mut self, path: &str, message: impl Into<String>) {
+        let origin = self.origin(path);
+        self.issues.push(path, &origin, message);
+    }
+
+    fn one_of(&mut self, path: &str, value: &str, options: &[&str]) {
+        if !options.contains(&value) {
+            let hint = suggestion(value, options).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
+            self.bad(path, format!("'{value}' is not one of {}{hint}", options.join(", ")));
+        }
+    }
+}
+
+/// A Hub repo id: `name` or `org/name` of letters, digits, `-`, `_`, `.`.
+pub fn is_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
+            && !p.contains("..")
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!(parts.len(), 1 | 2) && parts.iter().all(|p| ok(p))
+}
+
+pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
+    let mut c = Ctx { tree, issues };
+
+    // model
+    let base = r.model.base.as_str();
+    if base.is_empty() {
+        c.bad("model.base", "must name a Hub repo id, a local model folder or builtin:<preset>");
+    } else if let Some(name) = base.strip_prefix(crate::model::preset::PREFIX) {
+        let names = crate::model::preset::names();
+        if !names.contains(&name) {
+            c.one_of("model.base", name, &names);
+        }
+    } else if !super::resolve_relative(recipe_path, base).exists() && !is_repo_id(base) {
+        c.bad("model.base", format!("'{base}' is not a local folder and not a Hub repo id (org/name)"));
+    }
+    if let Err(e) = r.model.dtype.parse::<WeightDtype>() {
+        c.bad("model.dtype", e);
+    }
+
+    // lora
+    let l = &r.lora;
+    if l.r == 0 {
+        c.bad("lora.r", "must be at least 1");
+    }
+    if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+        c.bad("lora.alpha", "must be a positive number");
+    }
+    if !(0.0..1.0).contains(&l.dropout) {
+        c.bad("lora.dropout", format!("{} is not in [0, 1)", l.dropout));
+    }
+    match &l.targets {
+        TargetSpec::List(names) => {
+            if names.is_empty() {
+                c.bad("lora.targets", "is empty; use all-linear or name modules");
+            }
+            for (i, n) in names.iter().enumerate() {
+                let short = n.rsplit('.').next().unwrap_or(n);
+                if !LINEAR_MODULES.contains(&short) {
+                    let hint = suggestion(short, &LINEAR_MODULES).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
+                    c.bad(
+                        &format!("lora.targets.{i}"),
+                        format!("unknown module '{n}'{hint}; linear modules are {} (or use all-linear)", LINEAR_MODULES.join(", ")),
+                    );
+                }
+            }
+        }
+        TargetSpec::One(s) if s != "all-linear" => {
+            if let Err(e) = regex::Regex::new(s) {
+                c.bad("lora.targets", format!("'{s}' is neither all-linear nor a valid regular expression: {e}"));
+            }
+        }
+        TargetSpec::One(_) => {}
+    }
+    for (k, v) in &l.rank_pattern {
+        if *v == 0 {
+            c.bad(&format!("lora.rank_pattern.{k}"), "rank must be at least 1");
+        }
+    }
+    if let Some(dir) = &l.init_from {
+        let p = super::resolve_relative(recipe_path, dir);
+        if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
+            c.bad("lora.init_from", format!("{} is not an adapter folder (no adapter_config.json)", p.display()));
+        }
+    }
+
+    // data
+    let d = &r.data;
+    if d.train.is_empty() {
+        c.bad("data.train", "needs at least one source");
+    }
+    check_sources(&mut c, "data.train", &d.train, recipe_path);
+    match &d.validation {
+        Some(ValidationSection::Split { split }) => {
+            if !(*split > 0.0 && *split < 1.0) {
+                c.bad("data.validation.split", format!("{split} is not a fraction in (0, 1)"));
+            }
+        }
+        Some(ValidationSection::Sources(list)) => check_sources(&mut c, "data.validation", list, recipe_path),
+        None => {}
+    }
+    if d.seq_len < 2 {
+        c.bad("data.seq_len", "must be at least 2");
+    }
+    if let Some(t) = &d.chat_template
+        && t.ends_with(".jinja")
+        && !super::resolve_relative(recipe_path, t).is_file()
+    {
+        c.bad("data.chat_template", format!("template file {t} not found"));
+    }
+
+    // train
+    let t = &r.train;
+    match t.max_steps {
+        Some(0) => c.bad("train.max_steps", "must be at least 1"),
+        None if t.epochs == 0 => c.bad("train.epochs", "must be at least 1 (or set max_steps)"),
+        _ => {}
+    }
+    if t.micro_batch_size == 0 {
+        c.bad("train.micro_batch_size", "must be at least 1");
+    }
+    if t.grad_accum == 0 {
+        c.bad("train.grad_accum", "must be at least 1");
+    }
+    let o = &t.optimizer;
+    c.one_of("train.optimizer.name", &o.name, &["adamw"]);
+    if !(o.lr > 0.0 && o.lr.is_finite()) {
+        c.bad("train.optimizer.lr", "must be a positive number");
+    }
+    for (i, b) in o.betas.iter().enumerate() {
+        if !(0.0..1.0).contains(b) {
+            c.bad(&format!("train.optimizer.betas.{i}"), format!("{b} is not in [0, 1)"));
+        }
+    }
+    if !(o.eps > 0.0) {
+        c.bad("train.optimizer.eps", "must be positive");
+    }
+    if !(o.weight_decay >= 0.0) {
+        c.bad("train.optimizer.weight_decay", "must be zero or positive");
+    }
+    let s = &t.scheduler;
+    c.one_of("train.scheduler.name", &s.name, &["cosine", "linear", "constant"]);
+    if !(0.0..1.0).contains(&s.warmup_ratio) {
+        c.bad("train.scheduler.warmup_ratio", "must be in [0, 1)");
+    }
+    if !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
+        c.bad("train.scheduler.min_lr", format!("must be between 0 and the learning rate ({})", o.lr));
+    }
+    if let Some(n) = t.max_grad_norm
+        && !(n > 0.0)
+    {
+        c.bad("train.max_grad_norm", "must be positive (or null for no clipping)");
+    }
+    if let Err(e) = t.device.parse::<DeviceSpec>() {
+        c.bad("train.device", e);
+    }
+    if t.keep_last == 0 {
+        c.bad("train.keep_last", "must be at least 1");
+    }
+
+    // output, logging, hub
+    c.one_of("output.merge_dtype", &r.output.merge_dtype, &["auto", "f32", "bf16", "f16"]);
+    if r.logging.every == 0 {
+        c.bad("logging.every", "must be at least 1");
+    }
+    if let Some(repo) = &r.hub.repo {
+        if !is_repo_id(repo) {
+            c.bad("hub.repo", format!("'{repo}' is not a repo id (org/name)"));
+        }
+        if r.hub.push.is_empty() {
+            c.bad("hub.push", "is empty; say what to push: [adapter], [merged] or both");
+        }
+    }
+}
+
+fn check_sources(c: &mut Ctx<'_>, path: &str, sources: &[SourceSection], recipe_path: &Path) {
+    for (i, s) in sources.iter().enumerate() {
+        let p = format!("{path}.{i}");
+        match (&s.path, &s.hub) {
+            (Some(_), Some(_)) => c.bad(&p, "give either path or hub, not both"),
+            (None, None) => c.bad(&p, "needs a path (local file) or hub (dataset repo id)"),
+            (Some(file), None) => {
+                let resolved = super::resolve_relative(recipe_path, file);
+                if !resolved.is_file() {
+                    c.bad(&format!("{p}.path"), format!("file {file} not found (looked in the working directory and beside the recipe)"));
+                } else if !["jsonl", "json", "parquet", "ndjson"]
+                    .contains(&resolved.extension().and_then(|e| e.to_str()).unwrap_or(""))
+                {
+                    c.bad(&format!("{p}.path"), "expected a .jsonl, .json or .parquet file");
+                }
+            }
+            (None, Some(repo)) => {
+                if !is_repo_id(repo) {
+                    c.bad(&format!("{p}.hub"), format!("'{repo}' is not a dataset repo id (org/name)"));
+                }
+            }
+        }
+        if let Some(format) = s.format {
+            let allowed: &[&str] = format.fields();
+            for k in s.fields.keys() {
+                if !allowed.contains(&k.as_str()) {
+                    c.bad(
+                        &format!("{p}.fields.{k}"),
+                        format!("format {format} has no field '{k}'; its fields are {}", allowed.join(", ")),
+                    );
+                }
+            }
+        } else if !s.fields.is_empty() {
+            let all: Vec<&str> = Format::ALL.iter().flat_map(|f| f.fields().iter().copied()).collect();
+            for k in s.fields.keys() {
+                if !all.contains(&k.as_str()) {
+                    c.bad(&format!("{p}.fields.{k}"), format!("no format has a field '{k}'"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Step checkpoints: `<output.dir>/checkpoints/step-000120/` with the adapter (PEFT format),
+//! `optimizer.safetensors` (both AdamW moments under the PEFT tensor names, plus the step
+//! count) and `trainer_state.json`. Written to a temporary folder, fsynced, then renamed, so a
+//! crash at any moment leaves either the old set or the new one; a folder that fails its checks
+//! is skipped with a warning, never loaded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::state::TrainerState;
+use crate::lora::peft::{self, CONFIG_FILE, WEIGHTS_FILE};
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "trainer_state.json";
+const PREFIX: &str = "step-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path} is unusable: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+}
+
+pub fn checkpoints_dir(output: &Path) -> PathBuf {
+    output.join("checkpoints")
+}
+
+pub fn step_dir(output: &Path, step: usize) -> PathBuf {
+    checkpoints_dir(output).join(format!("{PREFIX}{step:06}"))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn fsync(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
+/// What goes into a checkpoint besides the trainer state.
+pub struct CheckpointContents<'a> {
+    /// Writes the adapter files into the given folder.
+    pub write_adapter: &'a dyn Fn(&Path) -> Result<(), String>,
+    /// Optimizer tensors: (name, shape, f32 little-endian bytes).
+    pub optimizer: Vec<(String, Vec<usize>, Vec<u8>)>,
+    pub optimizer_step: u64,
+}
+
+/// Write `step-NNNNNN` atomically and prune old checkpoints beyond `keep_last`.
+pub fn save(output: &Path, mut state: TrainerState, contents: &CheckpointContents<'_>, keep_last: usize) -> Result<PathBuf, CheckpointError> {
+    let root = checkpoints_dir(output);
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let final_dir = step_dir(output, state.global_step);
+    let tmp = root.join(format!(".{PREFIX}{:06}.partial-{}", state.global_step, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    (contents.write_adapter)(&tmp).map_err(|reason| CheckpointError::Invalid { path: tmp.clone(), reason })?;
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("step".to_string(), contents.optimizer_step.to_string()),
+    ]);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = contents
+        .optimizer
+        .iter()
+        .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CheckpointError::Invalid { path: opt_path.clone(), reason: e.to_string() })?;
+    safetensors::serialize_to_file(views, Some(metadata), &opt_path)
+        .map_err(|e| CheckpointError::Invalid { path: opt_path.clone(), reason: e.to_string() })?;
+    state.files.clear();
+    for name in [CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE] {
+        let p = tmp.join(name);
+        fsync(&p)?;
+        state.files.insert(name.to_string(), sha256_file(&p)?);
+    }
+    let state_path = tmp.join(STATE_FILE);
+    let text = serde_json::to_string_pretty(&state).unwrap_or_default();
+    std::fs::write(&state_path, text + "\n").map_err(io(&state_path))?;
+    fsync(&state_path)?;
+    fsync(&tmp)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    fsync(&root)?;
+    prune(output, keep_last);
+    Ok(final_dir)
+}
+
+/// Steps of every `step-N` folder (complete or not), ascending.
+fn listed(output: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir(output)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix(PREFIX)?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A checkpoint that passed its checks.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+}
+
+/// Read and check one checkpoint folder: every file present and matching its checksum.
+pub fn open(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    let invalid = |reason: String| CheckpointError::Invalid { path: dir.to_path_buf(), reason };
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
+    for name in [CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE] {
+        let want = state.files.get(name).ok_or_else(|| invalid(format!("{STATE_FILE} lists no checksum for {name}")))?;
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Err(invalid(format!("{name} is missing")));
+        }
+        if &sha256_file(&p)? != want {
+            return Err(invalid(format!("{name} does not match its checksum (damaged or modified)")));
+        }
+    }
+    Ok(Checkpoint { dir: dir.to_path_buf(), state })
+}
+
+/// The newest checkpoint that passes its checks; broken ones are reported and skipped.
+pub fn newest_complete(output: &Path) -> Option<Checkpoint> {
+    for (_, dir) in listed(output).into_iter().rev() {
+        match open(&dir) {
+            Ok(c) => return Some(c),
+            Err(e) => tracing::warn!("skipping {e}"),
+        }
+    }
+    None
+}
+
+/// Whether the run folder holds any checkpoint at all (complete or not).
+pub fn any(output: &Path) -> bool {
+    !listed(output).is_empty()
+}
+
+/// Keep the newest `keep_last` complete checkpoints; never delete the newest complete one, and
+/// leave incomplete ones for the user to inspect only if they are newer than it.
+fn prune(output: &Path, keep_last: usize) {
+    let all = listed(output);
+    let complete: Vec<&(usize, PathBuf)> = all.iter().filter(|(_, d)| open(d).is_ok()).collect();
+    let keep = keep_last.max(1);
+    if complete.len() <= keep {
+        return;
+    }
+    let cutoff = complete[complete.len() - keep].0;
+    for (step, dir) in &all {
+        if *step < cutoff {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// The optimizer tensors and step count stored in a checkpoint.
+pub fn read_optimizer(dir: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, u64), CheckpointError> {
+    let path = dir.join(OPTIMIZER_FILE);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.clone(), reason };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let step = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("no step count in the metadata".into()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok((out, step))
+}
+
+/// Names of the two moments of a LoRA factor in `optimizer.safetensors`.
+pub fn moment_names(peft_key: &str) -> (String, String) {
+    (format!("{peft_key}.exp_avg"), format!("{peft_key}.exp_avg_sq"))
+}
+
+pub use peft::peft_key;

@@ -1,0 +1,100 @@
+//! `trainer_state.json`: where a run stands (step, epoch, position in the epoch's data order,
+//! schedule), what must not change on resume (the recipe's fingerprint), and checksums of the
+//! checkpoint's files.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::lora::attach::fnv1a;
+use crate::recipe::Recipe;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub burnish_version: String,
+    /// Optimizer steps completed.
+    pub global_step: usize,
+    /// 0-based epoch of the next step and its window index within that epoch's order.
+    pub epoch: usize,
+    pub window_in_epoch: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    /// Learning rate of the last step taken.
+    pub last_lr: f64,
+    /// The data order and dropout masks are pure functions of this seed and the step.
+    pub seed: u64,
+    /// Seconds of training before this checkpoint, over all earlier runs.
+    pub elapsed_s: f64,
+    /// Training tokens processed so far.
+    pub tokens_seen: u64,
+    pub best_eval_loss: Option<f64>,
+    /// Recipe values that must not change when resuming, by dotted key.
+    pub fingerprint: BTreeMap<String, Value>,
+    pub fingerprint_hash: String,
+    /// sha256 of each other file in the checkpoint.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Values that define the run's math: changing any of them makes a resumed run a different run.
+/// `epochs`/`max_steps`, `save_every`, `eval_every`, `keep_last`, logging, output and hub may change.
+pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
+    let mut f = BTreeMap::new();
+    let mut put = |k: &str, v: Value| {
+        f.insert(k.to_string(), v);
+    };
+    put("model.base", json!(r.model.base));
+    put("model.revision", json!(r.model.revision));
+    put("model.dtype", json!(r.model.dtype));
+    put("lora.r", json!(r.lora.r));
+    put("lora.alpha", json!(r.lora.alpha));
+    put("lora.dropout", json!(r.lora.dropout));
+    put("lora.targets", json!(r.lora.targets));
+    put("lora.rslora", json!(r.lora.rslora));
+    put("lora.init", json!(r.lora.init));
+    put("lora.init_from", json!(r.lora.init_from));
+    put("lora.layers_to_transform", json!(r.lora.layers_to_transform));
+    put("lora.rank_pattern", json!(r.lora.rank_pattern));
+    put("lora.alpha_pattern", json!(r.lora.alpha_pattern));
+    put("data.train", json!(r.data.train));
+    put("data.validation", json!(r.data.validation));
+    put("data.seq_len", json!(r.data.seq_len));
+    put("data.packing", json!(r.data.packing));
+    put("data.train_on_inputs", json!(r.data.train_on_inputs));
+    put("data.shuffle", json!(r.data.shuffle));
+    put("data.truncation", json!(r.data.truncation));
+    put("data.chat_template", json!(r.data.chat_template));
+    put("data.system_prompt", json!(r.data.system_prompt));
+    put("train.seed", json!(r.train.seed));
+    put("train.micro_batch_size", json!(r.train.micro_batch_size));
+    put("train.grad_accum", json!(r.train.grad_accum));
+    put("train.optimizer", json!(r.train.optimizer));
+    put("train.scheduler", json!(r.train.scheduler));
+    put("train.max_grad_norm", json!(r.train.max_grad_norm));
+    f
+}
+
+pub fn fingerprint_hash(f: &BTreeMap<String, Value>) -> String {
+    format!("{:016x}", fnv1a(serde_json::to_string(f).unwrap_or_default().as_bytes()))
+}
+
+/// The dotted keys whose values differ between a checkpoint and the current recipe.
+pub fn changed_fields(saved: &BTreeMap<String, Value>, now: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| format!("{k} (checkpoint: {}, recipe: {})", show(saved.get(k)), show(now.get(k))))
+        .collect()
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None => "absent".into(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.len() > 80 { format!("{}...", &s[..77]) } else { s }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The one place gradients pass through between backward and the optimizer step. A single
+//! process passes them on; data-parallel replicas sum gradient sums, trained-token counts and
+//! loss sums across ranks here, so every replica takes the same step.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// What one replica contributes to an optimizer step.
+pub struct StepContribution<B: Backend> {
+    /// Gradients of the *summed* token loss (not yet divided by the token count).
+    pub grad_sums: Vec<Tensor<B, 2>>,
+    /// Trained tokens behind those sums.
+    pub trained_tokens: usize,
+    /// Summed token loss.
+    pub loss_sum: f64,
+}
+
+pub trait GradientSync<B: Backend> {
+    /// Combine every replica's contribution; all replicas receive the same totals.
+    fn all_reduce(&mut self, local: StepContribution<B>) -> anyhow::Result<StepContribution<B>>;
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+}
+
+/// Training in one process: nothing to combine.
+pub struct SingleProcess;
+
+impl<B: Backend> GradientSync<B> for SingleProcess {
+    fn all_reduce(&mut self, local: StepContribution<B>) -> anyhow::Result<StepContribution<B>> {
+        Ok(local)
+    }
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+}
