@@ -530,6 +530,91 @@ def make_templates():
 
 
 # --------------------------------------------------------------------------------------------
+# Training parity: PEFT + a plain PyTorch loop
+# --------------------------------------------------------------------------------------------
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def token_mean_window_loss(model, rows):
+    """Sum of token losses over a window's micro-batches divided by the window's trained
+    tokens (not a mean of per-micro-batch means)."""
+    import torch.nn.functional as F
+    total = sum(sum(1 for l in r["labels"][1:] if l != -100) for mb in rows for r in mb)
+    loss_value = 0.0
+    for mb in rows:
+        n = max(len(r["input_ids"]) for r in mb)
+        ids = torch.zeros(len(mb), n, dtype=torch.long)
+        mask = torch.zeros(len(mb), n, dtype=torch.long)
+        labels = torch.full((len(mb), n), -100, dtype=torch.long)
+        for i, r in enumerate(mb):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            mask[i, :k] = 1
+            labels[i, :k] = torch.tensor(r["labels"])
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        loss_sum = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        (loss_sum / total).backward()
+        loss_value += loss_sum.item()
+    return loss_value / total
+
+
+def make_train_parity():
+    import peft
+    base_dir = os.path.join(FIX, "models", "qwen2-tied")
+    init = os.path.join(FIX, "lora", "init", "adapter")
+    results = {"versions": versions()}
+
+    # Case 1: the golden batch (2 x 12 tokens, labels = ids), one micro-batch per step, AdamW
+    # lr 1e-3 wd 0, constant lr, no clipping, 5 steps.
+    ids = golden_inputs(7).tolist()
+    rows = [{"input_ids": r, "labels": r} for r in ids]
+    write_jsonl(out("golden", "train-parity-1.jsonl"), rows)
+    model = peft.PeftModel.from_pretrained(load_model("qwen2-tied"), init, is_trainable=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.0)
+    losses = []
+    for step in range(5):
+        opt.zero_grad()
+        losses.append(token_mean_window_loss(model, [rows]))
+        opt.step()
+        if step == 0:
+            model.save_pretrained(os.path.join(FIX, "lora", "parity-step1"))
+            relative_base(os.path.join(FIX, "lora", "parity-step1"), "qwen2-tied")
+    results["case1"] = {"losses": losses, "steps": 5}
+
+    # Case 2: grad_accum 2 over micro-batches of different token counts (and prompt tokens
+    # masked), global-norm clipping at 0.05, 4 steps (two epochs of two windows).
+    g = torch.Generator().manual_seed(5)
+    rows2 = []
+    for n in [14, 5, 9, 11]:
+        r = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        labels = list(r)
+        labels[: n // 3] = [-100] * (n // 3)
+        rows2.append({"input_ids": r, "labels": labels})
+    write_jsonl(out("golden", "train-parity-2.jsonl"), rows2)
+    model = peft.PeftModel.from_pretrained(load_model("qwen2-tied"), init, is_trainable=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    losses, norms = [], []
+    for step in range(4):
+        window = [[rows2[0]], [rows2[1]]] if step % 2 == 0 else [[rows2[2]], [rows2[3]]]
+        opt.zero_grad()
+        losses.append(token_mean_window_loss(model, window))
+        norms.append(torch.nn.utils.clip_grad_norm_(params, 0.05).item())
+        opt.step()
+    model.save_pretrained(os.path.join(FIX, "lora", "parity-case2-final"))
+    relative_base(os.path.join(FIX, "lora", "parity-case2-final"), "qwen2-tied")
+    results["case2"] = {"losses": losses, "grad_norms": norms, "steps": 4}
+    write_json(out("golden", "train-parity.json"), results)
+    print("train parity:", results["case1"]["losses"], results["case2"]["losses"])
+
+
+# --------------------------------------------------------------------------------------------
 # burnish's outputs read back by the reference libraries
 # --------------------------------------------------------------------------------------------
 
@@ -585,13 +670,37 @@ def check_burnish_merge():
     write_json(out("golden", "burnish-merge-check.json"), {"versions": versions(), "cases": results})
 
 
+def check_tensorboard():
+    """TensorBoard's own reader (EventAccumulator) on the event file of a burnish run
+    (golden/tb-recipe.yaml; build burnish first). The Rust test decodes its own run and compares."""
+    import tempfile
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tmp = tempfile.mkdtemp()
+    run_burnish("train", "tests/fixtures/golden/tb-recipe.yaml", "--set", f"output.dir={tmp}/run")
+    ea = EventAccumulator(os.path.join(tmp, "run", "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    scalars = {t: [[e.step, e.value] for e in ea.Scalars(t)] for t in tags["scalars"]}
+    tensors = {t: [[e.step, [v.decode() for v in e.tensor_proto.string_val]] for e in ea.Tensors(t)]
+               for t in tags["tensors"]}
+    plugins = sorted({ea.SummaryMetadata(t).plugin_data.plugin_name
+                      for t in tags["tensors"] + ["_hparams_/session_start_info"]
+                      if ea.SummaryMetadata(t) is not None})
+    write_json(out("golden", "tensorboard-reader.json"), {
+        "versions": versions(), "scalars": scalars, "tensors": tensors, "plugins": plugins})
+    shutil.rmtree(tmp)
+    print("tensorboard:", sorted(scalars))
+
+
 PARTS = {
     "tokenizer": make_tokenizer,
     "models": make_models,
     "configs": make_configs,
     "lora": make_lora,
     "templates": make_templates,
+    "train_parity": make_train_parity,
     "burnish_merge": check_burnish_merge,
+    "tensorboard": check_tensorboard,
 }
 
 

@@ -37,7 +37,9 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device '{other}' (expected auto, cpu, cuda or cuda:N)")),
+                .ok_or_else(|| {
+                    format!("unknown device '{other}' (expected auto, cpu, cuda or cuda:N)")
+                }),
         }
     }
 }
@@ -68,7 +70,9 @@ impl FromStr for WeightDtype {
             "auto" => Ok(WeightDtype::Auto),
             "f32" | "float32" => Ok(WeightDtype::F32),
             "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
-            other => Err(format!("unknown dtype '{other}' (expected auto, f32 or bf16)")),
+            other => Err(format!(
+                "unknown dtype '{other}' (expected auto, f32 or bf16)"
+            )),
         }
     }
 }

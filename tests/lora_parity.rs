@@ -13,7 +13,10 @@ use burnish::model::{HostBatch, ModelConfig, ModelFolder};
 use common::*;
 
 fn ids_of(g: &Golden) -> Vec<Vec<u32>> {
-    g.i64.chunks(g.shape[1]).map(|r| r.iter().map(|&i| i as u32).collect()).collect()
+    g.i64
+        .chunks(g.shape[1])
+        .map(|r| r.iter().map(|&i| i as u32).collect())
+        .collect()
 }
 
 fn base_of(case: &str) -> String {
@@ -24,7 +27,14 @@ fn base_of(case: &str) -> String {
 /// f32 logits with a PEFT adapter: same bound as the base model (summation order only).
 #[test]
 fn logits_with_peft_adapters_match_peft() {
-    for case in ["qwen2-tied", "llama-gqa", "qwen3", "rslora", "patterns", "layers"] {
+    for case in [
+        "qwen2-tied",
+        "llama-gqa",
+        "qwen3",
+        "rslora",
+        "patterns",
+        "layers",
+    ] {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
         let mut model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
@@ -44,37 +54,63 @@ fn first_backward_gradients_match_peft() {
     for case in ["qwen2-tied", "llama-gqa", "qwen3", "patterns"] {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
-        let mut model = folder.load::<CpuTrain>(DType::F32, &Default::default()).unwrap();
+        let mut model = folder
+            .load::<CpuTrain>(DType::F32, &Default::default())
+            .unwrap();
         let adapter = fixtures().join(format!("lora/{case}/adapter"));
         let (_, targets) = apply_adapter(&mut model, &adapter, true).unwrap();
         let ids = ids_of(&golden["input_ids"]);
         let batch = HostBatch::from_rows(&ids, 0);
-        let labels: Vec<Vec<i64>> = ids.iter().map(|r| r.iter().map(|&i| i as i64).collect()).collect();
+        let labels: Vec<Vec<i64>> = ids
+            .iter()
+            .map(|r| r.iter().map(|&i| i as i64).collect())
+            .collect();
         let tgt = Targets::shifted(&labels, &batch.segments);
         let hidden = model.hidden_states(&batch, false);
         let (sum, n) = cross_entropy_sum(&model.net, hidden, &tgt, 7);
         let loss = sum / n as f64;
         let info = read_json(&fixtures().join(format!("golden/lora-{case}.json")));
         let l = loss.clone().into_scalar() as f64;
-        assert!((l - info["loss"].as_f64().unwrap()).abs() <= 1e-5, "{case}: loss {l}");
+        assert!(
+            (l - info["loss"].as_f64().unwrap()).abs() <= 1e-5,
+            "{case}: loss {l}"
+        );
         let grads = loss.backward();
         let mut checked = 0;
         for t in &targets {
-            let lora = model.net.projection(t.layer, t.module).unwrap().lora.as_ref().unwrap();
+            let lora = model
+                .net
+                .projection(t.layer, t.module)
+                .unwrap()
+                .lora
+                .as_ref()
+                .unwrap();
             for (is_a, param) in [(true, &lora.a), (false, &lora.b)] {
                 let key = format!("grad.{}", peft_key(t.layer, t.module, is_a));
                 let want = &golden[&key].f32;
-                let got = param.val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+                let got = param
+                    .val()
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
                 let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 let diff = max_abs_diff(&got, want);
-                assert!(diff <= 1e-5 * scale.max(1e-12), "{case} {key}: {diff} (scale {scale})");
+                assert!(
+                    diff <= 1e-5 * scale.max(1e-12),
+                    "{case} {key}: {diff} (scale {scale})"
+                );
                 checked += 1;
             }
         }
         assert_eq!(checked, 2 * targets.len());
         // Frozen weights get no gradient at all.
         let q = model.net.projection(0, "q_proj").unwrap();
-        assert!(q.weight.val().grad(&grads).is_none(), "{case}: base weight got a gradient");
+        assert!(
+            q.weight.val().grad(&grads).is_none(),
+            "{case}: base weight got a gradient"
+        );
         assert!(model.net.embed_tokens.val().grad(&grads).is_none());
     }
 }
@@ -96,7 +132,11 @@ fn trainable_parameter_counts_match_peft() {
     for case in ["qwen2-tied", "qwen3", "patterns", "layers"] {
         let info = read_json(&fixtures().join(format!("golden/lora-{case}.json")));
         let cfg = ModelConfig::from_file(&model_dir(&base_of(case)).join("config.json")).unwrap();
-        let adapter = burnish::lora::peft::read_adapter(&fixtures().join(format!("lora/{case}/adapter")), &cfg).unwrap();
+        let adapter = burnish::lora::peft::read_adapter(
+            &fixtures().join(format!("lora/{case}/adapter")),
+            &cfg,
+        )
+        .unwrap();
         let n = trainable_parameters(&adapter.settings.resolve(&cfg).unwrap());
         assert_eq!(n, info["trainable_parameters"].as_u64().unwrap(), "{case}");
     }
@@ -110,5 +150,8 @@ fn unknown_target_lists_linear_modules() {
         ..LoraSettings::default()
     };
     let err = settings.resolve(&cfg).unwrap_err().to_string();
-    assert!(err.contains("'qkv'") && err.contains("gate_proj") && err.contains("all-linear"), "{err}");
+    assert!(
+        err.contains("'qkv'") && err.contains("gate_proj") && err.contains("all-linear"),
+        "{err}"
+    );
 }

@@ -21,7 +21,14 @@ fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
         let bytes = fs::read(&path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         for (name, view) in st.tensors() {
-            out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec(), view.data().to_vec()));
+            out.insert(
+                name,
+                (
+                    format!("{:?}", view.dtype()),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                ),
+            );
         }
     }
     out
@@ -29,14 +36,26 @@ fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
 
 fn to_f32(dtype: &str, bytes: &[u8]) -> Vec<f32> {
     match dtype {
-        "F32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        "BF16" => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        "F32" => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "BF16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => panic!("dtype {other}"),
     }
 }
 
 fn merge(adapter: &Path, base: Option<&Path>, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["merge", "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "merge",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if let Some(b) = base {
         args.extend(["--base", b.to_str().unwrap()]);
     }
@@ -50,12 +69,25 @@ fn f32_merge_equals_peft_and_stays_tied() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
         // No --base: the adapter's base_model_name_or_path (relative to the repo root) is used.
-        let o = merge(&fixtures().join(format!("lora/{case}/adapter")), None, &out, &["--verify"]);
+        let o = merge(
+            &fixtures().join(format!("lora/{case}/adapter")),
+            None,
+            &out,
+            &["--verify"],
+        );
         assert!(o.status.success(), "{case}: {}", stderr(&o));
-        assert!(stdout(&o).contains("verify: max |logit difference|"), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains("verify: max |logit difference|"),
+            "{}",
+            stdout(&o)
+        );
         let ours = tensors(&out);
         let peft = tensors(&fixtures().join(format!("lora/{case}/merged")));
-        assert_eq!(ours.keys().collect::<Vec<_>>(), peft.keys().collect::<Vec<_>>(), "{case}: tensor names");
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            peft.keys().collect::<Vec<_>>(),
+            "{case}: tensor names"
+        );
         let base = tensors(&model_dir(case));
         for (name, (dtype, shape, bytes)) in &ours {
             let (pd, ps, pb) = &peft[name];
@@ -63,13 +95,22 @@ fn f32_merge_equals_peft_and_stays_tied() {
             let diff = max_abs_diff(&to_f32(dtype, bytes), &to_f32(pd, pb));
             assert!(diff <= 1e-6, "{case} {name}: {diff}");
             if !name.contains("_proj.weight") {
-                assert_eq!(bytes, &base[name].2, "{case} {name}: untouched tensor must be copied bit for bit");
+                assert_eq!(
+                    bytes, &base[name].2,
+                    "{case} {name}: untouched tensor must be copied bit for bit"
+                );
             }
         }
         let cfg = read_json(&out.join("config.json"));
         let info = read_json(&fixtures().join(format!("golden/lora-{case}.json")));
-        assert_eq!(cfg["tie_word_embeddings"].as_bool(), info["merged_tied"].as_bool());
-        assert_eq!(ours.contains_key("lm_head.weight"), !info["merged_tied"].as_bool().unwrap());
+        assert_eq!(
+            cfg["tie_word_embeddings"].as_bool(),
+            info["merged_tied"].as_bool()
+        );
+        assert_eq!(
+            ours.contains_key("lm_head.weight"),
+            !info["merged_tied"].as_bool().unwrap()
+        );
         assert!(out.join("generation_config.json").is_file());
     }
 }
@@ -81,7 +122,12 @@ fn f32_merge_equals_peft_and_stays_tied() {
 fn bf16_base_merges_to_bf16() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("merged");
-    let o = merge(&fixtures().join("lora/qwen2-bf16/adapter"), None, &out, &["--verify"]);
+    let o = merge(
+        &fixtures().join("lora/qwen2-bf16/adapter"),
+        None,
+        &out,
+        &["--verify"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let ours = tensors(&out);
     let peft = tensors(&fixtures().join("lora/qwen2-bf16/merged"));
@@ -96,7 +142,10 @@ fn bf16_base_merges_to_bf16() {
         }
         changed += usize::from(a != b);
     }
-    assert!(changed < ours.len(), "most tensors should be bit-identical to PEFT's");
+    assert!(
+        changed < ours.len(),
+        "most tensors should be bit-identical to PEFT's"
+    );
     assert_eq!(read_json(&out.join("config.json"))["dtype"], "bfloat16");
 }
 
@@ -112,9 +161,15 @@ fn sharded_base_keeps_its_layout_and_dtype_flag_converts() {
         &["--dtype", "bf16", "--verify"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut names: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
-    assert!(names.contains(&"model-00004-of-00004.safetensors".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"model-00004-of-00004.safetensors".to_string()),
+        "{names:?}"
+    );
     assert!(names.contains(&"model.safetensors.index.json".to_string()));
     let index = read_json(&out.join("model.safetensors.index.json"));
     let total: u64 = tensors(&out).values().map(|(_, _, b)| b.len() as u64).sum();
@@ -135,7 +190,10 @@ fn refuses_to_overwrite_and_never_leaves_partial_output() {
     let o = merge(&adapter, None, &out, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    assert_eq!(fs::read_to_string(out.join("keep.txt")).unwrap(), "user data");
+    assert_eq!(
+        fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "user data"
+    );
     let o = merge(&adapter, None, &out, &["--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!out.join("keep.txt").exists());
@@ -150,16 +208,29 @@ fn refuses_to_overwrite_and_never_leaves_partial_output() {
     let out2 = tmp.path().join("merged2");
     let o = merge(&adapter, Some(&base), &out2, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("model-00003-of-00004.safetensors"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("model-00003-of-00004.safetensors"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out2.exists());
-    let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(leftovers.iter().all(|n| !n.to_string_lossy().contains("partial")), "{leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("partial")),
+        "{leftovers:?}"
+    );
 }
 
 fn adapter_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     copy_dir(&fixtures().join("lora/qwen2-tied/adapter"), dir);
     let p = dir.join("adapter_config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     edit(&mut cfg);
     fs::write(&p, cfg.to_string()).unwrap();
 }
@@ -168,11 +239,20 @@ fn adapter_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 fn adapters_burnish_cannot_apply_are_refused_by_name() {
     let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
         ("use_dora", Box::new(|c| c["use_dora"] = true.into())),
-        ("modules_to_save", Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"]))),
-        ("fan_in_fan_out", Box::new(|c| c["fan_in_fan_out"] = true.into())),
+        (
+            "modules_to_save",
+            Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"])),
+        ),
+        (
+            "fan_in_fan_out",
+            Box::new(|c| c["fan_in_fan_out"] = true.into()),
+        ),
         ("bias", Box::new(|c| c["bias"] = "all".into())),
         ("peft_type", Box::new(|c| c["peft_type"] = "IA3".into())),
-        ("init_lora_weights", Box::new(|c| c["init_lora_weights"] = "pissa".into())),
+        (
+            "init_lora_weights",
+            Box::new(|c| c["init_lora_weights"] = "pissa".into()),
+        ),
     ];
     for (field, edit) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -180,8 +260,15 @@ fn adapters_burnish_cannot_apply_are_refused_by_name() {
         adapter_with(&adapter, |c| edit(c));
         let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
         let o = burnish(&[
-            "eval", "--model", model_dir("qwen2-tied").to_str().unwrap(), "--adapter",
-            adapter.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu",
+            "eval",
+            "--model",
+            model_dir("qwen2-tied").to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
         ]);
         assert_eq!(o.status.code(), Some(2), "{field}: {}", stderr(&o));
         assert!(stderr(&o).contains(field), "{field}: {}", stderr(&o));
@@ -194,11 +281,22 @@ fn adapter_tensor_problems_are_named() {
     let data = fixtures().join("golden/qwen3.eval.jsonl");
     let adapter = fixtures().join("lora/qwen2-tied/adapter");
     let o = burnish(&[
-        "eval", "--model", model_dir("qwen3").to_str().unwrap(), "--adapter",
-        adapter.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu",
+        "eval",
+        "--model",
+        model_dir("qwen3").to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("q_proj.lora_B.weight has shape [64, 8], expected [128, 8]"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("q_proj.lora_B.weight has shape [64, 8], expected [128, 8]"),
+        "{}",
+        stderr(&o)
+    );
 
     // An extra tensor (a DoRA magnitude vector) is not silently ignored.
     let tmp = tempfile::tempdir().unwrap();
@@ -207,18 +305,36 @@ fn adapter_tensor_problems_are_named() {
     let p = dir.join("adapter_model.safetensors");
     let bytes = fs::read(&p).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut all: Vec<(String, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
-    all.push(("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector".into(), vec![4], vec![0; 16]));
+    let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    all.push((
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector".into(),
+        vec![4],
+        vec![0; 16],
+    ));
     drop(st);
     burnishing_write(&p, &all);
     let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
     let o = burnish(&[
-        "eval", "--model", model_dir("qwen2-tied").to_str().unwrap(), "--adapter",
-        dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu",
+        "eval",
+        "--model",
+        model_dir("qwen2-tied").to_str().unwrap(),
+        "--adapter",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("lora_magnitude_vector"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lora_magnitude_vector"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn burnishing_write(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
@@ -234,14 +350,30 @@ fn transformers_loaded_burnish_merges() {
     for (case, result) in check["cases"].as_object().unwrap() {
         assert_eq!(result["loaded_by_transformers"], true, "{case}");
         let diff = result["max_logit_diff_vs_peft_merged"].as_f64().unwrap();
-        assert!(diff <= 1e-4, "{case}: transformers saw a logit difference of {diff}");
+        assert!(
+            diff <= 1e-4,
+            "{case}: transformers saw a logit difference of {diff}"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
-        let o = merge(&fixtures().join(format!("lora/{case}/adapter")), None, &out, &[]);
+        let o = merge(
+            &fixtures().join(format!("lora/{case}/adapter")),
+            None,
+            &out,
+            &[],
+        );
         assert!(o.status.success(), "{case}: {}", stderr(&o));
-        let mut files: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut files: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         files.sort();
-        let want: Vec<String> = result["structure"]["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let want: Vec<String> = result["structure"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(files, want, "{case}: files");
         let ours = tensors(&out);
         let recorded = result["structure"]["tensors"].as_object().unwrap();
@@ -254,9 +386,17 @@ fn transformers_loaded_burnish_merges() {
                 other => other,
             };
             assert_eq!(rec[1].as_str().unwrap(), torch_dtype, "{case} {name}");
-            let rs: Vec<usize> = rec[2].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let rs: Vec<usize> = rec[2]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
             assert_eq!(&rs, shape, "{case} {name}");
         }
-        assert_eq!(read_json(&out.join("config.json"))["tie_word_embeddings"], result["tied"]);
+        assert_eq!(
+            read_json(&out.join("config.json"))["tie_word_embeddings"],
+            result["tied"]
+        );
     }
 }

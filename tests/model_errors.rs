@@ -33,7 +33,10 @@ fn missing_shard_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&model_dir("qwen2-untied"), tmp.path());
     fs::remove_file(tmp.path().join("model-00002-of-00004.safetensors")).unwrap();
-    assert_user_error(&eval_on(tmp.path()), &["model-00002-of-00004.safetensors", "missing"]);
+    assert_user_error(
+        &eval_on(tmp.path()),
+        &["model-00002-of-00004.safetensors", "missing"],
+    );
 }
 
 #[test]
@@ -43,7 +46,10 @@ fn truncated_safetensors_is_reported() {
     let f = tmp.path().join("model.safetensors");
     let bytes = fs::read(&f).unwrap();
     fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
-    assert_user_error(&eval_on(tmp.path()), &["model.safetensors", "truncated or corrupt"]);
+    assert_user_error(
+        &eval_on(tmp.path()),
+        &["model.safetensors", "truncated or corrupt"],
+    );
 }
 
 #[test]
@@ -52,12 +58,18 @@ fn wrong_shape_is_listed_with_expected_shape() {
     copy_dir(&model_dir("qwen2-tied"), tmp.path());
     // Claim a larger intermediate size than the weights have: every MLP tensor mismatches.
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = 96.into();
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_user_error(
         &eval_on(tmp.path()),
-        &["model.layers.0.mlp.gate_proj.weight", "[128, 64]", "expected [96, 64]", "model.layers.1.mlp.down_proj.weight"],
+        &[
+            "model.layers.0.mlp.gate_proj.weight",
+            "[128, 64]",
+            "expected [96, 64]",
+            "model.layers.1.mlp.down_proj.weight",
+        ],
     );
 }
 
@@ -67,13 +79,17 @@ fn missing_and_unexpected_tensors_are_listed_together() {
     copy_dir(&model_dir("qwen2-tied"), tmp.path());
     // An untied config wants lm_head.weight, which a tied checkpoint lacks.
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["tie_word_embeddings"] = false.into();
     cfg["num_hidden_layers"] = 1.into();
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_user_error(
         &eval_on(tmp.path()),
-        &["missing tensor lm_head.weight", "unexpected tensor model.layers.1.self_attn.q_proj.weight"],
+        &[
+            "missing tensor lm_head.weight",
+            "unexpected tensor model.layers.1.self_attn.q_proj.weight",
+        ],
     );
 }
 
@@ -82,13 +98,20 @@ fn unsupported_architecture_lists_supported_ones() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&model_dir("qwen2-tied"), tmp.path());
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
     cfg["model_type"] = "gpt2".into();
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_user_error(
         &eval_on(tmp.path()),
-        &["GPT2LMHeadModel", "Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM"],
+        &[
+            "GPT2LMHeadModel",
+            "Qwen2ForCausalLM",
+            "LlamaForCausalLM",
+            "MistralForCausalLM",
+            "Qwen3ForCausalLM",
+        ],
     );
     let out = burnish(&["inspect", tmp.path().to_str().unwrap()]);
     assert_user_error(&out, &["GPT2LMHeadModel"]);
@@ -99,7 +122,11 @@ fn not_a_model_folder_and_bad_data() {
     let tmp = tempfile::tempdir().unwrap();
     assert_user_error(&eval_on(tmp.path()), &["config.json"]);
     let data = tmp.path().join("bad.jsonl");
-    fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, \"x\"]}\n").unwrap();
+    fs::write(
+        &data,
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, \"x\"]}\n",
+    )
+    .unwrap();
     let out = burnish(&[
         "eval",
         "--model",

@@ -13,7 +13,10 @@ const LOGITS_TOL_F32: f32 = 1e-4;
 
 fn golden_ids(g: &Golden) -> Vec<Vec<u32>> {
     let seq = g.shape[1];
-    g.i64.chunks(seq).map(|r| r.iter().map(|&i| i as u32).collect()).collect()
+    g.i64
+        .chunks(seq)
+        .map(|r| r.iter().map(|&i| i as u32).collect())
+        .collect()
 }
 
 #[test]
@@ -71,7 +74,9 @@ fn bf16_weights_match_transformers_bf16() {
     let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
     let golden_bf16 = read_golden(&fixtures().join(format!("golden/{variant}.bf16.safetensors")));
     let folder = ModelFolder::open(&model_dir(variant)).unwrap();
-    let model = folder.load::<Cpu>(DType::BF16, &Default::default()).unwrap();
+    let model = folder
+        .load::<Cpu>(DType::BF16, &Default::default())
+        .unwrap();
     let ids = golden_ids(&golden["input_ids"]);
     let logits = model
         .logits(&HostBatch::from_rows(&ids, 0))
@@ -87,7 +92,9 @@ fn eval_loss_matches_transformers() {
     for variant in VARIANTS {
         let info = read_json(&fixtures().join(format!("golden/{variant}.json")));
         let eval = &info["eval"];
-        let data = fixtures().join("golden").join(eval["file"].as_str().unwrap());
+        let data = fixtures()
+            .join("golden")
+            .join(eval["file"].as_str().unwrap());
         let out = burnish(&[
             "eval",
             "--model",
@@ -102,10 +109,16 @@ fn eval_loss_matches_transformers() {
         let got: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
         let loss = got["loss"].as_f64().unwrap();
         let want = eval["loss"].as_f64().unwrap();
-        assert!((loss - want).abs() <= 1e-5, "{variant}: loss {loss} vs {want}");
+        assert!(
+            (loss - want).abs() <= 1e-5,
+            "{variant}: loss {loss} vs {want}"
+        );
         assert_eq!(got["tokens"].as_u64(), eval["tokens"].as_u64(), "{variant}");
         // Perplexity is exp(loss): a 1e-5 loss tolerance is a 1e-5 relative one here.
         let ppl = got["perplexity"].as_f64().unwrap();
-        assert!((ppl / want.exp() - 1.0).abs() <= 2e-5, "{variant}: perplexity {ppl}");
+        assert!(
+            (ppl / want.exp() - 1.0).abs() <= 2e-5,
+            "{variant}: perplexity {ppl}"
+        );
     }
 }

@@ -28,7 +28,10 @@ fn token_ids_equal_python_tokenizers() {
         );
     }
     // The fact the reference README states.
-    assert_eq!(tok.encode("Hello, world!").unwrap(), vec![9707, 11, 1879, 0]);
+    assert_eq!(
+        tok.encode("Hello, world!").unwrap(),
+        vec![9707, 11, 1879, 0]
+    );
     assert_eq!(tok.token_id("<|im_end|>"), Some(151645));
 }
 
@@ -57,7 +60,11 @@ fn inspect_reports_fixture_models() {
         let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
         let golden = read_json(&fixtures().join(format!("golden/{variant}.json")));
         assert_eq!(v["parameters"], golden["parameters"], "{variant}");
-        let disk = if variant == "qwen2-bf16" { "bf16" } else { "f32" };
+        let disk = if variant == "qwen2-bf16" {
+            "bf16"
+        } else {
+            "f32"
+        };
         assert_eq!(v["disk_dtype"], disk, "{variant}");
     }
 }

@@ -66,8 +66,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         row.at
                     )));
                 }
-                let labels = labels.unwrap_or_else(|| input_ids.iter().map(|&i| i as i64).collect());
-                examples.push(TokenizedExample { ids: input_ids, labels });
+                let labels =
+                    labels.unwrap_or_else(|| input_ids.iter().map(|&i| i as i64).collect());
+                examples.push(TokenizedExample {
+                    ids: input_ids,
+                    labels,
+                });
             }
             _ => {
                 return Err(user(format!(

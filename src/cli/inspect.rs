@@ -65,18 +65,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let attn = if config.num_kv_heads == config.num_heads {
             "multi-head".to_string()
         } else {
-            format!("grouped-query, {} query heads per kv head", config.num_heads / config.num_kv_heads)
+            format!(
+                "grouped-query, {} query heads per kv head",
+                config.num_heads / config.num_kv_heads
+            )
         };
         println!("architecture     {}", config.architecture);
         println!("layers           {}", config.num_layers);
-        println!("hidden size      {} (intermediate {})", config.hidden_size, config.intermediate_size);
-        println!("attention heads  {} / {} kv ({attn}), head dim {}", config.num_heads, config.num_kv_heads, config.head_dim);
+        println!(
+            "hidden size      {} (intermediate {})",
+            config.hidden_size, config.intermediate_size
+        );
+        println!(
+            "attention heads  {} / {} kv ({attn}), head dim {}",
+            config.num_heads, config.num_kv_heads, config.head_dim
+        );
         println!("vocab            {}", config.vocab_size);
-        println!("embeddings       {}", if config.tie_word_embeddings { "tied (lm_head = embed_tokens)" } else { "untied (separate lm_head)" });
+        println!(
+            "embeddings       {}",
+            if config.tie_word_embeddings {
+                "tied (lm_head = embed_tokens)"
+            } else {
+                "untied (separate lm_head)"
+            }
+        );
         println!("rope theta       {}", config.rope_theta);
         match &disk_dtype {
             Some(d) => println!("dtype on disk    {d}"),
-            None => println!("dtype on disk    (no weights; config says {})", config.dtype.as_deref().unwrap_or("nothing")),
+            None => println!(
+                "dtype on disk    (no weights; config says {})",
+                config.dtype.as_deref().unwrap_or("nothing")
+            ),
         }
         println!("parameters       {}", group_digits(params));
     }

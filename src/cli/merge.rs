@@ -42,7 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => base_from_adapter(&args.adapter)?,
     };
     let base_dir = crate::hub::resolve_model(&base_dir.to_string_lossy())?;
-    let folder = ModelFolder::open(&base_dir).with_context(|| format!("opening base model {}", base_dir.display()))?;
+    let folder = ModelFolder::open(&base_dir)
+        .with_context(|| format!("opening base model {}", base_dir.display()))?;
     let adapter = read_adapter(&args.adapter, &folder.config)
         .with_context(|| format!("reading adapter {}", args.adapter.display()))?;
     let report = merge(&MergeRequest {
@@ -71,13 +72,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn base_from_adapter(adapter: &Path) -> anyhow::Result<PathBuf> {
     let path = adapter.join(crate::lora::peft::CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     cfg.get("base_model_name_or_path")
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-        .ok_or_else(|| user(format!("{} names no base_model_name_or_path; pass --base", path.display())))
+        .ok_or_else(|| {
+            user(format!(
+                "{} names no base_model_name_or_path; pass --base",
+                path.display()
+            ))
+        })
 }
 
 /// Logits of base + adapter against the merged folder on a fixed token sequence, both computed
@@ -92,9 +100,21 @@ fn verify(base_dir: &Path, adapter: &Path, merged: &Path) -> anyhow::Result<()> 
     let vocab = base.config.vocab_size as u32;
     let ids: Vec<u32> = (0..16u32).map(|i| (i * 7919 + 11) % vocab).collect();
     let batch = HostBatch::from_rows(&[ids], 0);
-    let a = with_adapter.logits(&batch).into_data().to_vec::<f32>().unwrap_or_default();
-    let b = merged_model.logits(&batch).into_data().to_vec::<f32>().unwrap_or_default();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let a = with_adapter
+        .logits(&batch)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let b = merged_model
+        .logits(&batch)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     let scale = a.iter().map(|x| x.abs()).fold(1.0f32, f32::max);
     let dtype = crate::model::weights::WeightFiles::open(merged)?
         .dominant_dtype()
@@ -107,9 +127,13 @@ fn verify(base_dir: &Path, adapter: &Path, merged: &Path) -> anyhow::Result<()> 
         "F16" => 0.005,
         _ => 1e-4,
     } * scale;
-    println!("verify: max |logit difference| = {diff:.3e} (tolerance {tolerance:.1e}, weights {dtype})");
+    println!(
+        "verify: max |logit difference| = {diff:.3e} (tolerance {tolerance:.1e}, weights {dtype})"
+    );
     if diff.is_nan() || diff > tolerance {
-        anyhow::bail!("merged model differs from base + adapter by {diff} (> {tolerance}); the merge is wrong");
+        anyhow::bail!(
+            "merged model differs from base + adapter by {diff} (> {tolerance}); the merge is wrong"
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod inspect;
 pub mod merge;
 pub mod plan;
+pub mod plot;
 pub mod train;
 pub mod validate;
 
@@ -12,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "burnish", version, about = "Fine-tune open LLMs with LoRA: HF checkpoints in, PEFT adapters and merged HF models out")]
+#[command(
+    name = "burnish",
+    version,
+    about = "Fine-tune open LLMs with LoRA: HF checkpoints in, PEFT adapters and merged HF models out"
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -36,6 +41,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Show what a recipe's run will do: data, steps, trainable parameters, memory.
     Plan(plan::Args),
+    /// Draw loss.svg (training and evaluation loss) from a run's metrics.jsonl.
+    Plot(plot::Args),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(merge::Args),
 }
@@ -48,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }
 
@@ -61,9 +69,11 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("burnish={default},warn")));
+    crate::observe::progress::set_quiet(quiet);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::observe::progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -34,12 +34,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         DeviceSpec::Cpu => false,
         DeviceSpec::Auto => crate::backend::cuda_available(),
     };
-    let dtype = r.model.dtype.parse::<WeightDtype>().unwrap_or_default().resolve(on_gpu);
-    let weight_bytes = if dtype == burn::tensor::DType::F32 { 4.0 } else { 2.0 };
+    let dtype = r
+        .model
+        .dtype
+        .parse::<WeightDtype>()
+        .unwrap_or_default()
+        .resolve(on_gpu);
+    let weight_bytes = if dtype == burn::tensor::DType::F32 {
+        4.0
+    } else {
+        2.0
+    };
     let trainable = setup.trainable_parameters();
     let config = &setup.folder.config;
-    let longest = setup.data.train.iter().map(|row| row.len()).max().unwrap_or(0);
-    let mem = estimate(config, trainable, weight_bytes, weight_bytes as u64, r.train.micro_batch_size, longest, DEFAULT_CHUNK_ROWS);
+    let longest = setup
+        .data
+        .train
+        .iter()
+        .map(|row| row.len())
+        .max()
+        .unwrap_or(0);
+    let mem = estimate(
+        config,
+        trainable,
+        weight_bytes,
+        weight_bytes as u64,
+        r.train.micro_batch_size,
+        longest,
+        DEFAULT_CHUNK_ROWS,
+    );
     let s = &setup.data.stats;
     let c = &setup.counts;
     if args.json {
@@ -57,14 +80,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("model        {} ({}, {} parameters)", setup.folder.dir.display(), config.architecture, group_digits(config.parameter_count()));
-    println!("device       {} ({:?} frozen weights, f32 adapters)", if on_gpu { "cuda" } else { "cpu" }, dtype);
-    println!("adapter      r={} alpha={} on {} modules: {} trainable parameters", setup.lora.r, setup.lora.alpha, setup.targets.len(), group_digits(trainable));
-    println!("data         {} rows read, {} examples ({} train / {} validation)", s.rows_read, s.examples, s.train_examples, s.validation_examples);
-    println!("             {} truncated, {} dropped (too long), {} dropped (nothing to train)", s.truncated, s.dropped_too_long, s.dropped_untrained);
-    println!("             {} training rows (packing {}), {} tokens, {} trained", s.train_rows, if r.data.packing { "on" } else { "off" }, s.train_tokens, s.trained_tokens);
-    println!("steps        {} per epoch x {} epoch(s) = {} optimizer steps ({} rows each: {} x {} accumulation)", c.steps_per_epoch, c.epochs, c.total_steps, c.effective_batch_rows, r.train.micro_batch_size, r.train.grad_accum);
-    println!("memory       ~{} total: weights {}, adapter+optimizer {}, activations {} (estimate)", human_bytes(mem.total_bytes), human_bytes(mem.weights_bytes), human_bytes(mem.adapter_optimizer_bytes), human_bytes(mem.activation_bytes));
+    println!(
+        "model        {} ({}, {} parameters)",
+        setup.folder.dir.display(),
+        config.architecture,
+        group_digits(config.parameter_count())
+    );
+    println!(
+        "device       {} ({:?} frozen weights, f32 adapters)",
+        if on_gpu { "cuda" } else { "cpu" },
+        dtype
+    );
+    println!(
+        "adapter      r={} alpha={} on {} modules: {} trainable parameters",
+        setup.lora.r,
+        setup.lora.alpha,
+        setup.targets.len(),
+        group_digits(trainable)
+    );
+    println!(
+        "data         {} rows read, {} examples ({} train / {} validation)",
+        s.rows_read, s.examples, s.train_examples, s.validation_examples
+    );
+    println!(
+        "             {} truncated, {} dropped (too long), {} dropped (nothing to train)",
+        s.truncated, s.dropped_too_long, s.dropped_untrained
+    );
+    println!(
+        "             {} training rows (packing {}), {} tokens, {} trained",
+        s.train_rows,
+        if r.data.packing { "on" } else { "off" },
+        s.train_tokens,
+        s.trained_tokens
+    );
+    println!(
+        "steps        {} per epoch x {} epoch(s) = {} optimizer steps ({} rows each: {} x {} accumulation)",
+        c.steps_per_epoch,
+        c.epochs,
+        c.total_steps,
+        c.effective_batch_rows,
+        r.train.micro_batch_size,
+        r.train.grad_accum
+    );
+    println!(
+        "memory       ~{} total: weights {}, adapter+optimizer {}, activations {} (estimate)",
+        human_bytes(mem.total_bytes),
+        human_bytes(mem.weights_bytes),
+        human_bytes(mem.adapter_optimizer_bytes),
+        human_bytes(mem.activation_bytes)
+    );
     println!("output       {}", setup.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -50,19 +50,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         merge: args.merge,
         stop: StopFlag::install(),
     };
-    let outcome = dispatch(device, TrainJob { setup: &setup, opts: &opts }).map_err(user)??;
+    let outcome = dispatch(
+        device,
+        TrainJob {
+            setup: &setup,
+            opts: &opts,
+        },
+    )
+    .map_err(user)??;
     if let Some(sig) = outcome.interrupted_by {
         eprintln!(
             "interrupted at step {}; checkpoint {} saved. Continue with: burnish train {} --resume",
             outcome.global_step,
-            outcome.last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            outcome
+                .last_checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             args.recipe.display()
         );
         return Ok(ExitCode::from(StopFlag::exit_code(sig)));
     }
     let r = setup.recipe();
     if r.output.merge || opts.merge {
-        let adapter_dir = outcome.adapter_dir.clone().context("no adapter was written")?;
+        let adapter_dir = outcome
+            .adapter_dir
+            .clone()
+            .context("no adapter was written")?;
         let merged = setup.output_dir.join("merged");
         let adapter = read_adapter(&adapter_dir, &setup.folder.config)?;
         let dtype = match r.output.merge_dtype.as_str() {
@@ -77,10 +91,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dtype,
             force: true,
         })?;
-        tracing::info!("merged model written to {} ({} projections merged)", merged.display(), report.merged_tensors);
+        tracing::info!(
+            "merged model written to {} ({} projections merged)",
+            merged.display(),
+            report.merged_tensors
+        );
     }
     if let Some(e) = &outcome.final_eval {
-        println!("final eval loss {:.4} (perplexity {:.2}) over {} tokens", e.loss, e.perplexity, e.tokens);
+        println!(
+            "final eval loss {:.4} (perplexity {:.2}) over {} tokens",
+            e.loss, e.perplexity, e.tokens
+        );
     }
     println!("{}", setup.output_dir.display());
     Ok(ExitCode::SUCCESS)
@@ -97,7 +118,12 @@ impl BackendJob for TrainJob<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let s = self.setup;
         let r = s.recipe();
-        let dtype = r.model.dtype.parse::<WeightDtype>().map_err(user)?.resolve(on_gpu);
+        let dtype = r
+            .model
+            .dtype
+            .parse::<WeightDtype>()
+            .map_err(user)?
+            .resolve(on_gpu);
         let d = &s.data.stats;
         tracing::info!(
             "model {} ({}, {} parameters) on {} ({:?} frozen weights, f32 adapters)",
@@ -118,7 +144,11 @@ impl BackendJob for TrainJob<'_> {
         );
         tracing::info!(
             "data: {} train / {} validation examples, {} rows, {} tokens ({} trained)",
-            d.train_examples, d.validation_examples, d.train_rows, d.train_tokens, d.trained_tokens
+            d.train_examples,
+            d.validation_examples,
+            d.train_rows,
+            d.train_tokens,
+            d.trained_tokens
         );
         tracing::info!(
             "{} optimizer steps ({} per epoch), effective batch {} rows ({} x {} accumulation), output {}",

@@ -26,16 +26,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = LoadedRecipe::load(&args.recipe, &args.set)?;
     let r = &loaded.recipe;
     let base = &r.model.base;
-    let is_local = crate::recipe::resolve_relative(&loaded.path, base).exists() || base.starts_with(crate::model::preset::PREFIX);
+    let is_local = crate::recipe::resolve_relative(&loaded.path, base).exists()
+        || base.starts_with(crate::model::preset::PREFIX);
     if !is_local && !crate::hub::is_cached(base, &r.model.revision) {
-        println!("ok: {} (model {base} is a Hub repo id; not downloaded, so its files were not checked)", args.recipe.display());
+        println!(
+            "ok: {} (model {base} is a Hub repo id; not downloaded, so its files were not checked)",
+            args.recipe.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let folder = model_folder(&loaded)?;
     // Headers and shapes only: nothing is read beyond the safetensors headers.
     folder.weights()?.validate(&folder.config)?;
     lora_settings(r).resolve(&folder.config).context("lora")?;
-    let tokenizer = folder.tokenizer()?;
+    let tokenizer = crate::train::setup::load_tokenizer(&folder)?;
     let mut plan = data_plan(&loaded, &folder.config)?;
     for s in plan.train.iter_mut() {
         s.max_rows = Some(s.max_rows.map_or(args.sample, |m| m.min(args.sample)));
@@ -45,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s.max_rows = Some(args.sample);
         }
     }
-    let data = prepare(&plan, &tokenizer).context("checking the dataset sample")?;
+    let data = prepare(&plan, tokenizer.as_ref()).context("checking the dataset sample")?;
     println!(
         "ok: {} (model {}, {} sample rows tokenized: {} examples, {} trained tokens)",
         args.recipe.display(),

@@ -1,9 +1,9 @@
 //! Rows of token ids ready for the model (one example, or several packed), and padded
 //! batches of them with shifted targets.
 
+use crate::model::HostBatch;
 use crate::model::inputs::PAD_SEGMENT;
 use crate::model::loss::{IGNORE_INDEX, Targets};
-use crate::model::HostBatch;
 
 /// A tokenized example: ids and per-token labels (`-100` where not trained).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,11 @@ impl TokenizedExample {
 
     /// Tokens that count towards the loss after the causal shift.
     pub fn trained_tokens(&self) -> usize {
-        self.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
     }
 }
 

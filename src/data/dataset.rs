@@ -96,7 +96,9 @@ fn read_source(src: &LocalSource) -> Result<(Vec<Row>, Format), DataError> {
         Some(f) => f,
         None => Format::detect(&first.value).ok_or_else(|| DataError::BadRow {
             at: first.at.clone(),
-            message: "cannot tell the format from the first row's fields; set format: in the recipe".into(),
+            message:
+                "cannot tell the format from the first row's fields; set format: in the recipe"
+                    .into(),
         })?,
     };
     Ok((rows, format))
@@ -120,17 +122,25 @@ fn tokenize_sources(
         stats.rows_read += rows.len();
         for row in &rows {
             let example = parse_example(row, format, &src.fields)?;
-            if matches!(example, Example::Chat(_) | Example::Alpaca { .. }) && format != Format::Alpaca && !tok.has_template() {
+            if matches!(example, Example::Chat(_)) && !tok.has_template() {
                 return Err(DataError::BadRow {
                     at: row.at.clone(),
                     message: "conversations need a chat template, and this tokenizer has none; set data.chat_template".into(),
                 });
             }
-            let mut t = tok.tokenize(&example).map_err(|message| DataError::BadRow { at: row.at.clone(), message })?;
+            let mut t = tok
+                .tokenize(&example)
+                .map_err(|message| DataError::BadRow {
+                    at: row.at.clone(),
+                    message,
+                })?;
             if let Some(bad) = t.ids.iter().find(|&&id| id as usize >= plan.vocab_size) {
                 return Err(DataError::BadRow {
                     at: row.at.clone(),
-                    message: format!("token id {bad} is outside the model's vocabulary ({})", plan.vocab_size),
+                    message: format!(
+                        "token id {bad} is outside the model's vocabulary ({})",
+                        plan.vocab_size
+                    ),
                 });
             }
             if t.len() > plan.seq_len {
@@ -156,8 +166,16 @@ fn tokenize_sources(
     Ok(Tokenized { examples })
 }
 
-pub fn prepare(plan: &DataPlan, tokenizer: &TokenizerBundle) -> Result<PreparedData, DataError> {
-    let tok = Tokenization::new(tokenizer, plan.chat_template.as_deref(), plan.train_on_inputs, plan.system_prompt.clone())?;
+pub fn prepare(
+    plan: &DataPlan,
+    tokenizer: Option<&TokenizerBundle>,
+) -> Result<PreparedData, DataError> {
+    let tok = Tokenization::new(
+        tokenizer,
+        plan.chat_template.as_deref(),
+        plan.train_on_inputs,
+        plan.system_prompt.clone(),
+    )?;
     let mut stats = DataStats::default();
     let mut formats = Vec::new();
     let train = tokenize_sources(&plan.train, plan, &tok, &mut stats, &mut formats)?.examples;
@@ -165,7 +183,11 @@ pub fn prepare(plan: &DataPlan, tokenizer: &TokenizerBundle) -> Result<PreparedD
         Validation::None => (train, Vec::new()),
         Validation::Split(fraction) => {
             let n = train.len();
-            let k = if n >= 2 { ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1) } else { 0 };
+            let k = if n >= 2 {
+                ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1)
+            } else {
+                0
+            };
             let order = permutation(n, plan.seed, "validation-split");
             let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
             let mut tr = Vec::with_capacity(n - k);
@@ -190,12 +212,24 @@ pub fn prepare(plan: &DataPlan, tokenizer: &TokenizerBundle) -> Result<PreparedD
     stats.validation_examples = validation.len();
     if train.is_empty() {
         return Err(DataError::Empty {
-            path: plan.train.first().and_then(|s| s.files.first().cloned()).unwrap_or_default(),
+            path: plan
+                .train
+                .first()
+                .and_then(|s| s.files.first().cloned())
+                .unwrap_or_default(),
         });
     }
-    let train_rows = if plan.packing { pack(&train, plan.seq_len) } else { unpacked(&train) };
+    let train_rows = if plan.packing {
+        pack(&train, plan.seq_len)
+    } else {
+        unpacked(&train)
+    };
     // Validation rows are never packed differently from training ones: same rule.
-    let validation_rows = if plan.packing { pack(&validation, plan.seq_len) } else { unpacked(&validation) };
+    let validation_rows = if plan.packing {
+        pack(&validation, plan.seq_len)
+    } else {
+        unpacked(&validation)
+    };
     stats.train_rows = train_rows.len();
     stats.validation_rows = validation_rows.len();
     stats.train_tokens = train_rows.iter().map(PackedRow::len).sum();

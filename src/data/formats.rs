@@ -163,7 +163,10 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
             let list = match get(list_key) {
                 Some(Value::Array(list)) => list,
                 None | Some(Value::Null) => {
-                    return Err(bad(format!("missing field '{}' (format {format})", name(list_key))));
+                    return Err(bad(format!(
+                        "missing field '{}' (format {format})",
+                        name(list_key)
+                    )));
                 }
                 Some(other) => {
                     return Err(bad(format!(
@@ -202,7 +205,9 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
                 });
             }
             if !messages.iter().any(|m| m.role == "assistant") {
-                return Err(bad("conversation has no assistant message to train on".into()));
+                return Err(bad(
+                    "conversation has no assistant message to train on".into()
+                ));
             }
             Ok(Example::Chat(messages))
         }
@@ -213,13 +218,18 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
                         .iter()
                         .map(|v| {
                             v.as_i64().ok_or_else(|| {
-                                bad(format!("'{}' must hold integers, found {v}", name(canonical)))
+                                bad(format!(
+                                    "'{}' must hold integers, found {v}",
+                                    name(canonical)
+                                ))
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()
                         .map(Some),
                     None | Some(Value::Null) if !required => Ok(None),
-                    None | Some(Value::Null) => Err(bad(format!("missing field '{}'", name(canonical)))),
+                    None | Some(Value::Null) => {
+                        Err(bad(format!("missing field '{}'", name(canonical))))
+                    }
                     Some(other) => Err(bad(format!(
                         "field '{}' must be a list of integers, found {}",
                         name(canonical),
@@ -233,7 +243,10 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
             }
             let input_ids = ids
                 .iter()
-                .map(|&i| u32::try_from(i).map_err(|_| bad(format!("token id {i} is negative or too large"))))
+                .map(|&i| {
+                    u32::try_from(i)
+                        .map_err(|_| bad(format!("token id {i} is negative or too large")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let labels = ints("labels", false)?;
             if let Some(l) = &labels

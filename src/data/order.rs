@@ -34,7 +34,12 @@ pub fn micro_batches(order: &[usize], size: usize) -> Vec<Vec<usize>> {
 /// The rows of a global batch that replica `rank` of `world` processes: a strided share, so
 /// ranks get equal counts (within one) and together cover the batch exactly once.
 pub fn shard(batch: &[usize], rank: usize, world: usize) -> Vec<usize> {
-    batch.iter().copied().skip(rank).step_by(world.max(1)).collect()
+    batch
+        .iter()
+        .copied()
+        .skip(rank)
+        .step_by(world.max(1))
+        .collect()
 }
 
 #[cfg(test)]

@@ -78,7 +78,11 @@ fn read_json(path: &Path) -> Result<Vec<Row>, DataError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| DataError::BadFile {
         path: path.to_path_buf(),
-        message: format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()),
+        message: format!(
+            "invalid JSON at line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        ),
     })?;
     let list = match value {
         Value::Array(list) => list,
@@ -87,7 +91,8 @@ fn read_json(path: &Path) -> Result<Vec<Row>, DataError> {
             _ => {
                 return Err(DataError::BadFile {
                     path: path.to_path_buf(),
-                    message: "expected a JSON array of objects (or an object with a 'data' array)".into(),
+                    message: "expected a JSON array of objects (or an object with a 'data' array)"
+                        .into(),
                 });
             }
         },

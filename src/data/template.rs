@@ -29,7 +29,11 @@ pub struct ChatTemplate {
 /// `json.dumps(value, ensure_ascii=False, indent=indent)`.
 pub fn python_json(value: &Value, indent: Option<usize>) -> String {
     fn write(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) {
-        let (item_sep, key_sep) = if indent.is_some() { (",", ": ") } else { (", ", ": ") };
+        let (item_sep, key_sep) = if indent.is_some() {
+            (",", ": ")
+        } else {
+            (", ", ": ")
+        };
         let newline = |out: &mut String, d: usize| {
             if let Some(n) = indent {
                 out.push('\n');
@@ -86,7 +90,8 @@ pub fn python_json(value: &Value, indent: Option<usize>) -> String {
 fn tojson(value: JValue, kwargs: Kwargs) -> Result<String, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(python_json(&json, indent))
 }
 
@@ -95,7 +100,11 @@ fn raise_exception(message: String) -> Result<String, Error> {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self, DataError> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self, DataError> {
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -124,8 +133,15 @@ impl ChatTemplate {
         })
     }
 
-    pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, DataError> {
-        let template = self.env.get_template("chat").map_err(|e| DataError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| DataError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => JValue::from(minijinja::value::Serde(messages)),
@@ -150,7 +166,20 @@ fn format_date(unix_secs: u64, fmt: &str) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let name = MONTHS[(month - 1) as usize];
     fmt.replace("%Y", &year.to_string())
         .replace("%m", &format!("{month:02}"))
@@ -165,9 +194,16 @@ mod tests {
 
     #[test]
     fn python_json_matches_json_dumps() {
-        let v: Value = serde_json::from_str(r#"{"a": 1, "b": [1.0, "é", null, true], "c": {}}"#).unwrap();
-        assert_eq!(python_json(&v, None), r#"{"a": 1, "b": [1.0, "é", null, true], "c": {}}"#);
-        assert_eq!(python_json(&v, Some(2)), "{\n  \"a\": 1,\n  \"b\": [\n    1.0,\n    \"é\",\n    null,\n    true\n  ],\n  \"c\": {}\n}");
+        let v: Value =
+            serde_json::from_str(r#"{"a": 1, "b": [1.0, "é", null, true], "c": {}}"#).unwrap();
+        assert_eq!(
+            python_json(&v, None),
+            r#"{"a": 1, "b": [1.0, "é", null, true], "c": {}}"#
+        );
+        assert_eq!(
+            python_json(&v, Some(2)),
+            "{\n  \"a\": 1,\n  \"b\": [\n    1.0,\n    \"é\",\n    null,\n    true\n  ],\n  \"c\": {}\n}"
+        );
     }
 
     #[test]

@@ -9,19 +9,20 @@
 //! With `train_on_inputs`, every token is trained. Labels follow token *positions*, never token
 //! ids, so an EOS that equals the pad id is still trained.
 
+use super::TokenizedExample;
 use super::error::DataError;
 use super::formats::{Example, Message};
 use super::template::{ChatTemplate, TemplateMessage};
-use super::TokenizedExample;
-use crate::model::loss::IGNORE_INDEX;
 use crate::model::TokenizerBundle;
+use crate::model::loss::IGNORE_INDEX;
 
 const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
 const ALPACA_NO_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
 
 /// Turns examples into ids and labels for one tokenizer and template.
 pub struct Tokenization<'a> {
-    tokenizer: &'a TokenizerBundle,
+    /// None for a model folder without tokenizer files (pretokenized data only).
+    tokenizer: Option<&'a TokenizerBundle>,
     template: Option<ChatTemplate>,
     /// End-of-turn text of the template (`<|im_end|>`), found by rendering a probe.
     end_of_turn: Option<String>,
@@ -42,29 +43,39 @@ fn msg(role: &str, content: &str) -> TemplateMessage {
 impl<'a> Tokenization<'a> {
     /// `template_override` replaces the tokenizer's chat template.
     pub fn new(
-        tokenizer: &'a TokenizerBundle,
+        tokenizer: Option<&'a TokenizerBundle>,
         template_override: Option<&str>,
         train_on_inputs: bool,
         system_prompt: Option<String>,
     ) -> Result<Self, DataError> {
-        let source = template_override.map(str::to_string).or_else(|| tokenizer.chat_template.clone());
+        let source = template_override
+            .map(str::to_string)
+            .or_else(|| tokenizer.and_then(|t| t.chat_template.clone()));
         let template = match &source {
-            Some(s) => Some(ChatTemplate::new(s, tokenizer.bos_token(), tokenizer.eos_token())?),
+            Some(s) => Some(ChatTemplate::new(
+                s,
+                tokenizer.and_then(|t| t.bos_token()),
+                tokenizer.and_then(|t| t.eos_token()),
+            )?),
             None => None,
         };
         let end_of_turn = match &template {
             Some(t) => probe_end_of_turn(t)?,
             None => None,
         };
-        let add_bos = tokenizer.config.add_bos_token.unwrap_or(false);
+        let add_bos = tokenizer.is_some_and(|t| t.config.add_bos_token.unwrap_or(false));
         Ok(Self {
             tokenizer,
             template,
             end_of_turn,
             train_on_inputs,
             system_prompt,
-            eos_id: tokenizer.eos_token_id(),
-            bos_id: if add_bos { tokenizer.bos_token().and_then(|b| tokenizer.token_id(b)) } else { None },
+            eos_id: tokenizer.and_then(TokenizerBundle::eos_token_id),
+            bos_id: if add_bos {
+                tokenizer.and_then(|t| t.bos_token().and_then(|b| t.token_id(b)))
+            } else {
+                None
+            },
         })
     }
 
@@ -85,28 +96,57 @@ impl<'a> Tokenization<'a> {
                 let labels = ids.iter().map(|&i| i as i64).collect();
                 Ok(TokenizedExample { ids, labels })
             }
-            Example::Alpaca { instruction, input, output, system } => {
+            Example::Alpaca {
+                instruction,
+                input,
+                output,
+                system,
+            } => {
                 if self.template.is_some() {
                     let mut messages = Vec::new();
                     if let Some(s) = system.as_ref().or(self.system_prompt.as_ref()) {
-                        messages.push(Message { role: "system".into(), content: s.clone(), extra: Default::default() });
+                        messages.push(Message {
+                            role: "system".into(),
+                            content: s.clone(),
+                            extra: Default::default(),
+                        });
                     }
-                    let user = if input.is_empty() { instruction.clone() } else { format!("{instruction}\n\n{input}") };
-                    messages.push(Message { role: "user".into(), content: user, extra: Default::default() });
-                    messages.push(Message { role: "assistant".into(), content: output.clone(), extra: Default::default() });
+                    let user = if input.is_empty() {
+                        instruction.clone()
+                    } else {
+                        format!("{instruction}\n\n{input}")
+                    };
+                    messages.push(Message {
+                        role: "user".into(),
+                        content: user,
+                        extra: Default::default(),
+                    });
+                    messages.push(Message {
+                        role: "assistant".into(),
+                        content: output.clone(),
+                        extra: Default::default(),
+                    });
                     self.chat(&messages)
                 } else {
                     let prompt = if input.is_empty() {
                         ALPACA_NO_INPUT.replace("{instruction}", instruction)
                     } else {
-                        ALPACA_WITH_INPUT.replace("{instruction}", instruction).replace("{input}", input)
+                        ALPACA_WITH_INPUT
+                            .replace("{instruction}", instruction)
+                            .replace("{input}", input)
                     };
                     let text = format!("{prompt}{output}");
                     let (mut ids, offsets) = self.encode_offsets(&text)?;
                     let mut labels: Vec<i64> = ids
                         .iter()
                         .zip(&offsets)
-                        .map(|(&id, &(start, _))| if self.train_on_inputs || start >= prompt.len() { id as i64 } else { IGNORE_INDEX })
+                        .map(|(&id, &(start, _))| {
+                            if self.train_on_inputs || start >= prompt.len() {
+                                id as i64
+                            } else {
+                                IGNORE_INDEX
+                            }
+                        })
                         .collect();
                     if let Some(eos) = self.eos_id {
                         ids.push(eos);
@@ -114,7 +154,14 @@ impl<'a> Tokenization<'a> {
                     }
                     if let Some(bos) = self.bos_id {
                         ids.insert(0, bos);
-                        labels.insert(0, if self.train_on_inputs { bos as i64 } else { IGNORE_INDEX });
+                        labels.insert(
+                            0,
+                            if self.train_on_inputs {
+                                bos as i64
+                            } else {
+                                IGNORE_INDEX
+                            },
+                        );
                     }
                     Ok(TokenizedExample { ids, labels })
                 }
@@ -122,29 +169,51 @@ impl<'a> Tokenization<'a> {
             Example::Chat(messages) => self.chat(messages),
             Example::Tokens { input_ids, labels } => Ok(TokenizedExample {
                 ids: input_ids.clone(),
-                labels: labels.clone().unwrap_or_else(|| input_ids.iter().map(|&i| i as i64).collect()),
+                labels: labels
+                    .clone()
+                    .unwrap_or_else(|| input_ids.iter().map(|&i| i as i64).collect()),
             }),
         }
     }
 
+    fn tokenizer(&self) -> Result<&TokenizerBundle, String> {
+        self.tokenizer.ok_or_else(|| {
+            "the model folder has no tokenizer.json, so only pretokenized data can be used"
+                .to_string()
+        })
+    }
+
     fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer.encode(text).map_err(|e| e.to_string())
+        self.tokenizer()?.encode(text).map_err(|e| e.to_string())
     }
 
     fn encode_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
-        self.tokenizer.encode_with_offsets(text).map_err(|e| e.to_string())
+        self.tokenizer()?
+            .encode_with_offsets(text)
+            .map_err(|e| e.to_string())
     }
 
-    fn render(&self, messages: &[TemplateMessage], generation_prompt: bool) -> Result<String, String> {
+    fn render(
+        &self,
+        messages: &[TemplateMessage],
+        generation_prompt: bool,
+    ) -> Result<String, String> {
         self.template
             .as_ref()
-            .ok_or_else(|| "this tokenizer has no chat template; set data.chat_template in the recipe".to_string())?
+            .ok_or_else(|| {
+                "this tokenizer has no chat template; set data.chat_template in the recipe"
+                    .to_string()
+            })?
             .render(messages, generation_prompt)
             .map_err(|e| e.to_string())
     }
 
     /// Byte spans of the rendered conversation that are trained.
-    fn assistant_spans(&self, rendered: &str, messages: &[TemplateMessage]) -> Result<Vec<(usize, usize)>, String> {
+    fn assistant_spans(
+        &self,
+        rendered: &str,
+        messages: &[TemplateMessage],
+    ) -> Result<Vec<(usize, usize)>, String> {
         let mut spans = Vec::new();
         let mut cursor = 0;
         for (i, m) in messages.iter().enumerate() {
@@ -156,9 +225,9 @@ impl<'a> Tokenization<'a> {
                 prefix.len()
             } else {
                 // Templates that rewrite earlier turns: fall back to where the content appears.
-                let found = rendered[cursor..]
-                    .find(m.content.trim())
-                    .ok_or_else(|| format!("cannot find assistant message {i} in the rendered conversation"))?;
+                let found = rendered[cursor..].find(m.content.trim()).ok_or_else(|| {
+                    format!("cannot find assistant message {i} in the rendered conversation")
+                })?;
                 cursor + found
             };
             let content_end = rendered[start..]
@@ -173,7 +242,11 @@ impl<'a> Tokenization<'a> {
                 None => {
                     if i + 1 < messages.len() {
                         let upto = self.render(&messages[..=i], false)?;
-                        if rendered.starts_with(&upto) { upto.trim_end().len() } else { content_end }
+                        if rendered.starts_with(&upto) {
+                            upto.trim_end().len()
+                        } else {
+                            content_end
+                        }
                     } else {
                         rendered.trim_end().len()
                     }
@@ -188,16 +261,28 @@ impl<'a> Tokenization<'a> {
     fn chat(&self, messages: &[Message]) -> Result<TokenizedExample, String> {
         let tm: Vec<TemplateMessage> = messages
             .iter()
-            .map(|m| TemplateMessage { role: m.role.clone(), content: m.content.clone(), extra: m.extra.clone() })
+            .map(|m| TemplateMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+                extra: m.extra.clone(),
+            })
             .collect();
         let rendered = self.render(&tm, false)?;
-        let spans = if self.train_on_inputs { vec![(0, rendered.len())] } else { self.assistant_spans(&rendered, &tm)? };
+        let spans = if self.train_on_inputs {
+            vec![(0, rendered.len())]
+        } else {
+            self.assistant_spans(&rendered, &tm)?
+        };
         let (ids, offsets) = self.encode_offsets(&rendered)?;
         let labels = ids
             .iter()
             .zip(&offsets)
             .map(|(&id, &(start, _))| {
-                if spans.iter().any(|&(s, e)| start >= s && start < e) { id as i64 } else { IGNORE_INDEX }
+                if spans.iter().any(|&(s, e)| start >= s && start < e) {
+                    id as i64
+                } else {
+                    IGNORE_INDEX
+                }
             })
             .collect();
         Ok(TokenizedExample { ids, labels })
@@ -207,7 +292,11 @@ impl<'a> Tokenization<'a> {
     pub fn prompt(&self, messages: &[Message]) -> Result<String, String> {
         let tm: Vec<TemplateMessage> = messages
             .iter()
-            .map(|m| TemplateMessage { role: m.role.clone(), content: m.content.clone(), extra: m.extra.clone() })
+            .map(|m| TemplateMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+                extra: m.extra.clone(),
+            })
             .collect();
         self.render(&tm, true)
     }
@@ -217,7 +306,14 @@ impl<'a> Tokenization<'a> {
 fn probe_end_of_turn(t: &ChatTemplate) -> Result<Option<String>, DataError> {
     let probe = "burnishprobe7319";
     let full = t.render(&[msg("user", "hello"), msg("assistant", probe)], false)?;
-    let after = full.rfind(probe).map(|p| &full[p + probe.len()..]).unwrap_or("");
+    let after = full
+        .rfind(probe)
+        .map(|p| &full[p + probe.len()..])
+        .unwrap_or("");
     let marker = after.trim();
-    Ok(if marker.is_empty() { None } else { Some(marker.to_string()) })
+    Ok(if marker.is_empty() {
+        None
+    } else {
+        Some(marker.to_string())
+    })
 }

@@ -40,7 +40,9 @@ pub fn dataset_files(
     revision: Option<&str>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let _ = (split, files, revision);
-    Err(user(format!("dataset '{repo}': Hub datasets are not available in this build")))
+    Err(user(format!(
+        "dataset '{repo}': Hub datasets are not available in this build"
+    )))
 }
 
 /// Whether a repo's files are already in the local Hub cache.

@@ -32,12 +32,16 @@ pub fn init_factors(target: &TargetModule, init: InitKind, seed: u64) -> HostFac
             // kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/(1+5)), bound gain*sqrt(3/in)
             // = 1/sqrt(in).
             let bound = 1.0 / (target.in_features as f64).sqrt();
-            (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
+            (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect()
         }
         InitKind::Gaussian => {
             // PEFT: normal_(std = 1/r).
             let std = 1.0 / target.r as f64;
-            (0..n).map(|_| (standard_normal(&mut rng) * std) as f32).collect()
+            (0..n)
+                .map(|_| (standard_normal(&mut rng) * std) as f32)
+                .collect()
         }
     };
     HostFactors {
@@ -67,7 +71,10 @@ pub fn attach<B: Backend>(
     device: &B::Device,
 ) {
     let to_param = |values: &[f32], shape: [usize; 2]| {
-        let t = Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), shape), (device, DType::F32));
+        let t = Tensor::<B, 2>::from_data(
+            TensorData::new(values.to_vec(), shape),
+            (device, DType::F32),
+        );
         Param::from_tensor(t).set_require_grad(trainable)
     };
     if let Some(proj) = net.projection_mut(target.layer, target.module) {
@@ -97,13 +104,28 @@ pub fn attach_files<B: Backend>(
 }
 
 /// Copy the factors of `targets` back to the host, in model order.
-pub fn extract<B: Backend>(net: &CausalLm<B>, targets: &[TargetModule]) -> Vec<(TargetModule, Vec<f32>, Vec<f32>)> {
+pub fn extract<B: Backend>(
+    net: &CausalLm<B>,
+    targets: &[TargetModule],
+) -> Vec<(TargetModule, Vec<f32>, Vec<f32>)> {
     targets
         .iter()
         .filter_map(|t| {
             let lora = net.projection(t.layer, t.module)?.lora.as_ref()?;
-            let a = lora.a.val().into_data().convert::<f32>().to_vec::<f32>().ok()?;
-            let b = lora.b.val().into_data().convert::<f32>().to_vec::<f32>().ok()?;
+            let a = lora
+                .a
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .ok()?;
+            let b = lora
+                .b
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .ok()?;
             Some((t.clone(), a, b))
         })
         .collect()

@@ -6,9 +6,13 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum LoraError {
-    #[error("lora.targets: unknown module '{name}'; this model's linear modules are {available} (or use all-linear)")]
+    #[error(
+        "lora.targets: unknown module '{name}'; this model's linear modules are {available} (or use all-linear)"
+    )]
     UnknownTarget { name: String, available: String },
-    #[error("lora.targets matches no module of this model (pattern '{pattern}'); linear modules are {available}")]
+    #[error(
+        "lora.targets matches no module of this model (pattern '{pattern}'); linear modules are {available}"
+    )]
     NoTargets { pattern: String, available: String },
     #[error("lora.{field}: {message}")]
     Invalid { field: String, message: String },
@@ -19,7 +23,9 @@ pub enum LoraError {
     },
     #[error("{path}: {message}")]
     BadAdapter { path: PathBuf, message: String },
-    #[error("{path}: adapter field '{field}' = {value} cannot be applied faithfully by burnish: {why}")]
+    #[error(
+        "{path}: adapter field '{field}' = {value} cannot be applied faithfully by burnish: {why}"
+    )]
     Unsupported {
         path: PathBuf,
         field: String,
@@ -27,7 +33,10 @@ pub enum LoraError {
         why: String,
     },
     #[error("{path}: {problems}", problems = problems.join("; "))]
-    TensorMismatch { path: PathBuf, problems: Vec<String> },
+    TensorMismatch {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("merge output {path}: {message}")]
     Output { path: PathBuf, message: String },
 }

@@ -64,7 +64,11 @@ impl<B: Backend> LoraAdapter<B> {
     /// `dropout(x) A^T B^T * scaling` in f32, cast back to the activation dtype.
     pub fn delta(&self, x: Tensor<B, 2>, train: bool) -> Tensor<B, 2> {
         let dtype = x.dtype();
-        let mut x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let mut x = if dtype == DType::F32 {
+            x
+        } else {
+            x.cast(DType::F32)
+        };
         if train && self.dropout > 0.0 {
             let keep = 1.0 - self.dropout;
             let mask = x.random_like(Distribution::Bernoulli(keep));
@@ -74,7 +78,11 @@ impl<B: Backend> LoraAdapter<B> {
             .matmul(self.a.val().transpose())
             .matmul(self.b.val().transpose())
             * self.scaling;
-        if dtype == DType::F32 { d } else { d.cast(dtype) }
+        if dtype == DType::F32 {
+            d
+        } else {
+            d.cast(dtype)
+        }
     }
 
     pub fn rank(&self) -> usize {

@@ -49,7 +49,9 @@ impl std::str::FromStr for OutputDtype {
             "f32" | "float32" => Ok(OutputDtype::F32),
             "bf16" | "bfloat16" => Ok(OutputDtype::Bf16),
             "f16" | "float16" => Ok(OutputDtype::F16),
-            other => Err(format!("unknown dtype '{other}' (expected f32, bf16 or f16)")),
+            other => Err(format!(
+                "unknown dtype '{other}' (expected f32, bf16 or f16)"
+            )),
         }
     }
 }
@@ -116,7 +118,9 @@ impl View for &OutTensor<'_> {
         match &self.source {
             Source::Bytes(b) => Cow::Borrowed(b),
             // Errors were ruled out before writing (dtypes validated), so these only encode.
-            Source::Convert(raw) => Cow::Owned(encode(&raw.to_f32().unwrap_or_default(), self.dtype)),
+            Source::Convert(raw) => {
+                Cow::Owned(encode(&raw.to_f32().unwrap_or_default(), self.dtype))
+            }
             Source::Merge(raw, f) => Cow::Owned(encode(&merged_weight(raw, f), self.dtype)),
         }
     }
@@ -129,10 +133,13 @@ impl View for &OutTensor<'_> {
 pub fn merged_weight(raw: &RawTensor<'_>, f: &HostFactors) -> Vec<f32> {
     let w = raw.to_f32().unwrap_or_default();
     let device = Default::default();
-    let a = Tensor::<Cpu, 2>::from_data(TensorData::new(f.a.clone(), [f.r, f.in_features]), &device);
-    let b = Tensor::<Cpu, 2>::from_data(TensorData::new(f.b.clone(), [f.out_features, f.r]), &device);
+    let a =
+        Tensor::<Cpu, 2>::from_data(TensorData::new(f.a.clone(), [f.r, f.in_features]), &device);
+    let b =
+        Tensor::<Cpu, 2>::from_data(TensorData::new(f.b.clone(), [f.out_features, f.r]), &device);
     let delta = b.matmul(a).mul_scalar(f.scaling);
-    let w = Tensor::<Cpu, 2>::from_data(TensorData::new(w, [f.out_features, f.in_features]), &device);
+    let w =
+        Tensor::<Cpu, 2>::from_data(TensorData::new(w, [f.out_features, f.in_features]), &device);
     (w + delta).into_data().to_vec::<f32>().unwrap_or_default()
 }
 
@@ -176,7 +183,10 @@ pub fn check_output(out_dir: &Path, force: bool) -> Result<(), LoraError> {
                 message: "exists and is not a folder".into(),
             });
         }
-        let non_empty = std::fs::read_dir(out_dir).map_err(io(out_dir))?.next().is_some();
+        let non_empty = std::fs::read_dir(out_dir)
+            .map_err(io(out_dir))?
+            .next()
+            .is_some();
         if non_empty && !force {
             return Err(LoraError::Output {
                 path: out_dir.to_path_buf(),
@@ -234,7 +244,11 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<MergeReport, LoraError> {
+fn write_all(
+    req: &MergeRequest<'_>,
+    shards: &[PathBuf],
+    tmp: &Path,
+) -> Result<MergeReport, LoraError> {
     let mut report = MergeReport {
         out_dir: tmp.to_path_buf(),
         merged_tensors: 0,
@@ -264,7 +278,9 @@ fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<M
             let stored = view.dtype();
             let stored_out = OutputDtype::from_st(stored).ok_or_else(|| LoraError::BadAdapter {
                 path: shard.clone(),
-                message: format!("tensor {tname} has dtype {stored:?}; merge supports F32, BF16, F16"),
+                message: format!(
+                    "tensor {tname} has dtype {stored:?}; merge supports F32, BF16, F16"
+                ),
             })?;
             seen_dtype.get_or_insert(stored);
             let dtype = req.dtype.unwrap_or(stored_out).st();
@@ -298,7 +314,14 @@ fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<M
             };
             let shape = view.shape().to_vec();
             report.total_size += (shape.iter().product::<usize>() * dtype.bitsize() / 8) as u64;
-            out.push((tname, OutTensor { dtype, shape, source }));
+            out.push((
+                tname,
+                OutTensor {
+                    dtype,
+                    shape,
+                    source,
+                },
+            ));
         }
         let fname = shard
             .file_name()
@@ -309,17 +332,25 @@ fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<M
         }
         let target = tmp.join(&fname);
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(out.iter().map(|(n, t)| (n.clone(), t)), Some(metadata), &target)
-            .map_err(|e| LoraError::Output {
-                path: target.clone(),
-                message: e.to_string(),
-            })?;
-        File::open(&target).and_then(|f| f.sync_all()).map_err(io(&target))?;
+        safetensors::serialize_to_file(
+            out.iter().map(|(n, t)| (n.clone(), t)),
+            Some(metadata),
+            &target,
+        )
+        .map_err(|e| LoraError::Output {
+            path: target.clone(),
+            message: e.to_string(),
+        })?;
+        File::open(&target)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&target))?;
     }
     if let Some(name) = factors_by_name.keys().next() {
         return Err(LoraError::TensorMismatch {
             path: req.base_dir.to_path_buf(),
-            problems: vec![format!("the base model has no tensor {name} for the adapter to merge into")],
+            problems: vec![format!(
+                "the base model has no tensor {name} for the adapter to merge into"
+            )],
         });
     }
     if shards.len() > 1 || req.base_dir.join(INDEX_FILE).is_file() {
@@ -328,7 +359,11 @@ fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<M
             "weight_map": weight_map,
         });
         let path = tmp.join(INDEX_FILE);
-        std::fs::write(&path, serde_json::to_string_pretty(&index).unwrap_or_default() + "\n").map_err(io(&path))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&index).unwrap_or_default() + "\n",
+        )
+        .map_err(io(&path))?;
     }
     write_config(req, seen_dtype, tmp)?;
     for f in COPIED_FILES {
@@ -343,7 +378,11 @@ fn write_all(req: &MergeRequest<'_>, shards: &[PathBuf], tmp: &Path) -> Result<M
 }
 
 /// `config.json` of the base with the dtype fields describing the output.
-fn write_config(req: &MergeRequest<'_>, stored: Option<StDtype>, tmp: &Path) -> Result<(), LoraError> {
+fn write_config(
+    req: &MergeRequest<'_>,
+    stored: Option<StDtype>,
+    tmp: &Path,
+) -> Result<(), LoraError> {
     let src = req.base_dir.join("config.json");
     let text = std::fs::read_to_string(&src).map_err(io(&src))?;
     let mut cfg: Value = serde_json::from_str(&text).map_err(|e| LoraError::BadAdapter {
@@ -365,7 +404,11 @@ fn write_config(req: &MergeRequest<'_>, stored: Option<StDtype>, tmp: &Path) -> 
         }
     }
     let dst = tmp.join("config.json");
-    std::fs::write(&dst, serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n").map_err(io(&dst))
+    std::fs::write(
+        &dst,
+        serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
+    )
+    .map_err(io(&dst))
 }
 
 /// Dtype of the merged folder's weights (for `--verify` tolerances).

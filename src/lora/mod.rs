@@ -26,6 +26,13 @@ pub fn apply_adapter<B: Backend>(
     let adapter = peft::read_adapter(dir, &model.config)?;
     let targets = adapter.settings.resolve(&model.config)?;
     let device = model.device.clone();
-    attach::attach_files(&mut model.net, &adapter, &targets, adapter.settings.dropout, trainable, &device);
+    attach::attach_files(
+        &mut model.net,
+        &adapter,
+        &targets,
+        adapter.settings.dropout,
+        trainable,
+        &device,
+    );
     Ok((adapter, targets))
 }

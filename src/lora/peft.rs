@@ -129,8 +129,16 @@ pub fn write_adapter(
 
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(factors.len() * 2);
     for (t, a, b) in factors {
-        tensors.push((peft_key(t.layer, t.module, true), vec![t.r, t.in_features], f32_bytes(a)));
-        tensors.push((peft_key(t.layer, t.module, false), vec![t.out_features, t.r], f32_bytes(b)));
+        tensors.push((
+            peft_key(t.layer, t.module, true),
+            vec![t.r, t.in_features],
+            f32_bytes(a),
+        ));
+        tensors.push((
+            peft_key(t.layer, t.module, false),
+            vec![t.out_features, t.r],
+            f32_bytes(b),
+        ));
     }
     let weights_path = dir.join(WEIGHTS_FILE);
     write_f32_safetensors(&weights_path, &tensors).map_err(|message| LoraError::BadAdapter {
@@ -144,7 +152,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Write f32 tensors as safetensors with PyTorch's `{"format": "pt"}` metadata.
-pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<(), String> {
+pub fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+) -> Result<(), String> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -181,17 +192,35 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
     }
     // Fields whose non-default values change the math in ways burnish does not implement.
     let neutral: [(&str, &str); 12] = [
-        ("use_dora", "DoRA adds a magnitude vector burnish does not apply"),
-        ("fan_in_fan_out", "transposed (Conv1D-style) base weights are not supported"),
-        ("modules_to_save", "fully trained extra modules are not applied"),
+        (
+            "use_dora",
+            "DoRA adds a magnitude vector burnish does not apply",
+        ),
+        (
+            "fan_in_fan_out",
+            "transposed (Conv1D-style) base weights are not supported",
+        ),
+        (
+            "modules_to_save",
+            "fully trained extra modules are not applied",
+        ),
         ("lora_bias", "trained LoRA biases are not applied"),
         ("layer_replication", "layer replication is not supported"),
-        ("trainable_token_indices", "trainable token embeddings are not applied"),
-        ("target_parameters", "parameter-targeted LoRA is not supported"),
+        (
+            "trainable_token_indices",
+            "trainable token embeddings are not applied",
+        ),
+        (
+            "target_parameters",
+            "parameter-targeted LoRA is not supported",
+        ),
         ("use_qalora", "QA-LoRA pooling is not supported"),
         ("alora_invocation_tokens", "activated LoRA is not supported"),
         ("exclude_modules", "exclude_modules is not supported"),
-        ("megatron_config", "Megatron-parallel layers are not supported"),
+        (
+            "megatron_config",
+            "Megatron-parallel layers are not supported",
+        ),
         ("use_bdlora", "block-diagonal LoRA is not supported"),
     ];
     for (field, why) in neutral {
@@ -214,7 +243,9 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
     }
     if let Some(v) = cfg.get("init_lora_weights")
         && let Some(s) = v.as_str()
-        && ["pissa", "olora", "loftq", "corda"].iter().any(|p| s.starts_with(p))
+        && ["pissa", "olora", "loftq", "corda"]
+            .iter()
+            .any(|p| s.starts_with(p))
     {
         return Err(unsupported(
             "init_lora_weights",
@@ -230,12 +261,19 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
         .get("lora_alpha")
         .and_then(Value::as_f64)
         .ok_or_else(|| bad("adapter_config.json has no numeric 'lora_alpha'".into()))?;
-    let dropout = cfg.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+    let dropout = cfg
+        .get("lora_dropout")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     let targets = match cfg.get("target_modules") {
         Some(Value::String(s)) => TargetSpec::One(s.clone()),
         Some(Value::Array(list)) => TargetSpec::List(
             list.iter()
-                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad("target_modules must hold strings".into())))
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| bad("target_modules must hold strings".into()))
+                })
                 .collect::<Result<_, _>>()?,
         ),
         _ => return Err(bad("adapter_config.json has no target_modules".into())),
@@ -243,8 +281,17 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
     let layers_to_transform = match cfg.get("layers_to_transform") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
-        Some(Value::Array(list)) => Some(list.iter().filter_map(Value::as_u64).map(|n| n as usize).collect()),
-        Some(other) => return Err(bad(format!("layers_to_transform {other} is not a list of layer indices"))),
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as usize)
+                .collect(),
+        ),
+        Some(other) => {
+            return Err(bad(format!(
+                "layers_to_transform {other} is not a list of layer indices"
+            )));
+        }
     };
     if let Some(p) = cfg.get("layers_pattern") {
         let ok = match p {
@@ -254,20 +301,32 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
             _ => false,
         };
         if !ok {
-            return Err(unsupported("layers_pattern", p, "decoder layers are named 'layers' in every supported family"));
+            return Err(unsupported(
+                "layers_pattern",
+                p,
+                "decoder layers are named 'layers' in every supported family",
+            ));
         }
     }
     let rank_pattern: IndexMap<String, usize> = match cfg.get("rank_pattern") {
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, v)| v.as_u64().map(|r| (k.clone(), r as usize)).ok_or_else(|| bad(format!("rank_pattern['{k}'] is not an integer"))))
+            .map(|(k, v)| {
+                v.as_u64()
+                    .map(|r| (k.clone(), r as usize))
+                    .ok_or_else(|| bad(format!("rank_pattern['{k}'] is not an integer")))
+            })
             .collect::<Result<_, _>>()?,
         _ => IndexMap::new(),
     };
     let alpha_pattern: IndexMap<String, f64> = match cfg.get("alpha_pattern") {
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, v)| v.as_f64().map(|a| (k.clone(), a)).ok_or_else(|| bad(format!("alpha_pattern['{k}'] is not a number"))))
+            .map(|(k, v)| {
+                v.as_f64()
+                    .map(|a| (k.clone(), a))
+                    .ok_or_else(|| bad(format!("alpha_pattern['{k}'] is not a number")))
+            })
             .collect::<Result<_, _>>()?,
         _ => IndexMap::new(),
     };
@@ -280,7 +339,10 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
         alpha,
         dropout,
         targets,
-        rslora: cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        rslora: cfg
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         init,
         layers_to_transform,
         rank_pattern,
@@ -297,19 +359,22 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
         path: config_path.clone(),
         source,
     })?;
-    let cfg: Map<String, Value> = serde_json::from_str(&text).map_err(|e| LoraError::BadAdapter {
-        path: config_path.clone(),
-        message: format!("invalid JSON: {e}"),
-    })?;
+    let cfg: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|e| LoraError::BadAdapter {
+            path: config_path.clone(),
+            message: format!("invalid JSON: {e}"),
+        })?;
     let settings = settings_from_config(&config_path, &cfg)?;
     let base_model = cfg
         .get("base_model_name_or_path")
         .and_then(Value::as_str)
         .map(String::from);
-    let targets = settings.resolve(config).map_err(|e| LoraError::BadAdapter {
-        path: config_path.clone(),
-        message: e.to_string(),
-    })?;
+    let targets = settings
+        .resolve(config)
+        .map_err(|e| LoraError::BadAdapter {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
 
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).map_err(|source| LoraError::Io {
@@ -324,7 +389,9 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
     let mut found: BTreeMap<(usize, &'static str, bool), (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (name, view) in st.tensors() {
         let Some((layer, module, a)) = parse_peft_key(&name) else {
-            problems.push(format!("unexpected tensor {name} (not a LoRA factor of a decoder projection)"));
+            problems.push(format!(
+                "unexpected tensor {name} (not a LoRA factor of a decoder projection)"
+            ));
             continue;
         };
         let raw = crate::model::weights::RawTensor {

@@ -96,10 +96,16 @@ pub fn module_name(layer: usize, module: &str) -> String {
 /// PEFT's `get_pattern_key`: the first pattern `p` (in the order given) with `^(.*\.)?(p)$`
 /// matching the full module name.
 fn pattern_lookup<'a, V>(compiled: &[(Regex, &'a V)], name: &str) -> Option<&'a V> {
-    compiled.iter().find(|(re, _)| re.is_match(name)).map(|(_, v)| *v)
+    compiled
+        .iter()
+        .find(|(re, _)| re.is_match(name))
+        .map(|(_, v)| *v)
 }
 
-fn compile_patterns<'a, V>(field: &str, patterns: &'a IndexMap<String, V>) -> Result<Vec<(Regex, &'a V)>, LoraError> {
+fn compile_patterns<'a, V>(
+    field: &str,
+    patterns: &'a IndexMap<String, V>,
+) -> Result<Vec<(Regex, &'a V)>, LoraError> {
     patterns
         .iter()
         .map(|(k, v)| {
@@ -123,13 +129,19 @@ impl LoraSettings {
             return Err(invalid("r", "must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(invalid("dropout", format!("{} is not in [0, 1)", self.dropout)));
+            return Err(invalid(
+                "dropout",
+                format!("{} is not in [0, 1)", self.dropout),
+            ));
         }
         if !self.alpha.is_finite() || self.alpha <= 0.0 {
             return Err(invalid("alpha", format!("{} must be positive", self.alpha)));
         }
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| **r == 0) {
-            return Err(invalid("rank_pattern", format!("rank for '{k}' must be at least 1")));
+            return Err(invalid(
+                "rank_pattern",
+                format!("rank for '{k}' must be at least 1"),
+            ));
         }
         Ok(())
     }
@@ -149,10 +161,13 @@ impl LoraSettings {
         let matcher: Box<dyn Fn(&str, &str) -> bool> = match &self.targets {
             TargetSpec::One(s) if s == "all-linear" => Box::new(|_, _| true),
             TargetSpec::One(pattern) => {
-                let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| LoraError::Invalid {
-                    field: "targets".into(),
-                    message: format!("'{pattern}' is neither all-linear nor a valid regular expression: {e}"),
-                })?;
+                let re =
+                    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| LoraError::Invalid {
+                        field: "targets".into(),
+                        message: format!(
+                            "'{pattern}' is neither all-linear nor a valid regular expression: {e}"
+                        ),
+                    })?;
                 Box::new(move |full, _| re.is_match(full))
             }
             TargetSpec::List(names) => {
@@ -180,7 +195,10 @@ impl LoraSettings {
         {
             return Err(LoraError::Invalid {
                 field: "layers_to_transform".into(),
-                message: format!("layer {bad} does not exist (the model has {} layers)", config.num_layers),
+                message: format!(
+                    "layer {bad} does not exist (the model has {} layers)",
+                    config.num_layers
+                ),
             });
         }
         let mut out = Vec::new();

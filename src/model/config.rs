@@ -75,7 +75,9 @@ pub struct HfConfig {
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's piecewise rescaling of low/medium/high frequencies.
     Llama3 {
         factor: f64,
@@ -141,7 +143,9 @@ impl ModelConfig {
             message,
         };
         if raw.num_attention_heads == 0 || num_kv_heads == 0 {
-            return Err(invalid("num_attention_heads and num_key_value_heads must be > 0".into()));
+            return Err(invalid(
+                "num_attention_heads and num_key_value_heads must be > 0".into(),
+            ));
         }
         if raw.num_attention_heads % num_kv_heads != 0 {
             return Err(invalid(format!(
@@ -197,7 +201,11 @@ impl ModelConfig {
             qk_norm: defaults.qk_norm,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(32768),
             dtype,
-            eos_token_ids: raw.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            eos_token_ids: raw
+                .eos_token_id
+                .as_ref()
+                .map(TokenIds::to_vec)
+                .unwrap_or_default(),
             bos_token_id: raw
                 .bos_token_id
                 .as_ref()

@@ -78,7 +78,13 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &B::Device) -> Self {
+    pub fn new(
+        config: &ModelConfig,
+        batch: usize,
+        capacity: usize,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Self {
         let shape = [batch, config.num_kv_heads, capacity, config.head_dim];
         let layers = (0..config.num_layers)
             .map(|_| LayerCache {
@@ -118,8 +124,14 @@ impl<B: Backend> Attention<B> {
         k = apply_rotary(k, &ctx.cos, &ctx.sin);
         if let Some((cache, start)) = cache {
             let end = start + seq;
-            cache.k = cache.k.clone().slice_assign([0..batch, 0..nkv, start..end, 0..hd], k);
-            cache.v = cache.v.clone().slice_assign([0..batch, 0..nkv, start..end, 0..hd], v);
+            cache.k = cache
+                .k
+                .clone()
+                .slice_assign([0..batch, 0..nkv, start..end, 0..hd], k);
+            cache.v = cache
+                .v
+                .clone()
+                .slice_assign([0..batch, 0..nkv, start..end, 0..hd], v);
             k = cache.k.clone().narrow(2, 0, end);
             v = cache.v.clone().narrow(2, 0, end);
         }
@@ -152,10 +164,18 @@ fn attention_core<B: Backend>(
     let t = k.dims()[2];
     let dtype = q.dtype();
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    let scores = if dtype == DType::F32 { scores } else { scores.cast(DType::F32) };
+    let scores = if dtype == DType::F32 {
+        scores
+    } else {
+        scores.cast(DType::F32)
+    };
     let scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), MASK_VALUE);
     let probs = softmax(scores, 3);
-    let probs = if dtype == DType::F32 { probs } else { probs.cast(dtype) };
+    let probs = if dtype == DType::F32 {
+        probs
+    } else {
+        probs.cast(dtype)
+    };
     probs.matmul(v)
 }
 
@@ -179,7 +199,10 @@ impl<B: Backend> DecoderLayer<B> {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), ctx, cache, train);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), train)
+        h.clone()
+            + self
+                .mlp
+                .forward(self.post_attention_layernorm.forward(h), train)
     }
 }
 

@@ -26,7 +26,9 @@ pub enum ModelError {
         "{dir} has no safetensors weights (looked for model.safetensors and model.safetensors.index.json){hint}"
     )]
     NoWeights { dir: PathBuf, hint: String },
-    #[error("{path}: not a valid safetensors file ({reason}); the file may be truncated or corrupt: download it again")]
+    #[error(
+        "{path}: not a valid safetensors file ({reason}); the file may be truncated or corrupt: download it again"
+    )]
     BadSafetensors { path: PathBuf, reason: String },
     #[error("{path}: invalid shard index: {reason}")]
     BadIndex { path: PathBuf, reason: String },
@@ -34,7 +36,9 @@ pub enum ModelError {
     MissingShard { index: PathBuf, shard: String },
     #[error("the weights in {dir} do not match config.json:\n{}", problems.join("\n"))]
     WeightMismatch { dir: PathBuf, problems: Vec<String> },
-    #[error("{path}: tensor {name} has dtype {dtype}, which burnish cannot load (supported: F32, BF16, F16)")]
+    #[error(
+        "{path}: tensor {name} has dtype {dtype}, which burnish cannot load (supported: F32, BF16, F16)"
+    )]
     UnsupportedDtype {
         path: PathBuf,
         name: String,

@@ -36,9 +36,11 @@ impl HostBatch {
             ids.resize(len, pad_id);
             batch.input_ids.push(ids);
             batch.positions.push((0..len as i64).collect());
-            batch
-                .segments
-                .push((0..len).map(|t| if t < n { 0 } else { PAD_SEGMENT }).collect());
+            batch.segments.push(
+                (0..len)
+                    .map(|t| if t < n { 0 } else { PAD_SEGMENT })
+                    .collect(),
+            );
         }
         batch
     }
@@ -107,7 +109,8 @@ pub fn incremental_context<B: Backend>(
             }
         }
     }
-    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, seq, keys]), device);
+    let mask =
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, seq, keys]), device);
     AttentionContext {
         cos: cast(cos, dtype),
         sin: cast(sin, dtype),
@@ -116,5 +119,9 @@ pub fn incremental_context<B: Backend>(
 }
 
 fn cast<B: Backend>(t: Tensor<B, 4>, dtype: DType) -> Tensor<B, 4> {
-    if dtype == DType::F32 { t } else { t.cast(dtype) }
+    if dtype == DType::F32 {
+        t
+    } else {
+        t.cast(dtype)
+    }
 }

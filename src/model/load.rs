@@ -25,7 +25,10 @@ pub fn load_model<B: Backend>(
         Ok(Param::from_tensor(files.load::<B, 2>(name, dtype, device)?).set_require_grad(false))
     };
     let norm = |name: &str| -> Result<RmsNorm<B>, ModelError> {
-        Ok(RmsNorm::new(files.load::<B, 1>(name, dtype, device)?, config.rms_norm_eps))
+        Ok(RmsNorm::new(
+            files.load::<B, 1>(name, dtype, device)?,
+            config.rms_norm_eps,
+        ))
     };
     let linear = |prefix: &str, module: &str| -> Result<LoraLinear<B>, ModelError> {
         let base = format!("{prefix}.{}.{module}", ModelConfig::linear_parent(module));
@@ -46,7 +49,10 @@ pub fn load_model<B: Backend>(
             proj.push(linear(&p, module)?);
         }
         let mut proj = proj.into_iter();
-        let mut next = || proj.next().ok_or_else(|| ModelError::Backend("projection list".into()));
+        let mut next = || {
+            proj.next()
+                .ok_or_else(|| ModelError::Backend("projection list".into()))
+        };
         let (q_norm, k_norm) = if config.qk_norm {
             (
                 Some(norm(&format!("{p}.self_attn.q_norm.weight"))?),

@@ -88,10 +88,16 @@ pub fn cross_entropy_sum<B: Backend>(
     let n = idx.len();
     if n == 0 {
         // Keep the graph connected so backward() still works on an all-masked batch.
-        return (hidden.sum().mul_scalar(0.0).cast(burn::tensor::DType::F32), 0);
+        return (
+            hidden.sum().mul_scalar(0.0).cast(burn::tensor::DType::F32),
+            0,
+        );
     }
     let flat = hidden.reshape([b * s, d]);
-    let rows = flat.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device));
+    let rows = flat.select(
+        0,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device),
+    );
     let mut total: Option<Tensor<B, 1>> = None;
     let chunk = chunk_rows.max(1);
     for start in (0..n).step_by(chunk) {

@@ -65,7 +65,11 @@ impl ModelFolder {
     }
 
     /// Load the network onto `device`, frozen weights held as `dtype`.
-    pub fn load<B: Backend>(&self, dtype: DType, device: &B::Device) -> Result<Model<B>, ModelError> {
+    pub fn load<B: Backend>(
+        &self,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Model<B>, ModelError> {
         let files = self.weights()?;
         let net = load::load_model::<B>(&self.config, &files, dtype, device)?;
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
@@ -113,6 +117,11 @@ impl<B: burn::tensor::backend::AutodiffBackend> Model<B> {
     /// The same network on the inner backend, without autodiff (for evaluation and generation).
     pub fn valid(&self) -> Model<B::InnerBackend> {
         use burn::module::AutodiffModule;
-        Model::new(self.net.valid(), self.config.clone(), self.dtype, self.device.clone())
+        Model::new(
+            self.net.valid(),
+            self.config.clone(),
+            self.dtype,
+            self.device.clone(),
+        )
     }
 }

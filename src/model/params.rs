@@ -6,7 +6,13 @@ use super::config::ModelConfig;
 
 /// The linear projections of a decoder layer, as named in HF checkpoints and PEFT configs.
 pub const LINEAR_MODULES: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 /// One expected tensor: its checkpoint name and shape.

@@ -101,7 +101,11 @@ impl RopeFrequencies {
 }
 
 /// `x * cos + rotate_half(x) * sin` for `x: [batch, heads, seq, head_dim]`.
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [_, _, _, dim] = x.dims();
     let half = dim / 2;
     let x1 = x.clone().narrow(3, 0, half);

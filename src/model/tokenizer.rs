@@ -111,10 +111,12 @@ impl TokenizerBundle {
         let generation = read_json(&dir.join("generation_config.json"))?;
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.is_file() {
-            Some(std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
-                path: jinja.clone(),
-                source,
-            })?)
+            Some(
+                std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
+                    path: jinja.clone(),
+                    source,
+                })?,
+            )
         } else {
             match &config.chat_template {
                 Some(ChatTemplateField::One(t)) => Some(t.clone()),
@@ -147,7 +149,10 @@ impl TokenizerBundle {
     }
 
     /// Token ids and the byte offset where each token starts in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), ModelError> {
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), ModelError> {
         let enc = self
             .tokenizer
             .encode(text, false)

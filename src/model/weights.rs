@@ -56,11 +56,10 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
             path: index_path.clone(),
             source,
         })?;
-        let index: ShardIndex =
-            serde_json::from_str(&text).map_err(|e| ModelError::BadIndex {
-                path: index_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::BadIndex {
+            path: index_path.clone(),
+            reason: e.to_string(),
+        })?;
         let mut names: Vec<&String> = index.weight_map.values().collect();
         names.sort();
         names.dedup();
@@ -113,10 +112,11 @@ impl WeightFiles {
                 path: path.clone(),
                 source,
             })?;
-            let parsed = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::BadSafetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let parsed =
+                SafeTensors::deserialize(&mmap).map_err(|e| ModelError::BadSafetensors {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             for (name, view) in parsed.tensors() {
                 let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
                 let entry = Entry {
@@ -151,17 +151,22 @@ impl WeightFiles {
         let mut counts: HashMap<String, (usize, StDtype)> = HashMap::new();
         for e in self.entries.values() {
             let n: usize = e.shape.iter().product();
-            let c = counts.entry(format!("{:?}", e.dtype)).or_insert((0, e.dtype));
+            let c = counts
+                .entry(format!("{:?}", e.dtype))
+                .or_insert((0, e.dtype));
             c.0 += n;
         }
         counts.into_values().max_by_key(|(n, _)| *n).map(|(_, d)| d)
     }
 
     pub fn raw(&self, name: &str) -> Result<RawTensor<'_>, ModelError> {
-        let e = self.entries.get(name).ok_or_else(|| ModelError::WeightMismatch {
-            dir: self.dir.clone(),
-            problems: vec![format!("missing tensor {name}")],
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::WeightMismatch {
+                dir: self.dir.clone(),
+                problems: vec![format!("missing tensor {name}")],
+            })?;
         Ok(RawTensor {
             dtype: e.dtype,
             shape: e.shape.clone(),
@@ -225,11 +230,13 @@ impl WeightFiles {
         device: &B::Device,
     ) -> Result<Tensor<B, D>, ModelError> {
         let raw = self.raw(name)?;
-        let data = raw.to_tensor_data(dtype).map_err(|dtype| ModelError::UnsupportedDtype {
-            path: self.dir.clone(),
-            name: name.to_string(),
-            dtype,
-        })?;
+        let data = raw
+            .to_tensor_data(dtype)
+            .map_err(|dtype| ModelError::UnsupportedDtype {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                dtype,
+            })?;
         Ok(Tensor::from_data(data, (device, dtype)))
     }
 }

@@ -71,7 +71,10 @@ impl MetricsLog {
         let path = output.join(FILE);
         match keep_through_step {
             Some(step) if path.exists() => {
-                let kept: Vec<Record> = read(&path)?.into_iter().filter(|r| r.step() <= step).collect();
+                let kept: Vec<Record> = read(&path)?
+                    .into_iter()
+                    .filter(|r| r.step() <= step)
+                    .collect();
                 let tmp = output.join(format!(".{FILE}.tmp"));
                 let mut f = File::create(&tmp)?;
                 for r in &kept {
@@ -89,7 +92,11 @@ impl MetricsLog {
     }
 
     pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(record).unwrap_or_default())?;
+        writeln!(
+            self.file,
+            "{}",
+            serde_json::to_string(record).unwrap_or_default()
+        )?;
         self.file.flush()
     }
 

@@ -90,7 +90,11 @@ pub fn check_section<S: Section>(node: &Node, path: &str, issues: &mut Issues) -
         NodeKind::Map(m) => m,
         _ => {
             let what = if path.is_empty() { "the recipe" } else { path };
-            issues.push(path, &node.origin, format!("{what} must be a mapping of keys to values"));
+            issues.push(
+                path,
+                &node.origin,
+                format!("{what} must be a mapping of keys to values"),
+            );
             return None;
         }
     };
@@ -103,7 +107,10 @@ pub fn check_section<S: Section>(node: &Node, path: &str, issues: &mut Issues) -
             issues.push(
                 &key_path,
                 key_origin,
-                format!("unknown field '{key}'{hint}; expected one of {}", S::FIELDS.join(", ")),
+                format!(
+                    "unknown field '{key}'{hint}; expected one of {}",
+                    S::FIELDS.join(", ")
+                ),
             );
             continue;
         }
@@ -117,9 +124,15 @@ pub fn check_section<S: Section>(node: &Node, path: &str, issues: &mut Issues) -
         }
     }
     for required in S::REQUIRED {
-        let present = entries.iter().any(|(k, _, v)| k == required && !matches!(v.kind, NodeKind::Null));
+        let present = entries
+            .iter()
+            .any(|(k, _, v)| k == required && !matches!(v.kind, NodeKind::Null));
         if !present {
-            issues.push(&join(path, required), &node.origin, format!("'{required}' is required"));
+            issues.push(
+                &join(path, required),
+                &node.origin,
+                format!("'{required}' is required"),
+            );
         }
     }
     if issues.0.len() > before {
@@ -151,7 +164,8 @@ fn check_list<S: Section>(node: &Node, path: &str, issues: &mut Issues) -> bool 
 }
 
 impl Section for Recipe {
-    const FIELDS: &'static [&'static str] = &["model", "lora", "data", "train", "output", "logging", "hub"];
+    const FIELDS: &'static [&'static str] =
+        &["model", "lora", "data", "train", "output", "logging", "hub"];
     const REQUIRED: &'static [&'static str] = &["model", "data"];
     fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
         match field {
@@ -175,19 +189,36 @@ impl Section for ModelSection {
 
 impl Section for LoraSection {
     const FIELDS: &'static [&'static str] = &[
-        "r", "alpha", "dropout", "targets", "rslora", "init", "init_from", "layers_to_transform",
-        "rank_pattern", "alpha_pattern",
+        "r",
+        "alpha",
+        "dropout",
+        "targets",
+        "rslora",
+        "init",
+        "init_from",
+        "layers_to_transform",
+        "rank_pattern",
+        "alpha_pattern",
     ];
 }
 
 impl Section for SourceSection {
-    const FIELDS: &'static [&'static str] = &["path", "hub", "split", "files", "revision", "format", "fields", "max_rows"];
+    const FIELDS: &'static [&'static str] = &[
+        "path", "hub", "split", "files", "revision", "format", "fields", "max_rows",
+    ];
 }
 
 impl Section for DataSection {
     const FIELDS: &'static [&'static str] = &[
-        "train", "validation", "seq_len", "packing", "train_on_inputs", "shuffle", "truncation",
-        "chat_template", "system_prompt",
+        "train",
+        "validation",
+        "seq_len",
+        "packing",
+        "train_on_inputs",
+        "shuffle",
+        "truncation",
+        "chat_template",
+        "system_prompt",
     ];
     const REQUIRED: &'static [&'static str] = &["train"];
     fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
@@ -198,7 +229,10 @@ impl Section for DataSection {
                 NodeKind::Seq(_) => check_list::<SourceSection>(node, path, issues),
                 NodeKind::Map(m) => {
                     let is_split = m.iter().all(|(k, _, _)| k == "split")
-                        && matches!(m.first().map(|(_, _, v)| &v.kind), Some(NodeKind::Float(_) | NodeKind::Int(_)));
+                        && matches!(
+                            m.first().map(|(_, _, v)| &v.kind),
+                            Some(NodeKind::Float(_) | NodeKind::Int(_))
+                        );
                     if !is_split {
                         issues.push(
                             path,
@@ -209,7 +243,11 @@ impl Section for DataSection {
                     true
                 }
                 _ => {
-                    issues.push(path, &node.origin, "expected {split: <fraction>} or a list of sources");
+                    issues.push(
+                        path,
+                        &node.origin,
+                        "expected {split: <fraction>} or a list of sources",
+                    );
                     true
                 }
             },
@@ -228,8 +266,18 @@ impl Section for SchedulerSection {
 
 impl Section for TrainSection {
     const FIELDS: &'static [&'static str] = &[
-        "epochs", "max_steps", "micro_batch_size", "grad_accum", "optimizer", "scheduler",
-        "max_grad_norm", "seed", "device", "eval_every", "save_every", "keep_last",
+        "epochs",
+        "max_steps",
+        "micro_batch_size",
+        "grad_accum",
+        "optimizer",
+        "scheduler",
+        "max_grad_norm",
+        "seed",
+        "device",
+        "eval_every",
+        "save_every",
+        "keep_last",
     ];
     fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
         match field {
@@ -284,7 +332,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggestion("alpah", LoraSection::FIELDS).as_deref(), Some("alpha"));
+        assert_eq!(
+            suggestion("alpah", LoraSection::FIELDS).as_deref(),
+            Some("alpha")
+        );
         assert_eq!(suggestion("zzzzzz", LoraSection::FIELDS), None);
     }
 }

@@ -34,7 +34,11 @@ impl fmt::Display for RecipeError {
         write!(f, "{file}: {n} problem{}", if n == 1 { "" } else { "s" })?;
         for issue in &self.issues {
             match &issue.origin {
-                Origin::At { line, column } => write!(f, "\n  {file}:{line}:{column}: {}: {}", issue.path, issue.message)?,
+                Origin::At { line, column } => write!(
+                    f,
+                    "\n  {file}:{line}:{column}: {}: {}",
+                    issue.path, issue.message
+                )?,
                 other => write!(f, "\n  ({other}): {}: {}", issue.path, issue.message)?,
             }
         }
@@ -86,7 +90,10 @@ impl LoadedRecipe {
         match recipe {
             Some(mut recipe) if issues.0.is_empty() => {
                 if recipe.output.dir.is_empty() {
-                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "run".into());
                     recipe.output.dir = format!("checkpoints/{stem}");
                 }
                 Ok(Self {
@@ -101,7 +108,10 @@ impl LoadedRecipe {
 
     /// The recipe's folder, for resolving relative paths after the working directory.
     pub fn dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     /// A path written in the recipe: relative to the working directory if it exists there,
@@ -116,7 +126,10 @@ pub fn resolve_relative(recipe_path: &Path, p: &str) -> PathBuf {
     if direct.is_absolute() || direct.exists() {
         return direct;
     }
-    let beside = recipe_path.parent().map(|d| d.join(p)).unwrap_or_else(|| direct.clone());
+    let beside = recipe_path
+        .parent()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|| direct.clone());
     if beside.exists() { beside } else { direct }
 }
 

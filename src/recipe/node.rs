@@ -52,7 +52,10 @@ impl Node {
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.map()?.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| v)
+        self.map()?
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v)
     }
 
     /// The node at a dotted path (`train.optimizer.lr`; list items by index).
@@ -70,7 +73,10 @@ impl Node {
 
     /// The key's own origin (where `key:` is written), falling back to the value's.
     pub fn key_origin(&self, key: &str) -> Option<&Origin> {
-        self.map()?.iter().find(|(k, _, _)| k == key).map(|(_, o, _)| o)
+        self.map()?
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, o, _)| o)
     }
 
     pub fn to_json(&self) -> Value {
@@ -78,10 +84,14 @@ impl Node {
             NodeKind::Null => Value::Null,
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Int(i) => Value::from(*i),
-            NodeKind::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeKind::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
-            NodeKind::Map(m) => Value::Object(m.iter().map(|(k, _, v)| (k.clone(), v.to_json())).collect()),
+            NodeKind::Map(m) => {
+                Value::Object(m.iter().map(|(k, _, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -108,8 +118,12 @@ impl Node {
                 Ok(())
             }
             NodeKind::Seq(items) => {
-                let idx: usize = first.parse().map_err(|_| format!("'{first}' is not a list index"))?;
-                let child = items.get_mut(idx).ok_or_else(|| format!("list has no item {idx}"))?;
+                let idx: usize = first
+                    .parse()
+                    .map_err(|_| format!("'{first}' is not a list index"))?;
+                let child = items
+                    .get_mut(idx)
+                    .ok_or_else(|| format!("list has no item {idx}"))?;
                 child.set_path(rest, value)
             }
             _ => Err(format!("'{first}' is inside a value that is not a mapping")),
@@ -165,7 +179,11 @@ impl<'de> Visitor<'de> for KindVisitor {
         Ok(Kind(NodeKind::Int(v)))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
-        Ok(Kind(i64::try_from(v).map(NodeKind::Int).unwrap_or(NodeKind::Float(v as f64))))
+        Ok(Kind(
+            i64::try_from(v)
+                .map(NodeKind::Int)
+                .unwrap_or(NodeKind::Float(v as f64)),
+        ))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Kind, E> {
         Ok(Kind(NodeKind::Float(v)))

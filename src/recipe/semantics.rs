@@ -38,8 +38,13 @@ impl Ctx<'_> {
 
     fn one_of(&mut self, path: &str, value: &str, options: &[&str]) {
         if !options.contains(&value) {
-            let hint = suggestion(value, options).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
-            self.bad(path, format!("'{value}' is not one of {}{hint}", options.join(", ")));
+            let hint = suggestion(value, options)
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            self.bad(
+                path,
+                format!("'{value}' is not one of {}{hint}", options.join(", ")),
+            );
         }
     }
 }
@@ -53,7 +58,8 @@ pub fn is_repo_id(s: &str) -> bool {
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("..")
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     matches!(parts.len(), 1 | 2) && parts.iter().all(|p| ok(p))
 }
@@ -64,14 +70,20 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     // model
     let base = r.model.base.as_str();
     if base.is_empty() {
-        c.bad("model.base", "must name a Hub repo id, a local model folder or builtin:<preset>");
+        c.bad(
+            "model.base",
+            "must name a Hub repo id, a local model folder or builtin:<preset>",
+        );
     } else if let Some(name) = base.strip_prefix(crate::model::preset::PREFIX) {
         let names = crate::model::preset::names();
         if !names.contains(&name) {
             c.one_of("model.base", name, &names);
         }
     } else if !super::resolve_relative(recipe_path, base).exists() && !is_repo_id(base) {
-        c.bad("model.base", format!("'{base}' is not a local folder and not a Hub repo id (org/name)"));
+        c.bad(
+            "model.base",
+            format!("'{base}' is not a local folder and not a Hub repo id (org/name)"),
+        );
     }
     if let Err(e) = r.model.dtype.parse::<WeightDtype>() {
         c.bad("model.dtype", e);
@@ -96,17 +108,25 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             for (i, n) in names.iter().enumerate() {
                 let short = n.rsplit('.').next().unwrap_or(n);
                 if !LINEAR_MODULES.contains(&short) {
-                    let hint = suggestion(short, &LINEAR_MODULES).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
+                    let hint = suggestion(short, &LINEAR_MODULES)
+                        .map(|s| format!(" (did you mean '{s}'?)"))
+                        .unwrap_or_default();
                     c.bad(
                         &format!("lora.targets.{i}"),
-                        format!("unknown module '{n}'{hint}; linear modules are {} (or use all-linear)", LINEAR_MODULES.join(", ")),
+                        format!(
+                            "unknown module '{n}'{hint}; linear modules are {} (or use all-linear)",
+                            LINEAR_MODULES.join(", ")
+                        ),
                     );
                 }
             }
         }
         TargetSpec::One(s) if s != "all-linear" => {
             if let Err(e) = regex::Regex::new(s) {
-                c.bad("lora.targets", format!("'{s}' is neither all-linear nor a valid regular expression: {e}"));
+                c.bad(
+                    "lora.targets",
+                    format!("'{s}' is neither all-linear nor a valid regular expression: {e}"),
+                );
             }
         }
         TargetSpec::One(_) => {}
@@ -119,7 +139,13 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if let Some(dir) = &l.init_from {
         let p = super::resolve_relative(recipe_path, dir);
         if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
-            c.bad("lora.init_from", format!("{} is not an adapter folder (no adapter_config.json)", p.display()));
+            c.bad(
+                "lora.init_from",
+                format!(
+                    "{} is not an adapter folder (no adapter_config.json)",
+                    p.display()
+                ),
+            );
         }
     }
 
@@ -132,10 +158,15 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     match &d.validation {
         Some(ValidationSection::Split { split }) => {
             if !(*split > 0.0 && *split < 1.0) {
-                c.bad("data.validation.split", format!("{split} is not a fraction in (0, 1)"));
+                c.bad(
+                    "data.validation.split",
+                    format!("{split} is not a fraction in (0, 1)"),
+                );
             }
         }
-        Some(ValidationSection::Sources(list)) => check_sources(&mut c, "data.validation", list, recipe_path),
+        Some(ValidationSection::Sources(list)) => {
+            check_sources(&mut c, "data.validation", list, recipe_path)
+        }
         None => {}
     }
     if d.seq_len < 2 {
@@ -168,7 +199,10 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
     for (i, b) in o.betas.iter().enumerate() {
         if !(0.0..1.0).contains(b) {
-            c.bad(&format!("train.optimizer.betas.{i}"), format!("{b} is not in [0, 1)"));
+            c.bad(
+                &format!("train.optimizer.betas.{i}"),
+                format!("{b} is not in [0, 1)"),
+            );
         }
     }
     if !(o.eps > 0.0) {
@@ -178,17 +212,27 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         c.bad("train.optimizer.weight_decay", "must be zero or positive");
     }
     let s = &t.scheduler;
-    c.one_of("train.scheduler.name", &s.name, &["cosine", "linear", "constant"]);
+    c.one_of(
+        "train.scheduler.name",
+        &s.name,
+        &["cosine", "linear", "constant"],
+    );
     if !(0.0..1.0).contains(&s.warmup_ratio) {
         c.bad("train.scheduler.warmup_ratio", "must be in [0, 1)");
     }
-    if !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
-        c.bad("train.scheduler.min_lr", format!("must be between 0 and the learning rate ({})", o.lr));
+    if !(s.min_lr >= 0.0 && (o.lr <= 0.0 || s.min_lr <= o.lr)) {
+        c.bad(
+            "train.scheduler.min_lr",
+            format!("must be between 0 and the learning rate ({})", o.lr),
+        );
     }
     if let Some(n) = t.max_grad_norm
         && !(n > 0.0)
     {
-        c.bad("train.max_grad_norm", "must be positive (or null for no clipping)");
+        c.bad(
+            "train.max_grad_norm",
+            "must be positive (or null for no clipping)",
+        );
     }
     if let Err(e) = t.device.parse::<DeviceSpec>() {
         c.bad("train.device", e);
@@ -198,7 +242,11 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
 
     // output, logging, hub
-    c.one_of("output.merge_dtype", &r.output.merge_dtype, &["auto", "f32", "bf16", "f16"]);
+    c.one_of(
+        "output.merge_dtype",
+        &r.output.merge_dtype,
+        &["auto", "f32", "bf16", "f16"],
+    );
     if r.logging.every == 0 {
         c.bad("logging.every", "must be at least 1");
     }
@@ -207,7 +255,10 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             c.bad("hub.repo", format!("'{repo}' is not a repo id (org/name)"));
         }
         if r.hub.push.is_empty() {
-            c.bad("hub.push", "is empty; say what to push: [adapter], [merged] or both");
+            c.bad(
+                "hub.push",
+                "is empty; say what to push: [adapter], [merged] or both",
+            );
         }
     }
 }
@@ -225,12 +276,18 @@ fn check_sources(c: &mut Ctx<'_>, path: &str, sources: &[SourceSection], recipe_
                 } else if !["jsonl", "json", "parquet", "ndjson"]
                     .contains(&resolved.extension().and_then(|e| e.to_str()).unwrap_or(""))
                 {
-                    c.bad(&format!("{p}.path"), "expected a .jsonl, .json or .parquet file");
+                    c.bad(
+                        &format!("{p}.path"),
+                        "expected a .jsonl, .json or .parquet file",
+                    );
                 }
             }
             (None, Some(repo)) => {
                 if !is_repo_id(repo) {
-                    c.bad(&format!("{p}.hub"), format!("'{repo}' is not a dataset repo id (org/name)"));
+                    c.bad(
+                        &format!("{p}.hub"),
+                        format!("'{repo}' is not a dataset repo id (org/name)"),
+                    );
                 }
             }
         }
@@ -240,15 +297,24 @@ fn check_sources(c: &mut Ctx<'_>, path: &str, sources: &[SourceSection], recipe_
                 if !allowed.contains(&k.as_str()) {
                     c.bad(
                         &format!("{p}.fields.{k}"),
-                        format!("format {format} has no field '{k}'; its fields are {}", allowed.join(", ")),
+                        format!(
+                            "format {format} has no field '{k}'; its fields are {}",
+                            allowed.join(", ")
+                        ),
                     );
                 }
             }
         } else if !s.fields.is_empty() {
-            let all: Vec<&str> = Format::ALL.iter().flat_map(|f| f.fields().iter().copied()).collect();
+            let all: Vec<&str> = Format::ALL
+                .iter()
+                .flat_map(|f| f.fields().iter().copied())
+                .collect();
             for k in s.fields.keys() {
                 if !all.contains(&k.as_str()) {
-                    c.bad(&format!("{p}.fields.{k}"), format!("no format has a field '{k}'"));
+                    c.bad(
+                        &format!("{p}.fields.{k}"),
+                        format!("no format has a field '{k}'"),
+                    );
                 }
             }
         }

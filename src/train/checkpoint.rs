@@ -21,13 +21,19 @@ const PREFIX: &str = "step-";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path} is unusable: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn checkpoints_dir(output: &Path) -> PathBuf {
@@ -53,7 +59,9 @@ pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
 }
 
 fn fsync(path: &Path) -> Result<(), CheckpointError> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 /// What goes into a checkpoint besides the trainer state.
@@ -66,16 +74,28 @@ pub struct CheckpointContents<'a> {
 }
 
 /// Write `step-NNNNNN` atomically and prune old checkpoints beyond `keep_last`.
-pub fn save(output: &Path, mut state: TrainerState, contents: &CheckpointContents<'_>, keep_last: usize) -> Result<PathBuf, CheckpointError> {
+pub fn save(
+    output: &Path,
+    mut state: TrainerState,
+    contents: &CheckpointContents<'_>,
+    keep_last: usize,
+) -> Result<PathBuf, CheckpointError> {
     let root = checkpoints_dir(output);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let final_dir = step_dir(output, state.global_step);
-    let tmp = root.join(format!(".{PREFIX}{:06}.partial-{}", state.global_step, std::process::id()));
+    let tmp = root.join(format!(
+        ".{PREFIX}{:06}.partial-{}",
+        state.global_step,
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    (contents.write_adapter)(&tmp).map_err(|reason| CheckpointError::Invalid { path: tmp.clone(), reason })?;
+    (contents.write_adapter)(&tmp).map_err(|reason| CheckpointError::Invalid {
+        path: tmp.clone(),
+        reason,
+    })?;
     let opt_path = tmp.join(OPTIMIZER_FILE);
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
@@ -84,11 +104,21 @@ pub fn save(output: &Path, mut state: TrainerState, contents: &CheckpointContent
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = contents
         .optimizer
         .iter()
-        .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+        })
         .collect::<Result<_, _>>()
-        .map_err(|e| CheckpointError::Invalid { path: opt_path.clone(), reason: e.to_string() })?;
-    safetensors::serialize_to_file(views, Some(metadata), &opt_path)
-        .map_err(|e| CheckpointError::Invalid { path: opt_path.clone(), reason: e.to_string() })?;
+        .map_err(|e| CheckpointError::Invalid {
+            path: opt_path.clone(),
+            reason: e.to_string(),
+        })?;
+    safetensors::serialize_to_file(views, Some(metadata), &opt_path).map_err(|e| {
+        CheckpointError::Invalid {
+            path: opt_path.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     state.files.clear();
     for name in [CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE] {
         let p = tmp.join(name);
@@ -135,21 +165,34 @@ pub struct Checkpoint {
 
 /// Read and check one checkpoint folder: every file present and matching its checksum.
 pub fn open(dir: &Path) -> Result<Checkpoint, CheckpointError> {
-    let invalid = |reason: String| CheckpointError::Invalid { path: dir.to_path_buf(), reason };
+    let invalid = |reason: String| CheckpointError::Invalid {
+        path: dir.to_path_buf(),
+        reason,
+    };
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
+    let text =
+        std::fs::read_to_string(&state_path).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("{STATE_FILE}: {e}")))?;
     for name in [CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE] {
-        let want = state.files.get(name).ok_or_else(|| invalid(format!("{STATE_FILE} lists no checksum for {name}")))?;
+        let want = state
+            .files
+            .get(name)
+            .ok_or_else(|| invalid(format!("{STATE_FILE} lists no checksum for {name}")))?;
         let p = dir.join(name);
         if !p.is_file() {
             return Err(invalid(format!("{name} is missing")));
         }
         if &sha256_file(&p)? != want {
-            return Err(invalid(format!("{name} does not match its checksum (damaged or modified)")));
+            return Err(invalid(format!(
+                "{name} does not match its checksum (damaged or modified)"
+            )));
         }
     }
-    Ok(Checkpoint { dir: dir.to_path_buf(), state })
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        state,
+    })
 }
 
 /// The newest checkpoint that passes its checks; broken ones are reported and skipped.
@@ -188,11 +231,17 @@ fn prune(output: &Path, keep_last: usize) {
 }
 
 /// The optimizer tensors and step count stored in a checkpoint.
-pub fn read_optimizer(dir: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, u64), CheckpointError> {
+pub fn read_optimizer(
+    dir: &Path,
+) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, u64), CheckpointError> {
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
-    let invalid = |reason: String| CheckpointError::Invalid { path: path.clone(), reason };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let invalid = |reason: String| CheckpointError::Invalid {
+        path: path.clone(),
+        reason,
+    };
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
     let step = meta
         .metadata()
         .as_ref()
@@ -202,7 +251,11 @@ pub fn read_optimizer(dir: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok((out, step))
@@ -210,7 +263,10 @@ pub fn read_optimizer(dir: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f
 
 /// Names of the two moments of a LoRA factor in `optimizer.safetensors`.
 pub fn moment_names(peft_key: &str) -> (String, String) {
-    (format!("{peft_key}.exp_avg"), format!("{peft_key}.exp_avg_sq"))
+    (
+        format!("{peft_key}.exp_avg"),
+        format!("{peft_key}.exp_avg_sq"),
+    )
 }
 
 pub use peft::peft_key;

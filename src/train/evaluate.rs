@@ -19,7 +19,12 @@ pub struct EvalResult {
 
 /// Evaluate `rows` in batches of `batch_size`; the mean is over all trained tokens of all rows
 /// (not a mean of per-batch means).
-pub fn evaluate<B: Backend>(model: &Model<B>, rows: &[PackedRow], batch_size: usize, pad_id: u32) -> EvalResult {
+pub fn evaluate<B: Backend>(
+    model: &Model<B>,
+    rows: &[PackedRow],
+    batch_size: usize,
+    pad_id: u32,
+) -> EvalResult {
     let mut sum = 0.0f64;
     let mut tokens = 0usize;
     for chunk in rows.chunks(batch_size.max(1)) {
@@ -33,7 +38,11 @@ pub fn evaluate<B: Backend>(model: &Model<B>, rows: &[PackedRow], batch_size: us
         sum += loss.into_scalar().to_f64_lossy();
         tokens += n;
     }
-    let loss = if tokens == 0 { f64::NAN } else { sum / tokens as f64 };
+    let loss = if tokens == 0 {
+        f64::NAN
+    } else {
+        sum / tokens as f64
+    };
     EvalResult {
         loss,
         perplexity: loss.exp(),

@@ -28,7 +28,11 @@ pub fn estimate(
     let weights = (config.parameter_count() as f64 * weight_bytes_per_param) as u64;
     let adapter = trainable * 16;
     let (b, s) = (micro_batch as u64, seq_len as u64);
-    let (h, i, nh) = (config.hidden_size as u64, config.intermediate_size as u64, config.num_heads as u64);
+    let (h, i, nh) = (
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+        config.num_heads as u64,
+    );
     let q = config.q_dim() as u64;
     let kv = config.kv_dim() as u64;
     // Per layer and token, what autodiff keeps: norm inputs/outputs (4h), q/k/v/o inputs and
@@ -57,5 +61,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

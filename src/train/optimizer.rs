@@ -38,11 +38,20 @@ impl<B: Backend> AdamW<B> {
                 exp_avg_sq: Tensor::zeros(s, device),
             })
             .collect();
-        Self { config, step: 0, moments }
+        Self {
+            config,
+            step: 0,
+            moments,
+        }
     }
 
     /// One update of every parameter with its gradient, at learning rate `lr`.
-    pub fn step(&mut self, lr: f64, params: Vec<Tensor<B, 2>>, grads: &[Tensor<B, 2>]) -> Vec<Tensor<B, 2>> {
+    pub fn step(
+        &mut self,
+        lr: f64,
+        params: Vec<Tensor<B, 2>>,
+        grads: &[Tensor<B, 2>],
+    ) -> Vec<Tensor<B, 2>> {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -54,9 +63,14 @@ impl<B: Backend> AdamW<B> {
             .zip(grads)
             .zip(self.moments.iter_mut())
             .map(|((p, g), m)| {
-                let p = if c.weight_decay != 0.0 { p * (1.0 - lr * c.weight_decay) } else { p };
+                let p = if c.weight_decay != 0.0 {
+                    p * (1.0 - lr * c.weight_decay)
+                } else {
+                    p
+                };
                 m.exp_avg = m.exp_avg.clone() * c.beta1 + g.clone() * (1.0 - c.beta1);
-                m.exp_avg_sq = m.exp_avg_sq.clone() * c.beta2 + g.clone() * g.clone() * (1.0 - c.beta2);
+                m.exp_avg_sq =
+                    m.exp_avg_sq.clone() * c.beta2 + g.clone() * g.clone() * (1.0 - c.beta2);
                 let denom = m.exp_avg_sq.clone().sqrt() / bias2_sqrt + c.eps;
                 p - m.exp_avg.clone() / denom * step_size
             })
@@ -70,7 +84,10 @@ pub fn global_norm<B: Backend>(grads: &[Tensor<B, 2>]) -> f64 {
         return 0.0;
     }
     // One device reduction per tensor, then a single host transfer.
-    let squares: Vec<Tensor<B, 1>> = grads.iter().map(|g| g.clone().powi_scalar(2).sum()).collect();
+    let squares: Vec<Tensor<B, 1>> = grads
+        .iter()
+        .map(|g| g.clone().powi_scalar(2).sum())
+        .collect();
     let all = Tensor::cat(squares, 0).into_data().convert::<f32>();
     let values = all.to_vec::<f32>().unwrap_or_default();
     values.iter().map(|&v| v as f64).sum::<f64>().sqrt()
@@ -79,5 +96,9 @@ pub fn global_norm<B: Backend>(grads: &[Tensor<B, 2>]) -> f64 {
 /// `clip_grad_norm_`: scale every gradient by `max / (norm + 1e-6)` when that is below 1.
 pub fn clip<B: Backend>(grads: Vec<Tensor<B, 2>>, norm: f64, max_norm: f64) -> Vec<Tensor<B, 2>> {
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 { grads.into_iter().map(|g| g * coef).collect() } else { grads }
+    if coef < 1.0 {
+        grads.into_iter().map(|g| g * coef).collect()
+    } else {
+        grads
+    }
 }

@@ -22,13 +22,24 @@ pub struct Schedule {
 
 impl Schedule {
     /// `warmup_ratio` applies when `warmup_steps` is 0, rounded up as transformers does.
-    pub fn new(kind: &str, peak_lr: f64, min_lr: f64, warmup_steps: usize, warmup_ratio: f64, total_steps: usize) -> Self {
+    pub fn new(
+        kind: &str,
+        peak_lr: f64,
+        min_lr: f64,
+        warmup_steps: usize,
+        warmup_ratio: f64,
+        total_steps: usize,
+    ) -> Self {
         let kind = match kind {
             "constant" => ScheduleKind::Constant,
             "linear" => ScheduleKind::Linear,
             _ => ScheduleKind::Cosine,
         };
-        let warmup = if warmup_steps > 0 { warmup_steps } else { (warmup_ratio * total_steps as f64).ceil() as usize };
+        let warmup = if warmup_steps > 0 {
+            warmup_steps
+        } else {
+            (warmup_ratio * total_steps as f64).ceil() as usize
+        };
         Self {
             kind,
             peak_lr,
@@ -63,9 +74,24 @@ mod tests {
     #[test]
     fn matches_transformers_formulas() {
         let cos = Schedule::new("cosine", 1.0, 0.0, 2, 0.0, 10);
-        let want = [0.0, 0.5, 1.0, 0.9619397662556434, 0.8535533905932737, 0.6913417161825449, 0.5, 0.3086582838174551, 0.14644660940672627, 0.038060233744356624];
+        let want = [
+            0.0,
+            0.5,
+            1.0,
+            0.9619397662556434,
+            0.8535533905932737,
+            0.6913417161825449,
+            0.5,
+            0.3086582838174551,
+            0.14644660940672627,
+            0.038060233744356624,
+        ];
         for (s, w) in want.iter().enumerate() {
-            assert!((cos.lr(s) - w).abs() < 1e-12, "cosine step {s}: {}", cos.lr(s));
+            assert!(
+                (cos.lr(s) - w).abs() < 1e-12,
+                "cosine step {s}: {}",
+                cos.lr(s)
+            );
         }
         let lin = Schedule::new("linear", 1.0, 0.0, 2, 0.0, 10);
         let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
@@ -74,6 +100,9 @@ mod tests {
         }
         let c = Schedule::new("constant", 0.1, 0.0, 0, 0.0, 10);
         assert_eq!(c.lr(0), 0.1);
-        assert_eq!(Schedule::new("cosine", 1.0, 0.0, 0, 0.25, 10).warmup_steps, 3);
+        assert_eq!(
+            Schedule::new("cosine", 1.0, 0.0, 0, 0.25, 10).warmup_steps,
+            3
+        );
     }
 }

@@ -8,8 +8,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::data::dataset::{DataPlan, LocalSource, PreparedData, TooLong, Validation, prepare};
-use crate::lora::settings::{TargetModule, trainable_parameters};
 use crate::lora::LoraSettings;
+use crate::lora::settings::{TargetModule, trainable_parameters};
 use crate::model::{ModelConfig, ModelFolder, TokenizerBundle};
 use crate::recipe::{LoadedRecipe, Recipe, SourceSection, Truncation, ValidationSection};
 
@@ -25,7 +25,13 @@ pub struct StepCounts {
     pub effective_batch_rows: usize,
 }
 
-pub fn step_counts(rows: usize, micro_batch: usize, grad_accum: usize, epochs: usize, max_steps: Option<usize>) -> StepCounts {
+pub fn step_counts(
+    rows: usize,
+    micro_batch: usize,
+    grad_accum: usize,
+    epochs: usize,
+    max_steps: Option<usize>,
+) -> StepCounts {
     let micro = rows.div_ceil(micro_batch.max(1));
     let per_epoch = micro.div_ceil(grad_accum.max(1)).max(1);
     let total = max_steps.unwrap_or(per_epoch * epochs.max(1));
@@ -65,18 +71,30 @@ pub fn model_folder(loaded: &LoadedRecipe) -> anyhow::Result<ModelFolder> {
     ModelFolder::open(&dir).with_context(|| format!("model.base '{base}'"))
 }
 
-fn local_sources(loaded: &LoadedRecipe, list: &[SourceSection]) -> anyhow::Result<Vec<LocalSource>> {
+fn local_sources(
+    loaded: &LoadedRecipe,
+    list: &[SourceSection],
+) -> anyhow::Result<Vec<LocalSource>> {
     list.iter()
         .map(|s| {
             let files = match (&s.path, &s.hub) {
                 (Some(p), _) => vec![loaded.resolve_path(p)],
-                (None, Some(repo)) => crate::hub::dataset_files(repo, s.split.as_deref(), s.files.as_deref(), s.revision.as_deref())?,
+                (None, Some(repo)) => crate::hub::dataset_files(
+                    repo,
+                    s.split.as_deref(),
+                    s.files.as_deref(),
+                    s.revision.as_deref(),
+                )?,
                 (None, None) => vec![],
             };
             Ok(LocalSource {
                 files,
                 format: s.format,
-                fields: s.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                fields: s
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 max_rows: s.max_rows,
             })
         })
@@ -89,7 +107,10 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
     let chat_template = match &d.chat_template {
         Some(t) if t.ends_with(".jinja") => {
             let path = loaded.resolve_path(t);
-            Some(std::fs::read_to_string(&path).with_context(|| format!("reading chat template {}", path.display()))?)
+            Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading chat template {}", path.display()))?,
+            )
         }
         other => other.clone(),
     };
@@ -98,7 +119,9 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
         validation: match &d.validation {
             None => Validation::None,
             Some(ValidationSection::Split { split }) => Validation::Split(*split),
-            Some(ValidationSection::Sources(list)) => Validation::Sources(local_sources(loaded, list)?),
+            Some(ValidationSection::Sources(list)) => {
+                Validation::Sources(local_sources(loaded, list)?)
+            }
         },
         seq_len: d.seq_len,
         packing: d.packing,
@@ -114,11 +137,21 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
     })
 }
 
+/// The folder's tokenizer; a folder without `tokenizer.json` can still train on pretokenized data.
+pub fn load_tokenizer(folder: &ModelFolder) -> anyhow::Result<Option<TokenizerBundle>> {
+    if folder.dir.join("tokenizer.json").is_file() {
+        Ok(Some(folder.tokenizer()?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Everything known about a run before weights are loaded.
 pub struct RunSetup {
     pub loaded: LoadedRecipe,
     pub folder: ModelFolder,
-    pub tokenizer: TokenizerBundle,
+    /// None when the model folder has no tokenizer files (pretokenized data only).
+    pub tokenizer: Option<TokenizerBundle>,
     pub data: PreparedData,
     pub lora: LoraSettings,
     pub targets: Vec<TargetModule>,
@@ -129,13 +162,19 @@ pub struct RunSetup {
 impl RunSetup {
     pub fn new(loaded: LoadedRecipe) -> anyhow::Result<Self> {
         let folder = model_folder(&loaded)?;
-        let tokenizer = folder.tokenizer()?;
+        let tokenizer = load_tokenizer(&folder)?;
         let lora = lora_settings(&loaded.recipe);
         let targets = lora.resolve(&folder.config).context("lora")?;
         let plan = data_plan(&loaded, &folder.config)?;
-        let data = prepare(&plan, &tokenizer).context("preparing the dataset")?;
+        let data = prepare(&plan, tokenizer.as_ref()).context("preparing the dataset")?;
         let t = &loaded.recipe.train;
-        let counts = step_counts(data.train.len(), t.micro_batch_size, t.grad_accum, t.epochs, t.max_steps);
+        let counts = step_counts(
+            data.train.len(),
+            t.micro_batch_size,
+            t.grad_accum,
+            t.epochs,
+            t.max_steps,
+        );
         let output_dir = PathBuf::from(&loaded.recipe.output.dir);
         Ok(Self {
             loaded,
@@ -151,6 +190,14 @@ impl RunSetup {
 
     pub fn recipe(&self) -> &Recipe {
         &self.loaded.recipe
+    }
+
+    /// Padding id (masked by the attention mask, so any valid id works).
+    pub fn pad_id(&self) -> u32 {
+        self.tokenizer
+            .as_ref()
+            .and_then(TokenizerBundle::eos_token_id)
+            .unwrap_or(0)
     }
 
     pub fn trainable_parameters(&self) -> u64 {

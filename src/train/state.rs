@@ -53,7 +53,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("lora.rslora", json!(r.lora.rslora));
     put("lora.init", json!(r.lora.init));
     put("lora.init_from", json!(r.lora.init_from));
-    put("lora.layers_to_transform", json!(r.lora.layers_to_transform));
+    put(
+        "lora.layers_to_transform",
+        json!(r.lora.layers_to_transform),
+    );
     put("lora.rank_pattern", json!(r.lora.rank_pattern));
     put("lora.alpha_pattern", json!(r.lora.alpha_pattern));
     put("data.train", json!(r.data.train));
@@ -75,17 +78,29 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
 }
 
 pub fn fingerprint_hash(f: &BTreeMap<String, Value>) -> String {
-    format!("{:016x}", fnv1a(serde_json::to_string(f).unwrap_or_default().as_bytes()))
+    format!(
+        "{:016x}",
+        fnv1a(serde_json::to_string(f).unwrap_or_default().as_bytes())
+    )
 }
 
 /// The dotted keys whose values differ between a checkpoint and the current recipe.
-pub fn changed_fields(saved: &BTreeMap<String, Value>, now: &BTreeMap<String, Value>) -> Vec<String> {
+pub fn changed_fields(
+    saved: &BTreeMap<String, Value>,
+    now: &BTreeMap<String, Value>,
+) -> Vec<String> {
     let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
         .filter(|k| saved.get(*k) != now.get(*k))
-        .map(|k| format!("{k} (checkpoint: {}, recipe: {})", show(saved.get(k)), show(now.get(k))))
+        .map(|k| {
+            format!(
+                "{k} (checkpoint: {}, recipe: {})",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
+        })
         .collect()
 }
 
@@ -94,7 +109,11 @@ fn show(v: Option<&Value>) -> String {
         None => "absent".into(),
         Some(v) => {
             let s = v.to_string();
-            if s.len() > 80 { format!("{}...", &s[..77]) } else { s }
+            if s.len() > 80 {
+                format!("{}...", &s[..77])
+            } else {
+                s
+            }
         }
     }
 }

@@ -109,3 +109,51 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// The repository root (recipes use paths relative to it; tests run from it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Write `text` as a recipe in `dir` and return its path.
+pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// metrics.jsonl step records: (step, loss) in file order, and eval records.
+pub fn metrics(out: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let mut steps = Vec::new();
+    let mut evals = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(l) = v.get("loss") {
+            steps.push((v["step"].as_u64().unwrap(), l.as_f64().unwrap()));
+        } else {
+            evals.push((
+                v["step"].as_u64().unwrap(),
+                v["eval_loss"].as_f64().unwrap(),
+            ));
+        }
+    }
+    (steps, evals)
+}
+
+/// Tensors of a safetensors file as f32 (name -> values).
+pub fn st_f32(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (n, vals)
+        })
+        .collect()
+}

@@ -108,15 +108,24 @@ fn tokenizer_config() -> serde_json::Value {
 
 /// The folder of preset `name`, creating it on first use.
 pub fn materialize(name: &str) -> Result<PathBuf, ModelError> {
-    let spec = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ModelError::NotAModelFolder {
-        dir: PathBuf::from(format!("{PREFIX}{name}")),
-        missing: format!("a preset of that name (built-in presets: {})", names().join(", ")),
-    })?;
+    let spec =
+        PRESETS
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ModelError::NotAModelFolder {
+                dir: PathBuf::from(format!("{PREFIX}{name}")),
+                missing: format!(
+                    "a preset of that name (built-in presets: {})",
+                    names().join(", ")
+                ),
+            })?;
     let config = config_json(spec);
     // The folder name carries a hash of everything that defines the weights, so a changed
     // preset never reuses stale files.
     let fingerprint = fnv1a(format!("{config}{}{}", spec.embed_std, spec.seed).as_bytes());
-    let dir = cache_root().join("presets").join(format!("{name}-{fingerprint:016x}"));
+    let dir = cache_root()
+        .join("presets")
+        .join(format!("{name}-{fingerprint:016x}"));
     if dir.join("model.safetensors").is_file() {
         return Ok(dir);
     }
@@ -133,11 +142,18 @@ pub fn materialize(name: &str) -> Result<PathBuf, ModelError> {
         let path = tmp.join(file);
         std::fs::write(&path, bytes).map_err(io(&path))
     };
-    write("config.json", serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&config)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     write("tokenizer.json", TOKENIZER_JSON)?;
     write(
         "tokenizer_config.json",
-        serde_json::to_string_pretty(&tokenizer_config()).unwrap_or_default().as_bytes(),
+        serde_json::to_string_pretty(&tokenizer_config())
+            .unwrap_or_default()
+            .as_bytes(),
     )?;
     write(
         "generation_config.json",
@@ -162,7 +178,10 @@ pub fn materialize(name: &str) -> Result<PathBuf, ModelError> {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(dir)
         }
-        Err(e) => Err(ModelError::Io { path: dir, source: e }),
+        Err(e) => Err(ModelError::Io {
+            path: dir,
+            source: e,
+        }),
     }
 }
 
@@ -188,8 +207,10 @@ fn write_weights(spec: &PresetSpec, config: &ModelConfig, path: &Path) -> Result
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((t.name, t.shape, bytes));
     }
-    crate::lora::peft::write_f32_safetensors(path, &tensors).map_err(|reason| ModelError::BadSafetensors {
-        path: path.to_path_buf(),
-        reason,
+    crate::lora::peft::write_f32_safetensors(path, &tensors).map_err(|reason| {
+        ModelError::BadSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        }
     })
 }

@@ -1,0 +1,410 @@
+//! The data pipeline against transformers (scripts/make_fixtures.py, part templates): chat
+//! template text and ids, which tokens are trained, the classic Alpaca prompt, EOS = pad;
+//! and packing equivalence, truncation counts and located dataset errors.
+
+mod common;
+
+use burn::tensor::DType;
+use burnish::backend::Cpu;
+use burnish::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
+use burnish::data::formats::{Example, Message};
+use burnish::data::template::TemplateMessage;
+use burnish::data::tokenize::Tokenization;
+use burnish::data::{PackedRow, TokenizedExample, collate};
+use burnish::model::loss::{IGNORE_INDEX, cross_entropy_sum};
+use burnish::model::{ModelFolder, TokenizerBundle};
+use common::*;
+
+fn messages(v: &serde_json::Value) -> Vec<Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message {
+            role: m["role"].as_str().unwrap().into(),
+            content: m["content"].as_str().unwrap().into(),
+            extra: Default::default(),
+        })
+        .collect()
+}
+
+fn tokenizer_for(name: &str) -> TokenizerBundle {
+    let dir = match name {
+        "qwen2.5" => fixtures().join("tokenizer-qwen2.5"),
+        "qwen3" => fixtures().join("tokenizer"),
+        _ => fixtures().join("tokenizer-base"),
+    };
+    TokenizerBundle::from_dir(&dir).unwrap()
+}
+
+#[test]
+fn chat_templates_render_and_mask_like_transformers() {
+    let golden = read_json(&fixtures().join("golden/chat-templates.json"));
+    for (name, cases) in golden["templates"].as_object().unwrap() {
+        let tok = tokenizer_for(name);
+        let tz = Tokenization::new(Some(&tok), None, false, None).unwrap();
+        assert_eq!(tz.end_of_turn(), Some("<|im_end|>"));
+        let template = burnish::data::template::ChatTemplate::new(
+            tok.chat_template.as_deref().unwrap(),
+            None,
+            tok.eos_token(),
+        )
+        .unwrap();
+        for case in cases.as_array().unwrap() {
+            let kind = case["kind"].as_str().unwrap();
+            let msgs = messages(&case["messages"]);
+            let tm: Vec<TemplateMessage> = msgs
+                .iter()
+                .map(|m| TemplateMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                    extra: Default::default(),
+                })
+                .collect();
+            assert_eq!(
+                template.render(&tm, false).unwrap(),
+                case["text"].as_str().unwrap(),
+                "{name}/{kind}: text"
+            );
+            assert_eq!(
+                tz.prompt(&msgs[..msgs.len() - 1]).unwrap(),
+                case["prompt_with_generation"].as_str().unwrap(),
+                "{name}/{kind}: generation prompt"
+            );
+            let t = tz.tokenize(&Example::Chat(msgs.clone())).unwrap();
+            let want_ids: Vec<u32> = case["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(t.ids, want_ids, "{name}/{kind}: ids");
+            let mask: Vec<u64> = case["assistant_mask"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let ours: Vec<u64> = t
+                .labels
+                .iter()
+                .map(|&l| u64::from(l != IGNORE_INDEX))
+                .collect();
+            assert_eq!(ours, mask, "{name}/{kind}: trained tokens");
+            // Trained tokens carry their own id as label.
+            for (i, &l) in t.labels.iter().enumerate() {
+                assert!(l == IGNORE_INDEX || l == t.ids[i] as i64);
+            }
+            // With train_on_inputs every token is trained.
+            let all = Tokenization::new(Some(&tok), None, true, None)
+                .unwrap()
+                .tokenize(&Example::Chat(msgs))
+                .unwrap();
+            assert!(all.labels.iter().all(|&l| l != IGNORE_INDEX));
+        }
+    }
+}
+
+#[test]
+fn alpaca_and_sharegpt_rows_go_through_the_template() {
+    let golden = read_json(&fixtures().join("golden/chat-templates.json"));
+    for (name, cases) in golden["templates"].as_object().unwrap() {
+        let tok = tokenizer_for(name);
+        let tz = Tokenization::new(Some(&tok), None, false, None).unwrap();
+        for case in cases.as_array().unwrap() {
+            let kind = case["kind"].as_str().unwrap();
+            let msgs = messages(&case["messages"]);
+            let example = match kind {
+                "alpaca" | "alpaca-system" => {
+                    let user = &msgs[msgs.len() - 2].content;
+                    let (instruction, input) = user.split_once("\n\n").unwrap_or((user, ""));
+                    Example::Alpaca {
+                        instruction: instruction.into(),
+                        input: input.into(),
+                        output: msgs[msgs.len() - 1].content.clone(),
+                        system: (kind == "alpaca-system").then(|| msgs[0].content.clone()),
+                    }
+                }
+                _ => continue,
+            };
+            let t = tz.tokenize(&example).unwrap();
+            let want_ids: Vec<u32> = case["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(t.ids, want_ids, "{name}/{kind}");
+            let mask: Vec<u64> = case["assistant_mask"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                t.labels
+                    .iter()
+                    .map(|&l| u64::from(l != IGNORE_INDEX))
+                    .collect::<Vec<_>>(),
+                mask,
+                "{name}/{kind}"
+            );
+        }
+    }
+    // ShareGPT rows through the dataset reader: from/value and human/gpt normalised.
+    let tmp = tempfile::tempdir().unwrap();
+    let case = golden["templates"]["qwen2.5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "sharegpt")
+        .unwrap();
+    let conv: Vec<serde_json::Value> = case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let from = match m["role"].as_str().unwrap() {
+                "user" => "human",
+                "assistant" => "gpt",
+                r => r,
+            };
+            serde_json::json!({"from": from, "value": m["content"]})
+        })
+        .collect();
+    let file = tmp.path().join("sg.jsonl");
+    std::fs::write(
+        &file,
+        serde_json::json!({"conversations": conv}).to_string() + "\n",
+    )
+    .unwrap();
+    let tok = tokenizer_for("qwen2.5");
+    let plan = plan_for(vec![file], None, 512, false, TooLong::Truncate);
+    let data = prepare(&plan, Some(&tok)).unwrap();
+    let want_ids: Vec<u32> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(data.train[0].ids, want_ids);
+    assert_eq!(data.formats, vec![burnish::data::Format::Sharegpt]);
+}
+
+#[test]
+fn classic_alpaca_and_eos_equal_to_pad() {
+    let golden = read_json(&fixtures().join("golden/chat-templates.json"));
+    let tok = tokenizer_for("base");
+    assert!(tok.chat_template.is_none());
+    let tz = Tokenization::new(Some(&tok), None, false, None).unwrap();
+    for case in golden["alpaca_classic"].as_array().unwrap() {
+        let row = &case["row"];
+        let ex = Example::Alpaca {
+            instruction: row["instruction"].as_str().unwrap().into(),
+            input: row["input"].as_str().unwrap().into(),
+            output: row["output"].as_str().unwrap().into(),
+            system: None,
+        };
+        let t = tz.tokenize(&ex).unwrap();
+        let ids: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(t.ids, ids);
+        let trained: Vec<u64> = case["trained"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            t.labels
+                .iter()
+                .map(|&l| u64::from(l != IGNORE_INDEX))
+                .collect::<Vec<_>>(),
+            trained
+        );
+    }
+    // Text rows end with EOS, which is also the pad id; it is trained, and padding is not.
+    let pad = golden["pad_id"].as_u64().unwrap() as u32;
+    assert_eq!(pad, golden["eos_is_pad_id"].as_u64().unwrap() as u32);
+    let mut rows = Vec::new();
+    for case in golden["text_eos_is_pad"].as_array().unwrap() {
+        let t = tz
+            .tokenize(&Example::Text(case["row"]["text"].as_str().unwrap().into()))
+            .unwrap();
+        let ids: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(t.ids, ids);
+        assert_eq!(*t.ids.last().unwrap(), pad);
+        assert!(t.labels.iter().all(|&l| l != IGNORE_INDEX));
+        rows.push(PackedRow::single(&t));
+    }
+    let refs: Vec<&PackedRow> = rows.iter().collect();
+    let (batch, targets) = collate(&refs, pad);
+    let short = if rows[0].len() < rows[1].len() { 0 } else { 1 };
+    let n = rows[short].len();
+    // The token before EOS predicts EOS (= pad id) ...
+    assert_eq!(targets.rows[short][n - 2], pad as i64);
+    // ... and padding positions predict nothing, although they hold the same id.
+    assert!(
+        targets.rows[short][n - 1..]
+            .iter()
+            .all(|&t| t == IGNORE_INDEX)
+    );
+    assert!(batch.input_ids[short][n..].iter().all(|&i| i == pad));
+}
+
+fn plan_for(
+    files: Vec<std::path::PathBuf>,
+    format: Option<burnish::data::Format>,
+    seq_len: usize,
+    packing: bool,
+    too_long: TooLong,
+) -> DataPlan {
+    DataPlan {
+        train: vec![LocalSource {
+            files,
+            format,
+            fields: Default::default(),
+            max_rows: None,
+        }],
+        validation: Validation::None,
+        seq_len,
+        packing,
+        train_on_inputs: false,
+        too_long,
+        chat_template: None,
+        system_prompt: None,
+        seed: 3,
+        vocab_size: 151_936,
+    }
+}
+
+/// A packed row of three examples gives each example the loss it has alone (f32 tolerance:
+/// the same products summed in a different order).
+#[test]
+fn packing_gives_the_same_per_example_loss() {
+    let folder = ModelFolder::open(&model_dir("qwen2-tied")).unwrap();
+    let model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
+    let examples: Vec<TokenizedExample> = [(9usize, 2usize), (5, 0), (12, 4)]
+        .iter()
+        .enumerate()
+        .map(|(k, &(n, masked))| {
+            let ids: Vec<u32> = (0..n as u32)
+                .map(|i| (i * 37 + k as u32 * 101 + 5) % 1000 + 3)
+                .collect();
+            let mut labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            labels[..masked].fill(IGNORE_INDEX);
+            TokenizedExample { ids, labels }
+        })
+        .collect();
+    let packed = burnish::data::pack::pack(&examples, 64);
+    assert_eq!(packed.len(), 1);
+    let row = &packed[0];
+    for (k, ex) in examples.iter().enumerate() {
+        let alone = PackedRow::single(ex);
+        let (b, t) = collate(&[&alone], 0);
+        let (loss_alone, n_alone) =
+            cross_entropy_sum(&model.net, model.hidden_states(&b, false), &t, 16);
+        let (b, mut t) = collate(&[row], 0);
+        // Keep only example k's targets.
+        for (pos, target) in t.rows[0].iter_mut().enumerate() {
+            if row.segments[pos] != k as i32 {
+                *target = IGNORE_INDEX;
+            }
+        }
+        let (loss_packed, n_packed) =
+            cross_entropy_sum(&model.net, model.hidden_states(&b, false), &t, 16);
+        assert_eq!(n_alone, n_packed);
+        let (a, p) = (loss_alone.into_scalar(), loss_packed.into_scalar());
+        assert!(
+            (a - p).abs() <= 1e-4 * a.abs().max(1.0),
+            "example {k}: alone {a} packed {p}"
+        );
+    }
+}
+
+#[test]
+fn truncation_and_drop_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rows.jsonl");
+    let mut text = String::new();
+    for n in [4usize, 30, 10, 50, 8] {
+        let ids: Vec<usize> = (0..n).map(|i| 10 + i).collect();
+        text.push_str(&serde_json::json!({"input_ids": ids}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&file, text).unwrap();
+    let p = plan_for(vec![file.clone()], None, 16, false, TooLong::Truncate);
+    let d = prepare(&p, None).unwrap();
+    assert_eq!(
+        (d.stats.truncated, d.stats.dropped_too_long, d.train.len()),
+        (2, 0, 5)
+    );
+    assert!(d.train.iter().all(|r| r.len() <= 16));
+    let p = plan_for(vec![file.clone()], None, 16, true, TooLong::Drop);
+    let d = prepare(&p, None).unwrap();
+    assert_eq!(
+        (
+            d.stats.truncated,
+            d.stats.dropped_too_long,
+            d.stats.train_examples
+        ),
+        (0, 2, 3)
+    );
+    assert_eq!(d.train.iter().map(PackedRow::examples).sum::<usize>(), 3);
+}
+
+#[test]
+fn bad_rows_name_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer_for("qwen2.5");
+    let cases = [
+        (
+            "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\"}\n",
+            "rows.jsonl:2",
+            "missing field 'output'",
+        ),
+        (
+            "{\"instruction\": \"a\", \"output\": \"b\"}\n\n{not json\n",
+            "rows.jsonl:3",
+            "invalid JSON",
+        ),
+        (
+            "{\"instruction\": \"a\", \"output\": 5}\n",
+            "rows.jsonl:1",
+            "must be a string",
+        ),
+    ];
+    for (text, at, what) in cases {
+        let file = tmp.path().join("rows.jsonl");
+        std::fs::write(&file, text).unwrap();
+        let p = plan_for(
+            vec![file],
+            Some(burnish::data::Format::Alpaca),
+            64,
+            false,
+            TooLong::Truncate,
+        );
+        let err = prepare(&p, Some(&tok)).err().unwrap().to_string();
+        assert!(err.contains(at) && err.contains(what), "{err}");
+    }
+    let file = tmp.path().join("chat.json");
+    std::fs::write(
+        &file,
+        r#"[{"messages": [{"role": "user", "content": "hi"}]}]"#,
+    )
+    .unwrap();
+    let p = plan_for(vec![file], None, 64, false, TooLong::Truncate);
+    let err = prepare(&p, Some(&tok)).err().unwrap().to_string();
+    assert!(
+        err.contains("chat.json row 0") && err.contains("no assistant message"),
+        "{err}"
+    );
+}

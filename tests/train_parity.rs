@@ -1,0 +1,132 @@
+//! The training loop against PEFT + PyTorch (scripts/make_fixtures.py, part train_parity):
+//! per-step losses, the adapter after one step, gradient accumulation normalised by the
+//! window's trained tokens, global-norm clipping, decoupled weight decay.
+
+mod common;
+
+use common::*;
+
+fn recipe(data: &str, extra_train: &str, out: &std::path::Path) -> String {
+    format!(
+        r#"
+model: {{base: tests/fixtures/models/qwen2-tied, dtype: f32}}
+lora:
+  r: 8
+  alpha: 16
+  dropout: 0.0
+  targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
+  init_from: tests/fixtures/lora/init/adapter
+data:
+  train: [{{path: {data}, format: pretokenized}}]
+  validation: null
+  seq_len: 64
+  packing: false
+  shuffle: false
+train:
+  device: cpu
+  eval_every: 0
+  save_every: 0
+  seed: 1
+  scheduler: {{name: constant, warmup_steps: 0}}
+{extra_train}
+output: {{dir: {out}}}
+logging: {{every: 1, tensorboard: false}}
+"#,
+        out = out.display()
+    )
+}
+
+/// Losses: relative 1e-5 (the issue's bound); adapters after one step: 1e-6 absolute.
+#[test]
+fn five_steps_match_peft_and_adapter_after_step_one() {
+    let golden = read_json(&fixtures().join("golden/train-parity.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.0}\n  max_grad_norm: null";
+    let r = write_recipe(
+        tmp.path(),
+        "r.yaml",
+        &recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out),
+    );
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (steps, _) = metrics(&out);
+    let want = golden["case1"]["losses"].as_array().unwrap();
+    assert_eq!(steps.len(), want.len());
+    for ((step, loss), w) in steps.iter().zip(want) {
+        let w = w.as_f64().unwrap();
+        assert!(((loss - w) / w).abs() <= 1e-5, "step {step}: {loss} vs {w}");
+    }
+
+    // One step only: the adapter equals PEFT's after its first AdamW step.
+    let out1 = tmp.path().join("run1");
+    let extra1 = extra.replace("max_steps: 5", "max_steps: 1");
+    let r1 = write_recipe(
+        tmp.path(),
+        "r1.yaml",
+        &recipe("tests/fixtures/golden/train-parity-1.jsonl", &extra1, &out1),
+    );
+    let o = burnish(&["train", r1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = st_f32(&out1.join("adapter/adapter_model.safetensors"));
+    let peft = st_f32(&fixtures().join("lora/parity-step1/adapter_model.safetensors"));
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        peft.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &ours {
+        let d = max_abs_diff(v, &peft[k]);
+        assert!(d <= 1e-6, "{k}: {d}");
+    }
+    let cfg = read_json(&out1.join("adapter/adapter_config.json"));
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+}
+
+/// grad_accum 2 over micro-batches of 13 and 4 trained tokens: the step's loss is the token
+/// mean over the whole window, then clipping at 0.05 and AdamW with weight decay 0.01.
+#[test]
+fn accumulation_clipping_and_weight_decay_match_pytorch() {
+    let golden = read_json(&fixtures().join("golden/train-parity.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let extra = "  max_steps: 4\n  micro_batch_size: 1\n  grad_accum: 2\n  optimizer: {name: adamw, lr: 2.0e-3, betas: [0.9, 0.99], weight_decay: 0.01}\n  max_grad_norm: 0.05";
+    let r = write_recipe(
+        tmp.path(),
+        "r.yaml",
+        &recipe("tests/fixtures/golden/train-parity-2.jsonl", extra, &out),
+    );
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let losses = golden["case2"]["losses"].as_array().unwrap();
+    let norms = golden["case2"]["grad_norms"].as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    for (i, rec) in records.iter().enumerate() {
+        let (l, w) = (rec["loss"].as_f64().unwrap(), losses[i].as_f64().unwrap());
+        assert!(
+            ((l - w) / w).abs() <= 1e-5,
+            "step {}: loss {l} vs {w}",
+            i + 1
+        );
+        let (n, wn) = (
+            rec["grad_norm"].as_f64().unwrap(),
+            norms[i].as_f64().unwrap(),
+        );
+        assert!(
+            ((n - wn) / wn).abs() <= 1e-4,
+            "step {}: grad norm {n} vs {wn}",
+            i + 1
+        );
+    }
+    let ours = st_f32(&out.join("adapter/adapter_model.safetensors"));
+    let peft = st_f32(&fixtures().join("lora/parity-case2-final/adapter_model.safetensors"));
+    for (k, v) in &ours {
+        let d = max_abs_diff(v, &peft[k]);
+        assert!(d <= 1e-5, "{k}: {d}");
+    }
+}
