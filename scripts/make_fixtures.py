@@ -692,11 +692,23 @@ def check_tensorboard():
     print("tensorboard:", sorted(scalars))
 
 
+def make_parquet():
+    """A parquet file (pyarrow's defaults: snappy) of the first alpaca-mini rows, for the reader."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [json.loads(l) for l in open(os.path.join(ROOT, "datasets", "alpaca-mini.jsonl"), encoding="utf-8")][:24]
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, out("data", "alpaca-24.parquet"))
+    write_jsonl(out("data", "alpaca-24.jsonl"), rows)
+    print("parquet:", len(rows), "rows")
+
+
 PARTS = {
     "tokenizer": make_tokenizer,
     "models": make_models,
     "configs": make_configs,
     "lora": make_lora,
+    "parquet": make_parquet,
     "templates": make_templates,
     "train_parity": make_train_parity,
     "burnish_merge": check_burnish_merge,

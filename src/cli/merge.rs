@@ -63,6 +63,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if report.shards == 1 { "" } else { "s" },
         report.total_size
     );
+    // A model card, unless the folder already has one (the base's own README is not copied).
+    let card = crate::hub::card::CardInfo {
+        kind: crate::hub::card::CardKind::Merged,
+        base_model: adapter
+            .base_model
+            .clone()
+            .unwrap_or_else(|| base_dir.display().to_string()),
+        license: crate::hub::card::license_of(&base_dir),
+        datasets: vec![],
+        summary: None,
+    };
+    crate::hub::card::ensure(&args.out, &card)?;
     if args.verify {
         verify(&base_dir, &args.adapter, &args.out)?;
     }

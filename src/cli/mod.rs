@@ -1,10 +1,12 @@
 //! Subcommands, one file each. Each parses and validates its input before doing expensive work.
 
+pub mod download;
 pub mod eval;
 pub mod inspect;
 pub mod merge;
 pub mod plan;
 pub mod plot;
+pub mod push;
 pub mod train;
 pub mod validate;
 
@@ -31,6 +33,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Publish an adapter or merged model folder to the Hugging Face Hub.
+    Push(push::Args),
+    /// Download a model (or dataset) into the Hub cache for offline use.
+    Download(download::Args),
     /// Show a model's architecture, sizes and exact parameter count.
     Inspect(inspect::Args),
     /// Loss and perplexity of a model (optionally with an adapter) on a dataset.
@@ -50,6 +56,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Push(args) => push::run(args),
+        Command::Download(args) => download::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Train(args) => train::run(args),

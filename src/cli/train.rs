@@ -3,14 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
 use crate::cli::inspect::group_digits;
 use crate::error::user;
-use crate::lora::merge::{MergeRequest, OutputDtype, merge};
-use crate::lora::peft::read_adapter;
 use crate::recipe::LoadedRecipe;
 use crate::train::run::{Resume, TrainOptions, TrainOutcome, train};
 use crate::train::setup::RunSetup;
@@ -71,32 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(StopFlag::exit_code(sig)));
     }
-    let r = setup.recipe();
-    if r.output.merge || opts.merge {
-        let adapter_dir = outcome
-            .adapter_dir
-            .clone()
-            .context("no adapter was written")?;
-        let merged = setup.output_dir.join("merged");
-        let adapter = read_adapter(&adapter_dir, &setup.folder.config)?;
-        let dtype = match r.output.merge_dtype.as_str() {
-            "auto" => None,
-            other => Some(other.parse::<OutputDtype>().map_err(user)?),
-        };
-        let report = merge(&MergeRequest {
-            base_dir: &setup.folder.dir,
-            config: &setup.folder.config,
-            adapter: &adapter,
-            out_dir: &merged,
-            dtype,
-            force: true,
-        })?;
-        tracing::info!(
-            "merged model written to {} ({} projections merged)",
-            merged.display(),
-            report.merged_tensors
-        );
-    }
+    crate::train::publish::finish(&setup, &outcome, opts.merge)?;
     if let Some(e) = &outcome.final_eval {
         println!(
             "final eval loss {:.4} (perplexity {:.2}) over {} tokens",

@@ -1,20 +1,31 @@
-//! Everything that talks to the Hugging Face Hub, and resolving a model reference (local
-//! folder, built-in preset, or Hub repo id) to a local folder.
+//! Everything that talks to the Hugging Face Hub: downloads into the standard cache, uploads
+//! over the Hub's HTTP API, model cards; and resolving a model reference (local folder,
+//! built-in preset, or Hub repo id) to a local folder.
+
+pub mod card;
+pub mod download;
+pub mod env;
+pub mod error;
+pub mod upload;
 
 use std::path::PathBuf;
+
+use hf_hub::RepoType;
+
+pub use env::HubEnv;
+pub use error::HubError;
 
 use crate::error::user;
 use crate::model::preset;
 
 /// Turn a model reference into a local folder: an existing path as is, `builtin:<name>` through
-/// the preset cache, and `org/name` through the Hub cache.
+/// the preset cache, `org/name` through the Hub cache (downloading what is missing).
 pub fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
     resolve_model_revision(spec, "main")
 }
 
 /// [`resolve_model`] at a Hub revision (ignored for local folders and presets).
 pub fn resolve_model_revision(spec: &str, revision: &str) -> anyhow::Result<PathBuf> {
-    let _ = revision;
     if let Some(name) = spec.strip_prefix(preset::PREFIX) {
         return Ok(preset::materialize(name)?);
     }
@@ -22,14 +33,18 @@ pub fn resolve_model_revision(spec: &str, revision: &str) -> anyhow::Result<Path
     if path.exists() {
         return Ok(path);
     }
-    Err(user(format!(
-        "model '{spec}' is neither a local folder nor a built-in preset ({})",
-        preset::names()
-            .iter()
-            .map(|n| format!("{}{n}", preset::PREFIX))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
+    if !crate::recipe::is_repo_id_public(spec) || !spec.contains('/') {
+        return Err(user(format!(
+            "model '{spec}' is not a local folder, a built-in preset ({}) or a Hub repo id (org/name)",
+            preset::names()
+                .iter()
+                .map(|n| format!("{}{n}", preset::PREFIX))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let downloader = download::Downloader::new(HubEnv::from_env())?;
+    Ok(downloader.model(spec, revision)?)
 }
 
 /// The local files of a Hub dataset split.
@@ -39,14 +54,18 @@ pub fn dataset_files(
     files: Option<&[String]>,
     revision: Option<&str>,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let _ = (split, files, revision);
-    Err(user(format!(
-        "dataset '{repo}': Hub datasets are not available in this build"
-    )))
+    let downloader = download::Downloader::new(HubEnv::from_env())?;
+    Ok(downloader.dataset(repo, revision.unwrap_or("main"), split, files)?)
 }
 
-/// Whether a repo's files are already in the local Hub cache.
+/// Whether a repo's config is already in the local Hub cache.
 pub fn is_cached(repo: &str, revision: &str) -> bool {
-    let _ = (repo, revision);
-    false
+    hf_hub::Cache::new(HubEnv::from_env().cache_dir)
+        .repo(hf_hub::Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        ))
+        .get("config.json")
+        .is_some()
 }

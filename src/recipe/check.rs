@@ -298,7 +298,7 @@ impl Section for LoggingSection {
 }
 
 impl Section for HubSection {
-    const FIELDS: &'static [&'static str] = &["repo", "push", "private"];
+    const FIELDS: &'static [&'static str] = &["repo", "push", "merged_repo", "private"];
 }
 
 #[cfg(test)]

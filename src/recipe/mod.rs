@@ -6,6 +6,8 @@ pub mod node;
 pub mod schema;
 mod semantics;
 
+pub use semantics::is_repo_id as is_repo_id_public;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -302,10 +302,13 @@ pub enum PushWhat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubSection {
-    /// Repo to publish to at the end of training (`null` = don't publish).
+    /// Repo the adapter is published to at the end of training (`null` = don't publish).
     pub repo: Option<String>,
-    /// What to push: `adapter`, `merged` or both (merged pushes to `<repo>-merged`... see README).
+    /// What to push: `adapter`, `merged` or both (`merged` implies `output.merge`).
     pub push: Vec<PushWhat>,
+    /// Repo for the merged model (default: `<repo>-merged`).
+    pub merged_repo: Option<String>,
+    /// Create new repos as private.
     pub private: bool,
 }
 
@@ -314,6 +317,7 @@ impl Default for HubSection {
         Self {
             repo: None,
             push: vec![PushWhat::Adapter],
+            merged_repo: None,
             private: true,
         }
     }

@@ -254,6 +254,14 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         if !is_repo_id(repo) {
             c.bad("hub.repo", format!("'{repo}' is not a repo id (org/name)"));
         }
+        if let Some(m) = &r.hub.merged_repo
+            && !is_repo_id(m)
+        {
+            c.bad(
+                "hub.merged_repo",
+                format!("'{m}' is not a repo id (org/name)"),
+            );
+        }
         if r.hub.push.is_empty() {
             c.bad(
                 "hub.push",

@@ -29,6 +29,13 @@ pub enum CheckpointError {
     Invalid { path: PathBuf, reason: String },
 }
 
+impl CheckpointError {
+    /// A damaged checkpoint is the user's to fix; failing to write one (disk full) is not.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, CheckpointError::Invalid { .. })
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
         path: path.to_path_buf(),

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod evaluate;
 pub mod memory;
 pub mod optimizer;
+pub mod publish;
 pub mod run;
 pub mod schedule;
 pub mod setup;

@@ -157,3 +157,39 @@ pub fn st_f32(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// Run burnish with extra environment variables (and HF_* variables of this process removed).
+pub fn burnish_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_burnish"));
+    cmd.args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUST_LOG");
+    for v in [
+        "HF_TOKEN",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_ENDPOINT",
+        "HF_HUB_OFFLINE",
+    ] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run burnish")
+}
+
+/// Every file of a folder, relative path -> bytes.
+pub fn folder_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            out.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            );
+        }
+    }
+    out
+}

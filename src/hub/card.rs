@@ -1,0 +1,203 @@
+//! Model cards (`README.md` with YAML front matter) for adapters and merged models, as the Hub
+//! and PEFT expect them: `base_model`, `library_name`, tags including
+//! `base_model:adapter:<id>` / `base_model:finetune:<id>`, `datasets`, `license`,
+//! `pipeline_tag`; then what was trained and the loss plot.
+
+use std::path::Path;
+
+use crate::recipe::schema::Recipe;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardKind {
+    Adapter,
+    Merged,
+}
+
+/// What a card says about its training run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub recipe_yaml: String,
+    pub steps: usize,
+    pub final_train_loss: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub trainable_parameters: u64,
+    pub train_examples: usize,
+    pub has_plot: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CardInfo {
+    pub kind: CardKind,
+    /// The base model as written (Hub id, local path or preset).
+    pub base_model: String,
+    pub license: Option<String>,
+    pub datasets: Vec<String>,
+    pub summary: Option<RunSummary>,
+}
+
+/// Whether a model reference is a Hub repo id (only those go into `base_model`).
+fn hub_id(base: &str) -> Option<&str> {
+    (crate::recipe::is_repo_id_public(base) && base.contains('/') && !Path::new(base).exists())
+        .then_some(base)
+}
+
+/// `license:` from a model folder's README front matter.
+pub fn license_of(model_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(model_dir.join("README.md")).ok()?;
+    let front = text.strip_prefix("---")?.split("\n---").next()?;
+    front
+        .lines()
+        .find_map(|l| l.strip_prefix("license:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Hub datasets named by a recipe.
+pub fn datasets_of(recipe: &Recipe) -> Vec<String> {
+    let mut out: Vec<String> = recipe
+        .data
+        .train
+        .iter()
+        .filter_map(|s| s.hub.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub fn render(info: &CardInfo) -> String {
+    let mut fm = vec!["---".to_string()];
+    let base = hub_id(&info.base_model);
+    if let Some(b) = base {
+        fm.push(format!("base_model: {b}"));
+    }
+    fm.push(format!(
+        "library_name: {}",
+        if info.kind == CardKind::Adapter {
+            "peft"
+        } else {
+            "transformers"
+        }
+    ));
+    if let Some(l) = &info.license {
+        fm.push(format!("license: {l}"));
+    }
+    fm.push("pipeline_tag: text-generation".into());
+    fm.push("tags:".into());
+    fm.push("- burnish".into());
+    fm.push("- lora".into());
+    if let Some(b) = base {
+        fm.push(format!(
+            "- base_model:{}:{b}",
+            if info.kind == CardKind::Adapter {
+                "adapter"
+            } else {
+                "finetune"
+            }
+        ));
+    }
+    if info.kind == CardKind::Adapter {
+        fm.push("- peft".into());
+    }
+    if !info.datasets.is_empty() {
+        fm.push("datasets:".into());
+        for d in &info.datasets {
+            fm.push(format!("- {d}"));
+        }
+    }
+    fm.push("---".into());
+    let mut body = fm.join("\n");
+    body.push_str("\n\n");
+    let what = match info.kind {
+        CardKind::Adapter => format!(
+            "A LoRA adapter for `{}`, trained with [burnish](https://github.com/burnish-rs/burnish).",
+            info.base_model
+        ),
+        CardKind::Merged => format!(
+            "`{}` with a LoRA adapter trained by [burnish](https://github.com/burnish-rs/burnish) merged into its weights.",
+            info.base_model
+        ),
+    };
+    body.push_str(&format!(
+        "# {}\n\n{what}\n\n",
+        if info.kind == CardKind::Adapter {
+            "LoRA adapter"
+        } else {
+            "Merged model"
+        }
+    ));
+    body.push_str("## Use\n\n```python\n");
+    match info.kind {
+        CardKind::Adapter => body.push_str(&format!(
+            "from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"<this repo>\")  # base: {}\n",
+            info.base_model
+        )),
+        CardKind::Merged => body.push_str("from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(\"<this repo>\")\ntokenizer = AutoTokenizer.from_pretrained(\"<this repo>\")\n"),
+    }
+    body.push_str("```\n\n");
+    if let Some(s) = &info.summary {
+        body.push_str("## Training\n\n");
+        body.push_str(&format!("- optimizer steps: {}\n", s.steps));
+        body.push_str(&format!("- training examples: {}\n", s.train_examples));
+        body.push_str(&format!(
+            "- trainable parameters: {}\n",
+            s.trainable_parameters
+        ));
+        if let Some(l) = s.final_train_loss {
+            body.push_str(&format!("- final training loss: {l:.4}\n"));
+        }
+        if let Some(l) = s.final_eval_loss {
+            body.push_str(&format!(
+                "- final evaluation loss: {l:.4} (perplexity {:.2})\n",
+                l.exp()
+            ));
+        }
+        if s.has_plot {
+            body.push_str("\n![training and evaluation loss](loss.svg)\n");
+        }
+        body.push_str("\n### Recipe\n\n```yaml\n");
+        body.push_str(s.recipe_yaml.trim_end());
+        body.push_str("\n```\n");
+    }
+    body
+}
+
+/// Write `README.md` into `dir` unless it already has one.
+pub fn ensure(dir: &Path, info: &CardInfo) -> std::io::Result<bool> {
+    let path = dir.join("README.md");
+    if path.exists() {
+        return Ok(false);
+    }
+    std::fs::write(path, render(info))?;
+    Ok(true)
+}
+
+/// A card for a folder that has none, from what the folder itself says.
+pub fn infer(dir: &Path) -> Option<CardInfo> {
+    let read = |f: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()
+    };
+    if let Some(cfg) = read("adapter_config.json") {
+        return Some(CardInfo {
+            kind: CardKind::Adapter,
+            base_model: cfg["base_model_name_or_path"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
+            license: None,
+            datasets: vec![],
+            summary: None,
+        });
+    }
+    let cfg = read("config.json")?;
+    Some(CardInfo {
+        kind: CardKind::Merged,
+        base_model: cfg["_name_or_path"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        license: None,
+        datasets: vec![],
+        summary: None,
+    })
+}
