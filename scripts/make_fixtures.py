@@ -703,6 +703,29 @@ def make_parquet():
     print("parquet:", len(rows), "rows")
 
 
+def make_generation():
+    """Greedy generation (transformers' generate, do_sample=False, 20 new tokens) from the tiny
+    models: base, base + PEFT adapter, and PEFT's merged model."""
+    import peft
+    cases = {}
+    prompt = golden_inputs(7)[:1, :8]
+    runs = [
+        ("qwen2-tied", lambda: load_model("qwen2-tied")),
+        ("qwen2-tied+adapter", lambda: peft.PeftModel.from_pretrained(load_model("qwen2-tied"), os.path.join(FIX, "lora", "qwen2-tied", "adapter"))),
+        ("qwen2-tied-merged", lambda: transformers.AutoModelForCausalLM.from_pretrained(os.path.join(FIX, "lora", "qwen2-tied", "merged"), dtype=torch.float32)),
+        ("llama-gqa", lambda: load_model("llama-gqa")),
+        ("qwen3", lambda: load_model("qwen3")),
+    ]
+    for name, make in runs:
+        model = make().eval()
+        with torch.no_grad():
+            generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                       max_new_tokens=20, eos_token_id=2, pad_token_id=0)
+        cases[name] = {"prompt": prompt[0].tolist(), "generated": generated[0, prompt.shape[1]:].tolist()}
+        print("generation:", name, cases[name]["generated"])
+    write_json(out("golden", "generation.json"), {"versions": versions(), "cases": cases})
+
+
 PARTS = {
     "tokenizer": make_tokenizer,
     "models": make_models,
@@ -710,6 +733,7 @@ PARTS = {
     "lora": make_lora,
     "parquet": make_parquet,
     "templates": make_templates,
+    "generation": make_generation,
     "train_parity": make_train_parity,
     "burnish_merge": check_burnish_merge,
     "tensorboard": check_tensorboard,

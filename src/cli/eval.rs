@@ -1,4 +1,6 @@
-//! `burnish eval --model <MODEL> --data <FILE> [--json]`: loss, perplexity and token count.
+//! `burnish eval`: loss, perplexity and token count of a model (optionally with an adapter) on
+//! any dataset the recipes accept (same templating and loss masks as training), or on a run's
+//! validation set (`burnish eval <RECIPE> [--checkpoint DIR]`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,27 +9,40 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
-use crate::data::formats::{Example, FieldMap, parse_example};
-use crate::data::source::read_rows;
-use crate::data::{Format, PackedRow, TokenizedExample};
+use crate::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
+use crate::data::{Format, PackedRow};
 use crate::error::user;
 use crate::model::ModelFolder;
+use crate::recipe::LoadedRecipe;
 use crate::train::evaluate::{EvalResult, evaluate};
+use crate::train::setup::{RunSetup, load_tokenizer};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A recipe: evaluate its run's validation set (with the run's adapter).
+    pub recipe: Option<PathBuf>,
+    /// With a recipe: the adapter or checkpoint folder to evaluate (default: the run's final
+    /// adapter, else its newest checkpoint).
+    #[arg(long, requires = "recipe")]
+    pub checkpoint: Option<PathBuf>,
     /// Model folder, Hub repo id or builtin:<preset>.
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, conflicts_with = "recipe", required_unless_present = "recipe")]
+    pub model: Option<String>,
     /// A PEFT adapter folder to apply on top of the model.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recipe")]
     pub adapter: Option<PathBuf>,
-    /// Dataset file (.jsonl, .json, .parquet).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Dataset file (.jsonl, .json, .parquet) or Hub dataset repo id.
+    #[arg(long, conflicts_with = "recipe", required_unless_present = "recipe")]
+    pub data: Option<String>,
     /// Row format; detected from the first row when omitted.
     #[arg(long)]
     pub format: Option<Format>,
+    /// Split of a Hub dataset.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Longest sequence; longer examples are truncated.
+    #[arg(long, default_value_t = 2048)]
+    pub seq_len: usize,
     /// Rows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -37,56 +52,92 @@ pub struct Args {
     /// Precision of the frozen weights: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
+    /// Override a recipe value (with a recipe).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "recipe")]
+    pub set: Vec<String>,
     /// Print `{"loss", "perplexity", "tokens"}` as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let folder = ModelFolder::open(&crate::hub::resolve_model(&args.model)?)?;
-    let rows = read_rows(&args.data)?;
-    let format = match args.format {
-        Some(f) => f,
-        None => Format::detect(&rows[0].value).ok_or_else(|| {
-            user(format!(
-                "{}: cannot tell the dataset format from its first row; pass --format",
-                rows[0].at
-            ))
-        })?,
-    };
-    let fields = FieldMap::new();
-    let mut examples = Vec::with_capacity(rows.len());
-    for row in &rows {
-        match parse_example(row, format, &fields)? {
-            Example::Tokens { input_ids, labels } => {
-                let vocab = folder.config.vocab_size as u32;
-                if let Some(bad) = input_ids.iter().find(|&&id| id >= vocab) {
-                    return Err(user(format!(
-                        "{}: token id {bad} is outside the model's vocabulary ({vocab})",
-                        row.at
-                    )));
-                }
-                let labels =
-                    labels.unwrap_or_else(|| input_ids.iter().map(|&i| i as i64).collect());
-                examples.push(TokenizedExample {
-                    ids: input_ids,
-                    labels,
-                });
-            }
-            _ => {
+    let (folder, rows, adapter, pad) = match &args.recipe {
+        Some(recipe) => {
+            let setup = RunSetup::new(LoadedRecipe::load(recipe, &args.set)?)?;
+            if setup.data.validation.is_empty() {
                 return Err(user(format!(
-                    "format {format} needs the tokenizer pipeline; this build evaluates pretokenized rows"
+                    "{}: the recipe has no validation data (data.validation)",
+                    recipe.display()
                 )));
             }
+            let adapter = match &args.checkpoint {
+                Some(dir) => Some(dir.clone()),
+                None => {
+                    let final_adapter = setup.output_dir.join("adapter");
+                    if final_adapter.join(crate::lora::peft::CONFIG_FILE).is_file() {
+                        Some(final_adapter)
+                    } else {
+                        let c = crate::train::checkpoint::newest_complete(&setup.output_dir)
+                            .ok_or_else(|| user(format!("{} has no adapter or checkpoint yet; train first or pass --checkpoint", setup.output_dir.display())))?;
+                        Some(c.dir)
+                    }
+                }
+            };
+            let pad = setup.pad_id();
+            (
+                setup.folder.clone(),
+                setup.data.validation.clone(),
+                adapter,
+                pad,
+            )
         }
-    }
-    let packed: Vec<PackedRow> = examples.iter().map(PackedRow::single).collect();
+        None => {
+            let model = args.model.as_deref().unwrap_or_default();
+            let data = args.data.as_deref().unwrap_or_default();
+            let folder = ModelFolder::open(&crate::hub::resolve_model(model)?)?;
+            let tokenizer = load_tokenizer(&folder)?;
+            let files = if std::path::Path::new(data).exists() {
+                vec![PathBuf::from(data)]
+            } else if crate::recipe::is_repo_id_public(data) && data.contains('/') {
+                crate::hub::dataset_files(data, Some(&args.split), None, None)?
+            } else {
+                return Err(user(format!(
+                    "--data {data}: no such file, and not a Hub dataset id"
+                )));
+            };
+            let plan = DataPlan {
+                train: vec![LocalSource {
+                    files,
+                    format: args.format,
+                    fields: Default::default(),
+                    max_rows: None,
+                }],
+                validation: Validation::None,
+                seq_len: args.seq_len,
+                packing: false,
+                train_on_inputs: false,
+                too_long: TooLong::Truncate,
+                chat_template: None,
+                system_prompt: None,
+                seed: 0,
+                vocab_size: folder.config.vocab_size,
+            };
+            let prepared =
+                prepare(&plan, tokenizer.as_ref()).with_context(|| format!("reading {data}"))?;
+            let pad = tokenizer
+                .as_ref()
+                .and_then(|t| t.eos_token_id())
+                .unwrap_or(0);
+            (folder, prepared.train, args.adapter.clone(), pad)
+        }
+    };
     let job = EvalJob {
         folder,
-        adapter: args.adapter,
-        rows: packed,
+        adapter,
+        rows,
         batch_size: args.batch_size,
         dtype: args.dtype,
+        pad,
     };
     let result = dispatch(args.device, job).map_err(user)??;
     if args.json {
@@ -105,6 +156,7 @@ struct EvalJob {
     rows: Vec<PackedRow>,
     batch_size: usize,
     dtype: WeightDtype,
+    pad: u32,
 }
 
 impl BackendJob for EvalJob {
@@ -119,6 +171,6 @@ impl BackendJob for EvalJob {
             crate::lora::apply_adapter(&mut model, dir, false)
                 .with_context(|| format!("applying adapter {}", dir.display()))?;
         }
-        Ok(evaluate(&model, &self.rows, self.batch_size, 0))
+        Ok(evaluate(&model, &self.rows, self.batch_size, self.pad))
     }
 }

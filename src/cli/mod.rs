@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod plan;
@@ -39,6 +40,10 @@ pub enum Command {
     Download(download::Args),
     /// Show a model's architecture, sizes and exact parameter count.
     Inspect(inspect::Args),
+    /// Generate text from a prompt (streams tokens as they are produced).
+    Generate(generate::GenerateArgs),
+    /// Talk to a model interactively (or through lines on stdin).
+    Chat(generate::ChatArgs),
     /// Loss and perplexity of a model (optionally with an adapter) on a dataset.
     Eval(eval::Args),
     /// Fine-tune a model with LoRA as a recipe describes.
@@ -59,6 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => push::run(args),
         Command::Download(args) => download::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Chat(args) => generate::run_chat(args),
         Command::Merge(args) => merge::run(args),
         Command::Train(args) => train::run(args),
         Command::Validate(args) => validate::run(args),
