@@ -8,6 +8,8 @@ use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::model::kernels::Kernels;
+
 /// CPU inference backend.
 pub type Cpu = burn::backend::Flex;
 /// CPU training backend.
@@ -89,7 +91,9 @@ impl WeightDtype {
 /// Work that runs on whichever backend the device choice selects.
 pub trait BackendJob {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output;
+    fn run<B: AutodiffBackend + Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    where
+        B::InnerBackend: Kernels;
 }
 
 /// Whether a CUDA device can be used in this build and on this machine.

@@ -162,7 +162,10 @@ struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = anyhow::Result<EvalResult>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    where
+        B::InnerBackend: crate::model::kernels::Kernels,
+    {
         let mut model = self
             .folder
             .load::<B::InnerBackend>(self.dtype.resolve(on_gpu), &device)

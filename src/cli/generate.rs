@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
 use crate::data::formats::Message;
@@ -130,7 +130,7 @@ fn report(stats: &GenerationStats) {
     );
 }
 
-fn load<B: Backend>(
+fn load<B: crate::model::kernels::Kernels>(
     args: &ModelArgs,
     on_gpu: bool,
     device: &B::Device,
@@ -154,7 +154,10 @@ struct GenerateJob<'a>(&'a GenerateArgs);
 
 impl BackendJob for GenerateJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    where
+        B::InnerBackend: crate::model::kernels::Kernels,
+    {
         let args = self.0;
         let (model, tok) = load::<B::InnerBackend>(&args.model, on_gpu, &device)?;
         let chat = !args.raw && (args.chat || tok.chat_template.is_some());
@@ -222,7 +225,10 @@ struct ChatJob<'a>(&'a ChatArgs);
 
 impl BackendJob for ChatJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    where
+        B::InnerBackend: crate::model::kernels::Kernels,
+    {
         let args = self.0;
         let (model, tok) = load::<B::InnerBackend>(&args.model, on_gpu, &device)?;
         let tz = Tokenization::new(Some(&tok), None, false, None)?;

@@ -1,5 +1,6 @@
 //! Subcommands, one file each. Each parses and validates its input before doing expensive work.
 
+pub mod bench;
 pub mod download;
 pub mod eval;
 pub mod generate;
@@ -38,6 +39,8 @@ pub enum Command {
     Push(push::Args),
     /// Download a model (or dataset) into the Hub cache for offline use.
     Download(download::Args),
+    /// Time LoRA training steps at a fixed shape on synthetic data.
+    Bench(bench::Args),
     /// Show a model's architecture, sizes and exact parameter count.
     Inspect(inspect::Args),
     /// Generate text from a prompt (streams tokens as they are produced).
@@ -61,6 +64,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Bench(args) => bench::run_cli(args),
         Command::Push(args) => push::run(args),
         Command::Download(args) => download::run(args),
         Command::Eval(args) => eval::run(args),

@@ -5,7 +5,7 @@ pub mod sampler;
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use crate::model::kernels::Kernels;
 
 use crate::model::Model;
 use crate::model::decoder::KvCache;
@@ -30,7 +30,7 @@ impl GenerationStats {
 }
 
 /// Last-position logits (f32, host) of a forward over `ids` appended to the cache.
-fn step_logits<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
+fn step_logits<B: Kernels>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
     let past = cache.len;
     let ctx = incremental_context::<B>(&model.rope, 1, past, ids.len(), model.dtype, &model.device);
     let batch = crate::model::HostBatch::from_rows(&[ids.to_vec()], 0);
@@ -49,7 +49,7 @@ fn step_logits<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]
 }
 
 /// Generate up to `max_new_tokens` after `prompt`; `on_token` sees each new id as it is chosen.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     model: &Model<B>,
     prompt: &[u32],
     max_new_tokens: usize,
@@ -87,7 +87,7 @@ pub fn generate<B: Backend>(
 
 /// Logits of every position of `ids`, computed one token at a time through the cache (for
 /// checking the cache against a full forward pass).
-pub fn incremental_logits<B: Backend>(
+pub fn incremental_logits<B: Kernels>(
     model: &Model<B>,
     ids: &[u32],
     prefix: usize,

@@ -4,16 +4,13 @@
 //! This file does no I/O.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Int, Tensor, backend::Backend};
 
 use super::config::ModelConfig;
+use super::kernels::Kernels;
 use super::norm::RmsNorm;
 use super::rope::apply_rotary;
 use crate::lora::layer::LoraLinear;
-
-/// Added to masked attention scores; far below any real score, yet finite in bf16.
-const MASK_VALUE: f32 = -1.0e30;
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -100,7 +97,7 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -154,23 +151,17 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
 }
 
 /// Scaled dot-product attention with an explicit mask; softmax in f32 as transformers does.
-fn attention_core<B: Backend>(
+fn attention_core<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: &Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
-    let [b, h, s, d] = q.dims();
-    let t = k.dims()[2];
+    let d = q.dims()[3];
     let dtype = q.dtype();
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    let scores = if dtype == DType::F32 {
-        scores
-    } else {
-        scores.cast(DType::F32)
-    };
-    let scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), MASK_VALUE);
-    let probs = softmax(scores, 3);
+    // Softmax in f32 (as transformers does), with the mask applied inside the kernel.
+    let probs = B::masked_softmax(scores, mask);
     let probs = if dtype == DType::F32 {
         probs
     } else {
@@ -179,15 +170,18 @@ fn attention_core<B: Backend>(
     probs.matmul(v)
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), train));
+        let [b, s, _] = x.dims();
+        let gate = self.gate_proj.forward(x.clone(), train);
         let up = self.up_proj.forward(x, train);
-        self.down_proj.forward(gate * up, train)
+        let i = gate.dims()[2];
+        let act = B::swiglu(gate.reshape([b * s, i]), up.reshape([b * s, i]));
+        self.down_proj.forward(act.reshape([b, s, i]), train)
     }
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: Kernels> DecoderLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -206,7 +200,7 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
-impl<B: Backend> CausalLm<B> {
+impl<B: Kernels> CausalLm<B> {
     /// Final hidden states `[batch, seq, hidden]` (after the last norm).
     pub fn hidden_states(
         &self,

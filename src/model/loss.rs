@@ -2,10 +2,10 @@
 //! -100 ignored), summed over trained tokens. Only rows with a target reach the vocabulary
 //! projection, and they do so in chunks, so prompt tokens cost nothing there.
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::decoder::CausalLm;
+use super::kernels::Kernels;
 
 /// Label value that excludes a token from the loss.
 pub const IGNORE_INDEX: i64 = -100;
@@ -76,44 +76,17 @@ impl Targets {
 
 /// Sum of token cross-entropies over trained tokens, as a 1-element f32 tensor, and the number
 /// of trained tokens. `hidden` is the final hidden state `[batch, seq, hidden]`.
-pub fn cross_entropy_sum<B: Backend>(
-    net: &CausalLm<B>,
-    hidden: Tensor<B, 3>,
-    targets: &Targets,
-    chunk_rows: usize,
-) -> (Tensor<B, 1>, usize) {
+pub fn cross_entropy_sum<B: Kernels>(net: &CausalLm<B>, hidden: Tensor<B, 3>, targets: &Targets, chunk_rows: usize) -> (Tensor<B, 1>, usize) {
     let device = hidden.device();
     let [b, s, d] = hidden.dims();
     let (idx, tgt) = targets.trained();
     let n = idx.len();
     if n == 0 {
         // Keep the graph connected so backward() still works on an all-masked batch.
-        return (
-            hidden.sum().mul_scalar(0.0).cast(burn::tensor::DType::F32),
-            0,
-        );
+        return (hidden.sum().mul_scalar(0.0).cast(DType::F32), 0);
     }
-    let flat = hidden.reshape([b * s, d]);
-    let rows = flat.select(
-        0,
-        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device),
-    );
-    let mut total: Option<Tensor<B, 1>> = None;
-    let chunk = chunk_rows.max(1);
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
-        let h = rows.clone().narrow(0, start, len);
-        let logits = net.logits_2d(h);
-        let t = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(tgt[start..start + len].to_vec(), [len, 1]),
-            &device,
-        );
-        let picked = log_softmax(logits, 1).gather(1, t);
-        let part = picked.sum().neg();
-        total = Some(match total {
-            None => part,
-            Some(acc) => acc + part,
-        });
-    }
-    (total.unwrap_or_else(|| Tensor::zeros([1], &device)), n)
+    let rows = hidden
+        .reshape([b * s, d])
+        .select(0, Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n]), &device));
+    (B::cross_entropy_sum(rows, net.output_weight(), &tgt, chunk_rows), n)
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod inputs;
+pub mod kernels;
 pub mod load;
 pub mod loss;
 pub mod norm;
@@ -99,6 +100,9 @@ impl<B: Backend> Model<B> {
         }
     }
 
+}
+
+impl<B: kernels::Kernels> Model<B> {
     /// Logits `[batch, seq, vocab]` in f32, no dropout.
     pub fn logits(&self, batch: &HostBatch) -> Tensor<B, 3> {
         let ctx = batch.context::<B>(&self.rope, self.dtype, &self.device);

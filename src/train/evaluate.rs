@@ -1,7 +1,7 @@
 //! Token-mean cross-entropy and perplexity of a model over a set of rows (no dropout, no
 //! gradients): the validation pass of training and the `eval` command.
 
-use burn::tensor::backend::Backend;
+use crate::model::kernels::Kernels;
 use serde::Serialize;
 
 use crate::data::{PackedRow, collate};
@@ -19,7 +19,7 @@ pub struct EvalResult {
 
 /// Evaluate `rows` in batches of `batch_size`; the mean is over all trained tokens of all rows
 /// (not a mean of per-batch means).
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: Kernels>(
     model: &Model<B>,
     rows: &[PackedRow],
     batch_size: usize,

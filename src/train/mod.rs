@@ -1,5 +1,6 @@
 //! Training: the loop, optimizer, schedules, checkpoints and resume, and evaluation.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod memory;

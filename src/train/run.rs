@@ -29,6 +29,7 @@ use crate::error::user;
 use crate::lora::attach::{attach, extract, fnv1a, init_factors};
 use crate::lora::peft::{HostFactors, peft_key, read_adapter, write_adapter};
 use crate::model::Model;
+use crate::model::kernels::Kernels;
 use crate::model::loss::{cross_entropy_sum, loss_chunk_rows};
 use crate::observe::metrics::{EvalRecord, StepRecord};
 use crate::observe::observer::{RunInfo, RunObserver};
@@ -213,13 +214,16 @@ fn f32_vec<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffBackend + Kernels>(
     setup: &RunSetup,
     opts: &TrainOptions,
     sync: &mut dyn GradientSync<B::InnerBackend>,
     device: B::Device,
     on_gpu: bool,
-) -> anyhow::Result<TrainOutcome> {
+) -> anyhow::Result<TrainOutcome>
+where
+    B::InnerBackend: Kernels,
+{
     let recipe = setup.recipe();
     let t = &recipe.train;
     let out = setup.output_dir.clone();
@@ -644,7 +648,10 @@ fn hparams(setup: &RunSetup) -> std::collections::BTreeMap<String, HParam> {
     h
 }
 
-fn run_eval<B: AutodiffBackend>(model: &Model<B>, setup: &RunSetup, pad_id: u32) -> EvalResult {
+fn run_eval<B: AutodiffBackend>(model: &Model<B>, setup: &RunSetup, pad_id: u32) -> EvalResult
+where
+    B::InnerBackend: Kernels,
+{
     let valid = model.valid();
     evaluate(
         &valid,

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""PyTorch + PEFT at the shapes of `burnish bench`: LoRA r=16 on all seven projections,
+synthetic tokens, forward + backward + AdamW, timed after warm-up. Prints one JSON line with
+the median step time, tokens/s and peak RSS (CPU) or peak CUDA memory.
+
+    ~/.cache/burnish-ref/venv/bin/python scripts/bench_peft.py --shape small [--device cpu] [--threads 2]
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import transformers
+import peft
+
+SHAPES = {
+    "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=32000, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="small", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa or eager)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cuda = args.device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    config = transformers.Qwen2Config(rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+                                      **SHAPES[args.shape])
+    config._attn_implementation = args.attn
+    model = transformers.Qwen2ForCausalLM(config).to(dtype).to(args.device)
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, eps=1e-8, weight_decay=0.0)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), device=args.device)
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        if step >= args.warmup:
+            times.append(dt)
+    median = statistics.median(times)
+    result = {
+        "framework": f"pytorch {torch.__version__} + peft {peft.__version__}",
+        "shape": args.shape, "device": args.device, "batch": args.batch, "seq_len": args.seq_len,
+        "rank": args.rank, "threads": args.threads, "attn": args.attn,
+        "median_step_s": median, "tokens_per_s": args.batch * args.seq_len / median,
+        "step_times_s": times, "loss_last": loss_value,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if cuda:
+        result["peak_device_bytes"] = torch.cuda.max_memory_allocated()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

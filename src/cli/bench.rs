@@ -1,0 +1,79 @@
+//! `burnish bench`: time LoRA training steps at a fixed shape (see BENCHMARKS.md).
+
+use std::process::ExitCode;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::error::user;
+use crate::train::bench::{BenchResult, BenchSpec, run};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// small, qwen2.5-0.5b, qwen2.5-1.5b or qwen2.5-7b (random weights).
+    #[arg(long, default_value = "small")]
+    pub shape: String,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Frozen-weight precision: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: WeightDtype,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Job<'a>(&'a Args);
+
+impl BackendJob for Job<'_> {
+    type Output = anyhow::Result<BenchResult>;
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    where
+        B::InnerBackend: crate::model::kernels::Kernels,
+    {
+        let a = self.0;
+        let spec = BenchSpec {
+            shape: a.shape.clone(),
+            batch: a.batch,
+            seq_len: a.seq_len,
+            rank: a.rank,
+            warmup: a.warmup,
+            steps: a.steps,
+            dtype: a.dtype.resolve(on_gpu),
+        };
+        run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })
+    }
+}
+
+pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
+    let r = dispatch(args.device, Job(&args)).map_err(user)??;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} {}x{} r={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB, RSS after warm-up {:.2} GB -> end {:.2} GB",
+            r.shape,
+            r.device,
+            r.batch,
+            r.seq_len,
+            r.rank,
+            r.median_step_s,
+            r.tokens_per_s,
+            r.peak_rss_bytes as f64 / 1e9,
+            r.rss_after_warmup_bytes as f64 / 1e9,
+            r.rss_end_bytes as f64 / 1e9
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
