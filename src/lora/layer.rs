@@ -5,6 +5,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
 
+use crate::model::kernels::Kernels;
+
 /// The trainable low-rank factors of one projection.
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
@@ -40,20 +42,28 @@ impl<B: Backend> LoraLinear<B> {
         self.weight.val().dims()
     }
 
+}
+
+impl<B: Kernels> LoraLinear<B> {
     /// Applies the projection to `x: [..., in]`. `train` enables LoRA dropout.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, train: bool) -> Tensor<B, D> {
         let dims = x.dims();
         let [out, inp] = self.shape();
         let rows: usize = dims[..D - 1].iter().product();
         let x2: Tensor<B, 2> = x.reshape([rows, inp]);
-        // A 2-D matmul against the transposed view: no copy of the frozen weight.
-        let mut y = x2.clone().matmul(self.weight.val().transpose());
-        if let Some(bias) = &self.bias {
-            y = y + bias.val().unsqueeze::<2>();
-        }
-        if let Some(lora) = &self.lora {
-            y = y + lora.delta(x2, train);
-        }
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let y = match &self.lora {
+            // Dropout needs its own mask on the adapter's input: the composed path.
+            Some(lora) if train && lora.dropout > 0.0 => {
+                let mut y = x2.clone().matmul(self.weight.val().transpose());
+                if let Some(b) = bias {
+                    y = y + b.unsqueeze::<2>();
+                }
+                y + lora.delta(x2, train)
+            }
+            Some(lora) => B::lora_linear(x2, self.weight.val(), bias, Some((lora.a.val(), lora.b.val(), lora.scaling))),
+            None => B::lora_linear(x2, self.weight.val(), bias, None),
+        };
         let mut out_dims = dims;
         out_dims[D - 1] = out;
         y.reshape(out_dims)

@@ -9,7 +9,6 @@ use burn::tensor::{Bool, DType, Int, Tensor, backend::Backend};
 use super::config::ModelConfig;
 use super::kernels::Kernels;
 use super::norm::RmsNorm;
-use super::rope::apply_rotary;
 use crate::lora::layer::LoraLinear;
 
 #[derive(Module, Debug)]
@@ -52,7 +51,7 @@ pub struct CausalLm<B: Backend> {
 
 /// Per-forward inputs shared by every layer: rotary tables and the attention mask.
 pub struct AttentionContext<B: Backend> {
-    /// `[batch, 1, seq, head_dim]`, in the activation dtype.
+    /// `[batch, seq, 1, head_dim]`, in the activation dtype.
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
     /// `[batch, 1, seq, keys]`, `true` where a query may NOT attend to a key.
@@ -61,7 +60,7 @@ pub struct AttentionContext<B: Backend> {
 
 /// Keys and values of earlier positions, preallocated to the maximum length.
 pub struct LayerCache<B: Backend> {
-    /// `[batch, kv_heads, capacity, head_dim]`.
+    /// `[batch, capacity, kv_heads, head_dim]`.
     pub k: Tensor<B, 4>,
     pub v: Tensor<B, 4>,
 }
@@ -82,7 +81,7 @@ impl<B: Backend> KvCache<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Self {
-        let shape = [batch, config.num_kv_heads, capacity, config.head_dim];
+        let shape = [batch, capacity, config.num_kv_heads, config.head_dim];
         let layers = (0..config.num_layers)
             .map(|_| LayerCache {
                 k: Tensor::zeros(shape, (device, dtype)),
@@ -98,6 +97,8 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Kernels> Attention<B> {
+    /// Heads stay in the `[batch, seq, heads, head_dim]` layout the projections produce, so
+    /// nothing is permuted or copied on the way in or out.
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -107,67 +108,27 @@ impl<B: Kernels> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-        let mut q = heads(self.q_proj.forward(x.clone(), train), nh);
-        let mut k = heads(self.k_proj.forward(x.clone(), train), nkv);
-        let mut v = heads(self.v_proj.forward(x, train), nkv);
+        let mut q = self.q_proj.forward(x.clone(), train).reshape([batch, seq, nh, hd]);
+        let mut k = self.k_proj.forward(x.clone(), train).reshape([batch, seq, nkv, hd]);
+        let mut v = self.v_proj.forward(x, train).reshape([batch, seq, nkv, hd]);
         if let Some(norm) = &self.q_norm {
             q = norm.forward(q);
         }
         if let Some(norm) = &self.k_norm {
             k = norm.forward(k);
         }
-        q = apply_rotary(q, &ctx.cos, &ctx.sin);
-        k = apply_rotary(k, &ctx.cos, &ctx.sin);
+        q = B::rope(q, &ctx.cos, &ctx.sin);
+        k = B::rope(k, &ctx.cos, &ctx.sin);
         if let Some((cache, start)) = cache {
             let end = start + seq;
-            cache.k = cache
-                .k
-                .clone()
-                .slice_assign([0..batch, 0..nkv, start..end, 0..hd], k);
-            cache.v = cache
-                .v
-                .clone()
-                .slice_assign([0..batch, 0..nkv, start..end, 0..hd], v);
-            k = cache.k.clone().narrow(2, 0, end);
-            v = cache.v.clone().narrow(2, 0, end);
+            cache.k = cache.k.clone().slice_assign([0..batch, start..end, 0..nkv, 0..hd], k);
+            cache.v = cache.v.clone().slice_assign([0..batch, start..end, 0..nkv, 0..hd], v);
+            k = cache.k.clone().narrow(1, 0, end);
+            v = cache.v.clone().narrow(1, 0, end);
         }
-        let out = attention_core(q, repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv), &ctx.mask);
-        let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
-        self.o_proj.forward(out, train)
+        let out = <B as Kernels>::attention(q, k, v, &ctx.mask);
+        self.o_proj.forward(out.reshape([batch, seq, nh * hd]), train)
     }
-}
-
-/// HF's `repeat_kv`: each key/value head is repeated `n_rep` times in place (interleaved),
-/// not tiled.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, s, d])
-        .reshape([b, h * n_rep, s, d])
-}
-
-/// Scaled dot-product attention with an explicit mask; softmax in f32 as transformers does.
-fn attention_core<B: Kernels>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: &Tensor<B, 4, Bool>,
-) -> Tensor<B, 4> {
-    let d = q.dims()[3];
-    let dtype = q.dtype();
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    // Softmax in f32 (as transformers does), with the mask applied inside the kernel.
-    let probs = B::masked_softmax(scores, mask);
-    let probs = if dtype == DType::F32 {
-        probs
-    } else {
-        probs.cast(dtype)
-    };
-    probs.matmul(v)
 }
 
 impl<B: Kernels> Mlp<B> {

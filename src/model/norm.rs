@@ -2,7 +2,9 @@
 //! normalised value cast back to the activation dtype, then scaled by the weight.
 
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::kernels::Kernels;
 
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -17,21 +19,14 @@ impl<B: Backend> RmsNorm<B> {
             eps,
         }
     }
+}
 
+impl<B: Kernels> RmsNorm<B> {
+    /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x32 = if dtype == DType::F32 {
-            x
-        } else {
-            x.cast(DType::F32)
-        };
-        let variance = x32.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = x32 * (variance + self.eps).sqrt().recip();
-        let normed = if dtype == DType::F32 {
-            normed
-        } else {
-            normed.cast(dtype)
-        };
-        normed * self.weight.val().unsqueeze::<D>()
+        let dims = x.dims();
+        let dim = dims[D - 1];
+        let rows = dims.iter().product::<usize>() / dim.max(1);
+        B::rms_norm(x.reshape([rows, dim]), self.weight.val(), self.eps).reshape(dims)
     }
 }

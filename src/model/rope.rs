@@ -66,7 +66,7 @@ impl RopeFrequencies {
         self.inv_freq.len() * 2
     }
 
-    /// `cos` and `sin` tables of shape `[batch, 1, seq, head_dim]` for the given positions
+    /// `cos` and `sin` tables of shape `[batch, seq, 1, head_dim]` for the given positions
     /// (`positions[b][t]`), in f32.
     pub fn tables<B: Backend>(
         &self,
@@ -92,24 +92,10 @@ impl RopeFrequencies {
                 sin.extend_from_within(start..start + half);
             }
         }
-        let shape = [batch, 1, seq, dim];
+        let shape = [batch, seq, 1, dim];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
-}
-
-/// `x * cos + rotate_half(x) * sin` for `x: [batch, heads, seq, head_dim]`.
-pub fn apply_rotary<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let [_, _, _, dim] = x.dims();
-    let half = dim / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
 }

@@ -154,9 +154,13 @@ where
         }
         let t = Instant::now();
         let hidden = model.hidden_states(&batch, true);
+        let t_fwd = t.elapsed().as_secs_f64();
         let (sum, n) = cross_entropy_sum(&model.net, hidden, &targets_t, chunk);
         let loss = sum / n as f64;
+        let t_loss = t.elapsed().as_secs_f64();
         let grads = loss.backward();
+        let t_bwd = t.elapsed().as_secs_f64();
+        tracing::debug!("forward {:.3}s, loss {:.3}s, backward {:.3}s", t_fwd, t_loss - t_fwd, t_bwd - t_loss);
         let mut params = Vec::with_capacity(shapes.len());
         let mut gs = Vec::with_capacity(shapes.len());
         for tm in &targets {

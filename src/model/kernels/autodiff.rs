@@ -79,7 +79,143 @@ impl<B: Kernels> Backward<B, 2> for SwiGlu {
     }
 }
 
+#[derive(Debug)]
+struct RmsNorm;
+
+impl<B: Kernels> Backward<B, 1> for RmsNorm {
+    /// Input, weight, epsilon.
+    type State = (Prim<B>, Prim<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        if let Some(parent) = &ops.parents[0] {
+            let (x, w, eps) = ops.state;
+            let dx = B::rms_norm_backward(Tensor::from_primitive(TensorPrimitive::Float(x)), Tensor::from_primitive(TensorPrimitive::Float(w)), eps, grad);
+            grads.register::<B>(parent.id, prim(dx));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rope;
+
+impl<B: Kernels> Backward<B, 1> for Rope {
+    /// cos, sin.
+    type State = (Prim<B>, Prim<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        if let Some(parent) = &ops.parents[0] {
+            let (c, sn) = ops.state;
+            let cos: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(c));
+            let sin: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(sn));
+            // The transpose of a rotation by theta is the rotation by -theta.
+            grads.register::<B>(parent.id, prim(B::rope(grad, &cos, &sin.neg())));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Attention;
+
+impl<B: Kernels> Backward<B, 3> for Attention {
+    /// q, k, v and the probabilities.
+    type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let (q, k, v, p) = ops.state;
+        let t = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+        let (dq, dk, dv) = B::attention_backward(t(q), t(k), t(v), t(p), grad);
+        let [pq, pk, pv] = ops.parents;
+        for (parent, g) in [(pq, dq), (pk, dk), (pv, dv)] {
+            if let Some(p) = parent {
+                grads.register::<B>(p.id, prim(g));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LoraLinear;
+
+impl<B: Kernels> Backward<B, 3> for LoraLinear {
+    /// x, x A^T, W, A, B, scaling.
+    type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>, Prim<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let (x, xa, w, a, b, s) = ops.state;
+        let t = |p| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(p));
+        let [px, pa, pb] = ops.parents;
+        let (dx, dlora) = B::lora_linear_backward(t(x), Some(t(xa)), t(w), Some((t(a), t(b), s)), grad, px.is_some());
+        if let (Some(p), Some(dx)) = (px, dx) {
+            grads.register::<B>(p.id, prim(dx));
+        }
+        if let Some((da, db)) = dlora {
+            if let Some(p) = pa {
+                grads.register::<B>(p.id, prim(da));
+            }
+            if let Some(p) = pb {
+                grads.register::<B>(p.id, prim(db));
+            }
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn lora_linear(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>, lora: Option<(Tensor<Self, 2>, Tensor<Self, 2>, f64)>) -> Tensor<Self, 2> {
+        let Some((a, b, s)) = lora else {
+            // Without an adapter, Burn's own ops keep only what the input gradient needs.
+            let y = x.matmul(w.transpose());
+            return match bias {
+                Some(bias) => y + bias.unsqueeze::<2>(),
+                None => y,
+            };
+        };
+        let nodes = [x.clone(), a.clone(), b.clone()].map(|t| t.into_primitive().tensor().node.clone());
+        let (xi, wi, ai, bi) = (inner(&x), inner(&w), inner(&a), inner(&b));
+        let bias_i = bias.as_ref().map(|t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t.clone().into_primitive().tensor().primitive)));
+        let (y, xa) = B::lora_linear_forward(xi.clone(), wi.clone(), bias_i, Some((ai.clone(), bi.clone(), s)));
+        match LoraLinear.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let xa = xa.unwrap_or_else(|| Tensor::zeros([1, 1], &y.device()));
+                wrap(prep.finish((prim(xi), prim(xa), prim(wi), prim(ai), prim(bi), s), prim(y)))
+            }
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
+        }
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        let ad = x.clone().into_primitive().tensor();
+        let (xi, wi) = (inner(&x), inner(&w));
+        let out = B::rms_norm(xi.clone(), wi.clone(), eps);
+        match RmsNorm.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => wrap(prep.finish((prim(xi), prim(wi), eps), prim(out))),
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
+        }
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: &Tensor<Self, 4>, sin: &Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let ad = x.clone().into_primitive().tensor();
+        let (ci, si) = (inner(cos), inner(sin));
+        let out = B::rope(inner(&x), &ci, &si);
+        match Rope.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => wrap(prep.finish((prim(ci), prim(si)), prim(out))),
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
+        }
+    }
+
+    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &Tensor<Self, 4, Bool>) -> Tensor<Self, 4> {
+        let nodes = [q.clone(), k.clone(), v.clone()].map(|t| t.into_primitive().tensor().node.clone());
+        let (qi, ki, vi) = (inner(&q), inner(&k), inner(&v));
+        let (out, probs) = B::attention_with_probs(qi.clone(), ki.clone(), vi.clone(), &Tensor::from_primitive(mask.clone().into_primitive()));
+        match Attention.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => wrap(prep.finish((prim(qi), prim(ki), prim(vi), prim(probs)), prim(out))),
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
+        }
+    }
+
     fn cross_entropy_sum(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
         let ad = h.clone().into_primitive().tensor();
         let (hi, wi) = (inner(&h), inner(&w));

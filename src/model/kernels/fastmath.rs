@@ -10,7 +10,9 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E).round();
+    // Round to nearest by adding and removing 1.5 * 2^23 (vectorises; `round` is a libm call).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // e^r = 1 + r + r^2/2 + ... + r^6/720, in Horner form.
     let p = 1.0 / 720.0;

@@ -59,24 +59,67 @@ fn ce_rows(logits: &mut [f32], vocab: usize, targets: &[i32], write_grad: bool) 
         .sum()
 }
 
+/// Scratch for one chunk of logits, kept between calls: allocating ~64 MB per chunk per step
+/// would pay for fresh pages every time.
+static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]` with explicit strides (elements), on all threads.
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+    assert!(dst.len() >= m * n);
+    // SAFETY: the pointers come from slices whose lengths cover every index the strides reach
+    // (checked by the callers' shapes), and `dst` does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+/// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
+/// reused buffer, then log-sum-exp (and `softmax - onehot` in place when the gradient is
+/// wanted), then `dh = grad W`. Only one chunk of logits ever exists.
 fn ce(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize, with_grad: bool) -> (f64, Option<Tensor<Flex, 2>>) {
-    let n = targets.len();
+    let [n, d] = h.dims();
     let vocab = w.dims()[0];
+    let (h, w) = (flex(h), flex(w));
+    let (hs, ws) = (h.storage::<f32>(), w.storage::<f32>());
+    let chunk = chunk.max(1);
+    let mut dh = if with_grad { vec![0f32; n * d] } else { Vec::new() };
+    let mut scratch = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
+    if scratch.len() < chunk.min(n) * vocab {
+        scratch.resize(chunk.min(n) * vocab, 0.0);
+    }
     let mut loss = 0.0f64;
-    let mut grads = Vec::new();
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.max(1).min(n - start);
-        let logits = h.clone().narrow(0, start, len).matmul(w.clone().transpose());
-        let mut logits = flex(logits);
-        let rows = logits.storage_mut::<f32>();
-        loss += ce_rows(rows, vocab, &targets[start..start + len], with_grad);
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let logits = &mut scratch[..len * vocab];
+        // W^T as the right-hand side: element (k, j) is W[j, k].
+        matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
+        loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
         if with_grad {
-            let g: Tensor<Flex, 2> = Tensor::from_primitive(TensorPrimitive::Float(logits));
-            grads.push(g.matmul(w.clone()));
+            matmul_into(&mut dh[start * d..(start + len) * d], len, d, vocab, logits, vocab, 1, ws, d, 1);
         }
     }
-    let grad = with_grad.then(|| if grads.is_empty() { Tensor::zeros(h.dims(), &h.device()) } else { Tensor::cat(grads, 0) });
-    (loss, grad)
+    (loss, with_grad.then(|| tensor(dh, [n, d])))
 }
 
 impl Kernels for Flex {
@@ -154,6 +197,70 @@ impl Kernels for Flex {
         Tensor::from_primitive(TensorPrimitive::Float(g))
     }
 
+    fn rms_norm(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
+        if !(is_f32(&x) && w.dtype() == DType::F32) {
+            return super::rms_norm_default(x, w, eps);
+        }
+        rms_norm(x, w, eps)
+    }
+
+    fn rms_norm_backward(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64, grad: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        if !(is_f32(&x) && is_f32(&grad) && w.dtype() == DType::F32) {
+            let dtype = x.dtype();
+            return rms_norm_backward(x.cast(DType::F32), w.cast(DType::F32), eps, grad.cast(DType::F32)).cast(dtype);
+        }
+        rms_norm_backward(x, w, eps, grad)
+    }
+
+    fn rope(x: Tensor<Flex, 4>, cos: &Tensor<Flex, 4>, sin: &Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+        if !(is_f32(&x) && is_f32(cos) && is_f32(sin)) {
+            let d = x.dims()[3];
+            let x1 = x.clone().narrow(3, 0, d / 2);
+            let x2 = x.clone().narrow(3, d / 2, d / 2);
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            return x * cos.clone() + rotated * sin.clone();
+        }
+        rope(x, cos, sin)
+    }
+
+    fn attention_with_probs(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: &Tensor<Flex, 4, Bool>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
+        if !attention_ok(&q, &k, &v) {
+            return super::attention_default(q, k, v, mask);
+        }
+        attention_with_probs(q, k, v, mask)
+    }
+
+    fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, probs: Tensor<Flex, 4>, grad: Tensor<Flex, 4>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+        if !(attention_ok(&q, &k, &v) && is_f32(&grad)) {
+            let dtype = q.dtype();
+            let (dq, dk, dv) = attention_backward(q.cast(DType::F32), k.cast(DType::F32), v.cast(DType::F32), probs, grad.cast(DType::F32));
+            return (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
+        }
+        attention_backward(q, k, v, probs, grad)
+    }
+
+    fn lora_linear_forward(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+        let f32_all = is_f32(&x) && is_f32(&w) && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32) && lora.as_ref().is_none_or(|(a, b, _)| is_f32(a) && is_f32(b));
+        if !f32_all {
+            return super::generic_lora_linear_forward(x, w, bias, lora);
+        }
+        lora_linear_forward(x, w, bias, lora)
+    }
+
+    fn lora_linear_backward(
+        x: Tensor<Flex, 2>,
+        xa: Option<Tensor<Flex, 2>>,
+        w: Tensor<Flex, 2>,
+        lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
+        grad: Tensor<Flex, 2>,
+        need_dx: bool,
+    ) -> (Option<Tensor<Flex, 2>>, Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>) {
+        if !(is_f32(&x) && is_f32(&w) && is_f32(&grad)) {
+            return super::generic_lora_linear_backward(x, xa, w, lora, grad, need_dx);
+        }
+        lora_linear_backward(x, xa, w, lora, grad, need_dx)
+    }
+
     fn swiglu(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
         if !(is_f32(&gate) && is_f32(&up)) {
             return burn::tensor::activation::silu(gate) * up;
@@ -209,4 +316,327 @@ fn cross_entropy_and_grad_default(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, target
     let dtype = h.dtype();
     let (loss, grad) = <Flex as Kernels>::cross_entropy_sum_and_grad(h.cast(DType::F32), w.cast(DType::F32), targets, chunk);
     (loss, grad.cast(dtype))
+}
+
+/// A raw pointer that parallel tasks may share when each writes a disjoint part of the buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only where every task writes elements no other task touches (see callers).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// `dst (+)= lhs * rhs` on raw strided buffers, single-threaded (callers parallelise).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    scale: f32,
+) {
+    // SAFETY: forwarded from the caller, which guarantees the strided extents are in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+fn all_f32<const D: usize>(ts: &[&Tensor<Flex, D>]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
+pub(super) fn rms_norm(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
+    let [rows, dim] = x.dims();
+    let (x, w) = (flex(x), flex(w));
+    let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
+    let mut out = vec![0f32; rows * dim];
+    out.par_chunks_mut(dim).zip(xs.par_chunks(dim)).for_each(|(o, x)| {
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(ws) {
+            *o = x * r * w;
+        }
+    });
+    tensor(out, [rows, dim])
+}
+
+pub(super) fn rms_norm_backward(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64, grad: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+    let [rows, dim] = x.dims();
+    let (x, w, g) = (flex(x), flex(w), flex(grad));
+    let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
+    let mut out = vec![0f32; rows * dim];
+    out.par_chunks_mut(dim).zip(xs.par_chunks(dim).zip(gs.par_chunks(dim))).for_each(|(o, (x, g))| {
+        // y = w x r with r = (mean(x^2) + eps)^-1/2: dx = r (g w) - x r^3 sum(g w x) / dim.
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
+        let dot: f32 = x.iter().zip(g).zip(ws).map(|((x, g), w)| x * g * w).sum();
+        let c = r * r * r * dot / dim as f32;
+        for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(ws) {
+            *o = r * g * w - x * c;
+        }
+    });
+    tensor(out, [rows, dim])
+}
+
+/// RoPE on `[b, s, h, d]` with `cos`/`sin` `[b, s, 1, d]` (both halves hold the same values).
+pub(super) fn rope(x: Tensor<Flex, 4>, cos: &Tensor<Flex, 4>, sin: &Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+    let [b, s, h, d] = x.dims();
+    let half = d / 2;
+    let (x, c, sn) = (flex(x), flex(cos.clone()), flex(sin.clone()));
+    let (xs, cs, ss) = (x.storage::<f32>(), c.storage::<f32>(), sn.storage::<f32>());
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(h * d).zip(xs.par_chunks(h * d)).enumerate().for_each(|(pos, (o, x))| {
+        let (cr, sr) = (&cs[pos * d..pos * d + half], &ss[pos * d..pos * d + half]);
+        for (oh, xh) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let (x1, x2) = xh.split_at(half);
+            let (o1, o2) = oh.split_at_mut(half);
+            for i in 0..half {
+                o1[i] = x1[i] * cr[i] - x2[i] * sr[i];
+                o2[i] = x2[i] * cr[i] + x1[i] * sr[i];
+            }
+        }
+    });
+    let _ = b;
+    tensor(out, [b, s, h, d])
+}
+
+/// Attention without any layout copies: per (batch, kv head), GEMMs on strided views of the
+/// `[b, s, heads, d]` buffers, the mask and softmax row by row, results written in place.
+pub(super) fn attention_with_probs(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: &Tensor<Flex, 4, Bool>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let [b, s, nh, d] = q.dims();
+    let [_, t, nkv, _] = k.dims();
+    let rep = nh / nkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q, k, v) = (flex(q), flex(k), flex(v));
+    let m = mask.clone().into_primitive();
+    let m = if m.is_contiguous() && m.layout().start_offset() == 0 { m } else { m.to_contiguous() };
+    let (qs, ks, vs, ms) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>(), m.storage::<u8>());
+    let mut out = vec![0f32; b * s * nh * d];
+    let mut probs = vec![0f32; b * nh * s * t];
+    let (op, pp) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
+    (0..b * nh).into_par_iter().for_each(|task| {
+        let (bi, head) = (task / nh, task % nh);
+        let kvh = head / rep;
+        let (op, pp) = (op, pp);
+        // SAFETY: task (bi, head) writes only probs[bi, head] and the `head` columns of
+        // out[bi]; the GEMM extents below stay inside the q/k/v/out/probs buffers.
+        unsafe {
+            let p = pp.0.add((bi * nh + head) * s * t);
+            let qb = qs.as_ptr().add((bi * s * nh + head) * d);
+            let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
+            let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
+            // S = scale * Q_h K_h^T
+            gemm_raw(s, t, d, p, t, false, qb, nh * d, 1, kb, 1, nkv * d, scale);
+            let rows = std::slice::from_raw_parts_mut(p, s * t);
+            for (qi, row) in rows.chunks_mut(t).enumerate() {
+                let mrow = &ms[(bi * s + qi) * t..(bi * s + qi + 1) * t];
+                let mut mx = f32::NEG_INFINITY;
+                for (x, &hidden) in row.iter().zip(mrow) {
+                    if hidden == 0 && *x > mx {
+                        mx = *x;
+                    }
+                }
+                if mx == f32::NEG_INFINITY {
+                    row.fill(1.0 / t as f32);
+                    continue;
+                }
+                let mut sum = 0.0f32;
+                for (x, &hidden) in row.iter_mut().zip(mrow) {
+                    let e = if hidden == 0 { exp(*x - mx) } else { 0.0 };
+                    *x = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            // O_h = P V_h, into the head's columns of out[bi].
+            gemm_raw(s, d, t, op.0.add((bi * s * nh + head) * d), nh * d, false, p, t, 1, vb, nkv * d, 1, 1.0);
+        }
+    });
+    (tensor(out, [b, s, nh, d]), tensor(probs, [b, nh, s, t]))
+}
+
+pub(super) fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, probs: Tensor<Flex, 4>, grad: Tensor<Flex, 4>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let [b, s, nh, d] = q.dims();
+    let [_, t, nkv, _] = k.dims();
+    let rep = nh / nkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q, k, v, p, g) = (flex(q), flex(k), flex(v), flex(probs), flex(grad));
+    let (qs, ks, vs, ps, gs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>(), p.storage::<f32>(), g.storage::<f32>());
+    let mut dq = vec![0f32; qs.len()];
+    let mut dk = vec![0f32; ks.len()];
+    let mut dv = vec![0f32; vs.len()];
+    let (dqp, dkp, dvp) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+    // One task per (batch, kv head): it owns that kv head's dk/dv and its query heads' dq.
+    (0..b * nkv).into_par_iter().for_each(|task| {
+        let (bi, kvh) = (task / nkv, task % nkv);
+        let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+        let mut ds = vec![0f32; s * t];
+        // SAFETY: this task writes only dk/dv at (bi, kvh) and dq at (bi, heads of kvh); all
+        // GEMM extents stay inside the buffers.
+        unsafe {
+            let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
+            let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
+            let dkb = dkp.0.add((bi * t * nkv + kvh) * d);
+            let dvb = dvp.0.add((bi * t * nkv + kvh) * d);
+            for r in 0..rep {
+                let head = kvh * rep + r;
+                let pb = ps.as_ptr().add((bi * nh + head) * s * t);
+                let gb = gs.as_ptr().add((bi * s * nh + head) * d);
+                let qb = qs.as_ptr().add((bi * s * nh + head) * d);
+                // dV += P^T dO
+                gemm_raw(t, d, s, dvb, nkv * d, r > 0, pb, 1, t, gb, nh * d, 1, 1.0);
+                // dP = dO V^T
+                gemm_raw(s, t, d, ds.as_mut_ptr(), t, false, gb, nh * d, 1, vb, 1, nkv * d, 1.0);
+                // dS = P (dP - rowsum(dP P)) * scale
+                let prow = std::slice::from_raw_parts(pb, s * t);
+                for (drow, prow) in ds.chunks_mut(t).zip(prow.chunks(t)) {
+                    let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+                    for (x, &p) in drow.iter_mut().zip(prow) {
+                        *x = p * (*x - dot) * scale;
+                    }
+                }
+                // dQ_h = dS K
+                gemm_raw(s, d, t, dqp.0.add((bi * s * nh + head) * d), nh * d, false, ds.as_ptr(), t, 1, kb, nkv * d, 1, 1.0);
+                // dK += dS^T Q_h
+                gemm_raw(t, d, s, dkb, nkv * d, r > 0, ds.as_ptr(), 1, t, qb, nh * d, 1, 1.0);
+            }
+        }
+    });
+    (tensor(dq, [b, s, nh, d]), tensor(dk, [b, t, nkv, d]), tensor(dv, [b, t, nkv, d]))
+}
+
+/// Whether the Flex attention kernels apply (f32 inputs).
+pub(super) fn attention_ok(q: &Tensor<Flex, 4>, k: &Tensor<Flex, 4>, v: &Tensor<Flex, 4>) -> bool {
+    all_f32(&[q, k, v])
+}
+
+/// `y = x W^T + bias + s (x A^T) B^T`, all in GEMMs writing straight into row-major outputs
+/// (no element-wise passes for the bias, the scaling or the sum).
+#[allow(clippy::type_complexity)]
+pub(super) fn lora_linear_forward(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+    let [n, inp] = x.dims();
+    let out = w.dims()[0];
+    let (x, w) = (flex(x), flex(w));
+    let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
+    let mut y = vec![0f32; n * out];
+    let has_bias = bias.is_some();
+    if let Some(b) = bias {
+        let b = flex(b);
+        let bs = b.storage::<f32>();
+        y.par_chunks_mut(out).for_each(|row| row.copy_from_slice(bs));
+    }
+    // y (+)= x W^T
+    gemm_into(&mut y, n, out, inp, xs, inp, 1, ws, 1, inp, has_bias, 1.0);
+    let Some((a, b, scaling)) = lora else { return (tensor(y, [n, out]), None) };
+    let r = a.dims()[0];
+    let (a, b) = (flex(a), flex(b));
+    let (as_, bs) = (a.storage::<f32>(), b.storage::<f32>());
+    let mut xa = vec![0f32; n * r];
+    gemm_into(&mut xa, n, r, inp, xs, inp, 1, as_, 1, inp, false, 1.0);
+    // y += s (x A^T) B^T
+    gemm_into(&mut y, n, out, r, &xa, r, 1, bs, 1, r, true, scaling as f32);
+    (tensor(y, [n, out]), Some(tensor(xa, [n, r])))
+}
+
+#[allow(clippy::type_complexity)]
+pub(super) fn lora_linear_backward(
+    x: Tensor<Flex, 2>,
+    xa: Option<Tensor<Flex, 2>>,
+    w: Tensor<Flex, 2>,
+    lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
+    grad: Tensor<Flex, 2>,
+    need_dx: bool,
+) -> (Option<Tensor<Flex, 2>>, Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>) {
+    let [n, inp] = x.dims();
+    let out = w.dims()[0];
+    let (x, w, g) = (flex(x), flex(w), flex(grad));
+    let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
+    let mut dx = need_dx.then(|| vec![0f32; n * inp]);
+    if let Some(dx) = dx.as_mut() {
+        // dx = dy W
+        gemm_into(dx, n, inp, out, gs, out, 1, ws, inp, 1, false, 1.0);
+    }
+    let mut dlora = None;
+    if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {
+        let r = a.dims()[0];
+        let (a, b, xa) = (flex(a), flex(b), flex(xa));
+        let (as_, bs, xas) = (a.storage::<f32>(), b.storage::<f32>(), xa.storage::<f32>());
+        let s = scaling as f32;
+        // dxa = s dy B                [n, r]
+        let mut dxa = vec![0f32; n * r];
+        gemm_into(&mut dxa, n, r, out, gs, out, 1, bs, r, 1, false, s);
+        // dB = s dy^T xa              [out, r]
+        let mut db = vec![0f32; out * r];
+        gemm_into(&mut db, out, r, n, gs, 1, out, xas, r, 1, false, s);
+        // dA = dxa^T x                [r, in]
+        let mut da = vec![0f32; r * inp];
+        gemm_into(&mut da, r, inp, n, &dxa, 1, r, xs, inp, 1, false, 1.0);
+        if let Some(dx) = dx.as_mut() {
+            // dx += dxa A
+            gemm_into(dx, n, inp, r, &dxa, r, 1, as_, inp, 1, true, 1.0);
+        }
+        dlora = Some((tensor(da, [r, inp]), tensor(db, [out, r])));
+    }
+    (dx.map(|d| tensor(d, [n, inp])), dlora)
+}
+
+/// `dst (+)= scale * lhs rhs`, row-major `dst`, strided operands, on all threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize, accumulate: bool, scale: f32) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the assertions above keep every strided access inside the slices; `dst` is a
+    // distinct, exclusively borrowed buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
 }
