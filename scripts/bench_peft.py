@@ -80,6 +80,7 @@ def main():
     }
     if cuda:
         result["peak_device_bytes"] = torch.cuda.max_memory_allocated()
+        result["peak_device_reserved_bytes"] = torch.cuda.max_memory_reserved()
     print(json.dumps(result))
 
 

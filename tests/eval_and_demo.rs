@@ -9,7 +9,8 @@ use common::*;
 
 #[test]
 fn eval_uses_the_training_pipeline_for_every_format() {
-    let tok = TokenizerBundle::from_dir(&fixtures().join("tokenizer-qwen2.5")).unwrap();
+    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
+    let tok = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
     // The first 12 rows of each shipped dataset (the full files only cost time here).
     let tmp = tempfile::tempdir().unwrap();
     let head = |name: &str| {

@@ -7,9 +7,9 @@ use common::*;
 
 #[test]
 fn token_ids_equal_python_tokenizers() {
-    let dir = fixtures().join("tokenizer");
-    let tok = TokenizerBundle::from_dir(&dir).unwrap();
-    let golden = read_json(&dir.join("golden_ids.json"));
+    let dir = tokenizer_folder("tokenizer");
+    let tok = TokenizerBundle::from_dir(dir.path()).unwrap();
+    let golden = read_json(&fixtures().join("tokenizer/golden_ids.json"));
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
     for case in cases {

@@ -38,7 +38,11 @@ struct Job<'a>(&'a Args);
 
 impl BackendJob for Job<'_> {
     type Output = anyhow::Result<BenchResult>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        device: B::Device,
+        on_gpu: bool,
+    ) -> Self::Output
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {

@@ -162,7 +162,11 @@ struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = anyhow::Result<EvalResult>;
 
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        device: B::Device,
+        on_gpu: bool,
+    ) -> Self::Output
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {

@@ -154,7 +154,11 @@ struct GenerateJob<'a>(&'a GenerateArgs);
 
 impl BackendJob for GenerateJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        device: B::Device,
+        on_gpu: bool,
+    ) -> Self::Output
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {
@@ -225,7 +229,11 @@ struct ChatJob<'a>(&'a ChatArgs);
 
 impl BackendJob for ChatJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        device: B::Device,
+        on_gpu: bool,
+    ) -> Self::Output
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {

@@ -87,7 +87,11 @@ struct TrainJob<'a> {
 impl BackendJob for TrainJob<'_> {
     type Output = anyhow::Result<TrainOutcome>;
 
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        device: B::Device,
+        on_gpu: bool,
+    ) -> Self::Output
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {

@@ -41,7 +41,6 @@ impl<B: Backend> LoraLinear<B> {
     pub fn shape(&self) -> [usize; 2] {
         self.weight.val().dims()
     }
-
 }
 
 impl<B: Kernels> LoraLinear<B> {
@@ -61,7 +60,12 @@ impl<B: Kernels> LoraLinear<B> {
                 }
                 y + lora.delta(x2, train)
             }
-            Some(lora) => B::lora_linear(x2, self.weight.val(), bias, Some((lora.a.val(), lora.b.val(), lora.scaling))),
+            Some(lora) => B::lora_linear(
+                x2,
+                self.weight.val(),
+                bias,
+                Some((lora.a.val(), lora.b.val(), lora.scaling)),
+            ),
             None => B::lora_linear(x2, self.weight.val(), bias, None),
         };
         let mut out_dims = dims;

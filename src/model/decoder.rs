@@ -108,8 +108,14 @@ impl<B: Kernels> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let mut q = self.q_proj.forward(x.clone(), train).reshape([batch, seq, nh, hd]);
-        let mut k = self.k_proj.forward(x.clone(), train).reshape([batch, seq, nkv, hd]);
+        let mut q = self
+            .q_proj
+            .forward(x.clone(), train)
+            .reshape([batch, seq, nh, hd]);
+        let mut k = self
+            .k_proj
+            .forward(x.clone(), train)
+            .reshape([batch, seq, nkv, hd]);
         let mut v = self.v_proj.forward(x, train).reshape([batch, seq, nkv, hd]);
         if let Some(norm) = &self.q_norm {
             q = norm.forward(q);
@@ -121,13 +127,20 @@ impl<B: Kernels> Attention<B> {
         k = B::rope(k, &ctx.cos, &ctx.sin);
         if let Some((cache, start)) = cache {
             let end = start + seq;
-            cache.k = cache.k.clone().slice_assign([0..batch, start..end, 0..nkv, 0..hd], k);
-            cache.v = cache.v.clone().slice_assign([0..batch, start..end, 0..nkv, 0..hd], v);
+            cache.k = cache
+                .k
+                .clone()
+                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], k);
+            cache.v = cache
+                .v
+                .clone()
+                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], v);
             k = cache.k.clone().narrow(1, 0, end);
             v = cache.v.clone().narrow(1, 0, end);
         }
         let out = <B as Kernels>::attention(q, k, v, &ctx.mask);
-        self.o_proj.forward(out.reshape([batch, seq, nh * hd]), train)
+        self.o_proj
+            .forward(out.reshape([batch, seq, nh * hd]), train)
     }
 }
 

@@ -13,10 +13,11 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Rows of the vocabulary projection computed at once for small vocabularies.
 pub const DEFAULT_CHUNK_ROWS: usize = 1024;
 
-/// Rows per loss chunk so one chunk's f32 logits stay near 64 MiB (about 110 rows for Qwen's
-/// 151,936-token vocabulary), never fewer than 16.
+/// Rows per loss chunk: one chunk's f32 logits stay near 128 MiB (about 220 rows for Qwen's
+/// 151,936-token vocabulary), between 16 and 256 rows, so the logits of a whole batch are never
+/// alive at once (PyTorch keeps all of them, and their gradient).
 pub fn loss_chunk_rows(vocab: usize) -> usize {
-    ((64usize << 20) / (4 * vocab.max(1))).clamp(16, DEFAULT_CHUNK_ROWS * 64)
+    ((128usize << 20) / (4 * vocab.max(1))).clamp(16, 256)
 }
 
 /// Targets already shifted: `targets[b][t]` is the token position t must predict, or
@@ -76,7 +77,12 @@ impl Targets {
 
 /// Sum of token cross-entropies over trained tokens, as a 1-element f32 tensor, and the number
 /// of trained tokens. `hidden` is the final hidden state `[batch, seq, hidden]`.
-pub fn cross_entropy_sum<B: Kernels>(net: &CausalLm<B>, hidden: Tensor<B, 3>, targets: &Targets, chunk_rows: usize) -> (Tensor<B, 1>, usize) {
+pub fn cross_entropy_sum<B: Kernels>(
+    net: &CausalLm<B>,
+    hidden: Tensor<B, 3>,
+    targets: &Targets,
+    chunk_rows: usize,
+) -> (Tensor<B, 1>, usize) {
     let device = hidden.device();
     let [b, s, d] = hidden.dims();
     let (idx, tgt) = targets.trained();
@@ -85,8 +91,12 @@ pub fn cross_entropy_sum<B: Kernels>(net: &CausalLm<B>, hidden: Tensor<B, 3>, ta
         // Keep the graph connected so backward() still works on an all-masked batch.
         return (hidden.sum().mul_scalar(0.0).cast(DType::F32), 0);
     }
-    let rows = hidden
-        .reshape([b * s, d])
-        .select(0, Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n]), &device));
-    (B::cross_entropy_sum(rows, net.output_weight(), &tgt, chunk_rows), n)
+    let rows = hidden.reshape([b * s, d]).select(
+        0,
+        Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n]), &device),
+    );
+    (
+        B::cross_entropy_sum(rows, net.output_weight(), &tgt, chunk_rows),
+        n,
+    )
 }

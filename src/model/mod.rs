@@ -99,7 +99,6 @@ impl<B: Backend> Model<B> {
             device,
         }
     }
-
 }
 
 impl<B: kernels::Kernels> Model<B> {

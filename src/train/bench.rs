@@ -17,35 +17,51 @@ use crate::lora::attach::{attach, init_factors};
 use crate::lora::layer::LoraLinear;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
 use crate::model::decoder::{Attention, CausalLm, DecoderLayer, Mlp};
+use crate::model::kernels::Kernels;
 use crate::model::loss::{Targets, cross_entropy_sum, loss_chunk_rows};
 use crate::model::norm::RmsNorm;
-use crate::model::kernels::Kernels;
 use crate::model::{HostBatch, Model, ModelConfig};
 
 /// The shapes the harness knows.
 pub fn shape_config(name: &str) -> Option<ModelConfig> {
     let json = match name {
-        "small" => json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32000, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0}),
-        "qwen2.5-0.5b" => json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0}),
-        "qwen2.5-1.5b" => json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-            "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0}),
-        "qwen2.5-7b" => json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0}),
+        "small" => {
+            json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32000, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0})
+        }
+        "qwen2.5-0.5b" => {
+            json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0})
+        }
+        "qwen2.5-1.5b" => {
+            json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+            "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0})
+        }
+        "qwen2.5-7b" => {
+            json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0})
+        }
         _ => return None,
     };
     ModelConfig::from_json(&json.to_string()).ok()
 }
 
 /// A model of `config` with random frozen weights (N(0, 0.02), norms 1), held as `dtype`.
-pub fn random_model<B: Backend>(config: &ModelConfig, dtype: DType, device: &B::Device) -> CausalLm<B> {
-    let normal = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device).cast(dtype);
+pub fn random_model<B: Backend>(
+    config: &ModelConfig,
+    dtype: DType,
+    device: &B::Device,
+) -> CausalLm<B> {
+    let normal = |shape: [usize; 2]| {
+        Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device).cast(dtype)
+    };
     let frozen2 = |shape: [usize; 2]| Param::from_tensor(normal(shape)).set_require_grad(false);
     let ones = |n: usize| Tensor::<B, 1>::ones([n], device).cast(dtype);
     let linear = |module: &str| {
         let s = config.linear_shape(module).expect("known module");
-        let bias = s.bias.then(|| Tensor::<B, 1>::zeros([s.out_features], device).cast(dtype));
+        let bias = s
+            .bias
+            .then(|| Tensor::<B, 1>::zeros([s.out_features], device).cast(dtype));
         LoraLinear::frozen(normal([s.out_features, s.in_features]), bias)
     };
     let layers = (0..config.num_layers)
@@ -56,21 +72,30 @@ pub fn random_model<B: Backend>(config: &ModelConfig, dtype: DType, device: &B::
                 k_proj: linear("k_proj"),
                 v_proj: linear("v_proj"),
                 o_proj: linear("o_proj"),
-                q_norm: config.qk_norm.then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
-                k_norm: config.qk_norm.then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
+                q_norm: config
+                    .qk_norm
+                    .then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
+                k_norm: config
+                    .qk_norm
+                    .then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
             },
             post_attention_layernorm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
-            mlp: Mlp { gate_proj: linear("gate_proj"), up_proj: linear("up_proj"), down_proj: linear("down_proj") },
+            mlp: Mlp {
+                gate_proj: linear("gate_proj"),
+                up_proj: linear("up_proj"),
+                down_proj: linear("down_proj"),
+            },
         })
         .collect();
     CausalLm {
         embed_tokens: frozen2([config.vocab_size, config.hidden_size]),
         layers,
         norm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
-        lm_head: (!config.tie_word_embeddings).then(|| frozen2([config.vocab_size, config.hidden_size])),
+        lm_head: (!config.tie_word_embeddings)
+            .then(|| frozen2([config.vocab_size, config.hidden_size])),
     }
 }
 
@@ -98,7 +123,12 @@ pub struct BenchResult {
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -121,28 +151,67 @@ pub struct BenchSpec {
 }
 
 /// Run the benchmark on backend `B`.
-pub fn run<B: AutodiffBackend + Kernels>(spec: &BenchSpec, device: &B::Device, device_name: &str) -> anyhow::Result<BenchResult>
+pub fn run<B: AutodiffBackend + Kernels>(
+    spec: &BenchSpec,
+    device: &B::Device,
+    device_name: &str,
+) -> anyhow::Result<BenchResult>
 where
     B::InnerBackend: Kernels,
 {
-    let config = shape_config(&spec.shape).ok_or_else(|| crate::error::user(format!("unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)", spec.shape)))?;
+    let config = shape_config(&spec.shape).ok_or_else(|| {
+        crate::error::user(format!(
+            "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)",
+            spec.shape
+        ))
+    })?;
     B::seed(device, 1);
     let net = random_model::<B>(&config, spec.dtype, device);
     let mut model = Model::new(net, config.clone(), spec.dtype, device.clone());
-    let settings = LoraSettings { r: spec.rank, alpha: 2.0 * spec.rank as f64, dropout: 0.0, targets: TargetSpec::One("all-linear".into()), init: InitKind::Default, ..Default::default() };
+    let settings = LoraSettings {
+        r: spec.rank,
+        alpha: 2.0 * spec.rank as f64,
+        dropout: 0.0,
+        targets: TargetSpec::One("all-linear".into()),
+        init: InitKind::Default,
+        ..Default::default()
+    };
     let targets = settings.resolve(&config)?;
     for t in &targets {
         let mut f = init_factors(t, InitKind::Default, 7);
         // Non-zero B so every factor gets a gradient from the first step.
-        f.b.iter_mut().enumerate().for_each(|(i, x)| *x = ((i % 7) as f32 - 3.0) * 1e-3);
+        f.b.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = ((i % 7) as f32 - 3.0) * 1e-3);
         attach(&mut model.net, t, &f, 0.0, true, device);
     }
-    let shapes: Vec<[usize; 2]> = targets.iter().flat_map(|t| [[t.r, t.in_features], [t.out_features, t.r]]).collect();
-    let mut opt = AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, &shapes, device);
+    let shapes: Vec<[usize; 2]> = targets
+        .iter()
+        .flat_map(|t| [[t.r, t.in_features], [t.out_features, t.r]])
+        .collect();
+    let mut opt = AdamW::<B::InnerBackend>::new(
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        &shapes,
+        device,
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let rows: Vec<Vec<u32>> = (0..spec.batch).map(|_| (0..spec.seq_len).map(|_| rng.random_range(0..config.vocab_size as u32)).collect()).collect();
+    let rows: Vec<Vec<u32>> = (0..spec.batch)
+        .map(|_| {
+            (0..spec.seq_len)
+                .map(|_| rng.random_range(0..config.vocab_size as u32))
+                .collect()
+        })
+        .collect();
     let batch = HostBatch::from_rows(&rows, 0);
-    let labels: Vec<Vec<i64>> = rows.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
+    let labels: Vec<Vec<i64>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&x| x as i64).collect())
+        .collect();
     let targets_t = Targets::shifted(&labels, &batch.segments);
     let chunk = loss_chunk_rows(config.vocab_size);
     let mut times = Vec::new();
@@ -160,11 +229,20 @@ where
         let t_loss = t.elapsed().as_secs_f64();
         let grads = loss.backward();
         let t_bwd = t.elapsed().as_secs_f64();
-        tracing::debug!("forward {:.3}s, loss {:.3}s, backward {:.3}s", t_fwd, t_loss - t_fwd, t_bwd - t_loss);
+        tracing::debug!(
+            "forward {:.3}s, loss {:.3}s, backward {:.3}s",
+            t_fwd,
+            t_loss - t_fwd,
+            t_bwd - t_loss
+        );
         let mut params = Vec::with_capacity(shapes.len());
         let mut gs = Vec::with_capacity(shapes.len());
         for tm in &targets {
-            let l = model.net.projection(tm.layer, tm.module).and_then(|p| p.lora.as_ref()).expect("attached");
+            let l = model
+                .net
+                .projection(tm.layer, tm.module)
+                .and_then(|p| p.lora.as_ref())
+                .expect("attached");
             for p in [&l.a, &l.b] {
                 gs.push(p.val().grad(&grads).expect("lora grad"));
                 params.push(p.val().inner());
@@ -173,7 +251,11 @@ where
         let updated = opt.step(1e-4, params, &gs);
         let mut it = updated.into_iter();
         for tm in &targets {
-            let l = model.net.projection_mut(tm.layer, tm.module).and_then(|p| p.lora.as_mut()).expect("attached");
+            let l = model
+                .net
+                .projection_mut(tm.layer, tm.module)
+                .and_then(|p| p.lora.as_mut())
+                .expect("attached");
             if let (Some(a), Some(b)) = (it.next(), it.next()) {
                 l.a = Param::initialized(l.a.id, Tensor::from_inner(a).require_grad());
                 l.b = Param::initialized(l.b.id, Tensor::from_inner(b).require_grad());

@@ -193,3 +193,20 @@ pub fn folder_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// A tokenizer folder: the repository's one Qwen `tokenizer.json` (src/model/preset/) plus the
+/// configs of `tests/fixtures/<name>/` (tokenizer, tokenizer-qwen2.5 or tokenizer-base).
+pub fn tokenizer_folder(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("src/model/preset/tokenizer.json"),
+        tmp.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join(name).join("tokenizer_config.json"),
+        tmp.path().join("tokenizer_config.json"),
+    )
+    .unwrap();
+    tmp
+}

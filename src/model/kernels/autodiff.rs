@@ -15,11 +15,17 @@ use super::Kernels;
 
 type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
 
-fn inner<B: Kernels, C: CheckpointStrategy, const D: usize>(t: &Tensor<Autodiff<B, C>, D>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t.clone().into_primitive().tensor().primitive))
+fn inner<B: Kernels, C: CheckpointStrategy, const D: usize>(
+    t: &Tensor<Autodiff<B, C>, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(
+        t.clone().into_primitive().tensor().primitive,
+    ))
 }
 
-fn wrap<B: Kernels, C: CheckpointStrategy, const D: usize>(t: <Autodiff<B, C> as BackendTypes>::FloatTensorPrimitive) -> Tensor<Autodiff<B, C>, D> {
+fn wrap<B: Kernels, C: CheckpointStrategy, const D: usize>(
+    t: <Autodiff<B, C> as BackendTypes>::FloatTensorPrimitive,
+) -> Tensor<Autodiff<B, C>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
@@ -35,7 +41,8 @@ impl<B: Kernels> Backward<B, 1> for CrossEntropy {
     type State = Prim<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad_out: Tensor<B, 1> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad_out: Tensor<B, 1> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
             let dh: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
             let scale = grad_out.cast(dh.dtype()).reshape([1, 1]);
@@ -51,7 +58,8 @@ impl<B: Kernels> Backward<B, 1> for MaskedSoftmax {
     type State = Prim<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
             let probs: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
             grads.register::<B>(parent.id, prim(B::softmax_backward(probs, grad)));
@@ -66,9 +74,14 @@ impl<B: Kernels> Backward<B, 2> for SwiGlu {
     type State = (Prim<B>, Prim<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 2> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         let (g, u) = ops.state;
-        let (dg, du) = B::swiglu_backward(Tensor::from_primitive(TensorPrimitive::Float(g)), Tensor::from_primitive(TensorPrimitive::Float(u)), grad);
+        let (dg, du) = B::swiglu_backward(
+            Tensor::from_primitive(TensorPrimitive::Float(g)),
+            Tensor::from_primitive(TensorPrimitive::Float(u)),
+            grad,
+        );
         let [pg, pu] = ops.parents;
         if let Some(p) = pg {
             grads.register::<B>(p.id, prim(dg));
@@ -87,10 +100,16 @@ impl<B: Kernels> Backward<B, 1> for RmsNorm {
     type State = (Prim<B>, Prim<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 2> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
             let (x, w, eps) = ops.state;
-            let dx = B::rms_norm_backward(Tensor::from_primitive(TensorPrimitive::Float(x)), Tensor::from_primitive(TensorPrimitive::Float(w)), eps, grad);
+            let dx = B::rms_norm_backward(
+                Tensor::from_primitive(TensorPrimitive::Float(x)),
+                Tensor::from_primitive(TensorPrimitive::Float(w)),
+                eps,
+                grad,
+            );
             grads.register::<B>(parent.id, prim(dx));
         }
     }
@@ -104,7 +123,8 @@ impl<B: Kernels> Backward<B, 1> for Rope {
     type State = (Prim<B>, Prim<B>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
             let (c, sn) = ops.state;
             let cos: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(c));
@@ -123,7 +143,8 @@ impl<B: Kernels> Backward<B, 3> for Attention {
     type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         let (q, k, v, p) = ops.state;
         let t = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
         let (dq, dk, dv) = B::attention_backward(t(q), t(k), t(v), t(p), grad);
@@ -144,11 +165,19 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
     type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>, Prim<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let grad: Tensor<B, 2> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         let (x, xa, w, a, b, s) = ops.state;
         let t = |p| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(p));
         let [px, pa, pb] = ops.parents;
-        let (dx, dlora) = B::lora_linear_backward(t(x), Some(t(xa)), t(w), Some((t(a), t(b), s)), grad, px.is_some());
+        let (dx, dlora) = B::lora_linear_backward(
+            t(x),
+            Some(t(xa)),
+            t(w),
+            Some((t(a), t(b), s)),
+            grad,
+            px.is_some(),
+        );
         if let (Some(p), Some(dx)) = (px, dx) {
             grads.register::<B>(p.id, prim(dx));
         }
@@ -164,7 +193,12 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
-    fn lora_linear(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>, lora: Option<(Tensor<Self, 2>, Tensor<Self, 2>, f64)>) -> Tensor<Self, 2> {
+    fn lora_linear(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        lora: Option<(Tensor<Self, 2>, Tensor<Self, 2>, f64)>,
+    ) -> Tensor<Self, 2> {
         let Some((a, b, s)) = lora else {
             // Without an adapter, Burn's own ops keep only what the input gradient needs.
             let y = x.matmul(w.transpose());
@@ -173,14 +207,27 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
                 None => y,
             };
         };
-        let nodes = [x.clone(), a.clone(), b.clone()].map(|t| t.into_primitive().tensor().node.clone());
+        let nodes =
+            [x.clone(), a.clone(), b.clone()].map(|t| t.into_primitive().tensor().node.clone());
         let (xi, wi, ai, bi) = (inner(&x), inner(&w), inner(&a), inner(&b));
-        let bias_i = bias.as_ref().map(|t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t.clone().into_primitive().tensor().primitive)));
-        let (y, xa) = B::lora_linear_forward(xi.clone(), wi.clone(), bias_i, Some((ai.clone(), bi.clone(), s)));
+        let bias_i = bias.as_ref().map(|t| {
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+                t.clone().into_primitive().tensor().primitive,
+            ))
+        });
+        let (y, xa) = B::lora_linear_forward(
+            xi.clone(),
+            wi.clone(),
+            bias_i,
+            Some((ai.clone(), bi.clone(), s)),
+        );
         match LoraLinear.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let xa = xa.unwrap_or_else(|| Tensor::zeros([1, 1], &y.device()));
-                wrap(prep.finish((prim(xi), prim(xa), prim(wi), prim(ai), prim(bi), s), prim(y)))
+                wrap(prep.finish(
+                    (prim(xi), prim(xa), prim(wi), prim(ai), prim(bi), s),
+                    prim(y),
+                ))
             }
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
         }
@@ -190,7 +237,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let ad = x.clone().into_primitive().tensor();
         let (xi, wi) = (inner(&x), inner(&w));
         let out = B::rms_norm(xi.clone(), wi.clone(), eps);
-        match RmsNorm.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+        match RmsNorm
+            .prepare::<C>([ad.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => wrap(prep.finish((prim(xi), prim(wi), eps), prim(out))),
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }
@@ -200,48 +251,90 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let ad = x.clone().into_primitive().tensor();
         let (ci, si) = (inner(cos), inner(sin));
         let out = B::rope(inner(&x), &ci, &si);
-        match Rope.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+        match Rope
+            .prepare::<C>([ad.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => wrap(prep.finish((prim(ci), prim(si)), prim(out))),
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }
     }
 
-    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &Tensor<Self, 4, Bool>) -> Tensor<Self, 4> {
-        let nodes = [q.clone(), k.clone(), v.clone()].map(|t| t.into_primitive().tensor().node.clone());
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: &Tensor<Self, 4, Bool>,
+    ) -> Tensor<Self, 4> {
+        let nodes =
+            [q.clone(), k.clone(), v.clone()].map(|t| t.into_primitive().tensor().node.clone());
         let (qi, ki, vi) = (inner(&q), inner(&k), inner(&v));
-        let (out, probs) = B::attention_with_probs(qi.clone(), ki.clone(), vi.clone(), &Tensor::from_primitive(mask.clone().into_primitive()));
+        let (out, probs) = B::attention_with_probs(
+            qi.clone(),
+            ki.clone(),
+            vi.clone(),
+            &Tensor::from_primitive(mask.clone().into_primitive()),
+        );
         match Attention.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => wrap(prep.finish((prim(qi), prim(ki), prim(vi), prim(probs)), prim(out))),
+            OpsKind::Tracked(prep) => {
+                wrap(prep.finish((prim(qi), prim(ki), prim(vi), prim(probs)), prim(out)))
+            }
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }
     }
 
-    fn cross_entropy_sum(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
+    fn cross_entropy_sum(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Self, 1> {
         let ad = h.clone().into_primitive().tensor();
         let (hi, wi) = (inner(&h), inner(&w));
-        match CrossEntropy.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+        match CrossEntropy
+            .prepare::<C>([ad.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let (loss, dh) = B::cross_entropy_sum_and_grad(hi, wi, targets, chunk);
                 wrap(prep.finish(prim(dh), prim(loss)))
             }
-            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(B::cross_entropy_sum(hi, wi, targets, chunk)))),
+            OpsKind::UnTracked(prep) => {
+                wrap(prep.finish(prim(B::cross_entropy_sum(hi, wi, targets, chunk))))
+            }
         }
     }
 
     fn masked_softmax(scores: Tensor<Self, 4>, mask: &Tensor<Self, 4, Bool>) -> Tensor<Self, 4> {
         let ad = scores.clone().into_primitive().tensor();
-        let probs = B::masked_softmax(inner(&scores), &Tensor::from_primitive(mask.clone().into_primitive()));
-        match MaskedSoftmax.prepare::<C>([ad.node.clone()]).compute_bound().stateful() {
+        let probs = B::masked_softmax(
+            inner(&scores),
+            &Tensor::from_primitive(mask.clone().into_primitive()),
+        );
+        match MaskedSoftmax
+            .prepare::<C>([ad.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => wrap(prep.finish(prim(probs.clone()), prim(probs))),
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(probs))),
         }
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let (ga, ua) = (gate.clone().into_primitive().tensor(), up.clone().into_primitive().tensor());
+        let (ga, ua) = (
+            gate.clone().into_primitive().tensor(),
+            up.clone().into_primitive().tensor(),
+        );
         let (gi, ui) = (inner(&gate), inner(&up));
         let out = B::swiglu(gi.clone(), ui.clone());
-        match SwiGlu.prepare::<C>([ga.node.clone(), ua.node.clone()]).compute_bound().stateful() {
+        match SwiGlu
+            .prepare::<C>([ga.node.clone(), ua.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => wrap(prep.finish((prim(gi), prim(ui)), prim(out))),
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }

@@ -12,11 +12,17 @@ use super::fastmath::{exp, exp_sum, max};
 /// The tensor's values as a contiguous f32 buffer (a view when it already is one).
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     let p = t.into_primitive().tensor();
-    if p.is_contiguous() && p.layout().start_offset() == 0 { p } else { p.to_contiguous() }
+    if p.is_contiguous() && p.layout().start_offset() == 0 {
+        p
+    } else {
+        p.to_contiguous()
+    }
 }
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(values, shape))))
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
+        TensorData::new(values, shape),
+    )))
 }
 
 fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
@@ -65,7 +71,18 @@ static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` with explicit strides (elements), on all threads.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+fn matmul_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
     assert!(dst.len() >= m * n);
     // SAFETY: the pointers come from slices whose lengths cover every index the strides reach
     // (checked by the callers' shapes), and `dst` does not alias the inputs.
@@ -97,13 +114,23 @@ fn matmul_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], lhs_r
 /// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
 /// reused buffer, then log-sum-exp (and `softmax - onehot` in place when the gradient is
 /// wanted), then `dh = grad W`. Only one chunk of logits ever exists.
-fn ce(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize, with_grad: bool) -> (f64, Option<Tensor<Flex, 2>>) {
+fn ce(
+    h: Tensor<Flex, 2>,
+    w: Tensor<Flex, 2>,
+    targets: &[i32],
+    chunk: usize,
+    with_grad: bool,
+) -> (f64, Option<Tensor<Flex, 2>>) {
     let [n, d] = h.dims();
     let vocab = w.dims()[0];
     let (h, w) = (flex(h), flex(w));
     let (hs, ws) = (h.storage::<f32>(), w.storage::<f32>());
     let chunk = chunk.max(1);
-    let mut dh = if with_grad { vec![0f32; n * d] } else { Vec::new() };
+    let mut dh = if with_grad {
+        vec![0f32; n * d]
+    } else {
+        Vec::new()
+    };
     let mut scratch = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
     if scratch.len() < chunk.min(n) * vocab {
         scratch.resize(chunk.min(n) * vocab, 0.0);
@@ -116,14 +143,30 @@ fn ce(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize, wit
         matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
         loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
         if with_grad {
-            matmul_into(&mut dh[start * d..(start + len) * d], len, d, vocab, logits, vocab, 1, ws, d, 1);
+            matmul_into(
+                &mut dh[start * d..(start + len) * d],
+                len,
+                d,
+                vocab,
+                logits,
+                vocab,
+                1,
+                ws,
+                d,
+                1,
+            );
         }
     }
     (loss, with_grad.then(|| tensor(dh, [n, d])))
 }
 
 impl Kernels for Flex {
-    fn cross_entropy_sum(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize) -> Tensor<Flex, 1> {
+    fn cross_entropy_sum(
+        h: Tensor<Flex, 2>,
+        w: Tensor<Flex, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Flex, 1> {
         if !(is_f32(&h) && is_f32(&w)) {
             return cross_entropy_default(h, w, targets, chunk);
         }
@@ -131,21 +174,37 @@ impl Kernels for Flex {
         tensor(vec![loss as f32], [1])
     }
 
-    fn cross_entropy_sum_and_grad(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
+    fn cross_entropy_sum_and_grad(
+        h: Tensor<Flex, 2>,
+        w: Tensor<Flex, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
         if !(is_f32(&h) && is_f32(&w)) {
             return cross_entropy_and_grad_default(h, w, targets, chunk);
         }
         let dims = h.dims();
         let (loss, grad) = ce(h, w, targets, chunk, true);
-        (tensor(vec![loss as f32], [1]), grad.unwrap_or_else(|| Tensor::zeros(dims, &Default::default())))
+        (
+            tensor(vec![loss as f32], [1]),
+            grad.unwrap_or_else(|| Tensor::zeros(dims, &Default::default())),
+        )
     }
 
     fn masked_softmax(scores: Tensor<Flex, 4>, mask: &Tensor<Flex, 4, Bool>) -> Tensor<Flex, 4> {
-        let scores = if is_f32(&scores) { scores } else { scores.cast(DType::F32) };
+        let scores = if is_f32(&scores) {
+            scores
+        } else {
+            scores.cast(DType::F32)
+        };
         let [b, h, s, t] = scores.dims();
         let mut scores = flex(scores);
         let m = mask.clone().into_primitive();
-        let m = if m.is_contiguous() && m.layout().start_offset() == 0 { m } else { m.to_contiguous() };
+        let m = if m.is_contiguous() && m.layout().start_offset() == 0 {
+            m
+        } else {
+            m.to_contiguous()
+        };
         let mask_bytes: &[u8] = m.storage::<u8>();
         let rows = scores.storage_mut::<f32>();
         rows.par_chunks_mut(t).enumerate().for_each(|(r, row)| {
@@ -188,26 +247,39 @@ impl Kernels for Flex {
         let mut g = flex(grad);
         let ps = p.storage::<f32>();
         let gs = g.storage_mut::<f32>();
-        gs.par_chunks_mut(t).zip(ps.par_chunks(t)).for_each(|(grow, prow)| {
-            let dot: f32 = grow.iter().zip(prow).map(|(g, p)| g * p).sum();
-            for (g, p) in grow.iter_mut().zip(prow) {
-                *g = p * (*g - dot);
-            }
-        });
+        gs.par_chunks_mut(t)
+            .zip(ps.par_chunks(t))
+            .for_each(|(grow, prow)| {
+                let dot: f32 = grow.iter().zip(prow).map(|(g, p)| g * p).sum();
+                for (g, p) in grow.iter_mut().zip(prow) {
+                    *g = p * (*g - dot);
+                }
+            });
         Tensor::from_primitive(TensorPrimitive::Float(g))
     }
 
     fn rms_norm(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
         if !(is_f32(&x) && w.dtype() == DType::F32) {
-            return super::rms_norm_default(x, w, eps);
+            return super::generic::rms_norm(x, w, eps);
         }
         rms_norm(x, w, eps)
     }
 
-    fn rms_norm_backward(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64, grad: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+    fn rms_norm_backward(
+        x: Tensor<Flex, 2>,
+        w: Tensor<Flex, 1>,
+        eps: f64,
+        grad: Tensor<Flex, 2>,
+    ) -> Tensor<Flex, 2> {
         if !(is_f32(&x) && is_f32(&grad) && w.dtype() == DType::F32) {
             let dtype = x.dtype();
-            return rms_norm_backward(x.cast(DType::F32), w.cast(DType::F32), eps, grad.cast(DType::F32)).cast(dtype);
+            return rms_norm_backward(
+                x.cast(DType::F32),
+                w.cast(DType::F32),
+                eps,
+                grad.cast(DType::F32),
+            )
+            .cast(dtype);
         }
         rms_norm_backward(x, w, eps, grad)
     }
@@ -223,26 +295,51 @@ impl Kernels for Flex {
         rope(x, cos, sin)
     }
 
-    fn attention_with_probs(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: &Tensor<Flex, 4, Bool>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    fn attention_with_probs(
+        q: Tensor<Flex, 4>,
+        k: Tensor<Flex, 4>,
+        v: Tensor<Flex, 4>,
+        mask: &Tensor<Flex, 4, Bool>,
+    ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
         if !attention_ok(&q, &k, &v) {
-            return super::attention_default(q, k, v, mask);
+            return super::generic::attention_with_probs(q, k, v, mask);
         }
         attention_with_probs(q, k, v, mask)
     }
 
-    fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, probs: Tensor<Flex, 4>, grad: Tensor<Flex, 4>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    fn attention_backward(
+        q: Tensor<Flex, 4>,
+        k: Tensor<Flex, 4>,
+        v: Tensor<Flex, 4>,
+        probs: Tensor<Flex, 4>,
+        grad: Tensor<Flex, 4>,
+    ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
         if !(attention_ok(&q, &k, &v) && is_f32(&grad)) {
             let dtype = q.dtype();
-            let (dq, dk, dv) = attention_backward(q.cast(DType::F32), k.cast(DType::F32), v.cast(DType::F32), probs, grad.cast(DType::F32));
+            let (dq, dk, dv) = attention_backward(
+                q.cast(DType::F32),
+                k.cast(DType::F32),
+                v.cast(DType::F32),
+                probs,
+                grad.cast(DType::F32),
+            );
             return (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
         }
         attention_backward(q, k, v, probs, grad)
     }
 
-    fn lora_linear_forward(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
-        let f32_all = is_f32(&x) && is_f32(&w) && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32) && lora.as_ref().is_none_or(|(a, b, _)| is_f32(a) && is_f32(b));
+    fn lora_linear_forward(
+        x: Tensor<Flex, 2>,
+        w: Tensor<Flex, 2>,
+        bias: Option<Tensor<Flex, 1>>,
+        lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
+    ) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+        let f32_all = is_f32(&x)
+            && is_f32(&w)
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
+            && lora.as_ref().is_none_or(|(a, b, _)| is_f32(a) && is_f32(b));
         if !f32_all {
-            return super::generic_lora_linear_forward(x, w, bias, lora);
+            return super::generic::lora_linear_forward(x, w, bias, lora);
         }
         lora_linear_forward(x, w, bias, lora)
     }
@@ -254,9 +351,12 @@ impl Kernels for Flex {
         lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
         grad: Tensor<Flex, 2>,
         need_dx: bool,
-    ) -> (Option<Tensor<Flex, 2>>, Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>) {
+    ) -> (
+        Option<Tensor<Flex, 2>>,
+        Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>,
+    ) {
         if !(is_f32(&x) && is_f32(&w) && is_f32(&grad)) {
-            return super::generic_lora_linear_backward(x, xa, w, lora, grad, need_dx);
+            return super::generic::lora_linear_backward(x, xa, w, lora, grad, need_dx);
         }
         lora_linear_backward(x, xa, w, lora, grad, need_dx)
     }
@@ -270,15 +370,21 @@ impl Kernels for Flex {
         let u = flex(up);
         let (gs, us) = (g.storage::<f32>(), u.storage::<f32>());
         let mut out = vec![0f32; gs.len()];
-        out.par_chunks_mut(4096).zip(gs.par_chunks(4096).zip(us.par_chunks(4096))).for_each(|(o, (g, u))| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + exp(-g)) * u;
-            }
-        });
+        out.par_chunks_mut(4096)
+            .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
+            .for_each(|(o, (g, u))| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + exp(-g)) * u;
+                }
+            });
         tensor(out, dims)
     }
 
-    fn swiglu_backward(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>, grad: Tensor<Flex, 2>) -> (Tensor<Flex, 2>, Tensor<Flex, 2>) {
+    fn swiglu_backward(
+        gate: Tensor<Flex, 2>,
+        up: Tensor<Flex, 2>,
+        grad: Tensor<Flex, 2>,
+    ) -> (Tensor<Flex, 2>, Tensor<Flex, 2>) {
         if !(is_f32(&gate) && is_f32(&up) && is_f32(&grad)) {
             let sig = burn::tensor::activation::sigmoid(gate.clone());
             let silu = gate.clone() * sig.clone();
@@ -308,13 +414,28 @@ impl Kernels for Flex {
 }
 
 /// bf16/f16 on the CPU: upcast and use the f32 kernel.
-fn cross_entropy_default(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize) -> Tensor<Flex, 1> {
+fn cross_entropy_default(
+    h: Tensor<Flex, 2>,
+    w: Tensor<Flex, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> Tensor<Flex, 1> {
     <Flex as Kernels>::cross_entropy_sum(h.cast(DType::F32), w.cast(DType::F32), targets, chunk)
 }
 
-fn cross_entropy_and_grad_default(h: Tensor<Flex, 2>, w: Tensor<Flex, 2>, targets: &[i32], chunk: usize) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
+fn cross_entropy_and_grad_default(
+    h: Tensor<Flex, 2>,
+    w: Tensor<Flex, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
     let dtype = h.dtype();
-    let (loss, grad) = <Flex as Kernels>::cross_entropy_sum_and_grad(h.cast(DType::F32), w.cast(DType::F32), targets, chunk);
+    let (loss, grad) = <Flex as Kernels>::cross_entropy_sum_and_grad(
+        h.cast(DType::F32),
+        w.cast(DType::F32),
+        targets,
+        chunk,
+    );
     (loss, grad.cast(dtype))
 }
 
@@ -377,67 +498,97 @@ pub(super) fn rms_norm(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64) -> Tens
     let (x, w) = (flex(x), flex(w));
     let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
     let mut out = vec![0f32; rows * dim];
-    out.par_chunks_mut(dim).zip(xs.par_chunks(dim)).for_each(|(o, x)| {
-        let ss: f32 = x.iter().map(|v| v * v).sum();
-        let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
-        for ((o, &x), &w) in o.iter_mut().zip(x).zip(ws) {
-            *o = x * r * w;
-        }
-    });
+    out.par_chunks_mut(dim)
+        .zip(xs.par_chunks(dim))
+        .for_each(|(o, x)| {
+            let ss: f32 = x.iter().map(|v| v * v).sum();
+            let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(ws) {
+                *o = x * r * w;
+            }
+        });
     tensor(out, [rows, dim])
 }
 
-pub(super) fn rms_norm_backward(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64, grad: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+pub(super) fn rms_norm_backward(
+    x: Tensor<Flex, 2>,
+    w: Tensor<Flex, 1>,
+    eps: f64,
+    grad: Tensor<Flex, 2>,
+) -> Tensor<Flex, 2> {
     let [rows, dim] = x.dims();
     let (x, w, g) = (flex(x), flex(w), flex(grad));
     let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
     let mut out = vec![0f32; rows * dim];
-    out.par_chunks_mut(dim).zip(xs.par_chunks(dim).zip(gs.par_chunks(dim))).for_each(|(o, (x, g))| {
-        // y = w x r with r = (mean(x^2) + eps)^-1/2: dx = r (g w) - x r^3 sum(g w x) / dim.
-        let ss: f32 = x.iter().map(|v| v * v).sum();
-        let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
-        let dot: f32 = x.iter().zip(g).zip(ws).map(|((x, g), w)| x * g * w).sum();
-        let c = r * r * r * dot / dim as f32;
-        for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(ws) {
-            *o = r * g * w - x * c;
-        }
-    });
+    out.par_chunks_mut(dim)
+        .zip(xs.par_chunks(dim).zip(gs.par_chunks(dim)))
+        .for_each(|(o, (x, g))| {
+            // y = w x r with r = (mean(x^2) + eps)^-1/2: dx = r (g w) - x r^3 sum(g w x) / dim.
+            let ss: f32 = x.iter().map(|v| v * v).sum();
+            let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
+            let dot: f32 = x.iter().zip(g).zip(ws).map(|((x, g), w)| x * g * w).sum();
+            let c = r * r * r * dot / dim as f32;
+            for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(ws) {
+                *o = r * g * w - x * c;
+            }
+        });
     tensor(out, [rows, dim])
 }
 
 /// RoPE on `[b, s, h, d]` with `cos`/`sin` `[b, s, 1, d]` (both halves hold the same values).
-pub(super) fn rope(x: Tensor<Flex, 4>, cos: &Tensor<Flex, 4>, sin: &Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+pub(super) fn rope(
+    x: Tensor<Flex, 4>,
+    cos: &Tensor<Flex, 4>,
+    sin: &Tensor<Flex, 4>,
+) -> Tensor<Flex, 4> {
     let [b, s, h, d] = x.dims();
     let half = d / 2;
     let (x, c, sn) = (flex(x), flex(cos.clone()), flex(sin.clone()));
     let (xs, cs, ss) = (x.storage::<f32>(), c.storage::<f32>(), sn.storage::<f32>());
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(h * d).zip(xs.par_chunks(h * d)).enumerate().for_each(|(pos, (o, x))| {
-        let (cr, sr) = (&cs[pos * d..pos * d + half], &ss[pos * d..pos * d + half]);
-        for (oh, xh) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let (x1, x2) = xh.split_at(half);
-            let (o1, o2) = oh.split_at_mut(half);
-            for i in 0..half {
-                o1[i] = x1[i] * cr[i] - x2[i] * sr[i];
-                o2[i] = x2[i] * cr[i] + x1[i] * sr[i];
+    out.par_chunks_mut(h * d)
+        .zip(xs.par_chunks(h * d))
+        .enumerate()
+        .for_each(|(pos, (o, x))| {
+            let (cr, sr) = (&cs[pos * d..pos * d + half], &ss[pos * d..pos * d + half]);
+            for (oh, xh) in o.chunks_mut(d).zip(x.chunks(d)) {
+                let (x1, x2) = xh.split_at(half);
+                let (o1, o2) = oh.split_at_mut(half);
+                for i in 0..half {
+                    o1[i] = x1[i] * cr[i] - x2[i] * sr[i];
+                    o2[i] = x2[i] * cr[i] + x1[i] * sr[i];
+                }
             }
-        }
-    });
+        });
     let _ = b;
     tensor(out, [b, s, h, d])
 }
 
 /// Attention without any layout copies: per (batch, kv head), GEMMs on strided views of the
 /// `[b, s, heads, d]` buffers, the mask and softmax row by row, results written in place.
-pub(super) fn attention_with_probs(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: &Tensor<Flex, 4, Bool>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
+pub(super) fn attention_with_probs(
+    q: Tensor<Flex, 4>,
+    k: Tensor<Flex, 4>,
+    v: Tensor<Flex, 4>,
+    mask: &Tensor<Flex, 4, Bool>,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
     let scale = 1.0 / (d as f32).sqrt();
     let (q, k, v) = (flex(q), flex(k), flex(v));
     let m = mask.clone().into_primitive();
-    let m = if m.is_contiguous() && m.layout().start_offset() == 0 { m } else { m.to_contiguous() };
-    let (qs, ks, vs, ms) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>(), m.storage::<u8>());
+    let m = if m.is_contiguous() && m.layout().start_offset() == 0 {
+        m
+    } else {
+        m.to_contiguous()
+    };
+    let (qs, ks, vs, ms) = (
+        q.storage::<f32>(),
+        k.storage::<f32>(),
+        v.storage::<f32>(),
+        m.storage::<u8>(),
+    );
     let mut out = vec![0f32; b * s * nh * d];
     let mut probs = vec![0f32; b * nh * s * t];
     let (op, pp) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
@@ -477,23 +628,53 @@ pub(super) fn attention_with_probs(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Te
                 row.iter_mut().for_each(|x| *x *= inv);
             }
             // O_h = P V_h, into the head's columns of out[bi].
-            gemm_raw(s, d, t, op.0.add((bi * s * nh + head) * d), nh * d, false, p, t, 1, vb, nkv * d, 1, 1.0);
+            gemm_raw(
+                s,
+                d,
+                t,
+                op.0.add((bi * s * nh + head) * d),
+                nh * d,
+                false,
+                p,
+                t,
+                1,
+                vb,
+                nkv * d,
+                1,
+                1.0,
+            );
         }
     });
     (tensor(out, [b, s, nh, d]), tensor(probs, [b, nh, s, t]))
 }
 
-pub(super) fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, probs: Tensor<Flex, 4>, grad: Tensor<Flex, 4>) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+pub(super) fn attention_backward(
+    q: Tensor<Flex, 4>,
+    k: Tensor<Flex, 4>,
+    v: Tensor<Flex, 4>,
+    probs: Tensor<Flex, 4>,
+    grad: Tensor<Flex, 4>,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
     let scale = 1.0 / (d as f32).sqrt();
     let (q, k, v, p, g) = (flex(q), flex(k), flex(v), flex(probs), flex(grad));
-    let (qs, ks, vs, ps, gs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>(), p.storage::<f32>(), g.storage::<f32>());
+    let (qs, ks, vs, ps, gs) = (
+        q.storage::<f32>(),
+        k.storage::<f32>(),
+        v.storage::<f32>(),
+        p.storage::<f32>(),
+        g.storage::<f32>(),
+    );
     let mut dq = vec![0f32; qs.len()];
     let mut dk = vec![0f32; ks.len()];
     let mut dv = vec![0f32; vs.len()];
-    let (dqp, dkp, dvp) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+    let (dqp, dkp, dvp) = (
+        SharedMut(dq.as_mut_ptr()),
+        SharedMut(dk.as_mut_ptr()),
+        SharedMut(dv.as_mut_ptr()),
+    );
     // One task per (batch, kv head): it owns that kv head's dk/dv and its query heads' dq.
     (0..b * nkv).into_par_iter().for_each(|task| {
         let (bi, kvh) = (task / nkv, task % nkv);
@@ -514,7 +695,21 @@ pub(super) fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tens
                 // dV += P^T dO
                 gemm_raw(t, d, s, dvb, nkv * d, r > 0, pb, 1, t, gb, nh * d, 1, 1.0);
                 // dP = dO V^T
-                gemm_raw(s, t, d, ds.as_mut_ptr(), t, false, gb, nh * d, 1, vb, 1, nkv * d, 1.0);
+                gemm_raw(
+                    s,
+                    t,
+                    d,
+                    ds.as_mut_ptr(),
+                    t,
+                    false,
+                    gb,
+                    nh * d,
+                    1,
+                    vb,
+                    1,
+                    nkv * d,
+                    1.0,
+                );
                 // dS = P (dP - rowsum(dP P)) * scale
                 let prow = std::slice::from_raw_parts(pb, s * t);
                 for (drow, prow) in ds.chunks_mut(t).zip(prow.chunks(t)) {
@@ -524,13 +719,45 @@ pub(super) fn attention_backward(q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tens
                     }
                 }
                 // dQ_h = dS K
-                gemm_raw(s, d, t, dqp.0.add((bi * s * nh + head) * d), nh * d, false, ds.as_ptr(), t, 1, kb, nkv * d, 1, 1.0);
+                gemm_raw(
+                    s,
+                    d,
+                    t,
+                    dqp.0.add((bi * s * nh + head) * d),
+                    nh * d,
+                    false,
+                    ds.as_ptr(),
+                    t,
+                    1,
+                    kb,
+                    nkv * d,
+                    1,
+                    1.0,
+                );
                 // dK += dS^T Q_h
-                gemm_raw(t, d, s, dkb, nkv * d, r > 0, ds.as_ptr(), 1, t, qb, nh * d, 1, 1.0);
+                gemm_raw(
+                    t,
+                    d,
+                    s,
+                    dkb,
+                    nkv * d,
+                    r > 0,
+                    ds.as_ptr(),
+                    1,
+                    t,
+                    qb,
+                    nh * d,
+                    1,
+                    1.0,
+                );
             }
         }
     });
-    (tensor(dq, [b, s, nh, d]), tensor(dk, [b, t, nkv, d]), tensor(dv, [b, t, nkv, d]))
+    (
+        tensor(dq, [b, s, nh, d]),
+        tensor(dk, [b, t, nkv, d]),
+        tensor(dv, [b, t, nkv, d]),
+    )
 }
 
 /// Whether the Flex attention kernels apply (f32 inputs).
@@ -541,7 +768,12 @@ pub(super) fn attention_ok(q: &Tensor<Flex, 4>, k: &Tensor<Flex, 4>, v: &Tensor<
 /// `y = x W^T + bias + s (x A^T) B^T`, all in GEMMs writing straight into row-major outputs
 /// (no element-wise passes for the bias, the scaling or the sum).
 #[allow(clippy::type_complexity)]
-pub(super) fn lora_linear_forward(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+pub(super) fn lora_linear_forward(
+    x: Tensor<Flex, 2>,
+    w: Tensor<Flex, 2>,
+    bias: Option<Tensor<Flex, 1>>,
+    lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
+) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
     let [n, inp] = x.dims();
     let out = w.dims()[0];
     let (x, w) = (flex(x), flex(w));
@@ -551,11 +783,14 @@ pub(super) fn lora_linear_forward(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, bias: 
     if let Some(b) = bias {
         let b = flex(b);
         let bs = b.storage::<f32>();
-        y.par_chunks_mut(out).for_each(|row| row.copy_from_slice(bs));
+        y.par_chunks_mut(out)
+            .for_each(|row| row.copy_from_slice(bs));
     }
     // y (+)= x W^T
     gemm_into(&mut y, n, out, inp, xs, inp, 1, ws, 1, inp, has_bias, 1.0);
-    let Some((a, b, scaling)) = lora else { return (tensor(y, [n, out]), None) };
+    let Some((a, b, scaling)) = lora else {
+        return (tensor(y, [n, out]), None);
+    };
     let r = a.dims()[0];
     let (a, b) = (flex(a), flex(b));
     let (as_, bs) = (a.storage::<f32>(), b.storage::<f32>());
@@ -574,7 +809,10 @@ pub(super) fn lora_linear_backward(
     lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
     grad: Tensor<Flex, 2>,
     need_dx: bool,
-) -> (Option<Tensor<Flex, 2>>, Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>) {
+) -> (
+    Option<Tensor<Flex, 2>>,
+    Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>,
+) {
     let [n, inp] = x.dims();
     let out = w.dims()[0];
     let (x, w, g) = (flex(x), flex(w), flex(grad));
@@ -610,7 +848,20 @@ pub(super) fn lora_linear_backward(
 
 /// `dst (+)= scale * lhs rhs`, row-major `dst`, strided operands, on all threads.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize, accumulate: bool, scale: f32) {
+fn gemm_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    accumulate: bool,
+    scale: f32,
+) {
     assert!(dst.len() >= m * n);
     assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);

@@ -1,0 +1,262 @@
+//! The fused operations composed of Burn tensor ops: what every backend without its own kernels
+//! runs (CUDA among them), and the reference the Flex kernels are tested against.
+
+use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
+use burn::tensor::{Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
+
+use super::MASK_VALUE;
+
+pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
+
+fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+fn targets_tensor<B: Backend>(targets: &[i32], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(targets.to_vec(), [targets.len(), 1]),
+        device,
+    )
+}
+
+pub fn cross_entropy_sum<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> Tensor<B, 1> {
+    let device = h.device();
+    let n = targets.len();
+    let mut total = Tensor::<B, 1>::zeros([1], &device);
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.max(1).min(n - start);
+        let logits = as_f32(
+            h.clone()
+                .narrow(0, start, len)
+                .matmul(w.clone().transpose()),
+        );
+        let t = targets_tensor::<B>(&targets[start..start + len], &device);
+        total = total + log_softmax(logits, 1).gather(1, t).sum().neg();
+    }
+    total
+}
+
+pub fn cross_entropy_sum_and_grad<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let device = h.device();
+    let n = targets.len();
+    let vocab = w.dims()[0];
+    let mut loss = Tensor::<B, 1>::zeros([1], &device);
+    let mut grads = Vec::new();
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.max(1).min(n - start);
+        let logits = as_f32(
+            h.clone()
+                .narrow(0, start, len)
+                .matmul(w.clone().transpose()),
+        );
+        let t = targets_tensor::<B>(&targets[start..start + len], &device);
+        let lp = log_softmax(logits, 1);
+        loss = loss + lp.clone().gather(1, t.clone()).sum().neg();
+        let onehot = Tensor::<B, 2>::zeros([len, vocab], &device).scatter(
+            1,
+            t,
+            Tensor::ones([len, 1], &device),
+            IndexingUpdateOp::Add,
+        );
+        let g = cast_to(lp.exp() - onehot, h.dtype());
+        grads.push(g.matmul(w.clone()));
+    }
+    let grad = if grads.is_empty() {
+        Tensor::zeros(h.dims(), &device)
+    } else {
+        Tensor::cat(grads, 0)
+    };
+    (loss, grad)
+}
+
+pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: &Tensor<B, 4, Bool>) -> Tensor<B, 4> {
+    let [b, h, s, t] = scores.dims();
+    softmax(
+        as_f32(scores).mask_fill(mask.clone().expand([b, h, s, t]), MASK_VALUE),
+        3,
+    )
+}
+
+pub fn softmax_backward<B: Backend>(probs: Tensor<B, 4>, grad: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dot = (probs.clone() * grad.clone()).sum_dim(3);
+    probs * (grad - dot)
+}
+
+pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let dtype = x.dtype();
+    let x32 = as_f32(x);
+    let variance = x32.clone().powi_scalar(2).mean_dim(1);
+    let normed = cast_to(x32 * (variance + eps).sqrt().recip(), dtype);
+    normed * w.unsqueeze::<2>()
+}
+
+pub fn rms_norm_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 1>,
+    eps: f64,
+    grad: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let dtype = x.dtype();
+    let x32 = as_f32(x);
+    let dim = x32.dims()[1] as f64;
+    let r = (x32.clone().powi_scalar(2).mean_dim(1) + eps)
+        .sqrt()
+        .recip();
+    let n = x32 * r.clone();
+    let gw = as_f32(grad) * as_f32(w).unsqueeze::<2>();
+    let dot = (gw.clone() * n.clone()).sum_dim(1) / dim;
+    cast_to(r * (gw - n * dot), dtype)
+}
+
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Repeat each key/value head `n_rep` times in place (HF's `repeat_kv`), on `[b, h, t, d]`.
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, n_rep, t, d])
+        .reshape([b, h * n_rep, t, d])
+}
+
+/// Sum the gradients of the query heads sharing each key/value head: `[b, h, t, d]` to
+/// `[b, h / n_rep, t, d]`.
+fn group_sum<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.reshape([b, h / n_rep, n_rep, t, d])
+        .sum_dim(2)
+        .reshape([b, h / n_rep, t, d])
+}
+
+pub fn attention_with_probs<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [_, _, nh, d] = q.dims();
+    let nkv = k.dims()[2];
+    let dtype = q.dtype();
+    let qh = q.swap_dims(1, 2);
+    let kh = repeat_kv(k.swap_dims(1, 2), nh / nkv);
+    let vh = repeat_kv(v.swap_dims(1, 2), nh / nkv);
+    let scores = qh.matmul(kh.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    let probs = masked_softmax(scores, mask);
+    (
+        cast_to(probs.clone(), dtype).matmul(vh).swap_dims(1, 2),
+        probs,
+    )
+}
+
+pub fn attention_backward<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    probs: Tensor<B, 4>,
+    grad: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [_, _, nh, d] = q.dims();
+    let nkv = k.dims()[2];
+    let rep = nh / nkv;
+    let dtype = q.dtype();
+    let scale = 1.0 / (d as f64).sqrt();
+    let qh = q.swap_dims(1, 2);
+    let kh = repeat_kv(k.swap_dims(1, 2), rep);
+    let vh = repeat_kv(v.swap_dims(1, 2), rep);
+    let go = grad.swap_dims(1, 2);
+    let p = cast_to(probs.clone(), dtype);
+    let dv = group_sum(p.swap_dims(2, 3).matmul(go.clone()), rep);
+    let dp = as_f32(go.matmul(vh.swap_dims(2, 3)));
+    let ds = cast_to(softmax_backward(probs, dp) * scale, dtype);
+    let dq = ds.clone().matmul(kh);
+    let dk = group_sum(ds.swap_dims(2, 3).matmul(qh), rep);
+    (dq.swap_dims(1, 2), dk.swap_dims(1, 2), dv.swap_dims(1, 2))
+}
+
+#[allow(clippy::type_complexity)]
+pub fn lora_linear_forward<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let mut y = x.clone().matmul(w.transpose());
+    if let Some(b) = bias {
+        y = y + b.unsqueeze::<2>();
+    }
+    let Some((a, b, scaling)) = lora else {
+        return (y, None);
+    };
+    let dtype = x.dtype();
+    let xa = as_f32(x).matmul(a.transpose());
+    let d = cast_to(xa.clone().matmul(b.transpose()) * scaling, dtype);
+    (y + d, Some(xa))
+}
+
+#[allow(clippy::type_complexity)]
+pub fn lora_linear_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    xa: Option<Tensor<B, 2>>,
+    w: Tensor<B, 2>,
+    lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+    grad: Tensor<B, 2>,
+    need_dx: bool,
+) -> (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
+    let dtype = x.dtype();
+    let mut dx = need_dx.then(|| grad.clone().matmul(w));
+    let mut dlora = None;
+    if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {
+        let g32 = as_f32(grad);
+        let dxa = g32.clone().matmul(b) * scaling;
+        let db = g32.transpose().matmul(xa) * scaling;
+        let da = dxa.clone().transpose().matmul(as_f32(x));
+        if let Some(d) = dx.take() {
+            dx = Some(d + cast_to(dxa.matmul(a), dtype));
+        }
+        dlora = Some((da, db));
+    }
+    (dx, dlora)
+}
+
+pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+    silu(gate) * up
+}
+
+pub fn swiglu_backward<B: Backend>(
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    // d/dg [g sigmoid(g)] = sigmoid(g) + g sigmoid(g) (1 - sigmoid(g)).
+    let sig = sigmoid(gate.clone());
+    let silu = gate * sig.clone();
+    let dsilu = sig.clone() + silu.clone() * (sig.neg() + 1.0);
+    (grad.clone() * up * dsilu, grad * silu)
+}
