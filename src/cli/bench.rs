@@ -6,6 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
 use crate::error::user;
+use crate::model::quant::QuantSpec;
 use crate::train::bench::{BenchResult, BenchSpec, run};
 
 #[derive(clap::Args, Debug)]
@@ -29,6 +30,12 @@ pub struct Args {
     /// Frozen-weight precision: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
+    /// QLoRA: quantize the frozen projections to this many bits (4 or 8).
+    #[arg(long)]
+    pub quant_bits: Option<u8>,
+    /// Block size of that quantization.
+    #[arg(long, default_value_t = 64)]
+    pub quant_block_size: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -55,7 +62,14 @@ impl BackendJob for Job<'_> {
             warmup: a.warmup,
             steps: a.steps,
             dtype: a.dtype.resolve(on_gpu),
+            quantize: a.quant_bits.map(|bits| QuantSpec {
+                bits,
+                block_size: a.quant_block_size,
+            }),
         };
+        if let Some(p) = spec.quantize.as_ref().and_then(QuantSpec::problem) {
+            return Err(user(p));
+        }
         run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })
     }
 }
@@ -66,12 +80,13 @@ pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} {}x{} r={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB, RSS after warm-up {:.2} GB -> end {:.2} GB",
+            "{} {} {}x{} r={} quantize={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB, RSS after warm-up {:.2} GB -> end {:.2} GB",
             r.shape,
             r.device,
             r.batch,
             r.seq_len,
             r.rank,
+            r.quantize,
             r.median_step_s,
             r.tokens_per_s,
             r.peak_rss_bytes as f64 / 1e9,

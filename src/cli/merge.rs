@@ -11,7 +11,9 @@ use crate::backend::Cpu;
 use crate::error::user;
 use crate::lora::merge::{MergeRequest, OutputDtype, check_output, merge};
 use crate::lora::peft::read_adapter;
+use crate::model::quant::QuantSpec;
 use crate::model::{HostBatch, ModelFolder};
+use crate::train::checkpoint::STATE_FILE;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,6 +35,24 @@ pub struct Args {
     /// After writing, compare logits of base+adapter with the merged folder.
     #[arg(long)]
     pub verify: bool,
+    /// For a QLoRA adapter: merge into the `original` full-precision base weights (default, as
+    /// unsloth and axolotl do) or into their `dequantized` quantization round trip, the
+    /// weights the adapter was trained against.
+    #[arg(long, value_enum, default_value = "original")]
+    pub merge_into: MergeInto,
+    /// Bits of that quantization (4 or 8) for `--merge-into dequantized`; read from the
+    /// adapter's run (`burnish_run.json` or the checkpoint state) when not given.
+    #[arg(long)]
+    pub quant_bits: Option<u8>,
+    /// Block size of that quantization (default 64 or the run's).
+    #[arg(long)]
+    pub quant_block_size: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeInto {
+    Original,
+    Dequantized,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,6 +66,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening base model {}", base_dir.display()))?;
     let adapter = read_adapter(&args.adapter, &folder.config)
         .with_context(|| format!("reading adapter {}", args.adapter.display()))?;
+    let dequantized = match args.merge_into {
+        MergeInto::Original => None,
+        MergeInto::Dequantized => Some(quant_of(&args)?),
+    };
     let report = merge(&MergeRequest {
         base_dir: &base_dir,
         config: &folder.config,
@@ -53,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out_dir: &args.out,
         dtype: args.dtype,
         force: args.force,
+        dequantized,
     })?;
     tracing::info!(
         "merged {} projections ({} tensors copied) into {} ({} shard{}, {} bytes of weights)",
@@ -76,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     crate::hub::card::ensure(&args.out, &card)?;
     if args.verify {
-        verify(&base_dir, &args.adapter, &args.out)?;
+        verify(&base_dir, &args.adapter, &args.out, dequantized.as_ref())?;
     }
     println!("{}", args.out.display());
     Ok(ExitCode::SUCCESS)
@@ -102,10 +127,17 @@ fn base_from_adapter(adapter: &Path) -> anyhow::Result<PathBuf> {
 
 /// Logits of base + adapter against the merged folder on a fixed token sequence, both computed
 /// in f32 so the difference is only the merged weights' rounding to their stored dtype.
-fn verify(base_dir: &Path, adapter: &Path, merged: &Path) -> anyhow::Result<()> {
+/// `quant`: the base+adapter side runs on the quantized base (a `--merge-into dequantized`
+/// merge must equal exactly that).
+fn verify(
+    base_dir: &Path,
+    adapter: &Path,
+    merged: &Path,
+    quant: Option<&QuantSpec>,
+) -> anyhow::Result<()> {
     let device = Default::default();
     let base = ModelFolder::open(base_dir)?;
-    let mut with_adapter = base.load::<Cpu>(DType::F32, &device)?;
+    let mut with_adapter = base.load_quantized::<Cpu>(DType::F32, quant, &device)?;
     crate::lora::apply_adapter(&mut with_adapter, adapter, false)?;
     let merged_folder = ModelFolder::open(merged)?;
     let merged_model = merged_folder.load::<Cpu>(DType::F32, &device)?;
@@ -148,4 +180,47 @@ fn verify(base_dir: &Path, adapter: &Path, merged: &Path) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// The quantization a QLoRA adapter was trained with: from the flags, else from the
+/// `trainer_state.json` of the adapter's checkpoint (or of its run's newest checkpoint).
+fn quant_of(args: &Args) -> anyhow::Result<QuantSpec> {
+    let spec = match args.quant_bits {
+        Some(bits) => QuantSpec {
+            bits,
+            block_size: args
+                .quant_block_size
+                .unwrap_or(QuantSpec::default().block_size),
+        },
+        None => {
+            let mut states = vec![args.adapter.join(STATE_FILE)];
+            if let Some(run) = args.adapter.parent() {
+                let mut steps: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+                    .map(|d| d.flatten().map(|e| e.path().join(STATE_FILE)).collect())
+                    .unwrap_or_default();
+                steps.sort();
+                states.extend(steps.into_iter().rev());
+            }
+            let found = states.iter().filter(|p| p.is_file()).find_map(|p| {
+                let text = std::fs::read_to_string(p).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                serde_json::from_value::<QuantSpec>(v["fingerprint"]["model.quantize"].clone()).ok()
+            });
+            let Some(mut spec) = found else {
+                return Err(user(format!(
+                    "--merge-into dequantized: {} records no quantization (no {STATE_FILE} with \
+                     model.quantize next to it); pass --quant-bits 4|8 [--quant-block-size N]",
+                    args.adapter.display()
+                )));
+            };
+            if let Some(b) = args.quant_block_size {
+                spec.block_size = b;
+            }
+            spec
+        }
+    };
+    if let Some(problem) = spec.problem() {
+        return Err(user(format!("--merge-into dequantized: {problem}")));
+    }
+    Ok(spec)
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::backend::{DeviceSpec, WeightDtype};
 use crate::cli::inspect::group_digits;
 use crate::model::loss::DEFAULT_CHUNK_ROWS;
+use crate::model::quant::QuantSpec;
 use crate::recipe::LoadedRecipe;
 use crate::train::memory::{estimate, human_bytes};
 use crate::train::setup::RunSetup;
@@ -54,15 +55,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|row| row.len())
         .max()
         .unwrap_or(0);
-    let mem = estimate(
-        config,
-        trainable,
-        weight_bytes,
-        weight_bytes as u64,
-        r.train.micro_batch_size,
-        longest,
-        DEFAULT_CHUNK_ROWS,
-    );
+    let quant = r.model.quantize.as_ref();
+    let mem_with = |q: Option<&QuantSpec>| {
+        estimate(
+            config,
+            trainable,
+            weight_bytes,
+            weight_bytes as u64,
+            r.train.micro_batch_size,
+            longest,
+            DEFAULT_CHUNK_ROWS,
+            q.map(|q| (q, on_gpu)),
+        )
+    };
+    let mem = mem_with(quant);
+    // The other side of the comparison: unquantized when the recipe quantizes, else 4-bit.
+    let other_spec = QuantSpec::default();
+    let other = match quant {
+        Some(_) => mem_with(None),
+        None => mem_with(Some(&other_spec)),
+    };
     let s = &setup.data.stats;
     let c = &setup.counts;
     if args.json {
@@ -75,6 +87,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "longest_row": longest,
             "steps": c,
             "memory": mem,
+            "quantize": quant,
+            "memory_unquantized": if quant.is_some() { Some(other) } else { None },
+            "memory_4bit": if quant.is_none() { Some(other) } else { None },
             "output_dir": setup.output_dir,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -129,6 +144,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         human_bytes(mem.adapter_optimizer_bytes),
         human_bytes(mem.activation_bytes)
     );
+    match quant {
+        Some(q) => println!(
+            "             base projections quantized to {} bits (blocks of {}); without \
+             quantization: ~{} total, weights {}",
+            q.bits,
+            q.block_size,
+            human_bytes(other.total_bytes),
+            human_bytes(other.weights_bytes)
+        ),
+        None => println!(
+            "             with a 4-bit base (model.quantize: {{bits: 4}}): ~{} total, weights {}",
+            human_bytes(other.total_bytes),
+            human_bytes(other.weights_bytes)
+        ),
+    }
     println!("output       {}", setup.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,15 @@ impl<B: Backend> LoraLinear<B> {
     pub fn shape(&self) -> [usize; 2] {
         self.weight.val().dims()
     }
+
+    /// Replaces the frozen weight with its block-wise quantization (QLoRA).
+    pub fn quantize(&mut self, scheme: &burn::tensor::quantization::QuantScheme)
+    where
+        B: Kernels,
+    {
+        let w = B::quantize_weight(self.weight.val(), scheme);
+        self.weight = Param::initialized(self.weight.id, w).set_require_grad(false);
+    }
 }
 
 impl<B: Kernels> LoraLinear<B> {
@@ -54,11 +63,7 @@ impl<B: Kernels> LoraLinear<B> {
         let y = match &self.lora {
             // Dropout needs its own mask on the adapter's input: the composed path.
             Some(lora) if train && lora.dropout > 0.0 => {
-                let mut y = x2.clone().matmul(self.weight.val().transpose());
-                if let Some(b) = bias {
-                    y = y + b.unsqueeze::<2>();
-                }
-                y + lora.delta(x2, train)
+                B::lora_linear(x2.clone(), self.weight.val(), bias, None) + lora.delta(x2, train)
             }
             Some(lora) => B::lora_linear(
                 x2,

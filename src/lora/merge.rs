@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::error::LoraError;
 use super::peft::{AdapterFiles, HostFactors};
 use crate::backend::Cpu;
+use crate::model::quant::{QuantSpec, dense};
 use crate::model::weights::{INDEX_FILE, RawTensor, shard_paths};
 use crate::model::{ModelConfig, ModelError};
 
@@ -104,7 +105,9 @@ struct OutTensor<'a> {
 enum Source<'a> {
     Bytes(&'a [u8]),
     Convert(RawTensor<'a>),
-    Merge(RawTensor<'a>, &'a HostFactors),
+    /// A decoder projection: plus its adapter's delta (if any), after a quantization round trip
+    /// (when merging into the dequantized weights a QLoRA adapter was trained on).
+    Merge(RawTensor<'a>, Option<&'a HostFactors>, Option<QuantSpec>),
 }
 
 impl View for &OutTensor<'_> {
@@ -121,7 +124,9 @@ impl View for &OutTensor<'_> {
             Source::Convert(raw) => {
                 Cow::Owned(encode(&raw.to_f32().unwrap_or_default(), self.dtype))
             }
-            Source::Merge(raw, f) => Cow::Owned(encode(&merged_weight(raw, f), self.dtype)),
+            Source::Merge(raw, f, q) => {
+                Cow::Owned(encode(&projection_weight(raw, *f, q.as_ref()), self.dtype))
+            }
         }
     }
     fn data_len(&self) -> usize {
@@ -131,15 +136,31 @@ impl View for &OutTensor<'_> {
 
 /// `W + scaling * B @ A` in f32 (the product on Burn's CPU backend).
 pub fn merged_weight(raw: &RawTensor<'_>, f: &HostFactors) -> Vec<f32> {
+    projection_weight(raw, Some(f), None)
+}
+
+/// `Q(W) + scaling * B @ A` in f32, where `Q` is the quantization round trip of `quant` (the
+/// identity without one) and the delta is left out without an adapter.
+pub fn projection_weight(
+    raw: &RawTensor<'_>,
+    f: Option<&HostFactors>,
+    quant: Option<&QuantSpec>,
+) -> Vec<f32> {
     let w = raw.to_f32().unwrap_or_default();
     let device = Default::default();
+    let shape = [raw.shape[0], raw.shape.get(1).copied().unwrap_or(1)];
+    let mut w = Tensor::<Cpu, 2>::from_data(TensorData::new(w, shape), &device);
+    if let Some(q) = quant {
+        w = dense(w.quantize_dynamic(&q.scheme()), DType::F32);
+    }
+    let Some(f) = f else {
+        return w.into_data().to_vec::<f32>().unwrap_or_default();
+    };
     let a =
         Tensor::<Cpu, 2>::from_data(TensorData::new(f.a.clone(), [f.r, f.in_features]), &device);
     let b =
         Tensor::<Cpu, 2>::from_data(TensorData::new(f.b.clone(), [f.out_features, f.r]), &device);
     let delta = b.matmul(a).mul_scalar(f.scaling);
-    let w =
-        Tensor::<Cpu, 2>::from_data(TensorData::new(w, [f.out_features, f.in_features]), &device);
     (w + delta).into_data().to_vec::<f32>().unwrap_or_default()
 }
 
@@ -165,6 +186,9 @@ pub struct MergeRequest<'a> {
     pub out_dir: &'a Path,
     pub dtype: Option<OutputDtype>,
     pub force: bool,
+    /// Merge into the quantization round trip of the base projections (what a QLoRA adapter
+    /// was trained on) instead of the original full-precision weights.
+    pub dequantized: Option<QuantSpec>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LoraError + '_ {
@@ -301,7 +325,10 @@ fn write_all(
                         });
                     }
                     report.merged_tensors += 1;
-                    Source::Merge(raw, f)
+                    Source::Merge(raw, Some(f), req.dequantized)
+                }
+                None if req.dequantized.is_some() && is_projection(&tname) => {
+                    Source::Merge(raw, None, req.dequantized)
                 }
                 None => {
                     report.copied_tensors += 1;
@@ -412,6 +439,15 @@ fn write_config(
 }
 
 /// Dtype of the merged folder's weights (for `--verify` tolerances).
+/// `model.layers.{i}.{self_attn|mlp}.{x}_proj.weight`: what QLoRA quantizes.
+fn is_projection(name: &str) -> bool {
+    name.starts_with("model.layers.")
+        && name
+            .strip_suffix(".weight")
+            .and_then(|n| n.rsplit('.').next())
+            .is_some_and(|m| crate::model::params::LINEAR_MODULES.contains(&m))
+}
+
 pub fn dtype_of(d: OutputDtype) -> DType {
     match d {
         OutputDtype::F32 => DType::F32,

@@ -46,6 +46,17 @@ pub enum ModelError {
     },
     #[error("{path}: cannot load tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    #[error(
+        "model.quantize: block_size {block_size} does not divide the input size {in_features} of {module}; use one of {choices}"
+    )]
+    QuantBlock {
+        module: String,
+        in_features: usize,
+        block_size: usize,
+        choices: String,
+    },
+    #[error("model.quantize: {0}")]
+    Quantize(String),
     #[error("tensor backend error: {0}")]
     Backend(String),
 }

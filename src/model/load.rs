@@ -20,6 +20,18 @@ pub fn load_model<B: Backend>(
     dtype: DType,
     device: &B::Device,
 ) -> Result<CausalLm<B>, ModelError> {
+    load_model_with(config, files, dtype, device, &|w| w)
+}
+
+/// [`load_model`] passing each decoder projection's weight through `finish` as soon as it is
+/// read (QLoRA quantizes there, so the full-precision model is never resident).
+pub fn load_model_with<B: Backend>(
+    config: &ModelConfig,
+    files: &WeightFiles,
+    dtype: DType,
+    device: &B::Device,
+    finish: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Result<CausalLm<B>, ModelError> {
     files.validate(config)?;
     let frozen2 = |name: &str| -> Result<Param<Tensor<B, 2>>, ModelError> {
         Ok(Param::from_tensor(files.load::<B, 2>(name, dtype, device)?).set_require_grad(false))
@@ -33,7 +45,7 @@ pub fn load_model<B: Backend>(
     let linear = |prefix: &str, module: &str| -> Result<LoraLinear<B>, ModelError> {
         let base = format!("{prefix}.{}.{module}", ModelConfig::linear_parent(module));
         let has_bias = config.linear_shape(module).is_some_and(|s| s.bias);
-        let weight = files.load::<B, 2>(&format!("{base}.weight"), dtype, device)?;
+        let weight = finish(files.load::<B, 2>(&format!("{base}.weight"), dtype, device)?);
         let bias = if has_bias {
             Some(files.load::<B, 1>(&format!("{base}.bias"), dtype, device)?)
         } else {

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod norm;
 pub mod params;
 pub mod preset;
+pub mod quant;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;
@@ -73,6 +74,24 @@ impl ModelFolder {
     ) -> Result<Model<B>, ModelError> {
         let files = self.weights()?;
         let net = load::load_model::<B>(&self.config, &files, dtype, device)?;
+        Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
+    }
+
+    /// [`ModelFolder::load`], with the decoder projections quantized by `quant` when given.
+    pub fn load_quantized<B: kernels::Kernels>(
+        &self,
+        dtype: DType,
+        quant: Option<&quant::QuantSpec>,
+        device: &B::Device,
+    ) -> Result<Model<B>, ModelError> {
+        let Some(spec) = quant else {
+            return self.load(dtype, device);
+        };
+        quant::check(spec, &self.config)?;
+        let files = self.weights()?;
+        let scheme = spec.scheme();
+        let finish = |w: Tensor<B, 2>| B::quantize_weight(w, &scheme);
+        let net = load::load_model_with::<B>(&self.config, &files, dtype, device, &finish)?;
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
     }
 }

@@ -183,8 +183,24 @@ impl Section for Recipe {
 }
 
 impl Section for ModelSection {
-    const FIELDS: &'static [&'static str] = &["base", "revision", "dtype"];
+    const FIELDS: &'static [&'static str] = &["base", "revision", "dtype", "quantize"];
     const REQUIRED: &'static [&'static str] = &["base"];
+    fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
+        match field {
+            "quantize" => {
+                if !matches!(node.kind, NodeKind::Null) {
+                    check_section::<crate::model::quant::QuantSpec>(node, path, issues);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Section for crate::model::quant::QuantSpec {
+    const FIELDS: &'static [&'static str] = &["bits", "block_size"];
+    const REQUIRED: &'static [&'static str] = &["bits"];
 }
 
 impl Section for LoraSection {

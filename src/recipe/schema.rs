@@ -29,6 +29,9 @@ pub struct ModelSection {
     pub revision: String,
     /// Precision of the frozen base: `auto` (f32 on CPU, bf16 on CUDA), `f32` or `bf16`.
     pub dtype: String,
+    /// QLoRA: quantize the decoder projections of the frozen base at load time,
+    /// `{bits: 4|8, block_size: 16|32|64|128}` (block_size defaults to 64). Null: no quantization.
+    pub quantize: Option<crate::model::quant::QuantSpec>,
 }
 
 impl Default for ModelSection {
@@ -37,6 +40,7 @@ impl Default for ModelSection {
             base: String::new(),
             revision: "main".into(),
             dtype: "auto".into(),
+            quantize: None,
         }
     }
 }

@@ -88,6 +88,24 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if let Err(e) = r.model.dtype.parse::<WeightDtype>() {
         c.bad("model.dtype", e);
     }
+    if let Some(q) = &r.model.quantize {
+        if !matches!(q.bits, 4 | 8) {
+            c.bad(
+                "model.quantize.bits",
+                format!("must be 4 or 8, got {}", q.bits),
+            );
+        }
+        if !crate::model::quant::BLOCK_SIZES.contains(&q.block_size) {
+            c.bad(
+                "model.quantize.block_size",
+                format!(
+                    "must be one of {:?}, got {}",
+                    crate::model::quant::BLOCK_SIZES,
+                    q.block_size
+                ),
+            );
+        }
+    }
 
     // lora
     let l = &r.lora;

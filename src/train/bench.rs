@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use burn::module::Param;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,6 +20,7 @@ use crate::model::decoder::{Attention, CausalLm, DecoderLayer, Mlp};
 use crate::model::kernels::Kernels;
 use crate::model::loss::{Targets, cross_entropy_sum, loss_chunk_rows};
 use crate::model::norm::RmsNorm;
+use crate::model::quant::QuantSpec;
 use crate::model::{HostBatch, Model, ModelConfig};
 
 /// The shapes the harness knows.
@@ -46,12 +47,15 @@ pub fn shape_config(name: &str) -> Option<ModelConfig> {
     ModelConfig::from_json(&json.to_string()).ok()
 }
 
-/// A model of `config` with random frozen weights (N(0, 0.02), norms 1), held as `dtype`.
-pub fn random_model<B: Backend>(
+/// A model of `config` with random frozen weights (N(0, 0.02), norms 1), held as `dtype`, the
+/// projections quantized one by one with `quant` when given.
+pub fn random_model<B: Kernels>(
     config: &ModelConfig,
     dtype: DType,
+    quant: Option<&QuantSpec>,
     device: &B::Device,
 ) -> CausalLm<B> {
+    let scheme = quant.map(QuantSpec::scheme);
     let normal = |shape: [usize; 2]| {
         Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device).cast(dtype)
     };
@@ -62,7 +66,12 @@ pub fn random_model<B: Backend>(
         let bias = s
             .bias
             .then(|| Tensor::<B, 1>::zeros([s.out_features], device).cast(dtype));
-        LoraLinear::frozen(normal([s.out_features, s.in_features]), bias)
+        let w = normal([s.out_features, s.in_features]);
+        let w = match &scheme {
+            Some(scheme) => B::quantize_weight(w, scheme),
+            None => w,
+        };
+        LoraLinear::frozen(w, bias)
     };
     let layers = (0..config.num_layers)
         .map(|_| DecoderLayer {
@@ -107,6 +116,8 @@ pub struct BenchResult {
     pub batch: usize,
     pub seq_len: usize,
     pub rank: usize,
+    /// `int4/64`-style, or `none`.
+    pub quantize: String,
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
@@ -148,6 +159,8 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub steps: usize,
     pub dtype: DType,
+    /// QLoRA: the projections quantized.
+    pub quantize: Option<QuantSpec>,
 }
 
 /// Run the benchmark on backend `B`.
@@ -166,7 +179,7 @@ where
         ))
     })?;
     B::seed(device, 1);
-    let net = random_model::<B>(&config, spec.dtype, device);
+    let net = random_model::<B>(&config, spec.dtype, spec.quantize.as_ref(), device);
     let mut model = Model::new(net, config.clone(), spec.dtype, device.clone());
     let settings = LoraSettings {
         r: spec.rank,
@@ -283,6 +296,10 @@ where
         dtype: format!("{:?}", spec.dtype).to_lowercase(),
         batch: spec.batch,
         seq_len: spec.seq_len,
+        quantize: spec.quantize.map_or_else(
+            || "none".into(),
+            |q| format!("int{}/{}", q.bits, q.block_size),
+        ),
         rank: spec.rank,
         steps: spec.steps,
         median_step_s: median,

@@ -5,6 +5,8 @@
 use serde::Serialize;
 
 use crate::model::ModelConfig;
+use crate::model::params::LINEAR_MODULES;
+use crate::model::quant::QuantSpec;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct MemoryEstimate {
@@ -15,7 +17,19 @@ pub struct MemoryEstimate {
     pub total_bytes: u64,
 }
 
-/// `weight_bytes_per_param`: 4 (f32), 2 (bf16), or ~0.56 for 4-bit blocks with scales.
+/// The decoder projections' weights: what QLoRA quantizes.
+pub fn projection_parameters(config: &ModelConfig) -> u64 {
+    let per_layer: u64 = LINEAR_MODULES
+        .iter()
+        .filter_map(|m| config.linear_shape(m))
+        .map(|s| (s.out_features * s.in_features) as u64)
+        .sum();
+    per_layer * config.num_layers as u64
+}
+
+/// `weight_bytes_per_param`: 4 (f32) or 2 (bf16). With `quant` (and whether the device is a
+/// GPU, which packs 4-bit values), the projections count at their quantized size instead.
+#[allow(clippy::too_many_arguments)]
 pub fn estimate(
     config: &ModelConfig,
     trainable: u64,
@@ -24,8 +38,16 @@ pub fn estimate(
     micro_batch: usize,
     seq_len: usize,
     loss_chunk_rows: usize,
+    quant: Option<(&QuantSpec, bool)>,
 ) -> MemoryEstimate {
-    let weights = (config.parameter_count() as f64 * weight_bytes_per_param) as u64;
+    let all = config.parameter_count();
+    let weights = match quant {
+        None => (all as f64 * weight_bytes_per_param) as u64,
+        Some((spec, on_gpu)) => {
+            let proj = projection_parameters(config);
+            ((all - proj) as f64 * weight_bytes_per_param) as u64 + spec.bytes(proj, on_gpu)
+        }
+    };
     let adapter = trainable * 16;
     let (b, s) = (micro_batch as u64, seq_len as u64);
     let (h, i, nh) = (

@@ -82,6 +82,7 @@ pub fn finish(
             out_dir: &dir,
             dtype,
             force: true,
+            dequantized: None,
         })?;
         tracing::info!(
             "merged model written to {} ({} projections merged)",

@@ -263,7 +263,7 @@ where
         .resolve(on_gpu);
     let mut model = setup
         .folder
-        .load::<B>(dtype, &device)
+        .load_quantized::<B>(dtype, recipe.model.quantize.as_ref(), &device)
         .with_context(|| format!("loading {}", setup.folder.dir.display()))?;
     let factors: Vec<HostFactors> = match (&resume_from, &recipe.lora.init_from) {
         (Some(c), _) => factors_for(

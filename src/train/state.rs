@@ -46,6 +46,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("model.base", json!(r.model.base));
     put("model.revision", json!(r.model.revision));
     put("model.dtype", json!(r.model.dtype));
+    // Only when set, so checkpoints written before quantization existed still resume.
+    if let Some(q) = &r.model.quantize {
+        put("model.quantize", json!(q));
+    }
     put("lora.r", json!(r.lora.r));
     put("lora.alpha", json!(r.lora.alpha));
     put("lora.dropout", json!(r.lora.dropout));

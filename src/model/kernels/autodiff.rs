@@ -9,9 +9,11 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::{Backend, BackendTypes};
+use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
 use super::Kernels;
+use crate::model::quant::{dense, is_quantized};
 
 type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
 
@@ -21,6 +23,17 @@ fn inner<B: Kernels, C: CheckpointStrategy, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(
         t.clone().into_primitive().tensor().primitive,
     ))
+}
+
+/// A frozen weight on the inner backend as stored: quantized weights stay quantized (the
+/// autodiff backend's quantized primitive is the inner one's).
+fn inner_weight<B: Kernels, C: CheckpointStrategy>(
+    w: &Tensor<Autodiff<B, C>, 2>,
+) -> TensorPrimitive<B> {
+    match w.clone().into_primitive() {
+        TensorPrimitive::QFloat(q) => TensorPrimitive::QFloat(q),
+        TensorPrimitive::Float(t) => TensorPrimitive::Float(t.primitive),
+    }
 }
 
 fn wrap<B: Kernels, C: CheckpointStrategy, const D: usize>(
@@ -160,9 +173,27 @@ impl<B: Kernels> Backward<B, 3> for Attention {
 #[derive(Debug)]
 struct LoraLinear;
 
+/// A quantized frozen projection without an adapter: only `dx = grad W`, with `W` dequantized
+/// again from the quantized copy (the dense one is never kept for the backward pass).
+#[derive(Debug)]
+struct QuantLinear;
+
+impl<B: Kernels> Backward<B, 1> for QuantLinear {
+    type State = TensorPrimitive<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 2> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        if let Some(parent) = &ops.parents[0] {
+            let w = dense(Tensor::<B, 2>::from_primitive(ops.state), grad.dtype());
+            grads.register::<B>(parent.id, prim(grad.matmul(w)));
+        }
+    }
+}
+
 impl<B: Kernels> Backward<B, 3> for LoraLinear {
-    /// x, x A^T, W, A, B, scaling.
-    type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>, Prim<B>, f64);
+    /// x, x A^T, W (quantized or not: kept as stored, dequantized again here), A, B, scaling.
+    type State = (Prim<B>, Prim<B>, TensorPrimitive<B>, Prim<B>, Prim<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad: Tensor<B, 2> =
@@ -173,7 +204,7 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
         let (dx, dlora) = B::lora_linear_backward(
             t(x),
             Some(t(xa)),
-            t(w),
+            Tensor::from_primitive(w),
             Some((t(a), t(b), s)),
             grad,
             px.is_some(),
@@ -193,41 +224,63 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    /// Burn's autodiff cannot quantize (`todo!()` in 0.21), but its quantized tensors are the
+    /// inner backend's: quantize there.
+    fn quantize_weight(w: Tensor<Self, 2>, scheme: &QuantScheme) -> Tensor<Self, 2> {
+        let q = B::quantize_weight(inner(&w), scheme);
+        match q.into_primitive() {
+            TensorPrimitive::QFloat(q) => Tensor::from_primitive(TensorPrimitive::QFloat(q)),
+            TensorPrimitive::Float(t) => {
+                Tensor::from_inner(Tensor::from_primitive(TensorPrimitive::Float(t)))
+            }
+        }
+    }
+
     fn lora_linear(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
         lora: Option<(Tensor<Self, 2>, Tensor<Self, 2>, f64)>,
     ) -> Tensor<Self, 2> {
-        let Some((a, b, s)) = lora else {
-            // Without an adapter, Burn's own ops keep only what the input gradient needs.
-            let y = x.matmul(w.transpose());
-            return match bias {
-                Some(bias) => y + bias.unsqueeze::<2>(),
-                None => y,
-            };
-        };
-        let nodes =
-            [x.clone(), a.clone(), b.clone()].map(|t| t.into_primitive().tensor().node.clone());
-        let (xi, wi, ai, bi) = (inner(&x), inner(&w), inner(&a), inner(&b));
+        let quantized = is_quantized(&w);
         let bias_i = bias.as_ref().map(|t| {
             Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
                 t.clone().into_primitive().tensor().primitive,
             ))
         });
+        let Some((a, b, s)) = lora else {
+            if !quantized {
+                // Without an adapter, Burn's own ops keep only what the input gradient needs.
+                let y = x.matmul(w.transpose());
+                return match bias {
+                    Some(bias) => y + bias.unsqueeze::<2>(),
+                    None => y,
+                };
+            }
+            // A quantized weight without an adapter: its own node, keeping the quantized copy.
+            let node = x.clone().into_primitive().tensor().node.clone();
+            let (xi, wq) = (inner(&x), inner_weight(&w));
+            let (y, _) =
+                B::lora_linear_forward(xi, Tensor::from_primitive(wq.clone()), bias_i, None);
+            return match QuantLinear.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => wrap(prep.finish(wq, prim(y))),
+                OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
+            };
+        };
+        let nodes =
+            [x.clone(), a.clone(), b.clone()].map(|t| t.into_primitive().tensor().node.clone());
+        let (xi, ai, bi) = (inner(&x), inner(&a), inner(&b));
+        let wq = inner_weight(&w);
         let (y, xa) = B::lora_linear_forward(
             xi.clone(),
-            wi.clone(),
+            Tensor::from_primitive(wq.clone()),
             bias_i,
             Some((ai.clone(), bi.clone(), s)),
         );
         match LoraLinear.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let xa = xa.unwrap_or_else(|| Tensor::zeros([1, 1], &y.device()));
-                wrap(prep.finish(
-                    (prim(xi), prim(xa), prim(wi), prim(ai), prim(bi), s),
-                    prim(y),
-                ))
+                wrap(prep.finish((prim(xi), prim(xa), wq, prim(ai), prim(bi), s), prim(y)))
             }
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
         }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::Kernels;
 use super::fastmath::{exp, exp_sum, max};
+use crate::model::quant::dense;
 
 /// The tensor's values as a contiguous f32 buffer (a view when it already is one).
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
@@ -334,6 +335,7 @@ impl Kernels for Flex {
         bias: Option<Tensor<Flex, 1>>,
         lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
     ) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+        let w = dense(w, x.dtype());
         let f32_all = is_f32(&x)
             && is_f32(&w)
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
@@ -355,6 +357,7 @@ impl Kernels for Flex {
         Option<Tensor<Flex, 2>>,
         Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>,
     ) {
+        let w = dense(w, x.dtype());
         if !(is_f32(&x) && is_f32(&w) && is_f32(&grad)) {
             return super::generic::lora_linear_backward(x, xa, w, lora, grad, need_dx);
         }

@@ -5,6 +5,7 @@ use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
 use burn::tensor::{Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 
 use super::MASK_VALUE;
+use crate::model::quant::dense;
 
 pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     if t.dtype() == DType::F32 {
@@ -207,6 +208,7 @@ pub fn lora_linear_forward<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let w = dense(w, x.dtype());
     let mut y = x.clone().matmul(w.transpose());
     if let Some(b) = bias {
         y = y + b.unsqueeze::<2>();
@@ -230,6 +232,7 @@ pub fn lora_linear_backward<B: Backend>(
     need_dx: bool,
 ) -> (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
     let dtype = x.dtype();
+    let w = dense(w, dtype);
     let mut dx = need_dx.then(|| grad.clone().matmul(w));
     let mut dlora = None;
     if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {

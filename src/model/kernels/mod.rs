@@ -10,6 +10,7 @@ pub mod fastmath;
 mod flex;
 pub mod generic;
 
+use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
@@ -20,6 +21,12 @@ pub type LoraFactors<B> = (Tensor<B, 2>, Tensor<B, 2>, f64);
 
 #[allow(clippy::type_complexity)]
 pub trait Kernels: Backend {
+    /// A frozen weight quantized with `scheme` (see `model::quant`). The quantized linear ops
+    /// below accept it wherever they take `w`.
+    fn quantize_weight(w: Tensor<Self, 2>, scheme: &QuantScheme) -> Tensor<Self, 2> {
+        w.quantize_dynamic(scheme)
+    }
+
     /// Sum over rows of `-log softmax(h w^T)[target]` (f32), computed `chunk` rows at a time.
     /// Differentiable with respect to `h` (`w` is a frozen weight).
     fn cross_entropy_sum(
@@ -108,7 +115,8 @@ pub trait Kernels: Backend {
     }
 
     /// A frozen linear layer with an optional LoRA adapter, `x: [n, in]`:
-    /// `y = x W^T + bias + scaling * (x A^T) B^T`, the low-rank path in f32.
+    /// `y = x W^T + bias + scaling * (x A^T) B^T`, the low-rank path in f32. `w` may be
+    /// quantized: it is then dequantized for this call only.
     fn lora_linear(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
