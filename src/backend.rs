@@ -96,20 +96,99 @@ pub trait BackendJob {
         B::InnerBackend: Kernels;
 }
 
-/// Whether a CUDA device can be used in this build and on this machine.
-pub fn cuda_available() -> bool {
+/// Whether CUDA device `index` can be used in this build and on this machine.
+pub fn cuda_device_usable(index: usize) -> bool {
     #[cfg(feature = "cuda")]
     {
-        // cudarc loads libcuda lazily and panics if it is missing; probe in a guarded call.
-        std::panic::catch_unwind(|| {
-            let device = burn::backend::cuda::CudaDevice::new(0);
+        // cudarc loads libcuda lazily and panics if it is missing; probe in a guarded call,
+        // with the panic message silenced (the caller reports the problem its own way).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let ok = std::panic::catch_unwind(|| {
+            let device = burn::backend::cuda::CudaDevice::new(index);
             let _ = burn::tensor::Tensor::<Gpu, 1>::zeros([1], &device).into_data();
         })
-        .is_ok()
+        .is_ok();
+        std::panic::set_hook(previous);
+        ok
     }
     #[cfg(not(feature = "cuda"))]
     {
+        let _ = index;
         false
+    }
+}
+
+/// Whether a CUDA device can be used in this build and on this machine.
+pub fn cuda_available() -> bool {
+    cuda_device_usable(0)
+}
+
+/// Visible CUDA devices (for `cuda:all`): `CUDA_VISIBLE_DEVICES` if set, else the GPUs the
+/// NVIDIA driver lists, without initialising CUDA.
+pub fn cuda_device_count() -> usize {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v.split(',').filter(|s| !s.trim().is_empty()).count();
+    }
+    std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn no_cuda(index: usize) -> String {
+    format!(
+        "device cuda:{index} is not usable here: no CUDA driver (libcuda), no such GPU, or \
+         CUDA_PATH/libnvrtc missing; check `nvidia-smi`, or use device: cpu"
+    )
+}
+
+/// Work that runs on several devices of one backend (data-parallel replicas).
+pub trait MultiDeviceJob {
+    type Output;
+    fn run<B: AutodiffBackend + Kernels>(
+        self,
+        devices: Vec<B::Device>,
+        on_gpu: bool,
+    ) -> Self::Output
+    where
+        B::InnerBackend: Kernels;
+}
+
+/// Run `job` on the devices `specs` name (all CPU or all CUDA; `auto` is not allowed here).
+pub fn dispatch_multi<J: MultiDeviceJob>(
+    specs: &[DeviceSpec],
+    job: J,
+) -> Result<J::Output, String> {
+    if specs.iter().all(|s| *s == DeviceSpec::Cpu) {
+        let devices = specs.iter().map(|_| Default::default()).collect();
+        return Ok(job.run::<CpuTrain>(devices, false));
+    }
+    let indices: Vec<usize> = specs
+        .iter()
+        .map(|s| match s {
+            DeviceSpec::Cuda(i) => Ok(*i),
+            other => Err(format!(
+                "train.devices mixes {other} with CUDA devices; list only cpu or only cuda:N"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(&bad) = indices.iter().find(|&&i| !cuda_device_usable(i)) {
+            return Err(no_cuda(bad));
+        }
+        let devices = indices
+            .iter()
+            .map(|&i| burn::backend::cuda::CudaDevice::new(i))
+            .collect();
+        Ok(job.run::<GpuTrain>(devices, true))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(format!(
+            "devices cuda:{indices:?} were requested but this burnish was built without CUDA; rebuild with `cargo build --release --features cuda` or use cpu devices"
+        ))
     }
 }
 
@@ -127,6 +206,9 @@ pub fn dispatch<J: BackendJob>(spec: DeviceSpec, job: J) -> Result<J::Output, St
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
             {
+                if !cuda_device_usable(index) {
+                    return Err(no_cuda(index));
+                }
                 Ok(job.run::<GpuTrain>(burn::backend::cuda::CudaDevice::new(index), true))
             }
             #[cfg(not(feature = "cuda"))]
@@ -137,4 +219,47 @@ pub fn dispatch<J: BackendJob>(spec: DeviceSpec, job: J) -> Result<J::Output, St
             }
         }
     }
+}
+
+/// The devices of `train.devices`. `cuda:all` expands to every visible GPU when `expand_all`
+/// (at run time; recipe validation only checks the syntax).
+pub fn device_specs(
+    list: &crate::recipe::DeviceList,
+    expand_all: bool,
+) -> Result<Vec<DeviceSpec>, String> {
+    use crate::recipe::DeviceList;
+    let names: Vec<String> = match list {
+        DeviceList::One(s) if s == "cuda:all" => {
+            if !expand_all {
+                return Ok(vec![DeviceSpec::Cuda(0)]);
+            }
+            let n = cuda_device_count();
+            if n == 0 {
+                return Err("cuda:all: no CUDA devices are visible on this machine".into());
+            }
+            return Ok((0..n).map(DeviceSpec::Cuda).collect());
+        }
+        DeviceList::One(s) => vec![s.clone()],
+        DeviceList::Many(v) => v.clone(),
+    };
+    if names.is_empty() {
+        return Err("is empty; list at least one device".into());
+    }
+    let specs: Vec<DeviceSpec> = names
+        .iter()
+        .map(|n| n.parse::<DeviceSpec>())
+        .collect::<Result<_, _>>()?;
+    if specs.contains(&DeviceSpec::Auto) {
+        return Err("auto is not allowed in a device list; name cpu or cuda:N devices".into());
+    }
+    let cpu = specs.iter().filter(|s| **s == DeviceSpec::Cpu).count();
+    if cpu != 0 && cpu != specs.len() {
+        return Err("mixes cpu and cuda devices; list only one kind".into());
+    }
+    for (i, s) in specs.iter().enumerate() {
+        if matches!(s, DeviceSpec::Cuda(_)) && specs[..i].contains(s) {
+            return Err(format!("lists {s} twice"));
+        }
+    }
+    Ok(specs)
 }

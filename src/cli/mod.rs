@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod orchestrator;
 pub mod plan;
 pub mod plot;
 pub mod push;
@@ -59,6 +60,8 @@ pub enum Command {
     Plot(plot::Args),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(merge::Args),
+    /// Coordinate the nodes of a multi-machine data-parallel run (runs until interrupted).
+    Orchestrator(orchestrator::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Orchestrator(args) => orchestrator::run(args),
     }
 }
 

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::backend::{
+    BackendJob, DeviceSpec, MultiDeviceJob, WeightDtype, device_specs, dispatch, dispatch_multi,
+};
 use crate::cli::inspect::group_digits;
 use crate::error::user;
 use crate::recipe::LoadedRecipe;
+use crate::train::distributed::{CollectiveSync, Topology};
 use crate::train::run::{Resume, TrainOptions, TrainOutcome, train};
 use crate::train::setup::RunSetup;
 use crate::train::signals::StopFlag;
@@ -30,6 +33,10 @@ pub struct Args {
     /// Override a value: `--set train.optimizer.lr=1e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// This machine's rank in a multi-machine run (default: the `RANK` environment variable,
+    /// else 0).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -47,14 +54,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         merge: args.merge,
         stop: StopFlag::install(),
     };
-    let outcome = dispatch(
-        device,
-        TrainJob {
-            setup: &setup,
-            opts: &opts,
-        },
+    let devices = match &setup.recipe().train.devices {
+        Some(list) => {
+            Some(device_specs(list, true).map_err(|e| user(format!("train.devices {e}")))?)
+        }
+        None => None,
+    };
+    let topology = Topology::resolve(
+        setup.recipe().distributed.as_ref(),
+        devices.as_ref().map_or(1, Vec::len),
+        args.node_rank,
     )
-    .map_err(user)??;
+    .map_err(user)?;
+    let outcome = if topology.is_distributed() {
+        let specs = match devices {
+            Some(d) => d,
+            None if device == DeviceSpec::Auto && crate::backend::cuda_available() => {
+                vec![DeviceSpec::Cuda(0)]
+            }
+            None if device == DeviceSpec::Auto => vec![DeviceSpec::Cpu],
+            None => vec![device],
+        };
+        if topology.nodes > 1 && topology.node_rank == 0 && topology.start_orchestrator {
+            let port = topology
+                .orchestrator
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(crate::train::distributed::DEFAULT_PORT);
+            crate::train::distributed::spawn_orchestrator(port);
+        }
+        tracing::info!(
+            "data-parallel: node {} of {}, {} replica(s) here, {} in all",
+            topology.node_rank,
+            topology.nodes,
+            topology.local_devices,
+            topology.world_size()
+        );
+        dispatch_multi(
+            &specs,
+            ParallelJob {
+                setup: &setup,
+                opts: &opts,
+                topology: &topology,
+            },
+        )
+        .map_err(user)??
+    } else {
+        let device = match devices.as_deref() {
+            Some([one]) => *one,
+            _ => device,
+        };
+        dispatch(
+            device,
+            TrainJob {
+                setup: &setup,
+                opts: &opts,
+            },
+        )
+        .map_err(user)??
+    };
     if let Some(sig) = outcome.interrupted_by {
         eprintln!(
             "interrupted at step {}; checkpoint {} saved. Continue with: burnish train {} --resume",
@@ -67,6 +125,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.recipe.display()
         );
         return Ok(ExitCode::from(StopFlag::exit_code(sig)));
+    }
+    if topology.node_rank != 0 {
+        // Rank 0's node writes the adapter, merges and publishes.
+        println!(
+            "node {} finished step {}; node 0 wrote the results to {}",
+            topology.node_rank,
+            outcome.global_step,
+            setup.output_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     crate::train::publish::finish(&setup, &outcome, opts.merge)?;
     if let Some(e) = &outcome.final_eval {
@@ -96,48 +164,110 @@ impl BackendJob for TrainJob<'_> {
         B::InnerBackend: crate::model::kernels::Kernels,
     {
         let s = self.setup;
-        let r = s.recipe();
-        let dtype = r
-            .model
-            .dtype
-            .parse::<WeightDtype>()
-            .map_err(user)?
-            .resolve(on_gpu);
-        let d = &s.data.stats;
-        tracing::info!(
-            "model {} ({}, {} parameters) on {} ({:?} frozen weights, f32 adapters)",
-            r.model.base,
-            s.folder.config.architecture,
-            group_digits(s.folder.config.parameter_count()),
-            if on_gpu { "cuda" } else { "cpu" },
-            dtype
-        );
-        tracing::info!(
-            "adapter r={} alpha={} on {} modules: {} trainable parameters ({:.3}% of {})",
-            s.lora.r,
-            s.lora.alpha,
-            s.targets.len(),
-            group_digits(s.trainable_parameters()),
-            100.0 * s.trainable_parameters() as f64 / s.folder.config.parameter_count() as f64,
-            group_digits(s.folder.config.parameter_count())
-        );
-        tracing::info!(
-            "data: {} train / {} validation examples, {} rows, {} tokens ({} trained)",
-            d.train_examples,
-            d.validation_examples,
-            d.train_rows,
-            d.train_tokens,
-            d.trained_tokens
-        );
-        tracing::info!(
-            "{} optimizer steps ({} per epoch), effective batch {} rows ({} x {} accumulation), output {}",
-            s.counts.total_steps,
-            s.counts.steps_per_epoch,
-            s.counts.effective_batch_rows,
-            r.train.micro_batch_size,
-            r.train.grad_accum,
-            s.output_dir.display()
-        );
+        log_plan::<B>(s, on_gpu)?;
         train::<B>(s, self.opts, &mut SingleProcess, device, on_gpu)
     }
+}
+
+/// Data-parallel replicas of this process, one thread per device. Returns the outcome of the
+/// first local replica (rank 0 on node 0, the writer) or the first error of any.
+struct ParallelJob<'a> {
+    setup: &'a RunSetup,
+    opts: &'a TrainOptions,
+    topology: &'a Topology,
+}
+
+impl MultiDeviceJob for ParallelJob<'_> {
+    type Output = anyhow::Result<TrainOutcome>;
+
+    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
+        self,
+        devices: Vec<B::Device>,
+        on_gpu: bool,
+    ) -> Self::Output
+    where
+        B::InnerBackend: crate::model::kernels::Kernels,
+    {
+        log_plan::<B>(self.setup, on_gpu)?;
+        let results: Vec<anyhow::Result<TrainOutcome>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .into_iter()
+                .enumerate()
+                .map(|(i, device)| {
+                    scope.spawn(move || -> anyhow::Result<TrainOutcome> {
+                        let mut sync = CollectiveSync::<B::InnerBackend>::new(
+                            self.topology,
+                            i,
+                            device.clone(),
+                        )
+                        .map_err(user)?;
+                        train::<B>(self.setup, self.opts, &mut sync, device, on_gpu)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a training replica panicked")))
+                })
+                .collect()
+        });
+        let mut first = None;
+        for r in results {
+            match r {
+                Err(e) => return Err(e),
+                Ok(o) if first.is_none() => first = Some(o),
+                Ok(_) => {}
+            }
+        }
+        first.ok_or_else(|| anyhow::anyhow!("no training replica ran"))
+    }
+}
+
+/// What the run will do, logged before it starts.
+fn log_plan<B: AutodiffBackend>(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
+    let r = s.recipe();
+    let dtype = r
+        .model
+        .dtype
+        .parse::<WeightDtype>()
+        .map_err(user)?
+        .resolve(on_gpu);
+    let d = &s.data.stats;
+    tracing::info!(
+        "model {} ({}, {} parameters) on {} ({:?} frozen weights, f32 adapters)",
+        r.model.base,
+        s.folder.config.architecture,
+        group_digits(s.folder.config.parameter_count()),
+        if on_gpu { "cuda" } else { "cpu" },
+        dtype
+    );
+    tracing::info!(
+        "adapter r={} alpha={} on {} modules: {} trainable parameters ({:.3}% of {})",
+        s.lora.r,
+        s.lora.alpha,
+        s.targets.len(),
+        group_digits(s.trainable_parameters()),
+        100.0 * s.trainable_parameters() as f64 / s.folder.config.parameter_count() as f64,
+        group_digits(s.folder.config.parameter_count())
+    );
+    tracing::info!(
+        "data: {} train / {} validation examples, {} rows, {} tokens ({} trained)",
+        d.train_examples,
+        d.validation_examples,
+        d.train_rows,
+        d.train_tokens,
+        d.trained_tokens
+    );
+    tracing::info!(
+        "{} optimizer steps ({} per epoch), effective batch {} rows ({} x {} accumulation), output {}",
+        s.counts.total_steps,
+        s.counts.steps_per_epoch,
+        s.counts.effective_batch_rows,
+        r.train.micro_batch_size,
+        r.train.grad_accum,
+        s.output_dir.display()
+    );
+    Ok(())
 }

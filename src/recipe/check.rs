@@ -164,8 +164,16 @@ fn check_list<S: Section>(node: &Node, path: &str, issues: &mut Issues) -> bool 
 }
 
 impl Section for Recipe {
-    const FIELDS: &'static [&'static str] =
-        &["model", "lora", "data", "train", "output", "logging", "hub"];
+    const FIELDS: &'static [&'static str] = &[
+        "model",
+        "lora",
+        "data",
+        "train",
+        "output",
+        "logging",
+        "hub",
+        "distributed",
+    ];
     const REQUIRED: &'static [&'static str] = &["model", "data"];
     fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
         match field {
@@ -176,6 +184,10 @@ impl Section for Recipe {
             "output" => check_section::<OutputSection>(node, path, issues).is_some(),
             "logging" => check_section::<LoggingSection>(node, path, issues).is_some(),
             "hub" => check_section::<HubSection>(node, path, issues).is_some(),
+            "distributed" => {
+                matches!(node.kind, NodeKind::Null)
+                    || check_section::<DistributedSection>(node, path, issues).is_some()
+            }
             _ => return false,
         };
         true
@@ -291,6 +303,7 @@ impl Section for TrainSection {
         "max_grad_norm",
         "seed",
         "device",
+        "devices",
         "eval_every",
         "save_every",
         "keep_last",
@@ -303,6 +316,18 @@ impl Section for TrainSection {
         };
         true
     }
+}
+
+impl Section for DistributedSection {
+    const FIELDS: &'static [&'static str] = &[
+        "nodes",
+        "orchestrator",
+        "data_port",
+        "node_host",
+        "timeout_s",
+        "startup_timeout_s",
+        "start_orchestrator",
+    ];
 }
 
 impl Section for OutputSection {

@@ -17,6 +17,8 @@ pub struct Recipe {
     pub output: OutputSection,
     pub logging: LoggingSection,
     pub hub: HubSection,
+    /// Data-parallel training across machines (absent: one machine).
+    pub distributed: Option<DistributedSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,6 +232,10 @@ pub struct TrainSection {
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Data-parallel replicas on this machine, one per device: `[cuda:0, cuda:1]`, `cuda:all`,
+    /// or `[cpu, cpu]`. Replaces `device` when set. `micro_batch_size` stays the global
+    /// micro-batch, split across all replicas.
+    pub devices: Option<DeviceList>,
     /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
     pub eval_every: usize,
     /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
@@ -250,6 +256,7 @@ impl Default for TrainSection {
             max_grad_norm: Some(1.0),
             seed: 42,
             device: "auto".into(),
+            devices: None,
             eval_every: 100,
             save_every: 100,
             keep_last: 3,
@@ -323,6 +330,53 @@ impl Default for HubSection {
             push: vec![PushWhat::Adapter],
             merged_repo: None,
             private: true,
+        }
+    }
+}
+
+/// `train.devices`: a list of devices, or `cuda:all`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeviceList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `distributed`: one process per machine, coordinated by an orchestrator. Each value can also
+/// come from the torchrun-style environment (`WORLD_SIZE` nodes, `MASTER_ADDR`/`MASTER_PORT`);
+/// a node's own rank comes from `--node-rank` or `RANK`, so every node runs the same recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedSection {
+    /// Machines (processes) in the run.
+    pub nodes: Option<usize>,
+    /// `host:port` of the orchestrator (default `MASTER_ADDR:MASTER_PORT`, or 127.0.0.1:29500).
+    pub orchestrator: Option<String>,
+    /// First port nodes serve tensors on; node i uses `data_port + i` (default: the
+    /// orchestrator's port + 1).
+    pub data_port: Option<u16>,
+    /// The address other nodes reach this one at (default: this machine's address on the
+    /// route to the orchestrator).
+    pub node_host: Option<String>,
+    /// Seconds to wait for the other replicas at each exchange before stopping with an error.
+    pub timeout_s: u64,
+    /// Seconds to wait for every replica at the first exchange (nodes load their model and
+    /// data at their own pace).
+    pub startup_timeout_s: u64,
+    /// Node 0 runs the orchestrator in-process (false: start `burnish orchestrator` yourself).
+    pub start_orchestrator: bool,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self {
+            nodes: None,
+            orchestrator: None,
+            data_port: None,
+            node_host: None,
+            timeout_s: 300,
+            startup_timeout_s: 900,
+            start_orchestrator: true,
         }
     }
 }

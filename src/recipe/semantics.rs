@@ -255,6 +255,29 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if let Err(e) = t.device.parse::<DeviceSpec>() {
         c.bad("train.device", e);
     }
+    if let Some(list) = &t.devices
+        && let Err(e) = crate::backend::device_specs(list, false)
+    {
+        c.bad("train.devices", e);
+    }
+    if let Some(d) = &r.distributed {
+        if d.nodes == Some(0) {
+            c.bad("distributed.nodes", "must be at least 1");
+        }
+        if let Some(o) = &d.orchestrator
+            && !o
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            c.bad(
+                "distributed.orchestrator",
+                format!("'{o}' must be host:port"),
+            );
+        }
+        if d.timeout_s == 0 {
+            c.bad("distributed.timeout_s", "must be at least 1 second");
+        }
+    }
     if t.keep_last == 0 {
         c.bad("train.keep_last", "must be at least 1");
     }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod distributed;
 pub mod evaluate;
 pub mod memory;
 pub mod optimizer;

@@ -483,11 +483,22 @@ where
                 }
             }
         }
+        // The stop request travels with the step's exchange, so every replica stops after the
+        // same step.
+        let local_stop = opts.stop.requested();
         let total = sync.all_reduce(StepContribution {
             grad_sums,
             trained_tokens: local_tokens,
             loss_sum: local_loss,
+            input_tokens,
+            stop: local_stop.is_some(),
         })?;
+        let stop = match local_stop {
+            Some(sig) => Some(sig),
+            None if total.stop => Some(2),
+            None => None,
+        };
+        let step_tokens = total.input_tokens;
         if total.trained_tokens == 0 {
             bail!(
                 "step {}: no trained tokens in the batch (every label masked)",
@@ -511,7 +522,7 @@ where
         set_lora_params(&mut model, setup, updated);
         step += 1;
         last_lr = lr;
-        tokens_seen += input_tokens as u64;
+        tokens_seen += step_tokens as u64;
         let loss = total.loss_sum / total.trained_tokens as f64;
         if !loss.is_finite() {
             bail!("step {step}: the loss is {loss}; lower train.optimizer.lr or check the data");
@@ -523,8 +534,8 @@ where
             loss,
             lr,
             grad_norm,
-            tokens: input_tokens * world,
-            tokens_per_sec: (input_tokens * world) as f64 / secs,
+            tokens: step_tokens,
+            tokens_per_sec: step_tokens as f64 / secs,
             elapsed_s: prev_elapsed + started.elapsed().as_secs_f64(),
         };
         if let Some(o) = observer.as_mut() {
@@ -548,16 +559,19 @@ where
             }
             last_eval = Some(r);
         }
-        let stop = opts.stop.requested();
-        if writer && ((t.save_every > 0 && step % t.save_every == 0 && !at_end) || stop.is_some()) {
-            last_checkpoint = Some(save(
-                &model,
-                &optimizer,
-                step,
-                last_lr,
-                tokens_seen,
-                best_eval,
-            )?);
+        if (t.save_every > 0 && step % t.save_every == 0 && !at_end) || stop.is_some() {
+            if writer {
+                last_checkpoint = Some(save(
+                    &model,
+                    &optimizer,
+                    step,
+                    last_lr,
+                    tokens_seen,
+                    best_eval,
+                )?);
+            }
+            // Every replica waits for the checkpoint before going on.
+            sync.barrier()?;
         }
         if let Some(sig) = stop {
             tracing::warn!("stopped by signal {sig} after step {step}; resume with --resume");
@@ -574,10 +588,15 @@ where
         final_eval: None,
         last_checkpoint,
     };
-    if interrupted_by.is_some() || !writer {
+    if interrupted_by.is_some() {
         if let Some(o) = observer.as_mut() {
             o.finish(false);
         }
+        return Ok(outcome);
+    }
+    if !writer {
+        // Rank 0 evaluates and writes the final checkpoint and adapter; wait for it.
+        sync.barrier()?;
         return Ok(outcome);
     }
     if !setup.data.validation.is_empty() {
@@ -620,6 +639,7 @@ where
         &recipe.model.base,
     )?;
     tracing::info!("adapter written to {}", adapter_dir.display());
+    sync.barrier()?;
     outcome.adapter_dir = Some(adapter_dir);
     outcome.final_eval = last_eval;
     Ok(outcome)

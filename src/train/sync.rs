@@ -12,11 +12,19 @@ pub struct StepContribution<B: Backend> {
     pub trained_tokens: usize,
     /// Summed token loss.
     pub loss_sum: f64,
+    /// Input tokens processed (for throughput).
+    pub input_tokens: usize,
+    /// This replica was asked to stop (a signal); after the exchange: any replica was.
+    pub stop: bool,
 }
 
 pub trait GradientSync<B: Backend> {
     /// Combine every replica's contribution; all replicas receive the same totals.
     fn all_reduce(&mut self, local: StepContribution<B>) -> anyhow::Result<StepContribution<B>>;
+    /// Wait until every replica gets here (after rank 0 wrote a checkpoint).
+    fn barrier(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
 }

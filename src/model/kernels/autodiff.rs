@@ -13,7 +13,7 @@ use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
 use super::Kernels;
-use crate::model::quant::{dense, is_quantized};
+use crate::model::quant::is_quantized;
 
 type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
 
@@ -185,7 +185,7 @@ impl<B: Kernels> Backward<B, 1> for QuantLinear {
         let grad: Tensor<B, 2> =
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
-            let w = dense(Tensor::<B, 2>::from_primitive(ops.state), grad.dtype());
+            let w = B::dequantize_weight(Tensor::<B, 2>::from_primitive(ops.state), grad.dtype());
             grads.register::<B>(parent.id, prim(grad.matmul(w)));
         }
     }

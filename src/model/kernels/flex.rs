@@ -9,6 +9,8 @@ use rayon::prelude::*;
 use super::Kernels;
 use super::fastmath::{exp, exp_sum, max};
 use crate::model::quant::dense;
+use burn::backend::flex::FlexQTensor;
+use burn::tensor::quantization::{QTensorPrimitive, QuantLevel};
 
 /// The tensor's values as a contiguous f32 buffer (a view when it already is one).
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
@@ -162,6 +164,47 @@ fn ce(
 }
 
 impl Kernels for Flex {
+    /// Block-wise dequantization, row-parallel (Burn's own is a single-threaded loop).
+    fn dequantize_weight(w: Tensor<Flex, 2>, dtype: DType) -> Tensor<Flex, 2> {
+        let dims = w.dims();
+        let q: FlexQTensor = match w.into_primitive() {
+            TensorPrimitive::QFloat(q) => q,
+            p => return Tensor::from_primitive(p),
+        };
+        let block = match q.scheme().level {
+            QuantLevel::Block(b) => b.num_elements(),
+            QuantLevel::Tensor => 0,
+        };
+        let codes = q.tensor();
+        let n = dims[0] * dims[1];
+        let plain = dtype == DType::F32
+            && block > 0
+            && codes.is_contiguous()
+            && codes.layout().start_offset() == 0
+            && codes.storage::<i8>().len() == n
+            && q.scales().len() * block == n;
+        if !plain {
+            return dense(Tensor::from_primitive(TensorPrimitive::QFloat(q)), dtype);
+        }
+        let (codes, scales) = (codes.storage::<i8>(), q.scales());
+        let mut out = vec![0f32; n];
+        // Chunks of whole blocks, a few rows' worth each.
+        let per_chunk = block * (4096 / block).max(1);
+        out.par_chunks_mut(per_chunk)
+            .zip(codes.par_chunks(per_chunk))
+            .enumerate()
+            .for_each(|(c, (o, q))| {
+                let first = c * per_chunk / block;
+                for (b, (ob, qb)) in o.chunks_mut(block).zip(q.chunks(block)).enumerate() {
+                    let s = scales[first + b];
+                    for (y, &x) in ob.iter_mut().zip(qb) {
+                        *y = f32::from(x) * s;
+                    }
+                }
+            });
+        tensor(out, dims)
+    }
+
     fn cross_entropy_sum(
         h: Tensor<Flex, 2>,
         w: Tensor<Flex, 2>,
@@ -335,7 +378,7 @@ impl Kernels for Flex {
         bias: Option<Tensor<Flex, 1>>,
         lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
     ) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
-        let w = dense(w, x.dtype());
+        let w = Flex::dequantize_weight(w, x.dtype());
         let f32_all = is_f32(&x)
             && is_f32(&w)
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
@@ -357,7 +400,7 @@ impl Kernels for Flex {
         Option<Tensor<Flex, 2>>,
         Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>,
     ) {
-        let w = dense(w, x.dtype());
+        let w = Flex::dequantize_weight(w, x.dtype());
         if !(is_f32(&x) && is_f32(&w) && is_f32(&grad)) {
             return super::generic::lora_linear_backward(x, xa, w, lora, grad, need_dx);
         }

@@ -11,7 +11,7 @@ mod flex;
 pub mod generic;
 
 use burn::tensor::quantization::QuantScheme;
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, Tensor, backend::Backend};
 
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
 pub const MASK_VALUE: f32 = -1.0e30;
@@ -25,6 +25,11 @@ pub trait Kernels: Backend {
     /// below accept it wherever they take `w`.
     fn quantize_weight(w: Tensor<Self, 2>, scheme: &QuantScheme) -> Tensor<Self, 2> {
         w.quantize_dynamic(scheme)
+    }
+
+    /// `w` as a float tensor of `dtype`: a quantized weight dequantized, any other unchanged.
+    fn dequantize_weight(w: Tensor<Self, 2>, dtype: DType) -> Tensor<Self, 2> {
+        crate::model::quant::dense(w, dtype)
     }
 
     /// Sum over rows of `-log softmax(h w^T)[target]` (f32), computed `chunk` rows at a time.

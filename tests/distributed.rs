@@ -1,0 +1,302 @@
+//! Data-parallel training on burn-collective, on the CPU: two replicas in one process (the
+//! engine's local level) and two processes on 127.0.0.1 (its global level, with an
+//! orchestrator) train to the same losses and adapter as one process with the whole batch;
+//! a killed peer stops the other within the timeout, and both resume to the same result.
+//!
+//! Tolerance: replicas see a micro-batch in halves, so gemm blocking and the order of the
+//! gradient sums differ from one process by f32 rounding. Losses: 1e-6 relative (measured
+//! ~8e-8). Adapter values: 1e-4 of each tensor's largest magnitude (measured ~2e-5: AdamW's
+//! `m / sqrt(v)` turns a rounding difference in a near-zero gradient into a full-size step
+//! difference for that element).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn data(dir: &Path) -> PathBuf {
+    // 48 pretokenized rows of varied length, deterministic.
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut text = String::new();
+    for _ in 0..48 {
+        let n = 6 + (next() % 20) as usize;
+        let ids: Vec<u64> = (0..n).map(|_| 3 + next() % 1000).collect();
+        text.push_str(&serde_json::json!({ "input_ids": ids }).to_string());
+        text.push('\n');
+    }
+    let p = dir.join("rows.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A recipe; `extra` is appended (a `distributed:` section, `train.devices` via --set).
+fn recipe(dir: &Path, name: &str, out: &Path, rows: &Path, steps: usize, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+model: {{base: tests/fixtures/models/qwen2-tied}}
+lora: {{r: 8, alpha: 16, dropout: 0.0, targets: all-linear}}
+data:
+  train: [{{path: {rows}, format: pretokenized}}]
+  validation: {{split: 0.1}}
+  seq_len: 48
+  packing: true
+  shuffle: true
+train:
+  max_steps: {steps}
+  micro_batch_size: 4
+  grad_accum: 2
+  optimizer: {{name: adamw, lr: 5.0e-3, weight_decay: 0.01}}
+  scheduler: {{name: cosine, warmup_steps: 2}}
+  max_grad_norm: 1.0
+  seed: 11
+  device: cpu
+  eval_every: 0
+  save_every: 3
+  keep_last: 2
+output: {{dir: {out}}}
+logging: {{every: 1, tensorboard: false}}
+{extra}
+"#,
+        rows = rows.display(),
+        out = out.display()
+    );
+    write_recipe(dir, name, &text)
+}
+
+/// A port P with P+1 and P+2 free too (orchestrator, then one data port per node).
+fn free_ports() -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p < 60000 && (1..3).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    metrics(out).0.into_iter().map(|(_, l)| l).collect()
+}
+
+fn adapter(out: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    st_f32(&out.join("adapter/adapter_model.safetensors"))
+}
+
+/// Largest difference relative to the largest magnitude, over losses and adapter values.
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len(), "{what}: step counts");
+    let loss_diff = la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| ((x - y) / x).abs())
+        .fold(0.0, f64::max);
+    let (aa, ab) = (adapter(a), adapter(b));
+    assert_eq!(aa.keys().collect::<Vec<_>>(), ab.keys().collect::<Vec<_>>());
+    let mut adapter_diff = 0f32;
+    for (k, va) in &aa {
+        let scale = va.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        adapter_diff = adapter_diff.max(max_abs_diff(va, &ab[k]) / scale);
+    }
+    println!("{what}: max relative loss diff {loss_diff:.2e}, adapter {adapter_diff:.2e}");
+    assert!(loss_diff < 1e-6, "{what}: losses {la:?} vs {lb:?}");
+    assert!(
+        adapter_diff < 1e-4,
+        "{what}: adapter differs by {adapter_diff}"
+    );
+}
+
+fn train_ok(recipe: &Path, extra: &[&str]) {
+    let mut args = vec!["train", recipe.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = burnish(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn spawn_node(recipe: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("train")
+        .arg(recipe)
+        .args(extra)
+        .env("RAYON_NUM_THREADS", "1")
+        .env("WORLD_SIZE", "2")
+        .env("RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child, what: &str) -> std::process::Output {
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn two_replicas_in_one_process_equal_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = data(tmp.path());
+    let single = tmp.path().join("single");
+    train_ok(
+        &recipe(tmp.path(), "single.yaml", &single, &rows, 6, ""),
+        &[],
+    );
+    let local = tmp.path().join("local");
+    let r = recipe(tmp.path(), "local.yaml", &local, &rows, 6, "");
+    train_ok(&r, &["--set", "train.devices=[cpu, cpu]"]);
+    assert_same_run(&single, &local, "two local replicas");
+}
+
+#[test]
+fn two_processes_on_loopback_equal_one_process_and_survive_a_killed_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = data(tmp.path());
+    let steps = 12;
+    let single = tmp.path().join("single");
+    train_ok(
+        &recipe(tmp.path(), "single.yaml", &single, &rows, steps, ""),
+        &[],
+    );
+
+    // Two nodes, one replica each, node 0 running the orchestrator in-process.
+    let two = tmp.path().join("two");
+    let r = recipe(
+        tmp.path(),
+        "two.yaml",
+        &two,
+        &rows,
+        steps,
+        "distributed: {timeout_s: 60}",
+    );
+    let port = free_ports();
+    let n0 = spawn_node(&r, 0, port, &[]);
+    let n1 = spawn_node(&r, 1, port, &[]);
+    let o1 = finish(n1, "node 1");
+    finish(n0, "node 0");
+    assert!(String::from_utf8_lossy(&o1.stdout).contains("node 1 finished step 12"));
+    assert_same_run(&single, &two, "two processes");
+
+    // Kill node 1 after a checkpoint: node 0 stops with an error within the timeout.
+    let killed = tmp.path().join("killed");
+    let timeout_s = 4;
+    let r = recipe(
+        tmp.path(),
+        "killed.yaml",
+        &killed,
+        &rows,
+        steps,
+        &format!("distributed: {{timeout_s: {timeout_s}, startup_timeout_s: 60}}"),
+    );
+    let port = free_ports();
+    let mut n0 = spawn_node(&r, 0, port, &[]);
+    let mut n1 = spawn_node(&r, 1, port, &[]);
+    let start = Instant::now();
+    while !killed
+        .join("checkpoints/step-000003/trainer_state.json")
+        .is_file()
+    {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        if let Ok(Some(s)) = n0.try_wait() {
+            panic!("node 0 ended early: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(s) = n0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(timeout_s + 20),
+            "node 0 still running {} s after its peer died",
+            killed_at.elapsed().as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o0 = n0.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o0.stderr);
+    println!(
+        "node 0 stopped {:.1} s after its peer died: {status}",
+        killed_at.elapsed().as_secs_f64()
+    );
+    // If node 1 died after the last step, node 0 may have finished; otherwise it must fail.
+    if !status.success() {
+        assert!(err.contains("replica 0"), "{err}");
+    }
+    // Resume both from the last complete checkpoint: the same result as the single process.
+    let port = free_ports();
+    let n0 = spawn_node(&r, 0, port, &["--resume"]);
+    let n1 = spawn_node(&r, 1, port, &["--resume"]);
+    finish(n1, "resumed node 1");
+    finish(n0, "resumed node 0");
+    assert_same_run(&single, &killed, "killed and resumed");
+}
+
+#[test]
+fn a_different_replica_count_resumes_a_data_parallel_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = data(tmp.path());
+    let single = tmp.path().join("single");
+    train_ok(
+        &recipe(tmp.path(), "single.yaml", &single, &rows, 6, ""),
+        &[],
+    );
+    // Two local replicas for 3 steps, then one process for the rest.
+    let mixed = tmp.path().join("mixed");
+    let r3 = recipe(tmp.path(), "mixed3.yaml", &mixed, &rows, 3, "");
+    train_ok(&r3, &["--set", "train.devices=[cpu, cpu]"]);
+    let r6 = recipe(tmp.path(), "mixed6.yaml", &mixed, &rows, 6, "");
+    train_ok(&r6, &["--resume"]);
+    assert_same_run(&single, &mixed, "2 replicas then 1");
+}
+
+#[test]
+fn bad_parallel_settings_are_user_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = data(tmp.path());
+    let out = tmp.path().join("out");
+    let r = recipe(tmp.path(), "r.yaml", &out, &rows, 2, "");
+    for (set, want) in [
+        ("train.devices=[cpu, cuda:0]", "train.devices"),
+        ("train.devices=[]", "train.devices"),
+        ("train.devices=[auto]", "train.devices"),
+        ("distributed={nodes: 0}", "distributed.nodes"),
+        (
+            "distributed={orchestrator: nohost}",
+            "distributed.orchestrator",
+        ),
+        ("distributed={nodez: 2}", "unknown field 'nodez'"),
+    ] {
+        let o = burnish(&["train", r.to_str().unwrap(), "--set", set]);
+        assert_eq!(o.status.code(), Some(2), "{set}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{set}: {}", stderr(&o));
+    }
+    let o = burnish_env(
+        &["train", r.to_str().unwrap()],
+        &[("WORLD_SIZE", "2"), ("RANK", "2")],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rank 2"), "{}", stderr(&o));
+    assert!(!out.join("checkpoints").exists());
+}
