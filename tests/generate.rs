@@ -69,7 +69,7 @@ fn kv_cache_logits_equal_a_full_forward() {
         let model = load(&model_dir(variant));
         let ids: Vec<u32> = (0..14u32).map(|i| (i * 53 + 7) % 1000 + 3).collect();
         let full = model
-            .logits(&HostBatch::from_rows(&[ids.clone()], 0))
+            .logits(&HostBatch::from_rows(std::slice::from_ref(&ids), 0))
             .into_data()
             .to_vec::<f32>()
             .unwrap();

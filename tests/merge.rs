@@ -237,7 +237,8 @@ fn adapter_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn adapters_burnish_cannot_apply_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("use_dora", Box::new(|c| c["use_dora"] = true.into())),
         (
             "modules_to_save",

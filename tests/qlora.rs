@@ -76,7 +76,7 @@ fn quantized_base_loss_is_close_to_the_f32_base() {
         let ids: Vec<u32> = (0..24u32)
             .map(|i| (i * 7919 + 3) % folder.config.vocab_size as u32)
             .collect();
-        let batch = HostBatch::from_rows(&[ids.clone()], 0);
+        let batch = HostBatch::from_rows(std::slice::from_ref(&ids), 0);
         let labels = vec![ids.iter().map(|&x| x as i64).collect::<Vec<i64>>()];
         let targets = Targets::shifted(&labels, &batch.segments);
         let loss = |q: Option<QuantSpec>| {
@@ -118,7 +118,7 @@ fn gradients_flow_through_the_quantized_base() {
     let ids: Vec<u32> = (0..20u32)
         .map(|i| (i * 31 + 5) % folder.config.vocab_size as u32)
         .collect();
-    let batch = HostBatch::from_rows(&[ids.clone()], 0);
+    let batch = HostBatch::from_rows(std::slice::from_ref(&ids), 0);
     let labels = vec![ids.iter().map(|&x| x as i64).collect::<Vec<i64>>()];
     let targets = Targets::shifted(&labels, &batch.segments);
     let grads_of = |m: &mut burnish::model::Model<Ad>| {
@@ -304,8 +304,7 @@ fn bad_quantization_settings_are_reported_with_their_key() {
     let folder = ModelFolder::open(&model_dir("qwen2-tied")).unwrap();
     let err = folder
         .load_quantized::<Cpu>(DType::F32, Some(&spec(4, 128)), &Default::default())
-        .err()
-        .expect("block 128 cannot quantize a 64-wide input");
+        .expect_err("block 128 cannot quantize a 64-wide input");
     let msg = err.to_string();
     assert!(
         msg.contains("does not divide the input size 64") && msg.contains("16, 32, 64"),

@@ -113,7 +113,7 @@ impl Streamer<'_> {
         let stable = text.trim_end_matches('\u{FFFD}');
         if stable.len() > self.printed && stable.is_char_boundary(self.printed) {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(stable[self.printed..].as_bytes());
+            let _ = out.write_all(&stable.as_bytes()[self.printed..]);
             let _ = out.flush();
             self.printed = stable.len();
         }

@@ -164,7 +164,7 @@ impl BackendJob for TrainJob<'_> {
         B::InnerBackend: crate::model::kernels::Kernels,
     {
         let s = self.setup;
-        log_plan::<B>(s, on_gpu)?;
+        log_plan(s, on_gpu)?;
         train::<B>(s, self.opts, &mut SingleProcess, device, on_gpu)
     }
 }
@@ -188,7 +188,7 @@ impl MultiDeviceJob for ParallelJob<'_> {
     where
         B::InnerBackend: crate::model::kernels::Kernels,
     {
-        log_plan::<B>(self.setup, on_gpu)?;
+        log_plan(self.setup, on_gpu)?;
         let results: Vec<anyhow::Result<TrainOutcome>> = std::thread::scope(|scope| {
             let handles: Vec<_> = devices
                 .into_iter()
@@ -226,7 +226,7 @@ impl MultiDeviceJob for ParallelJob<'_> {
 }
 
 /// What the run will do, logged before it starts.
-fn log_plan<B: AutodiffBackend>(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
+fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
     let r = s.recipe();
     let dtype = r
         .model

@@ -187,7 +187,7 @@ impl<'a> Tokenization<'a> {
         self.tokenizer()?.encode(text).map_err(|e| e.to_string())
     }
 
-    fn encode_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+    fn encode_offsets(&self, text: &str) -> Result<crate::model::tokenizer::IdsAndOffsets, String> {
         self.tokenizer()?
             .encode_with_offsets(text)
             .map_err(|e| e.to_string())

@@ -386,7 +386,9 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
         message: format!("not a valid safetensors file ({e}); it may be truncated or corrupt"),
     })?;
     let mut problems = Vec::new();
-    let mut found: BTreeMap<(usize, &'static str, bool), (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    // (layer, module, is A) -> (shape, values)
+    type Found = BTreeMap<(usize, &'static str, bool), (Vec<usize>, Vec<f32>)>;
+    let mut found: Found = BTreeMap::new();
     for (name, view) in st.tensors() {
         let Some((layer, module, a)) = parse_peft_key(&name) else {
             problems.push(format!(

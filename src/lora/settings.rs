@@ -158,7 +158,8 @@ impl LoraSettings {
     pub fn resolve(&self, config: &ModelConfig) -> Result<Vec<TargetModule>, LoraError> {
         self.validate()?;
         let available = LINEAR_MODULES.join(", ");
-        let matcher: Box<dyn Fn(&str, &str) -> bool> = match &self.targets {
+        type Matcher = Box<dyn Fn(&str, &str) -> bool>;
+        let matcher: Matcher = match &self.targets {
             TargetSpec::One(s) if s == "all-linear" => Box::new(|_, _| true),
             TargetSpec::One(pattern) => {
                 let re =

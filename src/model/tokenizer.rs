@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Token ids and the `(start, end)` byte span of each in the text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -149,10 +152,7 @@ impl TokenizerBundle {
     }
 
     /// Token ids and the byte offset where each token starts in `text`.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), ModelError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsAndOffsets, ModelError> {
         let enc = self
             .tokenizer
             .encode(text, false)

@@ -89,7 +89,7 @@ impl RunObserver {
             "epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s",
             r.epoch, smoothed, r.lr, r.tokens_per_sec
         ));
-        let due = r.step % self.every == 0 || r.step == self.total;
+        let due = r.step.is_multiple_of(self.every) || r.step == self.total;
         if due {
             if let Some(tb) = self.tb.as_mut() {
                 tb.scalar("train/loss", r.step, r.loss);

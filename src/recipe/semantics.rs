@@ -174,14 +174,13 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
     check_sources(&mut c, "data.train", &d.train, recipe_path);
     match &d.validation {
-        Some(ValidationSection::Split { split }) => {
-            if !(*split > 0.0 && *split < 1.0) {
-                c.bad(
-                    "data.validation.split",
-                    format!("{split} is not a fraction in (0, 1)"),
-                );
-            }
+        Some(ValidationSection::Split { split }) if !(*split > 0.0 && *split < 1.0) => {
+            c.bad(
+                "data.validation.split",
+                format!("{split} is not a fraction in (0, 1)"),
+            );
         }
+        Some(ValidationSection::Split { .. }) => {}
         Some(ValidationSection::Sources(list)) => {
             check_sources(&mut c, "data.validation", list, recipe_path)
         }
@@ -223,10 +222,10 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             );
         }
     }
-    if !(o.eps > 0.0) {
+    if o.eps.is_nan() || o.eps <= 0.0 {
         c.bad("train.optimizer.eps", "must be positive");
     }
-    if !(o.weight_decay >= 0.0) {
+    if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
         c.bad("train.optimizer.weight_decay", "must be zero or positive");
     }
     let s = &t.scheduler;
@@ -245,7 +244,7 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         );
     }
     if let Some(n) = t.max_grad_norm
-        && !(n > 0.0)
+        && (n.is_nan() || n <= 0.0)
     {
         c.bad(
             "train.max_grad_norm",

@@ -229,18 +229,19 @@ fn prune(output: &Path, keep_last: usize) {
     }
     let cutoff = complete[complete.len() - keep].0;
     for (step, dir) in &all {
-        if *step < cutoff {
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
-            }
+        if *step < cutoff
+            && let Err(e) = std::fs::remove_dir_all(dir)
+        {
+            tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
         }
     }
 }
 
+/// Optimizer tensors by name: shape and f32 values.
+pub type OptimizerTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The optimizer tensors and step count stored in a checkpoint.
-pub fn read_optimizer(
-    dir: &Path,
-) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, u64), CheckpointError> {
+pub fn read_optimizer(dir: &Path) -> Result<(OptimizerTensors, u64), CheckpointError> {
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let invalid = |reason: String| CheckpointError::Invalid {

@@ -171,11 +171,10 @@ fn set_lora_params<B: AutodiffBackend>(
             .net
             .projection_mut(t.layer, t.module)
             .and_then(|p| p.lora.as_mut())
+            && let (Some(a), Some(b)) = (it.next(), it.next())
         {
-            if let (Some(a), Some(b)) = (it.next(), it.next()) {
-                l.a = Param::initialized(l.a.id, Tensor::from_inner(a).require_grad());
-                l.b = Param::initialized(l.b.id, Tensor::from_inner(b).require_grad());
-            }
+            l.a = Param::initialized(l.a.id, Tensor::from_inner(a).require_grad());
+            l.b = Param::initialized(l.b.id, Tensor::from_inner(b).require_grad());
         }
     }
 }

@@ -123,7 +123,11 @@ pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// metrics.jsonl step records: (step, loss) in file order, and eval records.
-pub fn metrics(out: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+/// (step, value) pairs.
+pub type Series = Vec<(u64, f64)>;
+
+/// Training losses and evaluation losses of a run, from its metrics.jsonl.
+pub fn metrics(out: &Path) -> (Series, Series) {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let mut steps = Vec::new();
     let mut evals = Vec::new();
