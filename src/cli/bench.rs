@@ -36,6 +36,9 @@ pub struct Args {
     /// Block size of that quantization.
     #[arg(long, default_value_t = 64)]
     pub quant_block_size: usize,
+    /// Recompute each layer in the backward pass instead of keeping its activations.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +69,7 @@ impl BackendJob for Job<'_> {
                 bits,
                 block_size: a.quant_block_size,
             }),
+            gradient_checkpointing: a.gradient_checkpointing,
         };
         if let Some(p) = spec.quantize.as_ref().and_then(QuantSpec::problem) {
             return Err(user(p));

@@ -66,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             longest,
             DEFAULT_CHUNK_ROWS,
             q.map(|q| (q, on_gpu)),
+            r.train.gradient_checkpointing,
         )
     };
     let mem = mem_with(quant);
@@ -87,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "longest_row": longest,
             "steps": c,
             "memory": mem,
+            "gradient_checkpointing": r.train.gradient_checkpointing,
             "quantize": quant,
             "memory_unquantized": if quant.is_some() { Some(other) } else { None },
             "memory_4bit": if quant.is_none() { Some(other) } else { None },
@@ -138,11 +140,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         r.train.grad_accum
     );
     println!(
-        "memory       ~{} total: weights {}, adapter+optimizer {}, activations {} (estimate)",
+        "memory       ~{} total: weights {}, adapter+optimizer {}, activations {}{} (estimate)",
         human_bytes(mem.total_bytes),
         human_bytes(mem.weights_bytes),
         human_bytes(mem.adapter_optimizer_bytes),
-        human_bytes(mem.activation_bytes)
+        human_bytes(mem.activation_bytes),
+        if r.train.gradient_checkpointing {
+            " with gradient checkpointing"
+        } else {
+            ""
+        }
     );
     match quant {
         Some(q) => println!(

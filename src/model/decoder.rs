@@ -47,6 +47,9 @@ pub struct CausalLm<B: Backend> {
     pub norm: RmsNorm<B>,
     /// `[vocab, hidden]`; `None` when tied to `embed_tokens`.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// In training, keep only each layer's input and recompute the rest in the backward pass
+    /// (`train.gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 /// Per-forward inputs shared by every layer: rotary tables and the attention mask.
@@ -156,7 +159,8 @@ impl<B: Kernels> Mlp<B> {
 }
 
 impl<B: Kernels> DecoderLayer<B> {
-    fn forward(
+    /// `cache`: keys and values of earlier positions (generation); `train` enables dropout.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
         ctx: &AttentionContext<B>,
@@ -192,7 +196,12 @@ impl<B: Kernels> CausalLm<B> {
         let start = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
-            x = layer.forward(x, ctx, layer_cache, train);
+            x = match layer_cache {
+                None if train && self.gradient_checkpointing => {
+                    B::checkpointed_layer(layer, x, ctx)
+                }
+                layer_cache => layer.forward(x, ctx, layer_cache, train),
+            };
         }
         if let Some(c) = cache {
             c.len = start + seq;

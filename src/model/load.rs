@@ -105,5 +105,6 @@ pub fn load_model_with<B: Backend>(
         } else {
             Some(frozen2("lm_head.weight")?)
         },
+        gradient_checkpointing: false,
     })
 }

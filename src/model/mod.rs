@@ -13,6 +13,7 @@ pub mod norm;
 pub mod params;
 pub mod preset;
 pub mod quant;
+pub mod recompute;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -304,6 +304,7 @@ impl Section for TrainSection {
         "seed",
         "device",
         "devices",
+        "gradient_checkpointing",
         "eval_every",
         "save_every",
         "keep_last",

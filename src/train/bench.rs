@@ -105,6 +105,7 @@ pub fn random_model<B: Kernels>(
         norm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
         lm_head: (!config.tie_word_embeddings)
             .then(|| frozen2([config.vocab_size, config.hidden_size])),
+        gradient_checkpointing: false,
     }
 }
 
@@ -118,6 +119,7 @@ pub struct BenchResult {
     pub rank: usize,
     /// `int4/64`-style, or `none`.
     pub quantize: String,
+    pub gradient_checkpointing: bool,
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
@@ -161,6 +163,8 @@ pub struct BenchSpec {
     pub dtype: DType,
     /// QLoRA: the projections quantized.
     pub quantize: Option<QuantSpec>,
+    /// Recompute each layer in the backward pass instead of keeping its activations.
+    pub gradient_checkpointing: bool,
 }
 
 /// Run the benchmark on backend `B`.
@@ -181,6 +185,7 @@ where
     B::seed(device, 1);
     let net = random_model::<B>(&config, spec.dtype, spec.quantize.as_ref(), device);
     let mut model = Model::new(net, config.clone(), spec.dtype, device.clone());
+    model.net.gradient_checkpointing = spec.gradient_checkpointing;
     let settings = LoraSettings {
         r: spec.rank,
         alpha: 2.0 * spec.rank as f64,
@@ -300,6 +305,7 @@ where
             || "none".into(),
             |q| format!("int{}/{}", q.bits, q.block_size),
         ),
+        gradient_checkpointing: spec.gradient_checkpointing,
         rank: spec.rank,
         steps: spec.steps,
         median_step_s: median,

@@ -39,6 +39,7 @@ pub fn estimate(
     seq_len: usize,
     loss_chunk_rows: usize,
     quant: Option<(&QuantSpec, bool)>,
+    gradient_checkpointing: bool,
 ) -> MemoryEstimate {
     let all = config.parameter_count();
     let weights = match quant {
@@ -62,7 +63,12 @@ pub fn estimate(
     // (h + 3i), residuals (2h); plus the attention scores and probabilities (2 * heads * seq, f32).
     let per_token = 8 * h + 3 * q + 4 * kv + 3 * i;
     let per_layer = b * s * per_token * activation_bytes + b * nh * s * s * 4 * 2;
-    let layers = per_layer * config.num_layers as u64;
+    let layers = if gradient_checkpointing {
+        // Each layer's input, plus one layer's activations while it is recomputed.
+        b * s * h * activation_bytes * config.num_layers as u64 + per_layer
+    } else {
+        per_layer * config.num_layers as u64
+    };
     // The loss processes `loss_chunk_rows` rows of logits at a time (f32 logits and their gradient).
     let logits = loss_chunk_rows.min((b * s) as usize) as u64 * config.vocab_size as u64 * 4 * 2;
     let activations = layers + logits + b * s * h * 4 * 2;

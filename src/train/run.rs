@@ -288,6 +288,7 @@ where
     for (tm, f) in setup.targets.iter().zip(&factors) {
         attach(&mut model.net, tm, f, setup.lora.dropout, true, &device);
     }
+    model.net.gradient_checkpointing = t.gradient_checkpointing;
 
     // Optimizer, restored with its moments and step count when resuming.
     let o = &t.optimizer;

@@ -13,7 +13,9 @@ use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
 use super::Kernels;
+use crate::model::decoder::{AttentionContext, DecoderLayer};
 use crate::model::quant::is_quantized;
+use crate::model::recompute;
 
 type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
 
@@ -173,6 +175,49 @@ impl<B: Kernels> Backward<B, 3> for Attention {
 #[derive(Debug)]
 struct LoraLinear;
 
+/// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
+/// factors of `q, k, v, o, gate, up, down` (the input again where a projection has no adapter).
+#[derive(Debug)]
+struct CheckpointedLayer;
+
+impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
+    /// The layer input, the layer on the inner backend, the rotary tables and the mask.
+    type State = (
+        Prim<B>,
+        DecoderLayer<B>,
+        Prim<B>,
+        Prim<B>,
+        Tensor<B, 4, Bool>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 15>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 3> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let (x, layer, cos, sin, mask) = ops.state;
+        let ctx = AttentionContext {
+            cos: Tensor::from_primitive(TensorPrimitive::Float(cos)),
+            sin: Tensor::from_primitive(TensorPrimitive::Float(sin)),
+            mask,
+        };
+        let x = Tensor::from_primitive(TensorPrimitive::Float(x));
+        let (dx, factors) = recompute::layer_backward(&layer, x, &ctx, grad);
+        let parents = ops.parents;
+        if let Some(p) = &parents[0] {
+            grads.register::<B>(p.id, prim(dx));
+        }
+        for (i, d) in factors.into_iter().enumerate() {
+            if let Some((da, db)) = d {
+                if let Some(p) = &parents[1 + 2 * i] {
+                    grads.register::<B>(p.id, prim(da));
+                }
+                if let Some(p) = &parents[2 + 2 * i] {
+                    grads.register::<B>(p.id, prim(db));
+                }
+            }
+        }
+    }
+}
+
 /// A quantized frozen projection without an adapter: only `dx = grad W`, with `W` dequantized
 /// again from the quantized copy (the dense one is never kept for the backward pass).
 #[derive(Debug)]
@@ -233,6 +278,72 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             TensorPrimitive::Float(t) => {
                 Tensor::from_inner(Tensor::from_primitive(TensorPrimitive::Float(t)))
             }
+        }
+    }
+
+    /// Runs the layer on the inner backend (nothing kept) as one node of the graph; its
+    /// backward recomputes the layer (`model::recompute`).
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        ctx: &AttentionContext<Self>,
+    ) -> Tensor<Self, 3> {
+        use burn::module::AutodiffModule;
+        let inner_layer: DecoderLayer<B> = layer.valid();
+        let ctx_i = AttentionContext {
+            cos: inner(&ctx.cos),
+            sin: inner(&ctx.sin),
+            mask: Tensor::from_primitive(ctx.mask.clone().into_primitive()),
+        };
+        let xi = inner(&x);
+        let y = recompute::layer_output(&inner_layer, xi.clone(), &ctx_i);
+        let node = |t: Tensor<Self, 2>| t.into_primitive().tensor().node.clone();
+        let xn = x.into_primitive().tensor().node.clone();
+        let pair = |p: &crate::lora::layer::LoraLinear<Self>| match &p.lora {
+            Some(l) => [node(l.a.val()), node(l.b.val())],
+            None => [xn.clone(), xn.clone()],
+        };
+        let (at, mlp) = (&layer.self_attn, &layer.mlp);
+        let [qa, qb] = pair(&at.q_proj);
+        let [ka, kb] = pair(&at.k_proj);
+        let [va, vb] = pair(&at.v_proj);
+        let [oa, ob] = pair(&at.o_proj);
+        let [ga, gb] = pair(&mlp.gate_proj);
+        let [ua, ub] = pair(&mlp.up_proj);
+        let [da, db] = pair(&mlp.down_proj);
+        let nodes = [
+            xn.clone(),
+            qa,
+            qb,
+            ka,
+            kb,
+            va,
+            vb,
+            oa,
+            ob,
+            ga,
+            gb,
+            ua,
+            ub,
+            da,
+            db,
+        ];
+        match CheckpointedLayer
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => wrap(prep.finish(
+                (
+                    prim(xi),
+                    inner_layer,
+                    prim(ctx_i.cos),
+                    prim(ctx_i.sin),
+                    ctx_i.mask,
+                ),
+                prim(y),
+            )),
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
         }
     }
 

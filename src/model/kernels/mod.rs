@@ -11,6 +11,8 @@ mod flex;
 pub mod generic;
 
 use burn::tensor::quantization::QuantScheme;
+
+use crate::model::decoder::{AttentionContext, DecoderLayer};
 use burn::tensor::{Bool, DType, Tensor, backend::Backend};
 
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
@@ -154,6 +156,17 @@ pub trait Kernels: Backend {
         Option<(Tensor<Self, 2>, Tensor<Self, 2>)>,
     ) {
         generic::lora_linear_backward(x, xa, w, lora, grad, need_dx)
+    }
+
+    /// A decoder layer in training with gradient checkpointing: only autodiff backends keep
+    /// anything for a backward pass, so elsewhere this is the plain forward (without dropout,
+    /// which checkpointing does not support).
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        ctx: &AttentionContext<Self>,
+    ) -> Tensor<Self, 3> {
+        crate::model::recompute::layer_output(layer, x, ctx)
     }
 
     /// `silu(gate) * up`.
