@@ -224,6 +224,29 @@ fn qlora_demo_run_trains_like_the_f32_run_and_merges() {
         "QLoRA {q_last} vs f32 {f_last}"
     );
 
+    // `eval` of the recipe uses the quantized base, as training's final evaluation did.
+    let (_, evals) = metrics(&qout);
+    let set_out = format!("output.dir={}", qout.display());
+    let o = burnish(&[
+        "eval",
+        "recipes/demo.yaml",
+        "--set",
+        &set_out,
+        "--set",
+        "model.quantize={bits: 4, block_size: 64}",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let final_eval = evals.last().expect("a final evaluation").1;
+    assert!(
+        ((v["loss"].as_f64().unwrap() - final_eval) / final_eval).abs() < 1e-6,
+        "eval {} vs training's final eval {final_eval}",
+        v["loss"]
+    );
+
     // The checkpoint records the quantization; merge finds it there.
     let state =
         std::fs::read_to_string(qout.join("checkpoints/step-000020/trainer_state.json")).unwrap();

@@ -13,6 +13,7 @@ use crate::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
 use crate::data::{Format, PackedRow};
 use crate::error::user;
 use crate::model::ModelFolder;
+use crate::model::quant::QuantSpec;
 use crate::recipe::LoadedRecipe;
 use crate::train::evaluate::{EvalResult, evaluate};
 use crate::train::setup::{RunSetup, load_tokenizer};
@@ -52,6 +53,13 @@ pub struct Args {
     /// Precision of the frozen weights: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
+    /// Quantize the base's projections to this many bits (4 or 8), as a QLoRA adapter was
+    /// trained (with a recipe: its `model.quantize`).
+    #[arg(long, conflicts_with = "recipe")]
+    pub quant_bits: Option<u8>,
+    /// Block size of that quantization.
+    #[arg(long, default_value_t = 64, conflicts_with = "recipe")]
+    pub quant_block_size: usize,
     /// Override a recipe value (with a recipe).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "recipe")]
     pub set: Vec<String>,
@@ -61,7 +69,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (folder, rows, adapter, pad) = match &args.recipe {
+    let (folder, rows, adapter, pad, quantize) = match &args.recipe {
         Some(recipe) => {
             let setup = RunSetup::new(LoadedRecipe::load(recipe, &args.set)?)?;
             if setup.data.validation.is_empty() {
@@ -89,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 setup.data.validation.clone(),
                 adapter,
                 pad,
+                setup.recipe().model.quantize,
             )
         }
         None => {
@@ -128,7 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .and_then(|t| t.eos_token_id())
                 .unwrap_or(0);
-            (folder, prepared.train, args.adapter.clone(), pad)
+            let quantize = args.quant_bits.map(|bits| QuantSpec {
+                bits,
+                block_size: args.quant_block_size,
+            });
+            if let Some(p) = quantize.as_ref().and_then(QuantSpec::problem) {
+                return Err(user(format!("--quant-bits/--quant-block-size: {p}")));
+            }
+            (folder, prepared.train, args.adapter.clone(), pad, quantize)
         }
     };
     let job = EvalJob {
@@ -138,6 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         batch_size: args.batch_size,
         dtype: args.dtype,
         pad,
+        quantize,
     };
     let result = dispatch(args.device, job).map_err(user)??;
     if args.json {
@@ -157,6 +174,7 @@ struct EvalJob {
     batch_size: usize,
     dtype: WeightDtype,
     pad: u32,
+    quantize: Option<QuantSpec>,
 }
 
 impl BackendJob for EvalJob {
@@ -172,7 +190,11 @@ impl BackendJob for EvalJob {
     {
         let mut model = self
             .folder
-            .load::<B::InnerBackend>(self.dtype.resolve(on_gpu), &device)
+            .load_quantized::<B::InnerBackend>(
+                self.dtype.resolve(on_gpu),
+                self.quantize.as_ref(),
+                &device,
+            )
             .with_context(|| format!("loading {}", self.folder.dir.display()))?;
         if let Some(dir) = &self.adapter {
             crate::lora::apply_adapter(&mut model, dir, false)

@@ -6,7 +6,9 @@
 //! the same step one process with the whole batch would.
 //!
 //! burn-collective 0.21 hangs on a second global operation after `register` (its node sync list
-//! is never reset), so each exchange registers, all-reduces one flat tensor and finishes.
+//! is never reset), so with several nodes each exchange registers, all-reduces one flat tensor
+//! and finishes. Within one process the replicas register once: re-registering every step
+//! raced in its local server (a replica could finish while the other was still registering).
 //! `register` has no timeout of its own: a watchdog turns a missing peer into an error.
 
 use std::net::{ToSocketAddrs, UdpSocket};
@@ -16,11 +18,20 @@ use std::time::Duration;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{
-    CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
+    AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective,
+    register,
 };
 
 use super::sync::{GradientSync, StepContribution};
 use crate::recipe::DistributedSection;
+
+/// Counters exchanged after the gradients: trained tokens, loss sum, input tokens, stop, step.
+const EXTRAS: usize = 5;
+
+/// Multi-node only: how long a node waits after registering before exchanging, and after its
+/// all-reduce before leaving the collective, so its peers' data services are up and its own
+/// stays up while they download (burn-collective 0.21 races on both; see `sum`).
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Default orchestrator port (torchrun's `MASTER_PORT` default).
 pub const DEFAULT_PORT: u16 = 29500;
@@ -150,7 +161,11 @@ impl Topology {
                 .parse()
                 .map_err(|e| format!("node address {}: {e:?}", self.node_host))?;
             let nodes = u32::try_from(self.nodes).map_err(|_| "too many nodes".to_string())?;
+            // Centralized: every node sends to one and gets the sum back. burn-collective 0.21's
+            // ring sometimes lost a peer's slice when the nodes re-register every step
+            // (a tokio worker panicked on a closed download), 2 runs in 7 on loopback.
             c = c
+                .with_global_all_reduce_strategy(AllReduceStrategy::Centralized)
                 .with_num_nodes(nodes)
                 .with_global_address(global)
                 .with_node_address(node)
@@ -187,6 +202,9 @@ pub struct CollectiveSync<B: Backend> {
     timeout: Duration,
     /// The first exchange's timeout (replaced by `timeout` after it).
     startup_timeout: Option<Duration>,
+    /// Register and finish around every exchange (multi-node), or register once (one node).
+    per_exchange: bool,
+    registered: bool,
 }
 
 impl<B: Backend> CollectiveSync<B> {
@@ -200,6 +218,8 @@ impl<B: Backend> CollectiveSync<B> {
             device,
             timeout: topology.timeout,
             startup_timeout: Some(topology.startup_timeout),
+            per_exchange: topology.nodes > 1,
+            registered: false,
         })
     }
 
@@ -209,14 +229,40 @@ impl<B: Backend> CollectiveSync<B> {
         let (tx, rx) = mpsc::channel();
         let (peer, device, config) = (self.peer, self.device.clone(), self.config.clone());
         let prim = t.into_primitive().tensor();
+        let register_first = self.per_exchange || !self.registered;
+        let finish_after = self.per_exchange;
         std::thread::spawn(move || {
-            let result = register::<B>(peer, device, config)
+            let registered = if register_first {
+                register::<B>(peer, device, config).map(|()| {
+                    // Registration (re)starts this node's data service; a peer that connects
+                    // before it listens panics in burn-communication ("Failed to connect to data
+                    // server") instead of retrying.
+                    if finish_after {
+                        std::thread::sleep(SETTLE);
+                    }
+                })
+            } else {
+                Ok(())
+            };
+            let result = registered
                 .and_then(|()| all_reduce::<B>(peer, prim, ReduceOperation::Sum))
-                .and_then(|out| finish_collective::<B>(peer).map(|()| out));
+                .and_then(|out| {
+                    if !finish_after {
+                        return Ok(out);
+                    }
+                    // A node that finishes the moment its own all-reduce returns can close its
+                    // data service while a peer still downloads from it (burn-collective 0.21
+                    // then panics in a websocket worker and the peer waits forever).
+                    std::thread::sleep(SETTLE);
+                    finish_collective::<B>(peer).map(|()| out)
+                });
             let _ = tx.send(result);
         });
         match rx.recv_timeout(timeout) {
-            Ok(Ok(out)) => Ok(Tensor::from_primitive(TensorPrimitive::Float(out))),
+            Ok(Ok(out)) => {
+                self.registered = true;
+                Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+            }
             Ok(Err(e)) => anyhow::bail!(
                 "replica {}: the gradient exchange failed: {e:?}; the last complete checkpoint \
                  is intact: fix the cause and resume every node with --resume",
@@ -250,17 +296,35 @@ impl<B: Backend> GradientSync<B> for CollectiveSync<B> {
             local.loss_sum as f32,
             local.input_tokens as f32,
             f32::from(u8::from(local.stop)),
+            local.step as f32,
         ];
-        parts.push(Tensor::from_data(TensorData::new(extras, [4]), &device));
+        parts.push(Tensor::from_data(
+            TensorData::new(extras, [EXTRAS]),
+            &device,
+        ));
         let total = self.sum(Tensor::cat(parts, 0))?;
         let n = total.dims()[0];
         let tail = total
             .clone()
-            .narrow(0, n - 4, 4)
+            .narrow(0, n - EXTRAS, EXTRAS)
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading the exchanged counts: {e:?}"))?;
+        // Replicas that resumed from different checkpoints would exchange gradients of
+        // different steps; the step numbers ride along to catch that.
+        let expected = (local.step * self.world) as f32;
+        if (tail[4] - expected).abs() > 0.5 {
+            anyhow::bail!(
+                "replica {} is at step {} but the others are not (sum of steps {} over {} \
+                 replicas): they started from different checkpoints; put output.dir on a \
+                 filesystem every node sees and resume every node with --resume",
+                self.rank,
+                local.step + 1,
+                tail[4],
+                self.world
+            );
+        }
         let mut grads = Vec::with_capacity(shapes.len());
         let mut offset = 0;
         for s in shapes {
@@ -274,6 +338,7 @@ impl<B: Backend> GradientSync<B> for CollectiveSync<B> {
             loss_sum: f64::from(tail[1]),
             input_tokens: tail[2].round() as usize,
             stop: tail[3] > 0.0,
+            step: local.step,
         })
     }
 

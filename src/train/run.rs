@@ -492,6 +492,7 @@ where
             loss_sum: local_loss,
             input_tokens,
             stop: local_stop.is_some(),
+            step,
         })?;
         let stop = match local_stop {
             Some(sig) => Some(sig),

@@ -16,6 +16,8 @@ pub struct StepContribution<B: Backend> {
     pub input_tokens: usize,
     /// This replica was asked to stop (a signal); after the exchange: any replica was.
     pub stop: bool,
+    /// The optimizer step this contribution is for (replicas must agree on it).
+    pub step: usize,
 }
 
 pub trait GradientSync<B: Backend> {
