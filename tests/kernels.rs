@@ -63,6 +63,13 @@ fn cross_entropy_kernel_matches_composition() {
             "loss only",
         );
     }
+    // A vocabulary large enough for the gradient product to be split across threads.
+    let w = rand([5003, 24], 12);
+    let targets: Vec<i32> = (0..37).map(|i| i * 131 % 5003).collect();
+    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 16);
+    let (l2, g2) = generic::cross_entropy_sum_and_grad(h, w, &targets, 16);
+    close(l1, l2, 1e-5, "loss, large vocabulary");
+    close(g1, g2, 1e-5, "grad, large vocabulary");
 }
 
 #[test]

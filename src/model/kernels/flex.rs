@@ -146,21 +146,108 @@ fn ce(
         matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
         loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
         if with_grad {
-            matmul_into(
+            grad_times_weight(
                 &mut dh[start * d..(start + len) * d],
                 len,
                 d,
                 vocab,
                 logits,
-                vocab,
-                1,
                 ws,
-                d,
-                1,
             );
         }
     }
     (loss, with_grad.then(|| tensor(dh, [n, d])))
+}
+
+/// `dst[len, d] = g[len, vocab] . w[vocab, d]`. The reduction runs over the whole vocabulary
+/// while the output is small, which the gemm crate parallelises poorly (about 70 GFLOP/s on
+/// two cores against 170 for the other products of a step); so the vocabulary is split into
+/// one slab per thread, each slab's product computed single-threaded, and the partial results
+/// summed (the loss phase of a Qwen2.5-0.5B step went from ~2.1 to ~1.75 s).
+fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f32], w: &[f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || vocab < 4096 {
+        matmul_into(dst, len, d, vocab, g, vocab, 1, w, d, 1);
+        return;
+    }
+    let slab = vocab.div_ceil(threads);
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let lo = t * slab;
+            let hi = ((t + 1) * slab).min(vocab);
+            let mut out = vec![0f32; len * d];
+            if hi > lo {
+                gemm_into_par(
+                    &mut out,
+                    len,
+                    d,
+                    hi - lo,
+                    &g[lo..],
+                    vocab,
+                    1,
+                    &w[lo * d..],
+                    d,
+                    1,
+                    gemm::Parallelism::None,
+                );
+            }
+            out
+        })
+        .collect();
+    dst.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+        row.fill(0.0);
+        for p in &partials {
+            for (o, x) in row.iter_mut().zip(&p[r * d..(r + 1) * d]) {
+                *o += x;
+            }
+        }
+    });
+}
+
+/// [`gemm_into`] without accumulation, with an explicit parallelism.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into_par(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the assertions above keep every strided access inside the slices; `dst` is a
+    // distinct, exclusively borrowed buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 impl Kernels for Flex {
