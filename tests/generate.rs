@@ -119,6 +119,24 @@ fn sampling_is_reproducible_and_top_k_one_is_greedy() {
         greedy["generated_tokens"].as_u64().unwrap() as usize,
         greedy["token_ids"].as_array().unwrap().len()
     );
+    // On a 4-bit base (as a QLoRA adapter was trained): it still generates, and the bad
+    // setting is a user error.
+    let q = gen_json(&["--temperature", "0", "--quant-bits", "4"]);
+    assert_eq!(q["prompt_tokens"], 33);
+    assert!(!q["token_ids"].as_array().unwrap().is_empty());
+    let o = burnish(&[
+        "generate",
+        "--model",
+        "builtin:tiny-qwen2",
+        "--prompt",
+        "x",
+        "--device",
+        "cpu",
+        "--quant-bits",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bits must be 4 or 8"), "{}", stderr(&o));
 }
 
 #[test]
