@@ -123,26 +123,7 @@ fn checkpointed_layers_give_the_same_gradients() {
 #[test]
 fn a_checkpointed_run_trains_like_a_plain_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |name: &str, extra: &[&str]| {
-        let out = tmp.path().join(name);
-        let set_out = format!("output.dir={}", out.display());
-        let mut args = vec![
-            "train",
-            "recipes/demo.yaml",
-            "--set",
-            &set_out,
-            "--set",
-            "train.max_steps=4",
-            "--set",
-            "train.eval_every=0",
-            "--set",
-            "output.merge=false",
-        ];
-        args.extend_from_slice(extra);
-        let o = burnish(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        metrics(&out).0
-    };
+    let run = |name: &str, extra: &[&str]| train_demo(&tmp.path().join(name), 4, extra);
     let plain = run("plain", &[]);
     let ckpt = run("ckpt", &["--set", "train.gradient_checkpointing=true"]);
     assert_eq!(plain.len(), 4);

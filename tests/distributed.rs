@@ -18,27 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn data(dir: &Path) -> PathBuf {
-    // 48 pretokenized rows of varied length, deterministic.
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut text = String::new();
-    for _ in 0..48 {
-        let n = 6 + (next() % 20) as usize;
-        let ids: Vec<u64> = (0..n).map(|_| 3 + next() % 1000).collect();
-        text.push_str(&serde_json::json!({ "input_ids": ids }).to_string());
-        text.push('\n');
-    }
-    let p = dir.join("rows.jsonl");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 /// A recipe; `extra` is appended (a `distributed:` section, `train.devices` via --set).
 fn recipe(dir: &Path, name: &str, out: &Path, rows: &Path, steps: usize, extra: &str) -> PathBuf {
     let text = format!(
@@ -144,7 +123,7 @@ fn spawn_node(recipe: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
 #[test]
 fn two_replicas_in_one_process_equal_one_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
     let single = tmp.path().join("single");
     train_ok(
         &recipe(tmp.path(), "single.yaml", &single, &rows, 6, ""),
@@ -193,7 +172,7 @@ fn run_pair(recipe: &Path, first: &[&str], what: &str) -> String {
 #[test]
 fn two_processes_on_loopback_equal_one_process_and_survive_a_killed_peer() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
     let steps = 12;
     let single = tmp.path().join("single");
     train_ok(
@@ -275,7 +254,7 @@ fn two_processes_on_loopback_equal_one_process_and_survive_a_killed_peer() {
 #[test]
 fn a_different_replica_count_resumes_a_data_parallel_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
     let single = tmp.path().join("single");
     train_ok(
         &recipe(tmp.path(), "single.yaml", &single, &rows, 6, ""),
@@ -293,7 +272,7 @@ fn a_different_replica_count_resumes_a_data_parallel_run() {
 #[test]
 fn bad_parallel_settings_are_user_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
     let out = tmp.path().join("out");
     let r = recipe(tmp.path(), "r.yaml", &out, &rows, 2, "");
     for (set, want) in [

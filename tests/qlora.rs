@@ -188,25 +188,9 @@ fn qlora_demo_run_trains_like_the_f32_run_and_merges() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
-        let set_out = format!("output.dir={}", out.display());
-        let mut args = vec![
-            "train",
-            "recipes/demo.yaml",
-            "--set",
-            &set_out,
-            "--set",
-            "train.max_steps=20",
-            "--set",
-            "train.eval_every=0",
-            "--set",
-            "train.save_every=20",
-            "--set",
-            "output.merge=false",
-        ];
+        let mut args = vec!["--set", "train.save_every=20"];
         args.extend_from_slice(extra);
-        let o = burnish(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let (steps, _) = metrics(&out);
+        let steps = train_demo(&out, 20, &args);
         assert_eq!(steps.len(), 20);
         (out, steps)
     };

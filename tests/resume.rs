@@ -10,27 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn data(dir: &Path) -> std::path::PathBuf {
-    // 48 pretokenized rows of varied length, deterministic.
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut text = String::new();
-    for _ in 0..48 {
-        let n = 6 + (next() % 20) as usize;
-        let ids: Vec<u64> = (0..n).map(|_| 3 + next() % 1000).collect();
-        text.push_str(&serde_json::json!({ "input_ids": ids }).to_string());
-        text.push('\n');
-    }
-    let p = dir.join("rows.jsonl");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn recipe(dir: &Path, out: &Path, rows: &Path, max_steps: usize, r: usize) -> std::path::PathBuf {
     let text = format!(
         r#"
@@ -129,7 +108,7 @@ fn kill(child: &std::process::Child, sig: &str) {
 #[test]
 fn interrupted_runs_resume_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x9E37_79B9_7F4A_7C15);
     let steps = 30;
 
     // The reference: one uninterrupted run.
@@ -213,7 +192,7 @@ fn interrupted_runs_resume_bit_for_bit() {
 #[test]
 fn resume_rules() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = data(tmp.path());
+    let rows = pretokenized_rows(tmp.path(), 0x9E37_79B9_7F4A_7C15);
     let out = tmp.path().join("run");
     let r = recipe(tmp.path(), &out, &rows, 6, 8);
     let o = burnish(&["train", r.to_str().unwrap()]);

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::cli::quant::QuantArgs;
 use crate::error::user;
-use crate::model::quant::QuantSpec;
 use crate::train::bench::{BenchResult, BenchSpec, run};
 
 #[derive(clap::Args, Debug)]
@@ -30,12 +30,8 @@ pub struct Args {
     /// Frozen-weight precision: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
-    /// QLoRA: quantize the frozen projections to this many bits (4 or 8).
-    #[arg(long)]
-    pub quant_bits: Option<u8>,
-    /// Block size of that quantization.
-    #[arg(long, default_value_t = 64)]
-    pub quant_block_size: usize,
+    #[command(flatten)]
+    pub quant: QuantArgs,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -65,15 +61,9 @@ impl BackendJob for Job<'_> {
             warmup: a.warmup,
             steps: a.steps,
             dtype: a.dtype.resolve(on_gpu),
-            quantize: a.quant_bits.map(|bits| QuantSpec {
-                bits,
-                block_size: a.quant_block_size,
-            }),
+            quantize: a.quant.spec()?,
             gradient_checkpointing: a.gradient_checkpointing,
         };
-        if let Some(p) = spec.quantize.as_ref().and_then(QuantSpec::problem) {
-            return Err(user(p));
-        }
         run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })
     }
 }

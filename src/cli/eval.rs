@@ -9,6 +9,7 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::cli::quant::QuantArgs;
 use crate::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
 use crate::data::{Format, PackedRow};
 use crate::error::user;
@@ -53,13 +54,9 @@ pub struct Args {
     /// Precision of the frozen weights: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
-    /// Quantize the base's projections to this many bits (4 or 8), as a QLoRA adapter was
-    /// trained (with a recipe: its `model.quantize`).
-    #[arg(long, conflicts_with = "recipe")]
-    pub quant_bits: Option<u8>,
-    /// Block size of that quantization.
-    #[arg(long, default_value_t = 64, conflicts_with = "recipe")]
-    pub quant_block_size: usize,
+    /// Without a recipe (a recipe's `model.quantize` applies to its run).
+    #[command(flatten)]
+    pub quant: QuantArgs,
     /// Override a recipe value (with a recipe).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "recipe")]
     pub set: Vec<String>,
@@ -70,6 +67,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (folder, rows, adapter, pad, quantize) = match &args.recipe {
+        Some(_) if args.quant.quant_bits.is_some() => {
+            return Err(user(
+                "--quant-bits cannot be used with a recipe: its model.quantize applies",
+            ));
+        }
         Some(recipe) => {
             let setup = RunSetup::new(LoadedRecipe::load(recipe, &args.set)?)?;
             if setup.data.validation.is_empty() {
@@ -137,13 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .and_then(|t| t.eos_token_id())
                 .unwrap_or(0);
-            let quantize = args.quant_bits.map(|bits| QuantSpec {
-                bits,
-                block_size: args.quant_block_size,
-            });
-            if let Some(p) = quantize.as_ref().and_then(QuantSpec::problem) {
-                return Err(user(format!("--quant-bits/--quant-block-size: {p}")));
-            }
+            let quantize = args.quant.spec()?;
             (folder, prepared.train, args.adapter.clone(), pad, quantize)
         }
     };

@@ -9,11 +9,11 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::cli::quant::QuantArgs;
 use crate::data::formats::Message;
 use crate::data::tokenize::Tokenization;
 use crate::error::user;
 use crate::generate::{GenerationStats, Sampler, SamplingParams, generate};
-use crate::model::quant::QuantSpec;
 use crate::model::{Model, ModelFolder, TokenizerBundle};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -30,13 +30,8 @@ pub struct ModelArgs {
     /// Frozen-weight precision: auto (f32 on CPU, bf16 on CUDA), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: WeightDtype,
-    /// Quantize the base's projections to this many bits (4 or 8), as a QLoRA adapter was
-    /// trained.
-    #[arg(long)]
-    pub quant_bits: Option<u8>,
-    /// Block size of that quantization.
-    #[arg(long, default_value_t = 64)]
-    pub quant_block_size: usize,
+    #[command(flatten)]
+    pub quant: QuantArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -148,13 +143,7 @@ fn load<B: crate::model::kernels::Kernels>(
     let tok = folder
         .tokenizer()
         .context("generation needs the model's tokenizer")?;
-    let quant = args.quant_bits.map(|bits| QuantSpec {
-        bits,
-        block_size: args.quant_block_size,
-    });
-    if let Some(p) = quant.as_ref().and_then(QuantSpec::problem) {
-        return Err(user(format!("--quant-bits/--quant-block-size: {p}")));
-    }
+    let quant = args.quant.spec()?;
     let mut model = folder
         .load_quantized::<B>(args.dtype.resolve(on_gpu), quant.as_ref(), device)
         .with_context(|| format!("loading {}", dir.display()))?;

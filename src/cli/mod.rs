@@ -10,6 +10,7 @@ pub mod orchestrator;
 pub mod plan;
 pub mod plot;
 pub mod push;
+pub mod quant;
 pub mod train;
 pub mod validate;
 

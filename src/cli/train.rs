@@ -76,12 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => vec![device],
         };
         if topology.nodes > 1 && topology.node_rank == 0 && topology.start_orchestrator {
-            let port = topology
-                .orchestrator
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(crate::train::distributed::DEFAULT_PORT);
-            crate::train::distributed::spawn_orchestrator(port);
+            crate::train::distributed::spawn_orchestrator(topology.orchestrator_port);
         }
         tracing::info!(
             "data-parallel: node {} of {}, {} replica(s) here, {} in all",

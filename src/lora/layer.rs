@@ -41,15 +41,6 @@ impl<B: Backend> LoraLinear<B> {
     pub fn shape(&self) -> [usize; 2] {
         self.weight.val().dims()
     }
-
-    /// Replaces the frozen weight with its block-wise quantization (QLoRA).
-    pub fn quantize(&mut self, scheme: &burn::tensor::quantization::QuantScheme)
-    where
-        B: Kernels,
-    {
-        let w = B::quantize_weight(self.weight.val(), scheme);
-        self.weight = Param::initialized(self.weight.id, w).set_require_grad(false);
-    }
 }
 
 impl<B: Kernels> LoraLinear<B> {

@@ -134,11 +134,6 @@ impl View for &OutTensor<'_> {
     }
 }
 
-/// `W + scaling * B @ A` in f32 (the product on Burn's CPU backend).
-pub fn merged_weight(raw: &RawTensor<'_>, f: &HostFactors) -> Vec<f32> {
-    projection_weight(raw, Some(f), None)
-}
-
 /// `Q(W) + scaling * B @ A` in f32, where `Q` is the quantization round trip of `quant` (the
 /// identity without one) and the delta is left out without an adapter.
 pub fn projection_weight(

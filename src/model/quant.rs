@@ -47,16 +47,20 @@ impl Default for QuantSpec {
 impl QuantSpec {
     /// Why this spec cannot be used, if it cannot.
     pub fn problem(&self) -> Option<String> {
-        if !matches!(self.bits, 4 | 8) {
-            return Some(format!("bits must be 4 or 8, got {}", self.bits));
-        }
-        if !BLOCK_SIZES.contains(&self.block_size) {
-            return Some(format!(
-                "block_size must be one of {BLOCK_SIZES:?}, got {}",
-                self.block_size
-            ));
-        }
-        None
+        self.bits_problem()
+            .map(|p| format!("bits {p}"))
+            .or_else(|| self.block_size_problem().map(|p| format!("block_size {p}")))
+    }
+
+    /// What is wrong with `bits`, if anything.
+    pub fn bits_problem(&self) -> Option<String> {
+        (!matches!(self.bits, 4 | 8)).then(|| format!("must be 4 or 8, got {}", self.bits))
+    }
+
+    /// What is wrong with `block_size`, if anything.
+    pub fn block_size_problem(&self) -> Option<String> {
+        (!BLOCK_SIZES.contains(&self.block_size))
+            .then(|| format!("must be one of {BLOCK_SIZES:?}, got {}", self.block_size))
     }
 
     pub fn value(&self) -> QuantValue {
@@ -76,12 +80,6 @@ impl QuantSpec {
             .with_value(self.value())
             .with_level(QuantLevel::Block(BlockSize::new([block])))
             .with_store(QuantStore::PackedU32(0))
-    }
-
-    /// Largest error of one weight relative to its block's absmax: half a quantization step.
-    pub fn max_relative_error(&self) -> f64 {
-        let (_, hi) = self.value().range();
-        0.5 / f64::from(hi)
     }
 
     /// Resident bytes of `n` quantized weights. Flex stores each value in an `i8`; CUDA packs

@@ -89,21 +89,11 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         c.bad("model.dtype", e);
     }
     if let Some(q) = &r.model.quantize {
-        if !matches!(q.bits, 4 | 8) {
-            c.bad(
-                "model.quantize.bits",
-                format!("must be 4 or 8, got {}", q.bits),
-            );
+        if let Some(p) = q.bits_problem() {
+            c.bad("model.quantize.bits", p);
         }
-        if !crate::model::quant::BLOCK_SIZES.contains(&q.block_size) {
-            c.bad(
-                "model.quantize.block_size",
-                format!(
-                    "must be one of {:?}, got {}",
-                    crate::model::quant::BLOCK_SIZES,
-                    q.block_size
-                ),
-            );
+        if let Some(p) = q.block_size_problem() {
+            c.bad("model.quantize.block_size", p);
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Topology {
     pub local_devices: usize,
     /// `host:port` of the orchestrator (more than one node only).
     pub orchestrator: String,
+    /// Its port (node 0 serves it there).
+    pub orchestrator_port: u16,
     /// Port this node serves tensors on (global level).
     pub data_port: u16,
     /// Host the other nodes reach this one at.
@@ -131,6 +133,7 @@ impl Topology {
             node_rank,
             local_devices,
             orchestrator,
+            orchestrator_port,
             data_port,
             node_host,
             timeout: Duration::from_secs(d.timeout_s.max(1)),

@@ -496,6 +496,7 @@ where
         })?;
         let stop = match local_stop {
             Some(sig) => Some(sig),
+            // Another replica was signalled: stop as if interrupted (SIGINT) here too.
             None if total.stop => Some(2),
             None => None,
         };

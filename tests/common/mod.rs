@@ -214,3 +214,49 @@ pub fn tokenizer_folder(name: &str) -> tempfile::TempDir {
     .unwrap();
     tmp
 }
+
+/// 48 pretokenized rows of varied length (6..26 ids in 3..1003), deterministic in `seed`,
+/// written to `<dir>/rows.jsonl`.
+pub fn pretokenized_rows(dir: &Path, seed: u64) -> PathBuf {
+    let mut state = seed;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut text = String::new();
+    for _ in 0..48 {
+        let n = 6 + (next() % 20) as usize;
+        let ids: Vec<u64> = (0..n).map(|_| 3 + next() % 1000).collect();
+        text.push_str(&serde_json::json!({ "input_ids": ids }).to_string());
+        text.push('\n');
+    }
+    let p = dir.join("rows.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `burnish train recipes/demo.yaml` for `max_steps` steps into `out`, without intermediate
+/// evaluation or merge, plus `extra` arguments; fails the test if the run fails. Returns the
+/// training losses.
+pub fn train_demo(out: &Path, max_steps: usize, extra: &[&str]) -> Series {
+    let set_out = format!("output.dir={}", out.display());
+    let set_steps = format!("train.max_steps={max_steps}");
+    let mut args = vec![
+        "train",
+        "recipes/demo.yaml",
+        "--set",
+        &set_out,
+        "--set",
+        &set_steps,
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "output.merge=false",
+    ];
+    args.extend_from_slice(extra);
+    let o = burnish(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    metrics(out).0
+}

@@ -86,32 +86,9 @@ fn matmul_into(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    assert!(dst.len() >= m * n);
-    // SAFETY: the pointers come from slices whose lengths cover every index the strides reach
-    // (checked by the callers' shapes), and `dst` does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
+    gemm_into(
+        dst, m, n, k, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, false, 1.0,
+    );
 }
 
 /// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
@@ -178,19 +155,26 @@ fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f
             let hi = ((t + 1) * slab).min(vocab);
             let mut out = vec![0f32; len * d];
             if hi > lo {
-                gemm_into_par(
-                    &mut out,
-                    len,
-                    d,
-                    hi - lo,
-                    &g[lo..],
-                    vocab,
-                    1,
-                    &w[lo * d..],
-                    d,
-                    1,
-                    gemm::Parallelism::None,
-                );
+                assert!(g.len() >= len.saturating_sub(1) * vocab + hi && w.len() >= hi * d);
+                // SAFETY: rows of `g` span `lo..hi` within each `vocab`-long row and rows
+                // `lo..hi` of `w` lie inside the slices (asserted above); `out` is this task's.
+                unsafe {
+                    gemm_raw(
+                        len,
+                        d,
+                        hi - lo,
+                        out.as_mut_ptr(),
+                        d,
+                        false,
+                        g[lo..].as_ptr(),
+                        vocab,
+                        1,
+                        w[lo * d..].as_ptr(),
+                        d,
+                        1,
+                        1.0,
+                    );
+                }
             }
             out
         })
@@ -203,51 +187,6 @@ fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f
             }
         }
     });
-}
-
-/// [`gemm_into`] without accumulation, with an explicit parallelism.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into_par(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    parallelism: gemm::Parallelism,
-) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the assertions above keep every strided access inside the slices; `dst` is a
-    // distinct, exclusively borrowed buffer.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 impl Kernels for Flex {
