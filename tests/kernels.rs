@@ -107,6 +107,37 @@ fn attention_kernels_match_composition() {
     );
 }
 
+/// Longer than one 64-row query block, so blocks see different key extents; batch 1 has two
+/// padded keys and a query row that sees nothing (it attends uniformly to every key).
+#[test]
+fn blocked_attention_matches_composition() {
+    let (b, s, t, nh, nkv, d) = (2, 150, 150, 4, 2, 8);
+    let mut m = Vec::new();
+    for bi in 0..b {
+        for i in 0..s {
+            for j in 0..t {
+                m.push(j > i || (bi == 1 && (j >= t - 2 || i == 100)));
+            }
+        }
+    }
+    let mask =
+        Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(m, [b, 1, s, t]), &Default::default());
+    let q = rand([b, s, nh, d], 31);
+    let k = rand([b, t, nkv, d], 32);
+    let v = rand([b, t, nkv, d], 33);
+    let (o1, p1) = Cpu::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
+    let (o2, p2) = generic::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
+    close(o1, o2, 1e-5, "blocked attention output");
+    close(p1.clone(), p2, 1e-5, "blocked attention probabilities");
+    let g = rand([b, s, nh, d], 34);
+    let (dq1, dk1, dv1) =
+        Cpu::attention_backward(q.clone(), k.clone(), v.clone(), p1.clone(), g.clone());
+    let (dq2, dk2, dv2) = generic::attention_backward(q, k, v, p1, g);
+    close(dq1, dq2, 1e-5, "blocked dq");
+    close(dk1, dk2, 1e-5, "blocked dk");
+    close(dv1, dv2, 1e-5, "blocked dv");
+}
+
 #[test]
 fn norm_rope_swiglu_and_lora_linear_match_composition() {
     let x = rand([13, 32], 9);
@@ -170,4 +201,47 @@ fn norm_rope_swiglu_and_lora_linear_match_composition() {
     let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
     close(da1, da2, 1e-5, "lora dA");
     close(db1, db2, 1e-5, "lora dB");
+}
+
+/// A weight with more inputs than outputs is stored transposed behind a view; values, and
+/// what the linear kernels compute with it, stay those of the row-major weight.
+#[test]
+fn transposed_weight_layout_computes_the_same() {
+    let (x, w, bias) = (rand([11, 40], 41), rand([12, 40], 42), rand([12], 43));
+    let laid = Cpu::layout_frozen_weight(w.clone());
+    let strides = laid
+        .clone()
+        .into_primitive()
+        .tensor()
+        .layout()
+        .strides()
+        .to_vec();
+    assert_eq!(strides, vec![1, 12], "stored as [in, out]");
+    assert_eq!(laid.clone().into_data(), w.clone().into_data());
+    let square = rand([40, 40], 44);
+    let kept = Cpu::layout_frozen_weight(square.clone());
+    assert_eq!(
+        kept.into_primitive().tensor().layout().strides().to_vec(),
+        vec![40, 1]
+    );
+
+    let lora = Some((rand([4, 40], 45), rand([12, 4], 46), 2.0));
+    let (y1, xa1) =
+        Cpu::lora_linear_forward(x.clone(), laid.clone(), Some(bias.clone()), lora.clone());
+    let (y2, xa2) = generic::lora_linear_forward(x.clone(), w.clone(), Some(bias), lora.clone());
+    close(y1, y2, 1e-5, "transposed-layout forward");
+    close(
+        xa1.clone().unwrap(),
+        xa2.unwrap(),
+        1e-5,
+        "transposed-layout x A^T",
+    );
+    let gy = rand([11, 12], 47);
+    let (dx1, d1) =
+        Cpu::lora_linear_backward(x.clone(), xa1.clone(), laid, lora.clone(), gy.clone(), true);
+    let (dx2, d2) = generic::lora_linear_backward(x, xa1, w, lora, gy, true);
+    close(dx1.unwrap(), dx2.unwrap(), 1e-5, "transposed-layout dx");
+    let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
+    close(da1, da2, 1e-5, "transposed-layout dA");
+    close(db1, db2, 1e-5, "transposed-layout dB");
 }

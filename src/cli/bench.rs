@@ -35,6 +35,9 @@ pub struct Args {
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Also report the time per step spent in each CPU kernel (forward, backward, loss).
+    #[arg(long)]
+    pub profile: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +66,7 @@ impl BackendJob for Job<'_> {
             dtype: a.dtype.resolve(on_gpu),
             quantize: a.quant.spec()?,
             gradient_checkpointing: a.gradient_checkpointing,
+            profile: a.profile,
         };
         run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })
     }
@@ -87,6 +91,39 @@ pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
             r.rss_after_warmup_bytes as f64 / 1e9,
             r.rss_end_bytes as f64 / 1e9
         );
+        print_profile(&r);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel table of `--profile`, with the remainder (autodiff bookkeeping, optimizer,
+/// allocation) as its last row.
+fn print_profile(r: &BenchResult) {
+    if r.profile.is_empty() {
+        return;
+    }
+    let step_ms = r.median_step_s * 1e3;
+    let mut listed = 0.0;
+    for p in &r.profile {
+        let indent = if p.nested {
+            "  "
+        } else {
+            listed += p.ms_per_step;
+            ""
+        };
+        println!(
+            "  {:<28} {:>9.1} ms/step {:>5.1}%  ({} calls)",
+            format!("{indent}{}", p.region),
+            p.ms_per_step,
+            100.0 * p.ms_per_step / step_ms,
+            p.calls_per_step.round()
+        );
+    }
+    let other = step_ms - listed;
+    println!(
+        "  {:<28} {:>9.1} ms/step {:>5.1}%",
+        "other",
+        other,
+        100.0 * other / step_ms
+    );
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::backend::{DeviceSpec, WeightDtype};
 use crate::cli::inspect::group_digits;
-use crate::model::loss::DEFAULT_CHUNK_ROWS;
+use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
 use crate::recipe::LoadedRecipe;
 use crate::train::memory::{estimate, human_bytes};
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             weight_bytes as u64,
             r.train.micro_batch_size,
             longest,
-            DEFAULT_CHUNK_ROWS,
+            loss_chunk_rows(config.vocab_size),
             q.map(|q| (q, on_gpu)),
             r.train.gradient_checkpointing,
         )

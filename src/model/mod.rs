@@ -78,20 +78,23 @@ impl ModelFolder {
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
     }
 
-    /// [`ModelFolder::load`], with the decoder projections quantized by `quant` when given.
+    /// [`ModelFolder::load`] for training and inference: the decoder projections quantized by
+    /// `quant` when given, else laid out for the backend's kernels.
     pub fn load_quantized<B: kernels::Kernels>(
         &self,
         dtype: DType,
         quant: Option<&quant::QuantSpec>,
         device: &B::Device,
     ) -> Result<Model<B>, ModelError> {
-        let Some(spec) = quant else {
-            return self.load(dtype, device);
-        };
-        quant::check(spec, &self.config)?;
+        if let Some(spec) = quant {
+            quant::check(spec, &self.config)?;
+        }
         let files = self.weights()?;
-        let scheme = spec.scheme();
-        let finish = |w: Tensor<B, 2>| B::quantize_weight(w, &scheme);
+        let scheme = quant.map(quant::QuantSpec::scheme);
+        let finish = |w: Tensor<B, 2>| match &scheme {
+            Some(scheme) => B::quantize_weight(w, scheme),
+            None => B::layout_frozen_weight(w),
+        };
         let net = load::load_model_with::<B>(&self.config, &files, dtype, device, &finish)?;
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
     }

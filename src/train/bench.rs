@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::Param;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -17,7 +17,7 @@ use crate::lora::attach::{attach, init_factors};
 use crate::lora::layer::LoraLinear;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
 use crate::model::decoder::{Attention, CausalLm, DecoderLayer, Mlp};
-use crate::model::kernels::Kernels;
+use crate::model::kernels::{Kernels, profile};
 use crate::model::loss::{Targets, cross_entropy_sum, loss_chunk_rows};
 use crate::model::norm::RmsNorm;
 use crate::model::quant::QuantSpec;
@@ -69,7 +69,7 @@ pub fn random_model<B: Kernels>(
         let w = normal([s.out_features, s.in_features]);
         let w = match &scheme {
             Some(scheme) => B::quantize_weight(w, scheme),
-            None => w,
+            None => B::layout_frozen_weight(w),
         };
         LoraLinear::frozen(w, bias)
     };
@@ -131,6 +131,19 @@ pub struct BenchResult {
     pub rss_end_bytes: u64,
     pub loss_first: f64,
     pub loss_last: f64,
+    /// Per-step time in each host kernel (`--profile`, CPU only), largest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<ProfileRow>,
+}
+
+/// One kernel's share of a timed step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRow {
+    pub region: String,
+    /// Part of the time of the row above it (not to be added to the total again).
+    pub nested: bool,
+    pub ms_per_step: f64,
+    pub calls_per_step: f64,
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -165,6 +178,8 @@ pub struct BenchSpec {
     pub quantize: Option<QuantSpec>,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
+    /// Time each host kernel over the timed steps (see `kernels::profile`).
+    pub profile: bool,
 }
 
 /// Run the benchmark on backend `B`.
@@ -238,6 +253,8 @@ where
     for step in 0..spec.warmup + spec.steps {
         if step == spec.warmup {
             rss_after_warmup = current_rss();
+            profile::reset();
+            profile::set_enabled(spec.profile);
         }
         let t = Instant::now();
         let hidden = model.hidden_states(&batch, true);
@@ -294,7 +311,13 @@ where
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-    let _ = TensorData::new(vec![0f32], [1]);
+    profile::set_enabled(false);
+    let timed = spec.steps.max(1) as f64;
+    let profile_rows = if spec.profile {
+        profile_rows(timed)
+    } else {
+        Vec::new()
+    };
     Ok(BenchResult {
         shape: spec.shape.clone(),
         device: device_name.into(),
@@ -316,7 +339,30 @@ where
         rss_end_bytes: current_rss(),
         loss_first,
         loss_last,
+        profile: profile_rows,
     })
+}
+
+/// The kernel totals per timed step, largest first, each nested region right after the one
+/// it is part of.
+fn profile_rows(timed: f64) -> Vec<ProfileRow> {
+    let totals = profile::totals();
+    let row = |r: profile::Region, secs: f64, calls: u64| ProfileRow {
+        region: r.name().into(),
+        nested: r.parent().is_some(),
+        ms_per_step: secs * 1e3 / timed,
+        calls_per_step: calls as f64 / timed,
+    };
+    let mut top: Vec<_> = totals.iter().filter(|t| t.0.parent().is_none()).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut rows = Vec::new();
+    for &(r, secs, calls) in top {
+        rows.push(row(r, secs, calls));
+        for &(c, secs, calls) in totals.iter().filter(|t| t.0.parent() == Some(r)) {
+            rows.push(row(c, secs, calls));
+        }
+    }
+    rows
 }
 
 /// A sync point that also proves the step finished: the sum of one updated factor.

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::data::{PackedRow, collate};
 use crate::model::Model;
-use crate::model::loss::{DEFAULT_CHUNK_ROWS, cross_entropy_sum};
+use crate::model::loss::{cross_entropy_sum, loss_chunk_rows};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct EvalResult {
@@ -34,7 +34,8 @@ pub fn evaluate<B: Kernels>(
             continue;
         }
         let hidden = model.hidden_states(&batch, false);
-        let (loss, n) = cross_entropy_sum(&model.net, hidden, &targets, DEFAULT_CHUNK_ROWS);
+        let chunk = loss_chunk_rows(model.config.vocab_size);
+        let (loss, n) = cross_entropy_sum(&model.net, hidden, &targets, chunk);
         sum += loss.into_scalar().to_f64_lossy();
         tokens += n;
     }

@@ -269,6 +269,14 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    /// Frozen weights are never tracked: lay them out on the inner backend.
+    fn layout_frozen_weight(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if is_quantized(&w) {
+            return w;
+        }
+        Tensor::from_inner(B::layout_frozen_weight(w.inner()))
+    }
+
     /// Burn's autodiff cannot quantize (`todo!()` in 0.21), but its quantized tensors are the
     /// inner backend's: quantize there.
     fn quantize_weight(w: Tensor<Self, 2>, scheme: &QuantScheme) -> Tensor<Self, 2> {

@@ -26,22 +26,113 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// `sum(exp(x[i] - shift))` (f32 partial sums over 256 values, combined in f64).
-#[inline]
-pub fn exp_sum(x: &[f32], shift: f32) -> f64 {
+/// Independent accumulators per reduction: a float sum or max carried in one register is a
+/// serial dependency LLVM will not reorder, so reductions keep `LANES` partial results (one
+/// AVX-512 vector) and combine them at the end.
+const LANES: usize = 16;
+
+/// `sum(exp(x[i] - shift))`, and with `store` each `x[i]` replaced by its `exp(x[i] - shift)`.
+/// f32 partial sums over 256 values per lane, combined in f64.
+#[inline(always)]
+pub fn exp_sum(x: &mut [f32], shift: f32, store: bool) -> f64 {
     let mut total = 0.0f64;
-    for xs in x.chunks(256) {
-        let mut acc = 0.0f32;
-        for &v in xs {
-            acc += exp(v - shift);
+    let mut blocks = x.chunks_exact_mut(LANES * 256);
+    for block in &mut blocks {
+        let mut acc = [0.0f32; LANES];
+        for c in block.chunks_exact_mut(LANES) {
+            for i in 0..LANES {
+                let e = exp(c[i] - shift);
+                if store {
+                    c[i] = e;
+                }
+                acc[i] += e;
+            }
         }
-        total += acc as f64;
+        total += acc.iter().map(|&a| a as f64).sum::<f64>();
     }
-    total
+    let rest = blocks.into_remainder();
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = rest.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            let e = exp(c[i] - shift);
+            if store {
+                c[i] = e;
+            }
+            acc[i] += e;
+        }
+    }
+    for v in chunks.into_remainder() {
+        let e = exp(*v - shift);
+        if store {
+            *v = e;
+        }
+        acc[0] += e;
+    }
+    total + acc.iter().map(|&a| a as f64).sum::<f64>()
 }
 
+/// The largest value (NEG_INFINITY for an empty slice).
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
-    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let tail = chunks.remainder().iter().copied();
+    acc.into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `sum(a[i] * b[i])` over the shorter length.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum(a[i] * b[i] * c[i])` over the shortest length.
+#[inline(always)]
+pub fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb, mut cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i] * z[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder())
+        .map(|((x, y), z)| x * y * z)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -61,5 +152,35 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert!(exp(-200.0) < 1.3e-38 && exp(-200.0) >= 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn reductions_match_plain_loops() {
+        for n in [0usize, 1, 15, 16, 17, 100, 4096, 5000, 151_936] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02)
+                .collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 11 % 13) as f32 - 6.0) * 0.1).collect();
+            let c: Vec<f32> = (0..n).map(|i| ((i % 5) as f32) * 0.3).collect();
+            assert_eq!(max(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| (x * y) as f64).sum();
+            assert!((dot(&a, &b) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            let want: f64 = (0..n).map(|i| (a[i] * b[i] * c[i]) as f64).sum();
+            assert!((dot3(&a, &b, &c) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            let shift = 1.0f32;
+            let want: f64 = a.iter().map(|&x| ((x - shift) as f64).exp()).sum();
+            let mut stored = a.clone();
+            let got = exp_sum(&mut stored, shift, true);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.max(1.0),
+                "{n}: {got} vs {want}"
+            );
+            for (s, &x) in stored.iter().zip(&a) {
+                assert!((*s as f64 - ((x - shift) as f64).exp()).abs() <= 1e-6);
+            }
+            let mut untouched = a.clone();
+            assert_eq!(exp_sum(&mut untouched, shift, false), got);
+            assert_eq!(untouched, a);
+        }
     }
 }

@@ -7,7 +7,9 @@ use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::Kernels;
-use super::fastmath::{exp, exp_sum, max};
+use super::fastmath::{dot, dot3, exp, exp_sum, max};
+use super::profile::{Region, span};
+use super::simd::multiversion;
 use crate::model::quant::dense;
 use burn::backend::flex::FlexQTensor;
 use burn::tensor::quantization::{QTensorPrimitive, QuantLevel};
@@ -28,8 +30,44 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D
     )))
 }
 
+/// A frozen weight `[out, in]` as a buffer with its row and column strides: row-major, or the
+/// transposed storage of [`Kernels::layout_frozen_weight`]; any other layout is made
+/// row-major.
+fn weight_view(w: Tensor<Flex, 2>) -> (FlexTensor, usize, usize) {
+    let [out, inp] = w.dims();
+    let p = w.into_primitive().tensor();
+    let l = p.layout();
+    if l.start_offset() == 0 {
+        if l.is_contiguous() {
+            return (p, inp, 1);
+        }
+        if l.strides() == [1, out as isize] {
+            return (p, 1, out);
+        }
+    }
+    (p.to_contiguous(), inp, 1)
+}
+
 fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
     t.dtype() == DType::F32
+}
+
+multiversion! {
+    /// One row of the fused cross-entropy: `log-sum-exp - logit[target]`; with `write_grad`
+    /// the row becomes `softmax - onehot(target)` (one `exp` per element, kept in place).
+    fn ce_row(row: &mut [f32], target: usize, write_grad: bool) -> f64 {
+        let m = max(row);
+        let target_logit = row[target];
+        let sum = exp_sum(row, m, write_grad);
+        if write_grad {
+            let inv = (1.0 / sum) as f32;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+            row[target] -= 1.0;
+        }
+        m as f64 + sum.ln() - target_logit as f64
+    }
 }
 
 /// Row-wise log-sum-exp and, optionally, `softmax - onehot(target)` written over the logits.
@@ -37,35 +75,101 @@ fn ce_rows(logits: &mut [f32], vocab: usize, targets: &[i32], write_grad: bool) 
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .map(|(row, &t)| {
-            let m = max(row);
-            let target_logit = row[t as usize];
-            let sum = if write_grad {
-                // exp in place: the row becomes the unnormalised softmax.
-                let mut total = 0.0f64;
-                for chunk in row.chunks_mut(256) {
-                    let mut acc = 0.0f32;
-                    for v in chunk.iter_mut() {
-                        *v = exp(*v - m);
-                        acc += *v;
-                    }
-                    total += acc as f64;
-                }
-                total
-            } else {
-                exp_sum(row, m)
-            };
-            let lse = m as f64 + sum.ln();
-            if write_grad {
-                let inv = (1.0 / sum) as f32;
-                for v in row.iter_mut() {
-                    *v *= inv;
-                }
-                row[t as usize] -= 1.0;
-            }
-            lse - target_logit as f64
-        })
+        .map(|(row, &t)| ce_row(row, t as usize, write_grad))
         .sum()
+}
+
+multiversion! {
+    /// Softmax of one row of scores over the positions its mask leaves visible (byte 0); a row
+    /// with none visible becomes uniform. Masked positions get exactly 0.
+    fn masked_softmax_row(row: &mut [f32], mask: &[u8]) {
+        for (x, &hidden) in row.iter_mut().zip(mask) {
+            if hidden != 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        let m = max(row);
+        if m == f32::NEG_INFINITY {
+            row.fill(1.0 / row.len() as f32);
+            return;
+        }
+        // Masked entries come out of the clamped exp as ~1e-38, below any visible one (>= 1
+        // in the sum); they are zeroed when normalising.
+        let inv = (1.0 / exp_sum(row, m, true)) as f32;
+        for (x, &hidden) in row.iter_mut().zip(mask) {
+            *x = if hidden != 0 { 0.0 } else { *x * inv };
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward of one row, scaled: `grad <- scale * p * (grad - <grad, p>)`.
+    fn softmax_grad_row(grad: &mut [f32], p: &[f32], scale: f32) {
+        let d = dot(grad, p);
+        for (g, &p) in grad.iter_mut().zip(p) {
+            *g = p * (*g - d) * scale;
+        }
+    }
+}
+
+multiversion! {
+    /// `o = x w / rms(x)` for one row.
+    fn rms_norm_row(o: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * r * w;
+        }
+    }
+}
+
+multiversion! {
+    /// RMSNorm backward for one row: with `r = (mean(x^2) + eps)^-1/2`,
+    /// `dx = r (g w) - x r^3 sum(g w x) / dim`.
+    fn rms_norm_grad_row(o: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+        let dim = x.len() as f32;
+        let r = 1.0 / (dot(x, x) / dim + eps).sqrt();
+        let c = r * r * r * dot3(x, g, w) / dim;
+        for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
+            *o = r * g * w - x * c;
+        }
+    }
+}
+
+multiversion! {
+    /// RoPE on one position's heads (`x` is `heads * d` long), rotating halves.
+    fn rope_row(o: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], d: usize) {
+        let half = d / 2;
+        let (cos, sin) = (&cos[..half], &sin[..half]);
+        for (oh, xh) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (x1, x2) = xh.split_at(half);
+            let (o1, o2) = oh.split_at_mut(half);
+            for i in 0..half {
+                o1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+                o2[i] = x2[i] * cos[i] + x1[i] * sin[i];
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `silu(g) * u`, element-wise.
+    fn swiglu_chunk(o: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    }
+}
+
+multiversion! {
+    /// SwiGLU backward, element-wise: `dg = d u silu'(g)`, `du = d silu(g)`.
+    fn swiglu_grad_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], d: &[f32]) {
+        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
+            let sig = 1.0 / (1.0 + exp(-g));
+            let silu = g * sig;
+            *dg = d * u * (sig + silu * (1.0 - sig));
+            *du = d * silu;
+        }
+    }
 }
 
 /// Scratch for one chunk of logits, kept between calls: allocating ~64 MB per chunk per step
@@ -120,9 +224,16 @@ fn ce(
         let len = chunk.min(n - start);
         let logits = &mut scratch[..len * vocab];
         // W^T as the right-hand side: element (k, j) is W[j, k].
-        matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
-        loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
+        {
+            let _span = span(Region::LossLogits);
+            matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
+        }
+        {
+            let _span = span(Region::LossSoftmax);
+            loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
+        }
         if with_grad {
+            let _span = span(Region::LossGrad);
             grad_times_weight(
                 &mut dh[start * d..(start + len) * d],
                 len,
@@ -190,6 +301,22 @@ fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f
 }
 
 impl Kernels for Flex {
+    /// Projections with more inputs than outputs (`down_proj`, and `k_proj`/`v_proj` under
+    /// grouped-query attention) are stored transposed, `[in, out]` row-major behind a
+    /// transposed view. The gemm crate packs the weight of `x W^T` by gathering one element per
+    /// weight row; with rows as long as `down_proj`'s (4,864 floats) that gather misses the
+    /// TLB for every element, and the 0.5B `down_proj` forward ran at 131 GFLOP/s against 210
+    /// for the same product with the weight transposed. The backward `dy W` then gathers along
+    /// the short side instead (896 floats), which costs nothing measurable.
+    fn layout_frozen_weight(w: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        let [out, inp] = w.dims();
+        if !is_f32(&w) || inp <= out {
+            return w;
+        }
+        let stored = flex(w.transpose());
+        Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(stored)).transpose()
+    }
+
     /// Block-wise dequantization, row-parallel (Burn's own is a single-threaded loop).
     fn dequantize_weight(w: Tensor<Flex, 2>, dtype: DType) -> Tensor<Flex, 2> {
         let dims = w.dims();
@@ -212,6 +339,7 @@ impl Kernels for Flex {
         if !plain {
             return dense(Tensor::from_primitive(TensorPrimitive::QFloat(q)), dtype);
         }
+        let _span = span(Region::Dequantize);
         let (codes, scales) = (codes.storage::<i8>(), q.scales());
         let mut out = vec![0f32; n];
         // Chunks of whole blocks, a few rows' worth each.
@@ -280,27 +408,7 @@ impl Kernels for Flex {
         rows.par_chunks_mut(t).enumerate().for_each(|(r, row)| {
             // Row r is (batch, head, query); the mask is shared by heads.
             let (bi, qi) = (r / (h * s), r % s);
-            let mrow = &mask_bytes[(bi * s + qi) * t..(bi * s + qi + 1) * t];
-            let mut m = f32::NEG_INFINITY;
-            for (v, &hidden) in row.iter().zip(mrow) {
-                if hidden == 0 && *v > m {
-                    m = *v;
-                }
-            }
-            if m == f32::NEG_INFINITY {
-                row.fill(1.0 / t as f32);
-                return;
-            }
-            let mut sum = 0.0f32;
-            for (v, &hidden) in row.iter_mut().zip(mrow) {
-                let e = if hidden == 0 { exp(*v - m) } else { 0.0 };
-                *v = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
+            masked_softmax_row(row, &mask_bytes[(bi * s + qi) * t..(bi * s + qi + 1) * t]);
         });
         let _ = b;
         Tensor::from_primitive(TensorPrimitive::Float(scores))
@@ -319,12 +427,7 @@ impl Kernels for Flex {
         let gs = g.storage_mut::<f32>();
         gs.par_chunks_mut(t)
             .zip(ps.par_chunks(t))
-            .for_each(|(grow, prow)| {
-                let dot: f32 = grow.iter().zip(prow).map(|(g, p)| g * p).sum();
-                for (g, p) in grow.iter_mut().zip(prow) {
-                    *g = p * (*g - dot);
-                }
-            });
+            .for_each(|(grow, prow)| softmax_grad_row(grow, prow, 1.0));
         Tensor::from_primitive(TensorPrimitive::Float(g))
     }
 
@@ -437,6 +540,7 @@ impl Kernels for Flex {
         if !(is_f32(&gate) && is_f32(&up)) {
             return burn::tensor::activation::silu(gate) * up;
         }
+        let _span = span(Region::Swiglu);
         let dims = gate.dims();
         let g = flex(gate);
         let u = flex(up);
@@ -444,11 +548,7 @@ impl Kernels for Flex {
         let mut out = vec![0f32; gs.len()];
         out.par_chunks_mut(4096)
             .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + exp(-g)) * u;
-                }
-            });
+            .for_each(|(o, (g, u))| swiglu_chunk(o, g, u));
         tensor(out, dims)
     }
 
@@ -463,6 +563,7 @@ impl Kernels for Flex {
             let dsilu = sig.clone() + silu.clone() * (sig.neg() + 1.0);
             return (grad.clone() * up * dsilu, grad * silu);
         }
+        let _span = span(Region::SwigluBackward);
         let dims = gate.dims();
         let (g, u, d) = (flex(gate), flex(up), flex(grad));
         let (gs, us, ds) = (g.storage::<f32>(), u.storage::<f32>(), d.storage::<f32>());
@@ -470,17 +571,12 @@ impl Kernels for Flex {
         let mut du = vec![0f32; gs.len()];
         dg.par_chunks_mut(4096)
             .zip(du.par_chunks_mut(4096))
-            .enumerate()
-            .for_each(|(c, (dg, du))| {
-                let off = c * 4096;
-                for i in 0..dg.len() {
-                    let (g, u, d) = (gs[off + i], us[off + i], ds[off + i]);
-                    let sig = 1.0 / (1.0 + exp(-g));
-                    let silu = g * sig;
-                    dg[i] = d * u * (sig + silu * (1.0 - sig));
-                    du[i] = d * silu;
-                }
-            });
+            .zip(
+                gs.par_chunks(4096)
+                    .zip(us.par_chunks(4096))
+                    .zip(ds.par_chunks(4096)),
+            )
+            .for_each(|((dg, du), ((g, u), d))| swiglu_grad_chunk(dg, du, g, u, d));
         (tensor(dg, dims), tensor(du, dims))
     }
 }
@@ -566,19 +662,14 @@ fn all_f32<const D: usize>(ts: &[&Tensor<Flex, D>]) -> bool {
 }
 
 pub(super) fn rms_norm(x: Tensor<Flex, 2>, w: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
+    let _span = span(Region::RmsNorm);
     let [rows, dim] = x.dims();
     let (x, w) = (flex(x), flex(w));
     let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
     let mut out = vec![0f32; rows * dim];
     out.par_chunks_mut(dim)
         .zip(xs.par_chunks(dim))
-        .for_each(|(o, x)| {
-            let ss: f32 = x.iter().map(|v| v * v).sum();
-            let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
-            for ((o, &x), &w) in o.iter_mut().zip(x).zip(ws) {
-                *o = x * r * w;
-            }
-        });
+        .for_each(|(o, x)| rms_norm_row(o, x, ws, eps as f32));
     tensor(out, [rows, dim])
 }
 
@@ -588,22 +679,14 @@ pub(super) fn rms_norm_backward(
     eps: f64,
     grad: Tensor<Flex, 2>,
 ) -> Tensor<Flex, 2> {
+    let _span = span(Region::RmsNormBackward);
     let [rows, dim] = x.dims();
     let (x, w, g) = (flex(x), flex(w), flex(grad));
     let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
     let mut out = vec![0f32; rows * dim];
     out.par_chunks_mut(dim)
         .zip(xs.par_chunks(dim).zip(gs.par_chunks(dim)))
-        .for_each(|(o, (x, g))| {
-            // y = w x r with r = (mean(x^2) + eps)^-1/2: dx = r (g w) - x r^3 sum(g w x) / dim.
-            let ss: f32 = x.iter().map(|v| v * v).sum();
-            let r = 1.0 / (ss / dim as f32 + eps as f32).sqrt();
-            let dot: f32 = x.iter().zip(g).zip(ws).map(|((x, g), w)| x * g * w).sum();
-            let c = r * r * r * dot / dim as f32;
-            for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(ws) {
-                *o = r * g * w - x * c;
-            }
-        });
+        .for_each(|(o, (x, g))| rms_norm_grad_row(o, x, g, ws, eps as f32));
     tensor(out, [rows, dim])
 }
 
@@ -613,8 +696,8 @@ pub(super) fn rope(
     cos: &Tensor<Flex, 4>,
     sin: &Tensor<Flex, 4>,
 ) -> Tensor<Flex, 4> {
+    let _span = span(Region::Rope);
     let [b, s, h, d] = x.dims();
-    let half = d / 2;
     let (x, c, sn) = (flex(x), flex(cos.clone()), flex(sin.clone()));
     let (xs, cs, ss) = (x.storage::<f32>(), c.storage::<f32>(), sn.storage::<f32>());
     let mut out = vec![0f32; xs.len()];
@@ -622,28 +705,48 @@ pub(super) fn rope(
         .zip(xs.par_chunks(h * d))
         .enumerate()
         .for_each(|(pos, (o, x))| {
-            let (cr, sr) = (&cs[pos * d..pos * d + half], &ss[pos * d..pos * d + half]);
-            for (oh, xh) in o.chunks_mut(d).zip(x.chunks(d)) {
-                let (x1, x2) = xh.split_at(half);
-                let (o1, o2) = oh.split_at_mut(half);
-                for i in 0..half {
-                    o1[i] = x1[i] * cr[i] - x2[i] * sr[i];
-                    o2[i] = x2[i] * cr[i] + x1[i] * sr[i];
-                }
-            }
+            rope_row(o, x, &cs[pos * d..], &ss[pos * d..], d);
         });
     let _ = b;
     tensor(out, [b, s, h, d])
 }
 
-/// Attention without any layout copies: per (batch, kv head), GEMMs on strided views of the
-/// `[b, s, heads, d]` buffers, the mask and softmax row by row, results written in place.
+/// Query rows per block in attention. A block only touches keys up to the last one any of its
+/// rows can see, so under a causal mask the upper triangle is mostly skipped (at 512 tokens
+/// the score, softmax and value products cover 56% of the full square).
+const QUERY_BLOCK: usize = 64;
+
+/// `(first row, end row, key extent)` per block of query rows: the extent is one past the last
+/// key a row of the block may see. A row that sees none attends uniformly to every key, so its
+/// block spans all keys.
+fn query_blocks(
+    extent_of_row: impl Fn(usize) -> Option<usize>,
+    s: usize,
+    t: usize,
+) -> Vec<(usize, usize, usize)> {
+    (0..s)
+        .step_by(QUERY_BLOCK)
+        .map(|r0| {
+            let r1 = (r0 + QUERY_BLOCK).min(s);
+            let e = (r0..r1)
+                .map(|qi| extent_of_row(qi).unwrap_or(t))
+                .max()
+                .unwrap_or(t);
+            (r0, r1, e)
+        })
+        .collect()
+}
+
+/// Attention without any layout copies: per (batch, head), GEMMs on strided views of the
+/// `[b, s, heads, d]` buffers, the mask and softmax row by row, results written in place;
+/// per block of query rows only the keys the block can see.
 pub(super) fn attention_with_probs(
     q: Tensor<Flex, 4>,
     k: Tensor<Flex, 4>,
     v: Tensor<Flex, 4>,
     mask: &Tensor<Flex, 4, Bool>,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let _span = span(Region::AttentionForward);
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
@@ -661,6 +764,16 @@ pub(super) fn attention_with_probs(
         v.storage::<f32>(),
         m.storage::<u8>(),
     );
+    // The mask is shared by the heads: blocks per batch row.
+    let blocks: Vec<Vec<(usize, usize, usize)>> = (0..b)
+        .map(|bi| {
+            let visible = |qi: usize| {
+                let row = &ms[(bi * s + qi) * t..(bi * s + qi + 1) * t];
+                row.iter().rposition(|&hidden| hidden == 0).map(|j| j + 1)
+            };
+            query_blocks(visible, s, t)
+        })
+        .collect();
     let mut out = vec![0f32; b * s * nh * d];
     let mut probs = vec![0f32; b * nh * s * t];
     let (op, pp) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
@@ -668,53 +781,54 @@ pub(super) fn attention_with_probs(
         let (bi, head) = (task / nh, task % nh);
         let kvh = head / rep;
         let (op, pp) = (op, pp);
-        // SAFETY: task (bi, head) writes only probs[bi, head] and the `head` columns of
-        // out[bi]; the GEMM extents below stay inside the q/k/v/out/probs buffers.
-        unsafe {
-            let p = pp.0.add((bi * nh + head) * s * t);
-            let qb = qs.as_ptr().add((bi * s * nh + head) * d);
-            let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
-            let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
-            // S = scale * Q_h K_h^T
-            gemm_raw(s, t, d, p, t, false, qb, nh * d, 1, kb, 1, nkv * d, scale);
-            let rows = std::slice::from_raw_parts_mut(p, s * t);
-            for (qi, row) in rows.chunks_mut(t).enumerate() {
-                let mrow = &ms[(bi * s + qi) * t..(bi * s + qi + 1) * t];
-                let mut mx = f32::NEG_INFINITY;
-                for (x, &hidden) in row.iter().zip(mrow) {
-                    if hidden == 0 && *x > mx {
-                        mx = *x;
-                    }
+        for &(r0, r1, e) in &blocks[bi] {
+            let rows = r1 - r0;
+            // SAFETY: task (bi, head) writes only probs[bi, head] and the `head` columns of
+            // out[bi]; the GEMM extents below (rows r0..r1, keys 0..e <= t) stay inside the
+            // q/k/v/out/probs buffers.
+            unsafe {
+                let p = pp.0.add((bi * nh + head) * s * t + r0 * t);
+                let qb = qs.as_ptr().add((bi * s * nh + head) * d + r0 * nh * d);
+                let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
+                let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
+                // S = scale * Q_h K_h^T over the visible keys; later columns stay 0.
+                gemm_raw(
+                    rows,
+                    e,
+                    d,
+                    p,
+                    t,
+                    false,
+                    qb,
+                    nh * d,
+                    1,
+                    kb,
+                    1,
+                    nkv * d,
+                    scale,
+                );
+                let block = std::slice::from_raw_parts_mut(p, rows * t);
+                for (i, row) in block.chunks_mut(t).enumerate() {
+                    let qi = r0 + i;
+                    masked_softmax_row(&mut row[..e], &ms[(bi * s + qi) * t..][..e]);
                 }
-                if mx == f32::NEG_INFINITY {
-                    row.fill(1.0 / t as f32);
-                    continue;
-                }
-                let mut sum = 0.0f32;
-                for (x, &hidden) in row.iter_mut().zip(mrow) {
-                    let e = if hidden == 0 { exp(*x - mx) } else { 0.0 };
-                    *x = e;
-                    sum += e;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+                // O_h = P V_h, into the head's columns of out[bi].
+                gemm_raw(
+                    rows,
+                    d,
+                    e,
+                    op.0.add((bi * s * nh + head) * d + r0 * nh * d),
+                    nh * d,
+                    false,
+                    p,
+                    t,
+                    1,
+                    vb,
+                    nkv * d,
+                    1,
+                    1.0,
+                );
             }
-            // O_h = P V_h, into the head's columns of out[bi].
-            gemm_raw(
-                s,
-                d,
-                t,
-                op.0.add((bi * s * nh + head) * d),
-                nh * d,
-                false,
-                p,
-                t,
-                1,
-                vb,
-                nkv * d,
-                1,
-                1.0,
-            );
         }
     });
     (tensor(out, [b, s, nh, d]), tensor(probs, [b, nh, s, t]))
@@ -727,6 +841,7 @@ pub(super) fn attention_backward(
     probs: Tensor<Flex, 4>,
     grad: Tensor<Flex, 4>,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let _span = span(Region::AttentionBackward);
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
@@ -751,77 +866,88 @@ pub(super) fn attention_backward(
     (0..b * nkv).into_par_iter().for_each(|task| {
         let (bi, kvh) = (task / nkv, task % nkv);
         let (dqp, dkp, dvp) = (dqp, dkp, dvp);
-        let mut ds = vec![0f32; s * t];
-        // SAFETY: this task writes only dk/dv at (bi, kvh) and dq at (bi, heads of kvh); all
-        // GEMM extents stay inside the buffers.
-        unsafe {
-            let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
-            let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
-            let dkb = dkp.0.add((bi * t * nkv + kvh) * d);
-            let dvb = dvp.0.add((bi * t * nkv + kvh) * d);
-            for r in 0..rep {
-                let head = kvh * rep + r;
-                let pb = ps.as_ptr().add((bi * nh + head) * s * t);
-                let gb = gs.as_ptr().add((bi * s * nh + head) * d);
-                let qb = qs.as_ptr().add((bi * s * nh + head) * d);
-                // dV += P^T dO
-                gemm_raw(t, d, s, dvb, nkv * d, r > 0, pb, 1, t, gb, nh * d, 1, 1.0);
-                // dP = dO V^T
-                gemm_raw(
-                    s,
-                    t,
-                    d,
-                    ds.as_mut_ptr(),
-                    t,
-                    false,
-                    gb,
-                    nh * d,
-                    1,
-                    vb,
-                    1,
-                    nkv * d,
-                    1.0,
-                );
-                // dS = P (dP - rowsum(dP P)) * scale
-                let prow = std::slice::from_raw_parts(pb, s * t);
-                for (drow, prow) in ds.chunks_mut(t).zip(prow.chunks(t)) {
-                    let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
-                    for (x, &p) in drow.iter_mut().zip(prow) {
-                        *x = p * (*x - dot) * scale;
-                    }
+        let mut ds = vec![0f32; QUERY_BLOCK.min(s) * t];
+        for r in 0..rep {
+            let head = kvh * rep + r;
+            let prob = &ps[(bi * nh + head) * s * t..(bi * nh + head + 1) * s * t];
+            // Every gradient term carries a factor P, so keys past a row's last non-zero
+            // probability contribute exactly nothing and are skipped.
+            let nonzero = |qi: usize| {
+                let row = &prob[qi * t..(qi + 1) * t];
+                Some(row.iter().rposition(|&x| x != 0.0).map_or(0, |j| j + 1))
+            };
+            for (r0, r1, e) in query_blocks(nonzero, s, t) {
+                let rows = r1 - r0;
+                if e == 0 {
+                    continue;
                 }
-                // dQ_h = dS K
-                gemm_raw(
-                    s,
-                    d,
-                    t,
-                    dqp.0.add((bi * s * nh + head) * d),
-                    nh * d,
-                    false,
-                    ds.as_ptr(),
-                    t,
-                    1,
-                    kb,
-                    nkv * d,
-                    1,
-                    1.0,
-                );
-                // dK += dS^T Q_h
-                gemm_raw(
-                    t,
-                    d,
-                    s,
-                    dkb,
-                    nkv * d,
-                    r > 0,
-                    ds.as_ptr(),
-                    1,
-                    t,
-                    qb,
-                    nh * d,
-                    1,
-                    1.0,
-                );
+                let ds = &mut ds[..rows * e];
+                // SAFETY: this task writes only dk/dv at (bi, kvh) and dq at (bi, heads of
+                // kvh); all GEMM extents (rows r0..r1, keys 0..e <= t) stay inside the
+                // buffers. dk/dv start at zero, so every product accumulates.
+                unsafe {
+                    let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
+                    let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
+                    let dkb = dkp.0.add((bi * t * nkv + kvh) * d);
+                    let dvb = dvp.0.add((bi * t * nkv + kvh) * d);
+                    let pb = prob.as_ptr().add(r0 * t);
+                    let gb = gs.as_ptr().add((bi * s * nh + head) * d + r0 * nh * d);
+                    let qb = qs.as_ptr().add((bi * s * nh + head) * d + r0 * nh * d);
+                    // dV += P^T dO
+                    gemm_raw(e, d, rows, dvb, nkv * d, true, pb, 1, t, gb, nh * d, 1, 1.0);
+                    // dP = dO V^T
+                    gemm_raw(
+                        rows,
+                        e,
+                        d,
+                        ds.as_mut_ptr(),
+                        e,
+                        false,
+                        gb,
+                        nh * d,
+                        1,
+                        vb,
+                        1,
+                        nkv * d,
+                        1.0,
+                    );
+                    // dS = P (dP - rowsum(dP P)) * scale
+                    for (i, drow) in ds.chunks_mut(e).enumerate() {
+                        softmax_grad_row(drow, &prob[(r0 + i) * t..][..e], scale);
+                    }
+                    // dQ_h = dS K
+                    gemm_raw(
+                        rows,
+                        d,
+                        e,
+                        dqp.0.add((bi * s * nh + head) * d + r0 * nh * d),
+                        nh * d,
+                        false,
+                        ds.as_ptr(),
+                        e,
+                        1,
+                        kb,
+                        nkv * d,
+                        1,
+                        1.0,
+                    );
+                    // dK += dS^T Q_h
+                    gemm_raw(
+                        e,
+                        d,
+                        rows,
+                        dkb,
+                        nkv * d,
+                        true,
+                        ds.as_ptr(),
+                        1,
+                        e,
+                        qb,
+                        nh * d,
+                        1,
+                        1.0,
+                    );
+                }
             }
         }
     });
@@ -846,9 +972,11 @@ pub(super) fn lora_linear_forward(
     bias: Option<Tensor<Flex, 1>>,
     lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
 ) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
+    let _span = span(Region::LoraForward);
     let [n, inp] = x.dims();
     let out = w.dims()[0];
-    let (x, w) = (flex(x), flex(w));
+    let x = flex(x);
+    let (w, w_rs, w_cs) = weight_view(w);
     let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
     let mut y = vec![0f32; n * out];
     let has_bias = bias.is_some();
@@ -859,10 +987,13 @@ pub(super) fn lora_linear_forward(
             .for_each(|row| row.copy_from_slice(bs));
     }
     // y (+)= x W^T
-    gemm_into(&mut y, n, out, inp, xs, inp, 1, ws, 1, inp, has_bias, 1.0);
+    gemm_into(
+        &mut y, n, out, inp, xs, inp, 1, ws, w_cs, w_rs, has_bias, 1.0,
+    );
     let Some((a, b, scaling)) = lora else {
         return (tensor(y, [n, out]), None);
     };
+    let _low_rank = span(Region::LowRankForward);
     let r = a.dims()[0];
     let (a, b) = (flex(a), flex(b));
     let (as_, bs) = (a.storage::<f32>(), b.storage::<f32>());
@@ -885,17 +1016,20 @@ pub(super) fn lora_linear_backward(
     Option<Tensor<Flex, 2>>,
     Option<(Tensor<Flex, 2>, Tensor<Flex, 2>)>,
 ) {
+    let _span = span(Region::LoraBackward);
     let [n, inp] = x.dims();
     let out = w.dims()[0];
-    let (x, w, g) = (flex(x), flex(w), flex(grad));
+    let (x, g) = (flex(x), flex(grad));
+    let (w, w_rs, w_cs) = weight_view(w);
     let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
     let mut dx = need_dx.then(|| vec![0f32; n * inp]);
     if let Some(dx) = dx.as_mut() {
         // dx = dy W
-        gemm_into(dx, n, inp, out, gs, out, 1, ws, inp, 1, false, 1.0);
+        gemm_into(dx, n, inp, out, gs, out, 1, ws, w_rs, w_cs, false, 1.0);
     }
     let mut dlora = None;
     if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {
+        let _low_rank = span(Region::LowRankBackward);
         let r = a.dims()[0];
         let (a, b, xa) = (flex(a), flex(b), flex(xa));
         let (as_, bs, xas) = (a.storage::<f32>(), b.storage::<f32>(), xa.storage::<f32>());

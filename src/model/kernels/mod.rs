@@ -9,6 +9,8 @@ mod autodiff;
 pub mod fastmath;
 mod flex;
 pub mod generic;
+pub mod profile;
+pub(crate) mod simd;
 
 use burn::tensor::quantization::QuantScheme;
 
@@ -27,6 +29,13 @@ pub trait Kernels: Backend {
     /// below accept it wherever they take `w`.
     fn quantize_weight(w: Tensor<Self, 2>, scheme: &QuantScheme) -> Tensor<Self, 2> {
         w.quantize_dynamic(scheme)
+    }
+
+    /// A frozen projection weight `[out, in]` stored the way this backend's linear kernels
+    /// read it fastest. Shape and values stay; only the memory layout may change (a strided
+    /// view), so every other op sees the same tensor.
+    fn layout_frozen_weight(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        w
     }
 
     /// `w` as a float tensor of `dtype`: a quantized weight dequantized, any other unchanged.
