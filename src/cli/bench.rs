@@ -102,7 +102,9 @@ fn print_profile(r: &BenchResult) {
     if r.profile.is_empty() {
         return;
     }
-    let step_ms = r.median_step_s * 1e3;
+    // The kernel totals are means over the timed steps, so the remainder is taken from the
+    // mean step time too.
+    let step_ms = 1e3 * r.step_times_s.iter().sum::<f64>() / r.step_times_s.len().max(1) as f64;
     let mut listed = 0.0;
     for p in &r.profile {
         let indent = if p.nested {

@@ -5,6 +5,7 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::Kernels;
 use super::fastmath::{dot, dot3, exp, exp_sum, max};
@@ -152,22 +153,28 @@ multiversion! {
 }
 
 multiversion! {
-    /// `silu(g) * u`, element-wise.
-    fn swiglu_chunk(o: &mut [f32], g: &[f32], u: &[f32]) {
+    /// `silu(g) * u`, element-wise, into an output that need not be initialised.
+    fn swiglu_chunk(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + exp(-g)) * u;
+            o.write(g / (1.0 + exp(-g)) * u);
         }
     }
 }
 
 multiversion! {
     /// SwiGLU backward, element-wise: `dg = d u silu'(g)`, `du = d silu(g)`.
-    fn swiglu_grad_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], d: &[f32]) {
+    fn swiglu_grad_chunk(
+        dg: &mut [MaybeUninit<f32>],
+        du: &mut [MaybeUninit<f32>],
+        g: &[f32],
+        u: &[f32],
+        d: &[f32],
+    ) {
         for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
             let sig = 1.0 / (1.0 + exp(-g));
             let silu = g * sig;
-            *dg = d * u * (sig + silu * (1.0 - sig));
-            *du = d * silu;
+            dg.write(d * u * (sig + silu * (1.0 - sig)));
+            du.write(d * silu);
         }
     }
 }
@@ -545,10 +552,16 @@ impl Kernels for Flex {
         let g = flex(gate);
         let u = flex(up);
         let (gs, us) = (g.storage::<f32>(), u.storage::<f32>());
-        let mut out = vec![0f32; gs.len()];
-        out.par_chunks_mut(4096)
+        let n = gs.len();
+        assert_eq!(us.len(), n, "swiglu: gate and up differ in size");
+        let mut out = Vec::with_capacity(n);
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(4096)
             .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
             .for_each(|(o, (g, u))| swiglu_chunk(o, g, u));
+        // SAFETY: the chunks of `gs` and `us` (both n long) pair with every chunk of the n
+        // outputs, and `swiglu_chunk` writes each element of its chunk.
+        unsafe { out.set_len(n) };
         tensor(out, dims)
     }
 
@@ -567,16 +580,26 @@ impl Kernels for Flex {
         let dims = gate.dims();
         let (g, u, d) = (flex(gate), flex(up), flex(grad));
         let (gs, us, ds) = (g.storage::<f32>(), u.storage::<f32>(), d.storage::<f32>());
-        let mut dg = vec![0f32; gs.len()];
-        let mut du = vec![0f32; gs.len()];
-        dg.par_chunks_mut(4096)
-            .zip(du.par_chunks_mut(4096))
+        let n = gs.len();
+        assert!(
+            us.len() == n && ds.len() == n,
+            "swiglu backward: sizes differ"
+        );
+        let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        dg.spare_capacity_mut()[..n]
+            .par_chunks_mut(4096)
+            .zip(du.spare_capacity_mut()[..n].par_chunks_mut(4096))
             .zip(
                 gs.par_chunks(4096)
                     .zip(us.par_chunks(4096))
                     .zip(ds.par_chunks(4096)),
             )
             .for_each(|((dg, du), ((g, u), d))| swiglu_grad_chunk(dg, du, g, u, d));
+        // SAFETY: as in `swiglu`: equal-length inputs, every output element written.
+        unsafe {
+            dg.set_len(n);
+            du.set_len(n);
+        }
         (tensor(dg, dims), tensor(du, dims))
     }
 }
@@ -978,18 +1001,19 @@ pub(super) fn lora_linear_forward(
     let x = flex(x);
     let (w, w_rs, w_cs) = weight_view(w);
     let (xs, ws) = (x.storage::<f32>(), w.storage::<f32>());
-    let mut y = vec![0f32; n * out];
-    let has_bias = bias.is_some();
-    if let Some(b) = bias {
-        let b = flex(b);
-        let bs = b.storage::<f32>();
-        y.par_chunks_mut(out)
-            .for_each(|row| row.copy_from_slice(bs));
-    }
     // y (+)= x W^T
-    gemm_into(
-        &mut y, n, out, inp, xs, inp, 1, ws, w_cs, w_rs, has_bias, 1.0,
-    );
+    let mut y = match bias {
+        Some(b) => {
+            let b = flex(b);
+            let bs = b.storage::<f32>();
+            let mut y = vec![0f32; n * out];
+            y.par_chunks_mut(out)
+                .for_each(|row| row.copy_from_slice(bs));
+            gemm_into(&mut y, n, out, inp, xs, inp, 1, ws, w_cs, w_rs, true, 1.0);
+            y
+        }
+        None => gemm_new(n, out, inp, xs, inp, 1, ws, w_cs, w_rs, 1.0),
+    };
     let Some((a, b, scaling)) = lora else {
         return (tensor(y, [n, out]), None);
     };
@@ -997,8 +1021,7 @@ pub(super) fn lora_linear_forward(
     let r = a.dims()[0];
     let (a, b) = (flex(a), flex(b));
     let (as_, bs) = (a.storage::<f32>(), b.storage::<f32>());
-    let mut xa = vec![0f32; n * r];
-    gemm_into(&mut xa, n, r, inp, xs, inp, 1, as_, 1, inp, false, 1.0);
+    let xa = gemm_new(n, r, inp, xs, inp, 1, as_, 1, inp, 1.0);
     // y += s (x A^T) B^T
     gemm_into(&mut y, n, out, r, &xa, r, 1, bs, 1, r, true, scaling as f32);
     (tensor(y, [n, out]), Some(tensor(xa, [n, r])))
@@ -1022,11 +1045,8 @@ pub(super) fn lora_linear_backward(
     let (x, g) = (flex(x), flex(grad));
     let (w, w_rs, w_cs) = weight_view(w);
     let (xs, ws, gs) = (x.storage::<f32>(), w.storage::<f32>(), g.storage::<f32>());
-    let mut dx = need_dx.then(|| vec![0f32; n * inp]);
-    if let Some(dx) = dx.as_mut() {
-        // dx = dy W
-        gemm_into(dx, n, inp, out, gs, out, 1, ws, w_rs, w_cs, false, 1.0);
-    }
+    // dx = dy W
+    let mut dx = need_dx.then(|| gemm_new(n, inp, out, gs, out, 1, ws, w_rs, w_cs, 1.0));
     let mut dlora = None;
     if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {
         let _low_rank = span(Region::LowRankBackward);
@@ -1035,14 +1055,11 @@ pub(super) fn lora_linear_backward(
         let (as_, bs, xas) = (a.storage::<f32>(), b.storage::<f32>(), xa.storage::<f32>());
         let s = scaling as f32;
         // dxa = s dy B                [n, r]
-        let mut dxa = vec![0f32; n * r];
-        gemm_into(&mut dxa, n, r, out, gs, out, 1, bs, r, 1, false, s);
+        let dxa = gemm_new(n, r, out, gs, out, 1, bs, r, 1, s);
         // dB = s dy^T xa              [out, r]
-        let mut db = vec![0f32; out * r];
-        gemm_into(&mut db, out, r, n, gs, 1, out, xas, r, 1, false, s);
+        let db = gemm_new(out, r, n, gs, 1, out, xas, r, 1, s);
         // dA = dxa^T x                [r, in]
-        let mut da = vec![0f32; r * inp];
-        gemm_into(&mut da, r, inp, n, &dxa, 1, r, xs, inp, 1, false, 1.0);
+        let da = gemm_new(r, inp, n, &dxa, 1, r, xs, inp, 1, 1.0);
         if let Some(dx) = dx.as_mut() {
             // dx += dxa A
             gemm_into(dx, n, inp, r, &dxa, r, 1, as_, inp, 1, true, 1.0);
@@ -1050,6 +1067,59 @@ pub(super) fn lora_linear_backward(
         dlora = Some((tensor(da, [r, inp]), tensor(db, [out, r])));
     }
     (dx.map(|d| tensor(d, [n, inp])), dlora)
+}
+
+/// `scale * lhs rhs` as a new row-major `m x n` buffer, on all threads. The buffer is not
+/// zeroed first: the GEMM writes every element without reading it (the bulk of a step's
+/// outputs, ~1.2 GB per 0.5B step, would otherwise be memset and then overwritten).
+#[allow(clippy::too_many_arguments)]
+fn gemm_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    scale: f32,
+) -> Vec<f32> {
+    if k == 0 || m == 0 || n == 0 {
+        return vec![0f32; m * n];
+    }
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the assertions keep every strided read inside `lhs`/`rhs`; `dst` has capacity
+    // for m * n floats. With `read_dst = false` the gemm crate never reads the destination
+    // (alpha is forced to zero and every element is stored, its k = 0 and gemv paths included),
+    // so all m * n elements are initialised before `set_len`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+        dst.set_len(m * n);
+    }
+    dst
 }
 
 /// `dst (+)= scale * lhs rhs`, row-major `dst`, strided operands, on all threads.
