@@ -54,29 +54,53 @@ fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
 }
 
 multiversion! {
-    /// One row of the fused cross-entropy: `log-sum-exp - logit[target]`; with `write_grad`
-    /// the row becomes `softmax - onehot(target)` (one `exp` per element, kept in place).
-    fn ce_row(row: &mut [f32], target: usize, write_grad: bool) -> f64 {
+    /// One row of the fused cross-entropy: `(log-sum-exp - logit[target], 1 / sum(exp))`;
+    /// with `store_exp` the row becomes `exp(logit - max)`, the softmax before normalising
+    /// (one `exp` per element, kept in place). Normalising and the one-hot are applied to
+    /// the row's gradient product instead, a `[d]` row rather than a `[vocab]` one.
+    fn ce_row(row: &mut [f32], target: usize, store_exp: bool) -> (f64, f32) {
         let m = max(row);
         let target_logit = row[target];
-        let sum = exp_sum(row, m, write_grad);
-        if write_grad {
-            let inv = (1.0 / sum) as f32;
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
-            row[target] -= 1.0;
-        }
-        m as f64 + sum.ln() - target_logit as f64
+        let sum = exp_sum(row, m, store_exp);
+        (m as f64 + sum.ln() - target_logit as f64, (1.0 / sum) as f32)
     }
 }
 
-/// Row-wise log-sum-exp and, optionally, `softmax - onehot(target)` written over the logits.
-fn ce_rows(logits: &mut [f32], vocab: usize, targets: &[i32], write_grad: bool) -> f64 {
+multiversion! {
+    /// `dh = inv * (exp row . W) - W[target]`: the gradient product of an unnormalised
+    /// softmax row turned into that of `softmax - onehot(target)`.
+    fn ce_grad_row(dh: &mut [f32], inv: f32, w_target: &[f32]) {
+        for (g, &w) in dh.iter_mut().zip(w_target) {
+            *g = *g * inv - w;
+        }
+    }
+}
+
+/// Row-wise log-sum-exp summed over the rows; with `store_exp` the logits become their
+/// unnormalised softmax and each row's `1 / sum(exp)` is written to `inv`.
+fn ce_rows(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[i32],
+    store_exp: bool,
+    inv: &mut [f32],
+) -> f64 {
+    if !store_exp {
+        return logits
+            .par_chunks_mut(vocab)
+            .zip(targets.par_iter())
+            .map(|(row, &t)| ce_row(row, t as usize, false).0)
+            .sum();
+    }
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .map(|(row, &t)| ce_row(row, t as usize, write_grad))
+        .zip(inv.par_iter_mut())
+        .map(|((row, &t), inv)| {
+            let (loss, i) = ce_row(row, t as usize, true);
+            *inv = i;
+            loss
+        })
         .sum()
 }
 
@@ -235,20 +259,22 @@ fn ce(
             let _span = span(Region::LossLogits);
             matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
         }
+        let tgt = &targets[start..start + len];
+        let mut inv = vec![0f32; if with_grad { len } else { 0 }];
         {
             let _span = span(Region::LossSoftmax);
-            loss += ce_rows(logits, vocab, &targets[start..start + len], with_grad);
+            loss += ce_rows(logits, vocab, tgt, with_grad, &mut inv);
         }
         if with_grad {
             let _span = span(Region::LossGrad);
-            grad_times_weight(
-                &mut dh[start * d..(start + len) * d],
-                len,
-                d,
-                vocab,
-                logits,
-                ws,
-            );
+            let dh = &mut dh[start * d..(start + len) * d];
+            grad_times_weight(dh, len, d, vocab, logits, ws);
+            dh.par_chunks_mut(d)
+                .zip(inv.par_iter().zip(tgt.par_iter()))
+                .for_each(|(row, (&inv, &t))| {
+                    let t = t as usize;
+                    ce_grad_row(row, inv, &ws[t * d..(t + 1) * d]);
+                });
         }
     }
     (loss, with_grad.then(|| tensor(dh, [n, d])))
