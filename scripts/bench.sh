@@ -25,14 +25,19 @@ done
 "$PYTHON" - "$OUT" $SHAPES <<'PY'
 import json, statistics, sys
 out, shapes = sys.argv[1], sys.argv[2:]
-print(f"{'shape':<14} {'burnish s/step':>15} {'pytorch s/step':>15} {'time ratio':>10} {'burnish RSS':>12} {'pytorch RSS':>12} {'mem ratio':>9}")
+# Step times pooled over all rounds (the shared VM drifts by 10-20% within minutes, so a
+# median of per-round medians can pair a slow burnish round with a fast PyTorch one), plus
+# the median of the per-round ratios of runs made back to back.
+print(f"{'shape':<14} {'burnish s/step':>15} {'pytorch s/step':>15} {'time ratio':>10} {'paired':>7} {'burnish RSS':>12} {'pytorch RSS':>12} {'mem ratio':>9}")
 for s in shapes:
     b = [json.loads(l) for l in open(f"{out}/burnish-{s}.jsonl")]
     p = [json.loads(l) for l in open(f"{out}/peft-{s}.jsonl")]
-    bt = statistics.median(r["median_step_s"] for r in b)
-    pt = statistics.median(r["median_step_s"] for r in p)
+    bt = statistics.median(t for r in b for t in r["step_times_s"])
+    pt = statistics.median(t for r in p for t in r["step_times_s"])
+    paired = statistics.median(x["median_step_s"] / y["median_step_s"] for x, y in zip(b, p))
     bm = statistics.median(r["peak_rss_bytes"] for r in b) / 1e9
     pm = statistics.median(r["peak_rss_bytes"] for r in p) / 1e9
     grow = max(r["rss_end_bytes"] - r["rss_after_warmup_bytes"] for r in b) / 1e6
-    print(f"{s:<14} {bt:>15.3f} {pt:>15.3f} {bt/pt:>10.2f} {bm:>10.2f}GB {pm:>10.2f}GB {bm/pm:>9.2f}   (burnish RSS growth after warm-up: {grow:+.0f} MB)")
+    print(f"{s:<14} {bt:>15.3f} {pt:>15.3f} {bt/pt:>10.2f} {paired:>7.2f} {bm:>10.2f}GB {pm:>10.2f}GB {bm/pm:>9.2f}   (burnish RSS growth after warm-up: {grow:+.0f} MB)")
+    print(f"{'':<14} rounds (burnish/pytorch s/step): " + ", ".join(f"{x['median_step_s']:.3f}/{y['median_step_s']:.3f}" for x, y in zip(b, p)))
 PY
