@@ -245,3 +245,31 @@ fn transposed_weight_layout_computes_the_same() {
     close(da1, da2, 1e-5, "transposed-layout dA");
     close(db1, db2, 1e-5, "transposed-layout dB");
 }
+
+/// A quantized weight with more inputs than outputs is dequantized for the forward straight
+/// into transposed storage; the result equals the linear layer on the row-major dequantized
+/// weight.
+#[test]
+fn quantized_wide_input_forward_matches_dequantized_weight() {
+    use burn::tensor::DType;
+    use burnish::model::quant::QuantSpec;
+    let (x, w) = (rand([9, 128], 51), rand([24, 128], 52));
+    let q = Cpu::quantize_weight(
+        w,
+        &QuantSpec {
+            bits: 4,
+            block_size: 32,
+        }
+        .scheme(),
+    );
+    let dense = Cpu::dequantize_weight(q.clone(), DType::F32);
+    let lora = Some((rand([4, 128], 53), rand([24, 4], 54), 2.0));
+    let (y1, xa1) = Cpu::lora_linear_forward(x.clone(), q.clone(), None, lora.clone());
+    let (y2, _) = generic::lora_linear_forward(x.clone(), dense.clone(), None, lora.clone());
+    close(y1, y2, 1e-5, "quantized wide-input forward");
+    let gy = rand([9, 24], 55);
+    let (dx1, _) =
+        Cpu::lora_linear_backward(x.clone(), xa1.clone(), q, lora.clone(), gy.clone(), true);
+    let (dx2, _) = generic::lora_linear_backward(x, xa1, dense, lora, gy, true);
+    close(dx1.unwrap(), dx2.unwrap(), 1e-5, "quantized wide-input dx");
+}

@@ -352,44 +352,7 @@ impl Kernels for Flex {
 
     /// Block-wise dequantization, row-parallel (Burn's own is a single-threaded loop).
     fn dequantize_weight(w: Tensor<Flex, 2>, dtype: DType) -> Tensor<Flex, 2> {
-        let dims = w.dims();
-        let q: FlexQTensor = match w.into_primitive() {
-            TensorPrimitive::QFloat(q) => q,
-            p => return Tensor::from_primitive(p),
-        };
-        let block = match q.scheme().level {
-            QuantLevel::Block(b) => b.num_elements(),
-            QuantLevel::Tensor => 0,
-        };
-        let codes = q.tensor();
-        let n = dims[0] * dims[1];
-        let plain = dtype == DType::F32
-            && block > 0
-            && codes.is_contiguous()
-            && codes.layout().start_offset() == 0
-            && codes.storage::<i8>().len() == n
-            && q.scales().len() * block == n;
-        if !plain {
-            return dense(Tensor::from_primitive(TensorPrimitive::QFloat(q)), dtype);
-        }
-        let _span = span(Region::Dequantize);
-        let (codes, scales) = (codes.storage::<i8>(), q.scales());
-        let mut out = vec![0f32; n];
-        // Chunks of whole blocks, a few rows' worth each.
-        let per_chunk = block * (4096 / block).max(1);
-        out.par_chunks_mut(per_chunk)
-            .zip(codes.par_chunks(per_chunk))
-            .enumerate()
-            .for_each(|(c, (o, q))| {
-                let first = c * per_chunk / block;
-                for (b, (ob, qb)) in o.chunks_mut(block).zip(q.chunks(block)).enumerate() {
-                    let s = scales[first + b];
-                    for (y, &x) in ob.iter_mut().zip(qb) {
-                        *y = f32::from(x) * s;
-                    }
-                }
-            });
-        tensor(out, dims)
+        dequantize(w, dtype, false)
     }
 
     fn cross_entropy_sum(
@@ -540,7 +503,10 @@ impl Kernels for Flex {
         bias: Option<Tensor<Flex, 1>>,
         lora: Option<(Tensor<Flex, 2>, Tensor<Flex, 2>, f64)>,
     ) -> (Tensor<Flex, 2>, Option<Tensor<Flex, 2>>) {
-        let w = Flex::dequantize_weight(w, x.dtype());
+        // A quantized wide-input weight is dequantized straight into the transposed storage
+        // that `layout_frozen_weight` gives dense ones (the forward's fast layout).
+        let [out, inp] = w.dims();
+        let w = dequantize(w, x.dtype(), inp > out);
         let f32_all = is_f32(&x)
             && is_f32(&w)
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
@@ -628,6 +594,71 @@ impl Kernels for Flex {
         }
         (tensor(dg, dims), tensor(du, dims))
     }
+}
+
+/// `w` dense in `dtype`: a block-quantized weight dequantized in parallel (into transposed
+/// `[in, out]` storage behind a transposed view when `transposed`), anything else as
+/// `dense` gives it.
+fn dequantize(w: Tensor<Flex, 2>, dtype: DType, transposed: bool) -> Tensor<Flex, 2> {
+    let dims = w.dims();
+    let [out, inp] = dims;
+    let q: FlexQTensor = match w.into_primitive() {
+        TensorPrimitive::QFloat(q) => q,
+        p => return Tensor::from_primitive(p),
+    };
+    let block = match q.scheme().level {
+        QuantLevel::Block(b) => b.num_elements(),
+        QuantLevel::Tensor => 0,
+    };
+    let codes = q.tensor();
+    let n = out * inp;
+    let plain = dtype == DType::F32
+        && block > 0
+        && codes.is_contiguous()
+        && codes.layout().start_offset() == 0
+        && codes.storage::<i8>().len() == n
+        && q.scales().len() * block == n;
+    if !plain {
+        return dense(Tensor::from_primitive(TensorPrimitive::QFloat(q)), dtype);
+    }
+    let _span = span(Region::Dequantize);
+    let (codes, scales) = (codes.storage::<i8>(), q.scales());
+    let mut values = vec![0f32; n];
+    if transposed && inp % block == 0 {
+        // Task `ib` owns rows ib*block.. of the `[in, out]` storage (a few hundred KB): it
+        // reads one block of every weight row and writes it down a column.
+        values
+            .par_chunks_mut(block * out)
+            .enumerate()
+            .for_each(|(ib, rows)| {
+                let i0 = ib * block;
+                for o in 0..out {
+                    let start = o * inp + i0;
+                    let s = scales[start / block];
+                    for (k, &c) in codes[start..start + block].iter().enumerate() {
+                        rows[k * out + o] = f32::from(c) * s;
+                    }
+                }
+            });
+        let stored = tensor(values, [inp, out]);
+        return stored.transpose();
+    }
+    // Chunks of whole blocks, a few rows' worth each.
+    let per_chunk = block * (4096 / block).max(1);
+    values
+        .par_chunks_mut(per_chunk)
+        .zip(codes.par_chunks(per_chunk))
+        .enumerate()
+        .for_each(|(c, (o, q))| {
+            let first = c * per_chunk / block;
+            for (b, (ob, qb)) in o.chunks_mut(block).zip(q.chunks(block)).enumerate() {
+                let s = scales[first + b];
+                for (y, &x) in ob.iter_mut().zip(qb) {
+                    *y = f32::from(x) * s;
+                }
+            }
+        });
+    tensor(values, dims)
 }
 
 /// bf16/f16 on the CPU: upcast and use the f32 kernel.
