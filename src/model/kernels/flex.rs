@@ -207,25 +207,6 @@ multiversion! {
 /// would pay for fresh pages every time.
 static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]` with explicit strides (elements), on all threads.
-#[allow(clippy::too_many_arguments)]
-fn matmul_into(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    gemm_into(
-        dst, m, n, k, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, false, 1.0,
-    );
-}
-
 /// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
 /// reused buffer, then log-sum-exp (and `softmax - onehot` in place when the gradient is
 /// wanted), then `dh = grad W`. Only one chunk of logits ever exists.
@@ -257,7 +238,20 @@ fn ce(
         // W^T as the right-hand side: element (k, j) is W[j, k].
         {
             let _span = span(Region::LossLogits);
-            matmul_into(logits, len, vocab, d, &hs[start * d..], d, 1, ws, 1, d);
+            gemm_into(
+                logits,
+                len,
+                vocab,
+                d,
+                &hs[start * d..],
+                d,
+                1,
+                ws,
+                1,
+                d,
+                false,
+                1.0,
+            );
         }
         let tgt = &targets[start..start + len];
         let mut inv = vec![0f32; if with_grad { len } else { 0 }];
@@ -288,7 +282,7 @@ fn ce(
 fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f32], w: &[f32]) {
     let threads = rayon::current_num_threads().max(1);
     if threads == 1 || vocab < 4096 {
-        matmul_into(dst, len, d, vocab, g, vocab, 1, w, d, 1);
+        gemm_into(dst, len, d, vocab, g, vocab, 1, w, d, 1, false, 1.0);
         return;
     }
     let slab = vocab.div_ceil(threads);
@@ -303,7 +297,8 @@ fn grad_times_weight(dst: &mut [f32], len: usize, d: usize, vocab: usize, g: &[f
                 // SAFETY: rows of `g` span `lo..hi` within each `vocab`-long row and rows
                 // `lo..hi` of `w` lie inside the slices (asserted above); `out` is this task's.
                 unsafe {
-                    gemm_raw(
+                    gemm_with(
+                        gemm::Parallelism::None,
                         len,
                         d,
                         hi - lo,
@@ -694,9 +689,16 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// `dst (+)= lhs * rhs` on raw strided buffers, single-threaded (callers parallelise).
+/// `dst (+)= scale * lhs rhs` on raw strided buffers (row-major `dst` with row stride
+/// `dst_rs`), with the gemm crate's `par`allelism (`None` inside tasks that are already parallel). The one
+/// place the crate is called.
+///
+/// # Safety
+/// Every strided element of `lhs` and `rhs` must be readable and every element of `dst`
+/// writable (and readable when `accumulate`), with no other access to `dst` meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
+unsafe fn gemm_with(
+    par: gemm::Parallelism,
     m: usize,
     n: usize,
     k: usize,
@@ -711,7 +713,7 @@ unsafe fn gemm_raw(
     rhs_cs: usize,
     scale: f32,
 ) {
-    // SAFETY: forwarded from the caller, which guarantees the strided extents are in bounds.
+    // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
             m,
@@ -732,7 +734,7 @@ unsafe fn gemm_raw(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
@@ -872,7 +874,8 @@ pub(super) fn attention_with_probs(
                 let kb = ks.as_ptr().add((bi * t * nkv + kvh) * d);
                 let vb = vs.as_ptr().add((bi * t * nkv + kvh) * d);
                 // S = scale * Q_h K_h^T over the visible keys; later columns stay 0.
-                gemm_raw(
+                gemm_with(
+                    gemm::Parallelism::None,
                     rows,
                     e,
                     d,
@@ -893,7 +896,8 @@ pub(super) fn attention_with_probs(
                     masked_softmax_row(&mut row[..e], &ms[(bi * s + qi) * t..][..e]);
                 }
                 // O_h = P V_h, into the head's columns of out[bi].
-                gemm_raw(
+                gemm_with(
+                    gemm::Parallelism::None,
                     rows,
                     d,
                     e,
@@ -974,9 +978,25 @@ pub(super) fn attention_backward(
                     let gb = gs.as_ptr().add((bi * s * nh + head) * d + r0 * nh * d);
                     let qb = qs.as_ptr().add((bi * s * nh + head) * d + r0 * nh * d);
                     // dV += P^T dO
-                    gemm_raw(e, d, rows, dvb, nkv * d, true, pb, 1, t, gb, nh * d, 1, 1.0);
+                    gemm_with(
+                        gemm::Parallelism::None,
+                        e,
+                        d,
+                        rows,
+                        dvb,
+                        nkv * d,
+                        true,
+                        pb,
+                        1,
+                        t,
+                        gb,
+                        nh * d,
+                        1,
+                        1.0,
+                    );
                     // dP = dO V^T
-                    gemm_raw(
+                    gemm_with(
+                        gemm::Parallelism::None,
                         rows,
                         e,
                         d,
@@ -996,7 +1016,8 @@ pub(super) fn attention_backward(
                         softmax_grad_row(drow, &prob[(r0 + i) * t..][..e], scale);
                     }
                     // dQ_h = dS K
-                    gemm_raw(
+                    gemm_with(
+                        gemm::Parallelism::None,
                         rows,
                         d,
                         e,
@@ -1012,7 +1033,8 @@ pub(super) fn attention_backward(
                         1.0,
                     );
                     // dK += dS^T Q_h
-                    gemm_raw(
+                    gemm_with(
+                        gemm::Parallelism::None,
                         e,
                         d,
                         rows,
@@ -1153,26 +1175,21 @@ fn gemm_new(
     // (alpha is forced to zero and every element is stored, its k = 0 and gemv paths included),
     // so all m * n elements are initialised before `set_len`.
     unsafe {
-        gemm::gemm(
+        gemm_with(
+            all_threads(),
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             false,
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            lhs_rs,
+            lhs_cs,
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
+            rhs_rs,
+            rhs_cs,
             scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
         );
         dst.set_len(m * n);
     }
@@ -1201,26 +1218,25 @@ fn gemm_into(
     // SAFETY: the assertions above keep every strided access inside the slices; `dst` is a
     // distinct, exclusively borrowed buffer.
     unsafe {
-        gemm::gemm(
+        gemm_with(
+            all_threads(),
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             accumulate,
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            lhs_rs,
+            lhs_cs,
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
+            rhs_rs,
+            rhs_cs,
             scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
         );
     }
+}
+
+fn all_threads() -> gemm::Parallelism {
+    gemm::Parallelism::Rayon(rayon::current_num_threads())
 }
