@@ -36,30 +36,19 @@ const LANES: usize = 16;
 #[inline(always)]
 pub fn exp_sum(x: &mut [f32], shift: f32, store: bool) -> f64 {
     let mut total = 0.0f64;
-    let mut blocks = x.chunks_exact_mut(LANES * 256);
-    for block in &mut blocks {
-        let mut acc = [0.0f32; LANES];
-        for c in block.chunks_exact_mut(LANES) {
-            for i in 0..LANES {
-                let e = exp(c[i] - shift);
-                if store {
-                    c[i] = e;
-                }
-                acc[i] += e;
-            }
-        }
-        total += acc.iter().map(|&a| a as f64).sum::<f64>();
-    }
-    let rest = blocks.into_remainder();
     let mut acc = [0.0f32; LANES];
-    let mut chunks = rest.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            let e = exp(c[i] - shift);
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for (i, c) in (&mut chunks).enumerate() {
+        for j in 0..LANES {
+            let e = exp(c[j] - shift);
             if store {
-                c[i] = e;
+                c[j] = e;
             }
-            acc[i] += e;
+            acc[j] += e;
+        }
+        if i % 256 == 255 {
+            total += acc.iter().map(|&a| a as f64).sum::<f64>();
+            acc = [0.0; LANES];
         }
     }
     for v in chunks.into_remainder() {

@@ -76,8 +76,8 @@ multiversion! {
     }
 }
 
-/// Row-wise log-sum-exp summed over the rows; with `store_exp` the logits become their
-/// unnormalised softmax and each row's `1 / sum(exp)` is written to `inv`.
+/// Row-wise log-sum-exp summed over the rows, each row's `1 / sum(exp)` written to `inv`;
+/// with `store_exp` the logits become their unnormalised softmax.
 fn ce_rows(
     logits: &mut [f32],
     vocab: usize,
@@ -85,19 +85,12 @@ fn ce_rows(
     store_exp: bool,
     inv: &mut [f32],
 ) -> f64 {
-    if !store_exp {
-        return logits
-            .par_chunks_mut(vocab)
-            .zip(targets.par_iter())
-            .map(|(row, &t)| ce_row(row, t as usize, false).0)
-            .sum();
-    }
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
         .zip(inv.par_iter_mut())
         .map(|((row, &t), inv)| {
-            let (loss, i) = ce_row(row, t as usize, true);
+            let (loss, i) = ce_row(row, t as usize, store_exp);
             *inv = i;
             loss
         })
@@ -203,13 +196,14 @@ multiversion! {
     }
 }
 
-/// Scratch for one chunk of logits, kept between calls: allocating ~64 MB per chunk per step
-/// would pay for fresh pages every time.
+/// Scratch for one chunk of logits, kept between calls: allocating up to 160 MiB per chunk per
+/// step would pay for fresh pages every time.
 static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
 /// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
-/// reused buffer, then log-sum-exp (and `softmax - onehot` in place when the gradient is
-/// wanted), then `dh = grad W`. Only one chunk of logits ever exists.
+/// reused buffer, then log-sum-exp (and the unnormalised softmax in place when the gradient
+/// is wanted), then `dh = (softmax - onehot) W`, normalised on the `[d]` rows. Only one chunk
+/// of logits ever exists.
 fn ce(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
@@ -254,7 +248,7 @@ fn ce(
             );
         }
         let tgt = &targets[start..start + len];
-        let mut inv = vec![0f32; if with_grad { len } else { 0 }];
+        let mut inv = vec![0f32; len];
         {
             let _span = span(Region::LossSoftmax);
             loss += ce_rows(logits, vocab, tgt, with_grad, &mut inv);
@@ -690,8 +684,8 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// `dst (+)= scale * lhs rhs` on raw strided buffers (row-major `dst` with row stride
-/// `dst_rs`), with the gemm crate's `par`allelism (`None` inside tasks that are already parallel). The one
-/// place the crate is called.
+/// `dst_rs`), with the gemm crate's `par`allelism (`None` inside tasks that are already
+/// parallel). The one place the crate is called.
 ///
 /// # Safety
 /// Every strided element of `lhs` and `rhs` must be readable and every element of `dst`

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The timed regions: the fused kernels, and the GEMMs within them that dominate.
+/// The discriminants index the totals (they follow `REGIONS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Region {
     LoraForward,
@@ -26,6 +27,7 @@ pub enum Region {
     Dequantize,
 }
 
+/// Every region, in declaration (discriminant) order.
 const REGIONS: [Region; 15] = [
     Region::LoraForward,
     Region::LoraBackward,
@@ -43,6 +45,15 @@ const REGIONS: [Region; 15] = [
     Region::SwigluBackward,
     Region::Dequantize,
 ];
+
+// REGIONS lists each region at the index of its discriminant (checked when compiling).
+const _: () = {
+    let mut i = 0;
+    while i < REGIONS.len() {
+        assert!(REGIONS[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl Region {
     /// The region this one is timed inside of, if any.
@@ -76,8 +87,8 @@ impl Region {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 15] = [const { AtomicU64::new(0) }; 15];
-static CALLS: [AtomicU64; 15] = [const { AtomicU64::new(0) }; 15];
+static NANOS: [AtomicU64; REGIONS.len()] = [const { AtomicU64::new(0) }; REGIONS.len()];
+static CALLS: [AtomicU64; REGIONS.len()] = [const { AtomicU64::new(0) }; REGIONS.len()];
 
 /// Start (or stop) collecting.
 pub fn set_enabled(on: bool) {
@@ -96,9 +107,8 @@ pub fn reset() {
 pub fn totals() -> Vec<(Region, f64, u64)> {
     REGIONS
         .iter()
-        .enumerate()
-        .filter_map(|(i, &r)| {
-            let calls = CALLS[i].load(Ordering::Relaxed);
+        .filter_map(|&r| {
+            let (i, calls) = (r as usize, CALLS[r as usize].load(Ordering::Relaxed));
             (calls > 0).then(|| (r, NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9, calls))
         })
         .collect()
@@ -111,8 +121,7 @@ pub fn span(region: Region) -> Span {
     if !ENABLED.load(Ordering::Relaxed) {
         return Span(None);
     }
-    let i = REGIONS.iter().position(|&r| r == region).unwrap_or(0);
-    Span(Some((i, Instant::now())))
+    Span(Some((region as usize, Instant::now())))
 }
 
 impl Drop for Span {
