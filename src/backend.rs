@@ -1,14 +1,11 @@
 //! The tensor backends burnish runs on and the choice between them: Burn's Flex on the CPU,
 //! CubeCL CUDA behind the `cuda` feature.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::backend::Autodiff;
-use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::model::kernels::Kernels;
+pub use crate::recipe::values::{DeviceList, DeviceSpec, WeightDtype};
 
 /// CPU inference backend.
 pub type Cpu = burn::backend::Flex;
@@ -18,75 +15,6 @@ pub type CpuTrain = Autodiff<Cpu>;
 pub type Gpu = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type GpuTrain = Autodiff<Gpu>;
-
-/// Where to run: `auto`, `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceSpec {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(DeviceSpec::Auto),
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| {
-                    format!("unknown device '{other}' (expected auto, cpu, cuda or cuda:N)")
-                }),
-        }
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Auto => f.write_str("auto"),
-            DeviceSpec::Cpu => f.write_str("cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-/// Frozen-weight precision: `auto` means f32 on CPU and bf16 on CUDA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightDtype {
-    #[default]
-    Auto,
-    F32,
-    Bf16,
-}
-
-impl FromStr for WeightDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(WeightDtype::Auto),
-            "f32" | "float32" => Ok(WeightDtype::F32),
-            "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
-            other => Err(format!(
-                "unknown dtype '{other}' (expected auto, f32 or bf16)"
-            )),
-        }
-    }
-}
-
-impl WeightDtype {
-    pub fn resolve(self, on_gpu: bool) -> DType {
-        match (self, on_gpu) {
-            (WeightDtype::F32, _) | (WeightDtype::Auto, false) => DType::F32,
-            (WeightDtype::Bf16, _) | (WeightDtype::Auto, true) => DType::BF16,
-        }
-    }
-}
 
 /// Work that runs on whichever backend the device choice selects.
 pub trait BackendJob {
@@ -221,45 +149,17 @@ pub fn dispatch<J: BackendJob>(spec: DeviceSpec, job: J) -> Result<J::Output, St
     }
 }
 
-/// The devices of `train.devices`. `cuda:all` expands to every visible GPU when `expand_all`
-/// (at run time; recipe validation only checks the syntax).
-pub fn device_specs(
-    list: &crate::recipe::DeviceList,
-    expand_all: bool,
-) -> Result<Vec<DeviceSpec>, String> {
-    use crate::recipe::DeviceList;
-    let names: Vec<String> = match list {
-        DeviceList::One(s) if s == "cuda:all" => {
-            if !expand_all {
-                return Ok(vec![DeviceSpec::Cuda(0)]);
-            }
+/// The devices of `train.devices`, checked; `cuda:all` expands to every visible GPU.
+pub fn device_specs(list: &DeviceList) -> Result<Vec<DeviceSpec>, String> {
+    list.check()?;
+    match list {
+        DeviceList::AllCuda => {
             let n = cuda_device_count();
             if n == 0 {
                 return Err("cuda:all: no CUDA devices are visible on this machine".into());
             }
-            return Ok((0..n).map(DeviceSpec::Cuda).collect());
+            Ok((0..n).map(DeviceSpec::Cuda).collect())
         }
-        DeviceList::One(s) => vec![s.clone()],
-        DeviceList::Many(v) => v.clone(),
-    };
-    if names.is_empty() {
-        return Err("is empty; list at least one device".into());
+        DeviceList::Devices(v) => Ok(v.clone()),
     }
-    let specs: Vec<DeviceSpec> = names
-        .iter()
-        .map(|n| n.parse::<DeviceSpec>())
-        .collect::<Result<_, _>>()?;
-    if specs.contains(&DeviceSpec::Auto) {
-        return Err("auto is not allowed in a device list; name cpu or cuda:N devices".into());
-    }
-    let cpu = specs.iter().filter(|s| **s == DeviceSpec::Cpu).count();
-    if cpu != 0 && cpu != specs.len() {
-        return Err("mixes cpu and cuda devices; list only one kind".into());
-    }
-    for (i, s) in specs.iter().enumerate() {
-        if matches!(s, DeviceSpec::Cuda(_)) && specs[..i].contains(s) {
-            return Err(format!("lists {s} twice"));
-        }
-    }
-    Ok(specs)
 }

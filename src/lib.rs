@@ -13,4 +13,5 @@ pub mod lora;
 pub mod model;
 pub mod observe;
 pub mod recipe;
+pub mod rng;
 pub mod train;

@@ -13,11 +13,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if burnish::error::is_user_error(&err) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            burnish::cli::exit::code_for(&err)
         }
     }
 }

@@ -273,6 +273,7 @@ fn plan_for(
             format,
             fields: Default::default(),
             max_rows: None,
+            ..Default::default()
         }],
         validation: Validation::None,
         seq_len,

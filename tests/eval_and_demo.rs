@@ -57,6 +57,7 @@ fn eval_uses_the_training_pipeline_for_every_format() {
                 format: format.parse().ok(),
                 fields: Default::default(),
                 max_rows: None,
+                ..Default::default()
             }],
             validation: Validation::None,
             seq_len: 2048,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use burnish::model::safetensors_out::{F32Tensor, write_f32};
 use common::*;
 use safetensors::SafeTensors;
 
@@ -339,7 +340,24 @@ fn adapter_tensor_problems_are_named() {
 }
 
 fn burnishing_write(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
-    burnish::lora::peft::write_f32_safetensors(path, tensors).unwrap();
+    let values: Vec<Vec<f32>> = tensors
+        .iter()
+        .map(|(_, _, b)| {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+        .collect();
+    let views: Vec<F32Tensor<'_>> = tensors
+        .iter()
+        .zip(&values)
+        .map(|((name, shape, _), v)| F32Tensor {
+            name,
+            shape: shape.clone(),
+            values: v,
+        })
+        .collect();
+    write_f32(path, &views, &[("format", "pt")]).unwrap();
 }
 
 /// scripts/make_fixtures.py loaded folders written by `burnish merge` with transformers and

@@ -37,22 +37,25 @@ train:
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("recipe.yaml:5:3: lora.alpah: unknown field 'alpah' (did you mean 'alpha'?); expected one of r, alpha"), "{err}");
     assert!(
-        err.contains("recipe.yaml:9:15: data.train.0.format: unknown variant `alpacca`"),
+        err.contains("recipe.yaml:9:15: data.train.0.format: 'alpacca' is not one of text, alpaca, messages, sharegpt, pretokenized (did you mean 'alpaca'?)"),
         "{err}"
     );
     assert!(
         err.contains("recipe.yaml:11:21: train.micro_batch_size: invalid type: string \"four\""),
         "{err}"
     );
+    // A name outside a fixed set is a type error too, reported in the same pass.
+    assert!(err.contains("recipe.yaml:13:21: train.scheduler.name: 'cosin' is not one of cosine, linear, constant (did you mean 'cosine'?)"), "{err}");
     // Value checks run once the types are right: these appear after fixing the above.
     let text2 = text
         .replace("  alpah: 32\n", "")
         .replace("alpacca", "alpaca")
-        .replace("four", "4");
+        .replace("four", "4")
+        .replace("cosin}", "cosine}");
     let o = validate(tmp.path(), &text2, &[]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains("2 problems"), "{err}");
     assert!(
         err.contains("data.train.0.path: file datasets/missing.jsonl not found"),
         "{err}"
@@ -61,7 +64,6 @@ train:
         err.contains(":11:32: train.optimizer.lr: must be a positive number"),
         "{err}"
     );
-    assert!(err.contains("train.scheduler.name: 'cosin' is not one of cosine, linear, constant (did you mean 'cosine'?)"), "{err}");
     assert!(!err.contains("panicked"));
 }
 

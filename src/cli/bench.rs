@@ -14,15 +14,15 @@ pub struct Args {
     /// small, qwen2.5-0.5b, qwen2.5-1.5b or qwen2.5-7b (random weights).
     #[arg(long, default_value = "small")]
     pub shape: String,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::flags::positive)]
     pub batch: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::flags::positive)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::flags::positive)]
     pub rank: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::flags::positive)]
     pub steps: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -35,6 +35,9 @@ pub struct Args {
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// LoRA dropout probability on the adapters' inputs (as `lora.dropout`).
+    #[arg(long, default_value_t = 0.0, value_parser = super::flags::probability)]
+    pub dropout: f64,
     /// Also report the time per step spent in each CPU kernel (forward, backward, loss).
     #[arg(long)]
     pub profile: bool,
@@ -66,6 +69,7 @@ impl BackendJob for Job<'_> {
             dtype: a.dtype.resolve(on_gpu),
             quantize: a.quant.spec()?,
             gradient_checkpointing: a.gradient_checkpointing,
+            dropout: a.dropout,
             profile: a.profile,
         };
         run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })

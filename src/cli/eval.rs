@@ -43,10 +43,10 @@ pub struct Args {
     #[arg(long, default_value = "test")]
     pub split: String,
     /// Longest sequence; longer examples are truncated.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = super::flags::positive)]
     pub seq_len: usize,
     /// Rows per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::flags::positive)]
     pub batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -122,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     format: args.format,
                     fields: Default::default(),
                     max_rows: None,
+                    ..Default::default()
                 }],
                 validation: Validation::None,
                 seq_len: args.seq_len,

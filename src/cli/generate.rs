@@ -43,13 +43,13 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// 0 = greedy. Default: generation_config.json's, else 0.7.
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::non_negative)]
     pub temperature: Option<f64>,
     /// Keep the k most likely tokens (0 = off). Default: generation_config.json's.
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Nucleus sampling mass (1 = off). Default: generation_config.json's.
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::mass)]
     pub top_p: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

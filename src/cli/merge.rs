@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         MergeInto::Dequantized => Some(quant_of(&args)?),
     };
     let report = merge(&MergeRequest {
+        cancel: None,
         base_dir: &base_dir,
         config: &folder.config,
         adapter: &adapter,
@@ -144,16 +145,29 @@ fn verify(
     let vocab = base.config.vocab_size as u32;
     let ids: Vec<u32> = (0..16u32).map(|i| (i * 7919 + 11) % vocab).collect();
     let batch = HostBatch::from_rows(&[ids], 0);
-    let a = with_adapter
-        .logits(&batch)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    let b = merged_model
-        .logits(&batch)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+    let host = |t: burn::tensor::Tensor<Cpu, 3>, what: &str| -> anyhow::Result<Vec<f32>> {
+        let v = t
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("verify: reading the {what} logits: {e:?}"))?;
+        if v.is_empty() {
+            anyhow::bail!("verify: the {what} model produced no logits");
+        }
+        // f32::max skips NaN, so the largest difference below would not see them.
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            anyhow::bail!("verify: the {what} model produced a non-finite logit ({bad})");
+        }
+        Ok(v)
+    };
+    let a = host(with_adapter.logits(&batch), "base + adapter")?;
+    let b = host(merged_model.logits(&batch), "merged")?;
+    if a.len() != b.len() {
+        anyhow::bail!(
+            "verify: base + adapter gave {} logits, the merged model {}; the merged folder does not match the base",
+            a.len(),
+            b.len()
+        );
+    }
     let diff = a
         .iter()
         .zip(&b)
@@ -174,7 +188,7 @@ fn verify(
     println!(
         "verify: max |logit difference| = {diff:.3e} (tolerance {tolerance:.1e}, weights {dtype})"
     );
-    if diff.is_nan() || diff > tolerance {
+    if !diff.is_finite() || diff > tolerance {
         anyhow::bail!(
             "merged model differs from base + adapter by {diff} (> {tolerance}); the merge is wrong"
         );

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod download;
 pub mod eval;
+pub mod exit;
+pub mod flags;
 pub mod generate;
 pub mod inspect;
 pub mod merge;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::backend::{DeviceSpec, WeightDtype};
+use crate::backend::DeviceSpec;
 use crate::cli::inspect::group_digits;
 use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
@@ -29,18 +29,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = LoadedRecipe::load(&args.recipe, &args.set)?;
     let setup = RunSetup::new(loaded)?;
     let r = setup.recipe();
-    let device: DeviceSpec = r.train.device.parse().unwrap_or_default();
-    let on_gpu = match device {
+    let on_gpu = match r.train.device {
         DeviceSpec::Cuda(_) => true,
         DeviceSpec::Cpu => false,
         DeviceSpec::Auto => crate::backend::cuda_available(),
     };
-    let dtype = r
-        .model
-        .dtype
-        .parse::<WeightDtype>()
-        .unwrap_or_default()
-        .resolve(on_gpu);
+    let dtype = r.model.dtype.resolve(on_gpu);
     let weight_bytes = if dtype == burn::tensor::DType::F32 {
         4.0
     } else {

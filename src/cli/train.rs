@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{
-    BackendJob, DeviceSpec, MultiDeviceJob, WeightDtype, device_specs, dispatch, dispatch_multi,
+    BackendJob, DeviceSpec, MultiDeviceJob, device_specs, dispatch, dispatch_multi,
 };
 use crate::cli::inspect::group_digits;
 use crate::error::user;
@@ -41,7 +41,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = LoadedRecipe::load(&args.recipe, &args.set)?;
-    let device: DeviceSpec = loaded.recipe.train.device.parse().map_err(user)?;
+    let device = loaded.recipe.train.device;
     let setup = RunSetup::new(loaded)?;
     let resume = match args.resume {
         None => Resume::No,
@@ -55,9 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stop: StopFlag::install(),
     };
     let devices = match &setup.recipe().train.devices {
-        Some(list) => {
-            Some(device_specs(list, true).map_err(|e| user(format!("train.devices {e}")))?)
-        }
+        Some(list) => Some(device_specs(list).map_err(|e| user(format!("train.devices {e}")))?),
         None => None,
     };
     let topology = Topology::resolve(
@@ -131,7 +129,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    crate::train::publish::finish(&setup, &outcome, opts.merge)?;
     if let Some(e) = &outcome.final_eval {
         println!(
             "final eval loss {:.4} (perplexity {:.2}) over {} tokens",
@@ -223,12 +220,7 @@ impl MultiDeviceJob for ParallelJob<'_> {
 /// What the run will do, logged before it starts.
 fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
     let r = s.recipe();
-    let dtype = r
-        .model
-        .dtype
-        .parse::<WeightDtype>()
-        .map_err(user)?
-        .resolve(on_gpu);
+    let dtype = r.model.dtype.resolve(on_gpu);
     let d = &s.data.stats;
     tracing::info!(
         "model {} ({}, {} parameters) on {} ({:?} frozen weights, f32 adapters)",
@@ -255,6 +247,15 @@ fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
         d.train_tokens,
         d.trained_tokens
     );
+    if d.truncated + d.dropped_too_long + d.dropped_untrained > 0 {
+        tracing::warn!(
+            "data: {} examples truncated to data.seq_len {}, {} dropped as too long, {} dropped with nothing to train (see `burnish plan`)",
+            d.truncated,
+            r.data.seq_len,
+            d.dropped_too_long,
+            d.dropped_untrained
+        );
+    }
     tracing::info!(
         "{} optimizer steps ({} per epoch), effective batch {} rows ({} x {} accumulation), output {}",
         s.counts.total_steps,

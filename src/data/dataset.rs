@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::batch::{PackedRow, TokenizedExample};
 use super::error::DataError;
-use super::formats::{Example, FieldMap, Format, parse_example};
+use super::formats::{Example, FieldMap, Format, RoleMap, parse_example};
 use super::order::permutation;
 use super::pack::{pack, unpacked};
 use super::source::{Row, read_rows};
@@ -16,11 +16,13 @@ use super::tokenize::Tokenization;
 use crate::model::TokenizerBundle;
 
 /// A dataset source resolved to local files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LocalSource {
     pub files: Vec<PathBuf>,
     pub format: Option<Format>,
     pub fields: FieldMap,
+    /// Role renames of conversation rows.
+    pub roles: RoleMap,
     pub max_rows: Option<usize>,
 }
 
@@ -121,7 +123,7 @@ fn tokenize_sources(
         formats.push(format);
         stats.rows_read += rows.len();
         for row in &rows {
-            let example = parse_example(row, format, &src.fields)?;
+            let example = parse_example(row, format, &src.fields, &src.roles)?;
             if matches!(example, Example::Chat(_)) && !tok.has_template() {
                 return Err(DataError::BadRow {
                     at: row.at.clone(),

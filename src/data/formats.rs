@@ -89,7 +89,7 @@ impl FromStr for Format {
     }
 }
 
-/// One chat message, roles normalised to `system`/`user`/`assistant` (others kept as given).
+/// One chat message, its role normalised to `system`, `user`, `assistant` or `tool`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: String,
@@ -119,7 +119,19 @@ pub enum Example {
 /// Column renames: canonical field name -> the dataset's column name.
 pub type FieldMap = BTreeMap<String, String>;
 
-pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Example, DataError> {
+/// Role renames of conversation rows: the dataset's role name -> `system`, `user`, `assistant`
+/// or `tool`.
+pub type RoleMap = BTreeMap<String, String>;
+
+/// The roles chat templates render.
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+pub fn parse_example(
+    row: &Row,
+    format: Format,
+    fields: &FieldMap,
+    roles: &RoleMap,
+) -> Result<Example, DataError> {
     let name = |canonical: &str| -> String {
         fields
             .get(canonical)
@@ -188,7 +200,17 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
                         ))),
                     }
                 };
-                let role = normalise_role(&field(role_key)?);
+                let given = field(role_key)?;
+                let role = normalise_role(&given, roles).ok_or_else(|| {
+                    bad(format!(
+                        "message {i} of '{}' has {} '{given}', which no chat template renders; \
+                         allowed: {} (also human, gpt, bot, model); map other names in the \
+                         source with `roles: {{{given}: assistant}}`",
+                        name(list_key),
+                        name(role_key),
+                        ROLES.join(", ")
+                    ))
+                })?;
                 let extra = m
                     .as_object()
                     .map(|o| {
@@ -263,12 +285,18 @@ pub fn parse_example(row: &Row, format: Format, fields: &FieldMap) -> Result<Exa
     }
 }
 
-fn normalise_role(role: &str) -> String {
+/// The canonical role of a dataset's role name: the source's own `roles` mapping first, then
+/// the names ShareGPT and other common layouts use. `None` for anything else: a template
+/// silently renders nothing for a role it does not know, and the turn would vanish from the
+/// training text.
+fn normalise_role(role: &str, roles: &RoleMap) -> Option<String> {
+    let role = roles.get(role).map_or(role, String::as_str);
     match role {
-        "human" | "user" => "user".into(),
-        "gpt" | "assistant" | "bot" | "model" => "assistant".into(),
-        "system" => "system".into(),
-        other => other.to_string(),
+        "human" | "user" => Some("user".into()),
+        "gpt" | "assistant" | "bot" | "model" => Some("assistant".into()),
+        "system" => Some("system".into()),
+        "tool" => Some("tool".into()),
+        _ => None,
     }
 }
 

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::lora::attach::fnv1a;
+use crate::rng::fnv1a;
 
 /// Row indices of epoch `epoch`: a seeded Fisher-Yates shuffle, or `0..n` without shuffling.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {

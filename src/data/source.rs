@@ -49,17 +49,26 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
 fn read_jsonl(path: &Path) -> Result<Vec<Row>, DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut rows = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    // Lines as bytes, so invalid UTF-8 is reported with its line rather than as a bare I/O error.
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(io_err(path))?;
         let at = RowLocation {
             file: path.to_path_buf(),
             kind: LocationKind::Line,
             index: i + 1,
         };
+        let line = String::from_utf8(line).map_err(|e| DataError::BadRow {
+            at: at.clone(),
+            message: format!(
+                "not valid UTF-8 (byte {} of the line); save the file as UTF-8",
+                e.utf8_error().valid_up_to() + 1
+            ),
+        })?;
+        let line = line.strip_suffix('\r').unwrap_or(&line);
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line).map_err(|e| DataError::BadRow {
+        let value: Value = serde_json::from_str(line).map_err(|e| DataError::BadRow {
             at: at.clone(),
             message: format!("invalid JSON: {e}"),
         })?;
@@ -75,7 +84,18 @@ fn read_jsonl(path: &Path) -> Result<Vec<Row>, DataError> {
 }
 
 fn read_json(path: &Path) -> Result<Vec<Row>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        DataError::BadFile {
+            path: path.to_path_buf(),
+            message: format!("line {line}: not valid UTF-8; save the file as UTF-8"),
+        }
+    })?;
     let value: Value = serde_json::from_str(&text).map_err(|e| DataError::BadFile {
         path: path.to_path_buf(),
         message: format!(

@@ -43,6 +43,10 @@ pub enum HubError {
         file: String,
         cache: String,
     },
+    #[error(
+        "{what}: HF_HUB_OFFLINE is set, so burnish does not contact the Hub; unset it to publish (the files stay where they are, and `burnish push` can publish them later)"
+    )]
+    Offline { what: String },
     #[error("{0}")]
     Protocol(String),
     #[error("{path}: {source}")]

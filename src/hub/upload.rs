@@ -465,6 +465,11 @@ impl HubClient {
         files: &[LocalFile],
         opts: &PushOptions<'_>,
     ) -> Result<PushReport, HubError> {
+        if self.env.offline {
+            return Err(HubError::Offline {
+                what: format!("pushing to {repo}"),
+            });
+        }
         self.token()?;
         let created = self.create_repo(repo, kind, opts.private)?;
         tracing::info!(

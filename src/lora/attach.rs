@@ -3,6 +3,7 @@
 //! back to the host for saving.
 
 use burn::module::Param;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -11,16 +12,7 @@ use super::layer::LoraAdapter;
 use super::peft::{AdapterFiles, HostFactors};
 use super::settings::{InitKind, TargetModule};
 use crate::model::CausalLm;
-
-/// A 64-bit FNV-1a hash: stable across platforms and releases, used to derive per-module seeds.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+use crate::rng::{fnv1a, standard_normal};
 
 /// Fresh factors for one module, reproducible from `seed` and the module's name alone (so the
 /// order in which modules are initialised never matters).
@@ -52,13 +44,6 @@ pub fn init_factors(target: &TargetModule, init: InitKind, seed: u64) -> HostFac
         b: vec![0.0; target.out_features * target.r],
         scaling: target.scaling,
     }
-}
-
-/// Standard normal by Box-Muller (two uniforms per sample; simple and reproducible).
-pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random::<f64>();
-    (-2.0f64 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Attach `factors` to the projection of `target`. `trainable` marks A and B as requiring grad.
@@ -129,4 +114,51 @@ pub fn extract<B: Backend>(
             Some((t.clone(), a, b))
         })
         .collect()
+}
+
+/// The factor tensors of `targets` in a fixed order, `A` then `B` of each: what the optimizer
+/// steps and what its state is keyed by.
+pub fn factor_tensors<B: Backend>(
+    net: &CausalLm<B>,
+    targets: &[TargetModule],
+) -> Vec<Tensor<B, 2>> {
+    let mut out = Vec::with_capacity(targets.len() * 2);
+    for t in targets {
+        if let Some(l) = net
+            .projection(t.layer, t.module)
+            .and_then(|p| p.lora.as_ref())
+        {
+            out.push(l.a.val());
+            out.push(l.b.val());
+        }
+    }
+    out
+}
+
+/// The PEFT names of [`factor_tensors`], in the same order.
+pub fn factor_names(targets: &[TargetModule]) -> Vec<String> {
+    targets
+        .iter()
+        .flat_map(|t| [true, false].map(|is_a| super::peft::peft_key(t.layer, t.module, is_a)))
+        .collect()
+}
+
+/// Put updated factor values (in [`factor_tensors`] order) back as trainable parameters,
+/// keeping their parameter ids.
+pub fn set_factor_tensors<B: AutodiffBackend>(
+    net: &mut CausalLm<B>,
+    targets: &[TargetModule],
+    values: Vec<Tensor<B::InnerBackend, 2>>,
+) {
+    let mut it = values.into_iter();
+    for t in targets {
+        if let Some(l) = net
+            .projection_mut(t.layer, t.module)
+            .and_then(|p| p.lora.as_mut())
+            && let (Some(a), Some(b)) = (it.next(), it.next())
+        {
+            l.a = Param::initialized(l.a.id, Tensor::from_inner(a).require_grad());
+            l.b = Param::initialized(l.b.id, Tensor::from_inner(b).require_grad());
+        }
+    }
 }

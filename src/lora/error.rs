@@ -39,6 +39,8 @@ pub enum LoraError {
     },
     #[error("merge output {path}: {message}")]
     Output { path: PathBuf, message: String },
+    #[error("the merge was stopped by a signal before it finished; nothing was written")]
+    Cancelled,
 }
 
 impl LoraError {

@@ -58,6 +58,17 @@ impl std::str::FromStr for OutputDtype {
 }
 
 impl OutputDtype {
+    /// The recipe's `output.merge_dtype`: `None` keeps the base's own dtype.
+    pub fn for_recipe(d: crate::recipe::values::MergeDtype) -> Option<Self> {
+        use crate::recipe::values::MergeDtype;
+        match d {
+            MergeDtype::Auto => None,
+            MergeDtype::F32 => Some(OutputDtype::F32),
+            MergeDtype::Bf16 => Some(OutputDtype::Bf16),
+            MergeDtype::F16 => Some(OutputDtype::F16),
+        }
+    }
+
     fn st(self) -> StDtype {
         match self {
             OutputDtype::F32 => StDtype::F32,
@@ -134,6 +145,14 @@ impl View for &OutTensor<'_> {
     }
 }
 
+/// What a tensor with NaN or infinite values is told (base or adapter, merge or load).
+pub fn non_finite_message(name: &str, count: usize, first: usize) -> String {
+    format!(
+        "tensor {name} holds {count} NaN or infinite value(s) (the first at flat index {first}); \
+         the file is damaged or was saved after training diverged: use another checkpoint"
+    )
+}
+
 /// `Q(W) + scaling * B @ A` in f32, where `Q` is the quantization round trip of `quant` (the
 /// identity without one) and the delta is left out without an adapter.
 pub fn projection_weight(
@@ -184,6 +203,8 @@ pub struct MergeRequest<'a> {
     /// Merge into the quantization round trip of the base projections (what a QLoRA adapter
     /// was trained on) instead of the original full-precision weights.
     pub dequantized: Option<QuantSpec>,
+    /// Asked between shards: true abandons the merge (nothing is left behind).
+    pub cancel: Option<&'a dyn Fn() -> bool>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LoraError + '_ {
@@ -285,6 +306,9 @@ fn write_all(
     }
     let mut seen_dtype: Option<StDtype> = None;
     for shard in shards {
+        if req.cancel.is_some_and(|stop| stop()) {
+            return Err(LoraError::Cancelled);
+        }
         let file = File::open(shard).map_err(io(shard))?;
         // SAFETY: read-only mapping of a base model file that this process does not modify.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io(shard))?;
@@ -308,6 +332,12 @@ fn write_all(
                 shape: view.shape().to_vec(),
                 bytes: view.data(),
             };
+            if let Some((count, first)) = raw.non_finite() {
+                return Err(LoraError::BadAdapter {
+                    path: shard.clone(),
+                    message: non_finite_message(&tname, count, first),
+                });
+            }
             let source = match factors_by_name.remove(&tname) {
                 Some(f) => {
                     if raw.shape != [f.out_features, f.in_features] {

@@ -13,6 +13,7 @@ use super::error::LoraError;
 use super::settings::{InitKind, LoraSettings, TargetModule, TargetSpec};
 use crate::model::ModelConfig;
 use crate::model::params::LINEAR_MODULES;
+use crate::model::safetensors_out::{F32Tensor, write_f32};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -118,7 +119,6 @@ pub fn write_adapter(
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": settings.rslora,
-        "burnish_version": env!("CARGO_PKG_VERSION"),
     });
     let config_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config).map_err(|e| LoraError::BadAdapter {
@@ -127,45 +127,39 @@ pub fn write_adapter(
     })?;
     std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
 
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(factors.len() * 2);
-    for (t, a, b) in factors {
-        tensors.push((
-            peft_key(t.layer, t.module, true),
-            vec![t.r, t.in_features],
-            f32_bytes(a),
-        ));
-        tensors.push((
-            peft_key(t.layer, t.module, false),
-            vec![t.out_features, t.r],
-            f32_bytes(b),
-        ));
+    let names: Vec<(String, String)> = factors
+        .iter()
+        .map(|(t, _, _)| {
+            (
+                peft_key(t.layer, t.module, true),
+                peft_key(t.layer, t.module, false),
+            )
+        })
+        .collect();
+    let mut tensors = Vec::with_capacity(factors.len() * 2);
+    for ((t, a, b), (name_a, name_b)) in factors.iter().zip(&names) {
+        tensors.push(F32Tensor {
+            name: name_a,
+            shape: vec![t.r, t.in_features],
+            values: a,
+        });
+        tensors.push(F32Tensor {
+            name: name_b,
+            shape: vec![t.out_features, t.r],
+            values: b,
+        });
     }
     let weights_path = dir.join(WEIGHTS_FILE);
-    write_f32_safetensors(&weights_path, &tensors).map_err(|message| LoraError::BadAdapter {
+    // burnish's version goes into the tensor file's metadata: PEFT warns about any key of
+    // adapter_config.json it does not know.
+    let metadata = [
+        ("format", "pt"),
+        ("burnish_version", env!("CARGO_PKG_VERSION")),
+    ];
+    write_f32(&weights_path, &tensors, &metadata).map_err(|message| LoraError::BadAdapter {
         path: weights_path,
         message,
     })
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Write f32 tensors as safetensors with PyTorch's `{"format": "pt"}` metadata.
-pub fn write_f32_safetensors(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<u8>)],
-) -> Result<(), String> {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| format!("{name}: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| e.to_string())
 }
 
 /// Settings that describe the adapter itself and are applied from its config.
@@ -401,6 +395,9 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
             shape: view.shape().to_vec(),
             bytes: view.data(),
         };
+        if let Some((count, first)) = raw.non_finite() {
+            problems.push(crate::lora::merge::non_finite_message(&name, count, first));
+        }
         match raw.to_f32() {
             Ok(values) => {
                 found.insert((layer, module, a), (view.shape().to_vec(), values));

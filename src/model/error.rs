@@ -44,6 +44,15 @@ pub enum ModelError {
         name: String,
         dtype: String,
     },
+    #[error(
+        "{path}: tensor {name} holds {count} NaN or infinite value(s) (the first at flat index {first}); the checkpoint is damaged or was saved after training diverged: use another checkpoint"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: usize,
+        first: usize,
+    },
     #[error("{path}: cannot load tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error(

@@ -1,7 +1,11 @@
-//! Building a [`CausalLm`] from a model folder's config and safetensors weights.
+//! Building a [`CausalLm`] from a config and a source of named tensors: a model folder's
+//! safetensors weights, or seeded random values of the same names and shapes (benchmarks).
 
 use burn::module::Param;
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::decoder::{Attention, CausalLm, DecoderLayer, Mlp};
@@ -10,44 +14,89 @@ use super::norm::RmsNorm;
 use super::params::LINEAR_MODULES;
 use super::weights::WeightFiles;
 use crate::lora::layer::LoraLinear;
+use crate::rng::{fnv1a, standard_normal};
 
-/// Load every weight of `config` from `files` as `dtype` (norm weights too, as HF keeps them in
-/// the model dtype). The files are validated first, so a bad checkpoint fails before any
-/// tensor is allocated.
-pub fn load_model<B: Backend>(
-    config: &ModelConfig,
-    files: &WeightFiles,
-    dtype: DType,
-    device: &B::Device,
-) -> Result<CausalLm<B>, ModelError> {
-    load_model_with(config, files, dtype, device, &|w| w)
+/// Where the loader gets each tensor of `config.expected_tensors()` from.
+pub trait TensorSource {
+    /// Host data of tensor `name`, which has `shape`, converted to `dtype`.
+    fn data(&self, name: &str, shape: &[usize], dtype: DType) -> Result<TensorData, ModelError>;
 }
 
-/// [`load_model`] passing each decoder projection's weight through `finish` as soon as it is
-/// read (QLoRA quantizes there, so the full-precision model is never resident).
+impl TensorSource for WeightFiles {
+    fn data(&self, name: &str, _shape: &[usize], dtype: DType) -> Result<TensorData, ModelError> {
+        self.load_data(name, dtype)
+    }
+}
+
+/// Seeded random weights of a model shape: norms 1, biases 0, every other tensor N(0, `std`),
+/// each a pure function of the seed and its name (generated in parallel chunks).
+pub struct RandomWeights {
+    pub seed: u64,
+    pub std: f64,
+}
+
+impl TensorSource for RandomWeights {
+    fn data(&self, name: &str, shape: &[usize], dtype: DType) -> Result<TensorData, ModelError> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            const CHUNK: usize = 1 << 16;
+            let base = self.seed ^ fnv1a(name.as_bytes());
+            let mut v = vec![0f32; n];
+            v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(base ^ (c as u64).wrapping_mul(0x9e37));
+                for x in out {
+                    *x = (standard_normal(&mut rng) * self.std) as f32;
+                }
+            });
+            v
+        };
+        Ok(TensorData::new(values, shape.to_vec()).convert_dtype(dtype))
+    }
+}
+
+/// Load every weight of `config` from `source` as `dtype` (norm weights too, as HF keeps them
+/// in the model dtype), each decoder projection's weight passed through `finish` as soon as it
+/// is read (QLoRA quantizes there, so the full-precision model is never resident).
 pub fn load_model_with<B: Backend>(
     config: &ModelConfig,
-    files: &WeightFiles,
+    source: &dyn TensorSource,
     dtype: DType,
     device: &B::Device,
     finish: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>,
 ) -> Result<CausalLm<B>, ModelError> {
-    files.validate(config)?;
+    let shapes: std::collections::HashMap<String, Vec<usize>> = config
+        .expected_tensors()
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    let load = |name: &str| -> Result<TensorData, ModelError> {
+        let shape = shapes
+            .get(name)
+            .ok_or_else(|| ModelError::Backend(format!("no expected tensor {name}")))?;
+        source.data(name, shape, dtype)
+    };
+    let t2 = |name: &str| -> Result<Tensor<B, 2>, ModelError> {
+        Ok(Tensor::from_data(load(name)?, (device, dtype)))
+    };
+    let t1 = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
+        Ok(Tensor::from_data(load(name)?, (device, dtype)))
+    };
     let frozen2 = |name: &str| -> Result<Param<Tensor<B, 2>>, ModelError> {
-        Ok(Param::from_tensor(files.load::<B, 2>(name, dtype, device)?).set_require_grad(false))
+        Ok(Param::from_tensor(t2(name)?).set_require_grad(false))
     };
     let norm = |name: &str| -> Result<RmsNorm<B>, ModelError> {
-        Ok(RmsNorm::new(
-            files.load::<B, 1>(name, dtype, device)?,
-            config.rms_norm_eps,
-        ))
+        Ok(RmsNorm::new(t1(name)?, config.rms_norm_eps))
     };
     let linear = |prefix: &str, module: &str| -> Result<LoraLinear<B>, ModelError> {
         let base = format!("{prefix}.{}.{module}", ModelConfig::linear_parent(module));
         let has_bias = config.linear_shape(module).is_some_and(|s| s.bias);
-        let weight = finish(files.load::<B, 2>(&format!("{base}.weight"), dtype, device)?);
+        let weight = finish(t2(&format!("{base}.weight"))?);
         let bias = if has_bias {
-            Some(files.load::<B, 1>(&format!("{base}.bias"), dtype, device)?)
+            Some(t1(&format!("{base}.bias"))?)
         } else {
             None
         };

@@ -15,6 +15,7 @@ pub mod preset;
 pub mod quant;
 pub mod recompute;
 pub mod rope;
+pub mod safetensors_out;
 pub mod tokenizer;
 pub mod weights;
 
@@ -74,7 +75,8 @@ impl ModelFolder {
         device: &B::Device,
     ) -> Result<Model<B>, ModelError> {
         let files = self.weights()?;
-        let net = load::load_model::<B>(&self.config, &files, dtype, device)?;
+        files.validate(&self.config)?;
+        let net = load::load_model_with::<B>(&self.config, &files, dtype, device, &|w| w)?;
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
     }
 
@@ -90,14 +92,27 @@ impl ModelFolder {
             quant::check(spec, &self.config)?;
         }
         let files = self.weights()?;
-        let scheme = quant.map(quant::QuantSpec::scheme);
-        let finish = |w: Tensor<B, 2>| match &scheme {
-            Some(scheme) => B::quantize_weight(w, scheme),
-            None => B::layout_frozen_weight(w),
-        };
-        let net = load::load_model_with::<B>(&self.config, &files, dtype, device, &finish)?;
+        files.validate(&self.config)?;
+        let net = load_for_training::<B>(&self.config, &files, dtype, quant, device)?;
         Ok(Model::new(net, self.config.clone(), dtype, device.clone()))
     }
+}
+
+/// The network of `config` from `source`, ready for training and inference: the decoder
+/// projections quantized by `quant` when given, else laid out for the backend's kernels.
+pub fn load_for_training<B: kernels::Kernels>(
+    config: &ModelConfig,
+    source: &dyn load::TensorSource,
+    dtype: DType,
+    quant: Option<&quant::QuantSpec>,
+    device: &B::Device,
+) -> Result<CausalLm<B>, ModelError> {
+    let scheme = quant.map(quant::QuantSpec::scheme);
+    let finish = |w: Tensor<B, 2>| match &scheme {
+        Some(scheme) => B::quantize_weight(w, scheme),
+        None => B::layout_frozen_weight(w),
+    };
+    load::load_model_with::<B>(config, source, dtype, device, &finish)
 }
 
 /// A loaded network with what its forward pass needs besides weights.

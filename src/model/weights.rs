@@ -174,6 +174,27 @@ impl WeightFiles {
         })
     }
 
+    /// The shard file holding tensor `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.entries
+            .get(name)
+            .map(|e| self.shards[e.shard].0.as_path())
+    }
+
+    /// An error naming the tensor and its file when `raw` holds NaN or infinite values: a
+    /// model with them trains to garbage without a visible failure.
+    pub fn check_finite(&self, name: &str, raw: &RawTensor<'_>) -> Result<(), ModelError> {
+        match raw.non_finite() {
+            None => Ok(()),
+            Some((count, first)) => Err(ModelError::NonFinite {
+                path: self.file_of(name).unwrap_or(&self.dir).to_path_buf(),
+                name: name.to_string(),
+                count,
+                first,
+            }),
+        }
+    }
+
     /// Compare the files against what `config` expects; every problem is reported at once.
     pub fn validate(&self, config: &ModelConfig) -> Result<(), ModelError> {
         let mut problems = Vec::new();
@@ -222,6 +243,18 @@ impl WeightFiles {
         }
     }
 
+    /// One tensor's host data as `dtype` (F32 or BF16), checked to be finite.
+    pub fn load_data(&self, name: &str, dtype: DType) -> Result<TensorData, ModelError> {
+        let raw = self.raw(name)?;
+        self.check_finite(name, &raw)?;
+        raw.to_tensor_data(dtype)
+            .map_err(|dtype| ModelError::UnsupportedDtype {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                dtype,
+            })
+    }
+
     /// Load one tensor onto `device` as `dtype` (F32 or BF16), converting on the host.
     pub fn load<B: Backend, const D: usize>(
         &self,
@@ -229,19 +262,49 @@ impl WeightFiles {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Tensor<B, D>, ModelError> {
-        let raw = self.raw(name)?;
-        let data = raw
-            .to_tensor_data(dtype)
-            .map_err(|dtype| ModelError::UnsupportedDtype {
-                path: self.dir.clone(),
-                name: name.to_string(),
-                dtype,
-            })?;
-        Ok(Tensor::from_data(data, (device, dtype)))
+        Ok(Tensor::from_data(
+            self.load_data(name, dtype)?,
+            (device, dtype),
+        ))
     }
 }
 
 impl RawTensor<'_> {
+    /// How many stored values are NaN or infinite, and the flat index of the first one
+    /// (`None` when all are finite). Read from the raw bits (an all-ones exponent), so no
+    /// conversion is needed; chunks are scanned in parallel.
+    pub fn non_finite(&self) -> Option<(usize, usize)> {
+        use rayon::prelude::*;
+        let (width, bad): (usize, fn(&[u8]) -> bool) = match self.dtype {
+            StDtype::F32 => (4, |b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            StDtype::BF16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+            StDtype::F16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+            _ => return None,
+        };
+        const CHUNK: usize = 1 << 16;
+        let per_chunk: Vec<(usize, Option<usize>)> = self
+            .bytes
+            .par_chunks(CHUNK * width)
+            .enumerate()
+            .map(|(c, bytes)| {
+                let mut count = 0;
+                let mut first = None;
+                for (i, v) in bytes.chunks_exact(width).enumerate() {
+                    if bad(v) {
+                        count += 1;
+                        first.get_or_insert(c * CHUNK + i);
+                    }
+                }
+                (count, first)
+            })
+            .collect();
+        let count: usize = per_chunk.iter().map(|(n, _)| n).sum();
+        let first = per_chunk.iter().find_map(|(_, f)| *f)?;
+        Some((count, first))
+    }
+
     /// Host tensor data in `dtype` (F32, BF16 or F16); `Err(stored dtype)` if unsupported.
     pub fn to_tensor_data(&self, dtype: DType) -> Result<TensorData, String> {
         let stored = match self.dtype {

@@ -71,14 +71,17 @@ impl MetricsLog {
         let path = output.join(FILE);
         match keep_through_step {
             Some(step) if path.exists() => {
-                let kept: Vec<Record> = read(&path)?
-                    .into_iter()
-                    .filter(|r| r.step() <= step)
-                    .collect();
+                // Kept lines are copied as written: parsing and printing a float again can
+                // change its last digit.
+                let text = std::fs::read_to_string(&path)?;
                 let tmp = output.join(format!(".{FILE}.tmp"));
                 let mut f = File::create(&tmp)?;
-                for r in &kept {
-                    writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default())?;
+                for line in text.lines() {
+                    if let Ok(r) = serde_json::from_str::<Record>(line)
+                        && r.step() <= step
+                    {
+                        writeln!(f, "{line}")?;
+                    }
                 }
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)?;

@@ -73,8 +73,18 @@ pub fn suggestion(word: &str, options: &[&str]) -> Option<String> {
         .map(|(_, o)| o.to_string())
 }
 
-/// Serde's messages name Rust types; say it in recipe terms.
+/// Serde's messages name Rust types; say it in recipe terms (and suggest the closest name of
+/// an unknown choice).
 fn friendly(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((value, options)) = rest.split_once("`, expected ")
+    {
+        let names: Vec<&str> = options.split('`').skip(1).step_by(2).collect();
+        let hint = suggestion(value, &names)
+            .map(|s| format!(" (did you mean '{s}'?)"))
+            .unwrap_or_default();
+        return format!("'{value}' is not one of {}{hint}", names.join(", "));
+    }
     message
         .replace("expected f64", "expected a number")
         .replace("expected usize", "expected a non-negative integer")
@@ -232,7 +242,7 @@ impl Section for LoraSection {
 
 impl Section for SourceSection {
     const FIELDS: &'static [&'static str] = &[
-        "path", "hub", "split", "files", "revision", "format", "fields", "max_rows",
+        "path", "hub", "split", "files", "revision", "format", "fields", "roles", "max_rows",
     ];
 }
 

@@ -5,6 +5,7 @@ pub mod check;
 pub mod node;
 pub mod schema;
 mod semantics;
+pub mod values;
 
 pub use semantics::is_repo_id as is_repo_id_public;
 
@@ -16,6 +17,7 @@ use thiserror::Error;
 pub use check::Issue;
 pub use node::{Node, Origin};
 pub use schema::*;
+pub use values::*;
 
 /// Everything wrong with a recipe.
 #[derive(Debug, Error)]

@@ -4,6 +4,9 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use super::values::{
+    DeviceList, DeviceSpec, MergeDtype, OptimizerKind, SchedulerKind, WeightDtype,
+};
 use crate::data::formats::Format;
 use crate::lora::{InitKind, TargetSpec};
 
@@ -30,7 +33,7 @@ pub struct ModelSection {
     /// Hub revision (branch, tag or commit) when `base` is a repo id.
     pub revision: String,
     /// Precision of the frozen base: `auto` (f32 on CPU, bf16 on CUDA), `f32` or `bf16`.
-    pub dtype: String,
+    pub dtype: WeightDtype,
     /// QLoRA: quantize the decoder projections of the frozen base at load time,
     /// `{bits: 4|8, block_size: 16|32|64|128}` (block_size defaults to 64). Null: no quantization.
     pub quantize: Option<crate::model::quant::QuantSpec>,
@@ -41,7 +44,7 @@ impl Default for ModelSection {
         Self {
             base: String::new(),
             revision: "main".into(),
-            dtype: "auto".into(),
+            dtype: WeightDtype::Auto,
             quantize: None,
         }
     }
@@ -107,6 +110,9 @@ pub struct SourceSection {
     pub format: Option<Format>,
     /// Column renames: canonical field -> the dataset's column (`{instruction: prompt}`).
     pub fields: IndexMap<String, String>,
+    /// Role renames for `messages`/`sharegpt` rows: the dataset's role -> system, user,
+    /// assistant or tool (`{robot: assistant}`). human, gpt, bot and model are known already.
+    pub roles: IndexMap<String, String>,
     /// Use only the first N rows.
     pub max_rows: Option<usize>,
 }
@@ -172,7 +178,7 @@ impl Default for DataSection {
 #[serde(default, deny_unknown_fields)]
 pub struct OptimizerSection {
     /// `adamw` (PyTorch semantics: decoupled weight decay).
-    pub name: String,
+    pub name: OptimizerKind,
     pub lr: f64,
     pub betas: [f64; 2],
     pub eps: f64,
@@ -182,7 +188,7 @@ pub struct OptimizerSection {
 impl Default for OptimizerSection {
     fn default() -> Self {
         Self {
-            name: "adamw".into(),
+            name: OptimizerKind::Adamw,
             lr: 2.0e-4,
             betas: [0.9, 0.999],
             eps: 1.0e-8,
@@ -195,7 +201,7 @@ impl Default for OptimizerSection {
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerSection {
     /// `cosine`, `linear` or `constant`, each after a linear warmup from 0.
-    pub name: String,
+    pub name: SchedulerKind,
     pub warmup_steps: usize,
     /// Warmup as a fraction of all steps (used when `warmup_steps` is 0).
     pub warmup_ratio: f64,
@@ -206,7 +212,7 @@ pub struct SchedulerSection {
 impl Default for SchedulerSection {
     fn default() -> Self {
         Self {
-            name: "cosine".into(),
+            name: SchedulerKind::Cosine,
             warmup_steps: 10,
             warmup_ratio: 0.0,
             min_lr: 0.0,
@@ -231,7 +237,7 @@ pub struct TrainSection {
     pub max_grad_norm: Option<f64>,
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Data-parallel replicas on this machine, one per device: `[cuda:0, cuda:1]`, `cuda:all`,
     /// or `[cpu, cpu]`. Replaces `device` when set. `micro_batch_size` stays the global
     /// micro-batch, split across all replicas.
@@ -258,7 +264,7 @@ impl Default for TrainSection {
             scheduler: SchedulerSection::default(),
             max_grad_norm: Some(1.0),
             seed: 42,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             devices: None,
             gradient_checkpointing: false,
             eval_every: 100,
@@ -276,7 +282,7 @@ pub struct OutputSection {
     /// Also write `<dir>/merged/`, the adapter folded into the base.
     pub merge: bool,
     /// Precision of the merged model: `auto` (the base's on-disk dtype), `f32`, `bf16`, `f16`.
-    pub merge_dtype: String,
+    pub merge_dtype: MergeDtype,
 }
 
 impl Default for OutputSection {
@@ -284,7 +290,7 @@ impl Default for OutputSection {
         Self {
             dir: String::new(),
             merge: false,
-            merge_dtype: "auto".into(),
+            merge_dtype: MergeDtype::Auto,
         }
     }
 }
@@ -336,14 +342,6 @@ impl Default for HubSection {
             private: true,
         }
     }
-}
-
-/// `train.devices`: a list of devices, or `cuda:all`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum DeviceList {
-    One(String),
-    Many(Vec<String>),
 }
 
 /// `distributed`: one process per machine, coordinated by an orchestrator. Each value can also

@@ -5,7 +5,6 @@ use std::path::Path;
 use super::check::{Issues, suggestion};
 use super::node::{Node, Origin};
 use super::schema::*;
-use crate::backend::{DeviceSpec, WeightDtype};
 use crate::data::formats::Format;
 use crate::lora::TargetSpec;
 use crate::model::params::LINEAR_MODULES;
@@ -84,9 +83,6 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             "model.base",
             format!("'{base}' is not a local folder and not a Hub repo id (org/name)"),
         );
-    }
-    if let Err(e) = r.model.dtype.parse::<WeightDtype>() {
-        c.bad("model.dtype", e);
     }
     if let Some(q) = &r.model.quantize {
         if let Some(p) = q.bits_problem() {
@@ -200,7 +196,6 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         c.bad("train.grad_accum", "must be at least 1");
     }
     let o = &t.optimizer;
-    c.one_of("train.optimizer.name", &o.name, &["adamw"]);
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         c.bad("train.optimizer.lr", "must be a positive number");
     }
@@ -219,11 +214,6 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
         c.bad("train.optimizer.weight_decay", "must be zero or positive");
     }
     let s = &t.scheduler;
-    c.one_of(
-        "train.scheduler.name",
-        &s.name,
-        &["cosine", "linear", "constant"],
-    );
     if !(0.0..1.0).contains(&s.warmup_ratio) {
         c.bad("train.scheduler.warmup_ratio", "must be in [0, 1)");
     }
@@ -241,11 +231,8 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             "must be positive (or null for no clipping)",
         );
     }
-    if let Err(e) = t.device.parse::<DeviceSpec>() {
-        c.bad("train.device", e);
-    }
     if let Some(list) = &t.devices
-        && let Err(e) = crate::backend::device_specs(list, false)
+        && let Err(e) = list.check()
     {
         c.bad("train.devices", e);
     }
@@ -281,11 +268,6 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
 
     // output, logging, hub
-    c.one_of(
-        "output.merge_dtype",
-        &r.output.merge_dtype,
-        &["auto", "f32", "bf16", "f16"],
-    );
     if r.logging.every == 0 {
         c.bad("logging.every", "must be at least 1");
     }
@@ -336,6 +318,17 @@ fn check_sources(c: &mut Ctx<'_>, path: &str, sources: &[SourceSection], recipe_
                         format!("'{repo}' is not a dataset repo id (org/name)"),
                     );
                 }
+            }
+        }
+        for (from, to) in &s.roles {
+            if !crate::data::formats::ROLES.contains(&to.as_str()) {
+                c.bad(
+                    &format!("{p}.roles.{from}"),
+                    format!(
+                        "'{to}' is not a role chat templates render; use one of {}",
+                        crate::data::formats::ROLES.join(", ")
+                    ),
+                );
             }
         }
         if let Some(format) = s.format {

@@ -4,24 +4,26 @@
 
 use std::time::Instant;
 
-use burn::module::Param;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Distribution, Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
 use super::optimizer::{AdamW, AdamWConfig};
+use super::signals::StopFlag;
+use super::step::{StepSettings, take_step};
+use super::sync::SingleProcess;
+use crate::data::PackedRow;
+use crate::data::batch::TokenizedExample;
 use crate::lora::attach::{attach, init_factors};
-use crate::lora::layer::LoraLinear;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
-use crate::model::decoder::{Attention, CausalLm, DecoderLayer, Mlp};
 use crate::model::kernels::{Kernels, profile};
-use crate::model::loss::{Targets, cross_entropy_sum, loss_chunk_rows};
-use crate::model::norm::RmsNorm;
+use crate::model::load::RandomWeights;
+use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
-use crate::model::{HostBatch, Model, ModelConfig};
+use crate::model::{Model, ModelConfig, load_for_training};
 
 /// The shapes the harness knows.
 pub fn shape_config(name: &str) -> Option<ModelConfig> {
@@ -47,68 +49,6 @@ pub fn shape_config(name: &str) -> Option<ModelConfig> {
     ModelConfig::from_json(&json.to_string()).ok()
 }
 
-/// A model of `config` with random frozen weights (N(0, 0.02), norms 1), held as `dtype`, the
-/// projections quantized one by one with `quant` when given.
-pub fn random_model<B: Kernels>(
-    config: &ModelConfig,
-    dtype: DType,
-    quant: Option<&QuantSpec>,
-    device: &B::Device,
-) -> CausalLm<B> {
-    let scheme = quant.map(QuantSpec::scheme);
-    let normal = |shape: [usize; 2]| {
-        Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device).cast(dtype)
-    };
-    let frozen2 = |shape: [usize; 2]| Param::from_tensor(normal(shape)).set_require_grad(false);
-    let ones = |n: usize| Tensor::<B, 1>::ones([n], device).cast(dtype);
-    let linear = |module: &str| {
-        let s = config.linear_shape(module).expect("known module");
-        let bias = s
-            .bias
-            .then(|| Tensor::<B, 1>::zeros([s.out_features], device).cast(dtype));
-        let w = normal([s.out_features, s.in_features]);
-        let w = match &scheme {
-            Some(scheme) => B::quantize_weight(w, scheme),
-            None => B::layout_frozen_weight(w),
-        };
-        LoraLinear::frozen(w, bias)
-    };
-    let layers = (0..config.num_layers)
-        .map(|_| DecoderLayer {
-            input_layernorm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
-            self_attn: Attention {
-                q_proj: linear("q_proj"),
-                k_proj: linear("k_proj"),
-                v_proj: linear("v_proj"),
-                o_proj: linear("o_proj"),
-                q_norm: config
-                    .qk_norm
-                    .then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
-                k_norm: config
-                    .qk_norm
-                    .then(|| RmsNorm::new(ones(config.head_dim), config.rms_norm_eps)),
-                num_heads: config.num_heads,
-                num_kv_heads: config.num_kv_heads,
-                head_dim: config.head_dim,
-            },
-            post_attention_layernorm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
-            mlp: Mlp {
-                gate_proj: linear("gate_proj"),
-                up_proj: linear("up_proj"),
-                down_proj: linear("down_proj"),
-            },
-        })
-        .collect();
-    CausalLm {
-        embed_tokens: frozen2([config.vocab_size, config.hidden_size]),
-        layers,
-        norm: RmsNorm::new(ones(config.hidden_size), config.rms_norm_eps),
-        lm_head: (!config.tie_word_embeddings)
-            .then(|| frozen2([config.vocab_size, config.hidden_size])),
-        gradient_checkpointing: false,
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub shape: String,
@@ -120,6 +60,8 @@ pub struct BenchResult {
     /// `int4/64`-style, or `none`.
     pub quantize: String,
     pub gradient_checkpointing: bool,
+    /// LoRA dropout probability.
+    pub dropout: f64,
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
@@ -178,6 +120,8 @@ pub struct BenchSpec {
     pub quantize: Option<QuantSpec>,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
+    /// LoRA dropout probability.
+    pub dropout: f64,
     /// Time each host kernel over the timed steps (see `kernels::profile`).
     pub profile: bool,
 }
@@ -197,14 +141,15 @@ where
             spec.shape
         ))
     })?;
-    B::seed(device, 1);
-    let net = random_model::<B>(&config, spec.dtype, spec.quantize.as_ref(), device);
+    // The loader and the step are train's own; only the weights and the rows are synthetic.
+    let source = RandomWeights { seed: 1, std: 0.02 };
+    let net = load_for_training::<B>(&config, &source, spec.dtype, spec.quantize.as_ref(), device)?;
     let mut model = Model::new(net, config.clone(), spec.dtype, device.clone());
     model.net.gradient_checkpointing = spec.gradient_checkpointing;
     let settings = LoraSettings {
         r: spec.rank,
         alpha: 2.0 * spec.rank as f64,
-        dropout: 0.0,
+        dropout: spec.dropout,
         targets: TargetSpec::One("all-linear".into()),
         init: InitKind::Default,
         ..Default::default()
@@ -216,7 +161,7 @@ where
         f.b.iter_mut()
             .enumerate()
             .for_each(|(i, x)| *x = ((i % 7) as f32 - 3.0) * 1e-3);
-        attach(&mut model.net, t, &f, 0.0, true, device);
+        attach(&mut model.net, t, &f, spec.dropout, true, device);
     }
     let shapes: Vec<[usize; 2]> = targets
         .iter()
@@ -233,20 +178,25 @@ where
         device,
     );
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let rows: Vec<Vec<u32>> = (0..spec.batch)
+    let rows: Vec<PackedRow> = (0..spec.batch)
         .map(|_| {
-            (0..spec.seq_len)
+            let ids: Vec<u32> = (0..spec.seq_len)
                 .map(|_| rng.random_range(0..config.vocab_size as u32))
-                .collect()
+                .collect();
+            PackedRow::single(&TokenizedExample {
+                labels: ids.iter().map(|&x| x as i64).collect(),
+                ids,
+            })
         })
         .collect();
-    let batch = HostBatch::from_rows(&rows, 0);
-    let labels: Vec<Vec<i64>> = rows
-        .iter()
-        .map(|r| r.iter().map(|&x| x as i64).collect())
-        .collect();
-    let targets_t = Targets::shifted(&labels, &batch.segments);
-    let chunk = loss_chunk_rows(config.vocab_size);
+    let micro_batch = vec![rows.iter().collect::<Vec<&PackedRow>>()];
+    let step_settings = StepSettings {
+        pad_id: 0,
+        chunk: loss_chunk_rows(config.vocab_size),
+        seed: 5,
+        max_grad_norm: Some(1.0),
+    };
+    let stop = StopFlag::none();
     let mut times = Vec::new();
     let (mut loss_first, mut loss_last) = (f64::NAN, f64::NAN);
     let mut rss_after_warmup = 0;
@@ -257,52 +207,23 @@ where
             profile::set_enabled(spec.profile);
         }
         let t = Instant::now();
-        let hidden = model.hidden_states(&batch, true);
-        let t_fwd = t.elapsed().as_secs_f64();
-        let (sum, n) = cross_entropy_sum(&model.net, hidden, &targets_t, chunk);
-        let loss = sum / n as f64;
-        let t_loss = t.elapsed().as_secs_f64();
-        let grads = loss.backward();
-        let t_bwd = t.elapsed().as_secs_f64();
-        tracing::debug!(
-            "forward {:.3}s, loss {:.3}s, backward {:.3}s",
-            t_fwd,
-            t_loss - t_fwd,
-            t_bwd - t_loss
-        );
-        let mut params = Vec::with_capacity(shapes.len());
-        let mut gs = Vec::with_capacity(shapes.len());
-        for tm in &targets {
-            let l = model
-                .net
-                .projection(tm.layer, tm.module)
-                .and_then(|p| p.lora.as_ref())
-                .expect("attached");
-            for p in [&l.a, &l.b] {
-                gs.push(p.val().grad(&grads).expect("lora grad"));
-                params.push(p.val().inner());
-            }
-        }
-        let updated = opt.step(1e-4, params, &gs);
-        let mut it = updated.into_iter();
-        for tm in &targets {
-            let l = model
-                .net
-                .projection_mut(tm.layer, tm.module)
-                .and_then(|p| p.lora.as_mut())
-                .expect("attached");
-            if let (Some(a), Some(b)) = (it.next(), it.next()) {
-                l.a = Param::initialized(l.a.id, Tensor::from_inner(a).require_grad());
-                l.b = Param::initialized(l.b.id, Tensor::from_inner(b).require_grad());
-            }
-        }
-        // Reading the loss waits for the device, so the step is timed end to end.
-        let value = loss_value::<B>(&model, &targets);
+        // The step reads its loss back from the device, so it is timed end to end.
+        let r = take_step(
+            &mut model,
+            &targets,
+            &mut opt,
+            &micro_batch,
+            step,
+            1e-4,
+            &step_settings,
+            &mut SingleProcess,
+            &stop,
+        )?;
         let elapsed = t.elapsed().as_secs_f64();
         if step == 0 {
-            loss_first = value;
+            loss_first = r.loss;
         }
-        loss_last = value;
+        loss_last = r.loss;
         if step >= spec.warmup {
             times.push(elapsed);
         }
@@ -329,6 +250,7 @@ where
             |q| format!("int{}/{}", q.bits, q.block_size),
         ),
         gradient_checkpointing: spec.gradient_checkpointing,
+        dropout: spec.dropout,
         rank: spec.rank,
         steps: spec.steps,
         median_step_s: median,
@@ -363,25 +285,4 @@ fn profile_rows(timed: f64) -> Vec<ProfileRow> {
         }
     }
     rows
-}
-
-/// A sync point that also proves the step finished: the sum of one updated factor.
-fn loss_value<B: AutodiffBackend>(model: &Model<B>, targets: &[crate::lora::TargetModule]) -> f64 {
-    let t = &targets[0];
-    model
-        .net
-        .projection(t.layer, t.module)
-        .and_then(|p| p.lora.as_ref())
-        .map(|l| l.b.val().inner().sum().into_scalar().to_f64_lossy())
-        .unwrap_or(0.0)
-}
-
-trait ToF64 {
-    fn to_f64_lossy(self) -> f64;
-}
-
-impl<E: burn::tensor::ElementConversion> ToF64 for E {
-    fn to_f64_lossy(self) -> f64 {
-        self.elem::<f64>()
-    }
 }

@@ -12,4 +12,5 @@ pub mod schedule;
 pub mod setup;
 pub mod signals;
 pub mod state;
+pub mod step;
 pub mod sync;

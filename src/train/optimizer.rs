@@ -78,10 +78,91 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// The global L2 norm of all gradients (computed in f32, summed in f64 on the host).
-pub fn global_norm<B: Backend>(grads: &[Tensor<B, 2>]) -> f64 {
+/// The AdamW state on the host, as `optimizer.safetensors` stores it: the step count and both
+/// moments of every parameter, under the parameter's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    pub step: u64,
+    pub moments: Vec<NamedMoments>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedMoments {
+    /// The parameter's name (its PEFT tensor key).
+    pub name: String,
+    pub shape: [usize; 2],
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+}
+
+impl<B: Backend> AdamW<B> {
+    /// A host copy of the state; `names` gives each parameter's name, in order.
+    pub fn state(&self, names: &[String]) -> OptimizerState {
+        let host = |t: &Tensor<B, 2>| -> Vec<f32> {
+            t.to_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default()
+        };
+        OptimizerState {
+            step: self.step,
+            moments: self
+                .moments
+                .iter()
+                .zip(names)
+                .map(|(m, name)| NamedMoments {
+                    name: name.clone(),
+                    shape: m.exp_avg.dims(),
+                    exp_avg: host(&m.exp_avg),
+                    exp_avg_sq: host(&m.exp_avg_sq),
+                })
+                .collect(),
+        }
+    }
+
+    /// Take over a saved state; every parameter of `names` must be in it with its shape.
+    pub fn restore(
+        &mut self,
+        state: &OptimizerState,
+        names: &[String],
+        device: &B::Device,
+    ) -> Result<(), String> {
+        let mut moments = Vec::with_capacity(names.len());
+        for (name, current) in names.iter().zip(&self.moments) {
+            let saved = state
+                .moments
+                .iter()
+                .find(|m| &m.name == name)
+                .ok_or_else(|| format!("no moments for {name}"))?;
+            let shape = current.exp_avg.dims();
+            if saved.shape != shape {
+                return Err(format!(
+                    "moments of {name} have shape {:?}, the adapter's is {shape:?}",
+                    saved.shape
+                ));
+            }
+            let t = |v: &[f32]| {
+                Tensor::from_data(
+                    burn::tensor::TensorData::new(v.to_vec(), shape),
+                    (device, burn::tensor::DType::F32),
+                )
+            };
+            moments.push(Moments {
+                exp_avg: t(&saved.exp_avg),
+                exp_avg_sq: t(&saved.exp_avg_sq),
+            });
+        }
+        self.moments = moments;
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients (computed in f32, summed in f64 on the host). NaN or
+/// infinite when any gradient is: the caller must stop rather than step.
+pub fn global_norm<B: Backend>(grads: &[Tensor<B, 2>]) -> Result<f64, String> {
     if grads.is_empty() {
-        return 0.0;
+        return Ok(0.0);
     }
     // One device reduction per tensor, then a single host transfer.
     let squares: Vec<Tensor<B, 1>> = grads
@@ -89,16 +170,27 @@ pub fn global_norm<B: Backend>(grads: &[Tensor<B, 2>]) -> f64 {
         .map(|g| g.clone().powi_scalar(2).sum())
         .collect();
     let all = Tensor::cat(squares, 0).into_data().convert::<f32>();
-    let values = all.to_vec::<f32>().unwrap_or_default();
-    values.iter().map(|&v| v as f64).sum::<f64>().sqrt()
+    let values = all
+        .to_vec::<f32>()
+        .map_err(|e| format!("reading the gradient norms: {e:?}"))?;
+    Ok(values.iter().map(|&v| v as f64).sum::<f64>().sqrt())
 }
 
-/// `clip_grad_norm_`: scale every gradient by `max / (norm + 1e-6)` when that is below 1.
-pub fn clip<B: Backend>(grads: Vec<Tensor<B, 2>>, norm: f64, max_norm: f64) -> Vec<Tensor<B, 2>> {
+/// `clip_grad_norm_`: scale every gradient by `max / (norm + 1e-6)` when that is below 1. A
+/// norm that is not finite cannot be clipped (the scale would be NaN or 0): an error, never a
+/// silent pass-through.
+pub fn clip<B: Backend>(
+    grads: Vec<Tensor<B, 2>>,
+    norm: f64,
+    max_norm: f64,
+) -> Result<Vec<Tensor<B, 2>>, String> {
+    if !norm.is_finite() {
+        return Err(format!("the gradient norm is {norm}; it cannot be clipped"));
+    }
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    Ok(if coef < 1.0 {
         grads.into_iter().map(|g| g * coef).collect()
     } else {
         grads
-    }
+    })
 }

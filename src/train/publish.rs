@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use super::run::TrainOutcome;
 use super::setup::RunSetup;
-use crate::error::user;
+use super::signals::StopFlag;
 use crate::hub::HubEnv;
 use crate::hub::card::{self, CardInfo, CardKind, RunSummary};
 use crate::hub::upload::{HubClient, PushOptions, folder_files};
+use crate::lora::LoraError;
 use crate::lora::merge::{MergeRequest, OutputDtype, merge};
 use crate::lora::peft::read_adapter;
 use crate::observe::metrics::{self, Record};
@@ -52,49 +53,77 @@ fn write_card(
     Ok(())
 }
 
-/// Merge, cards, push. Returns the merged folder when one was written.
+/// How the end of a run went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    /// Cards written, merged (the folder, when one was asked for) and published.
+    Done(Option<PathBuf>),
+    /// A signal arrived before the merge or publishing finished (the adapter is saved).
+    Interrupted(i32),
+}
+
+/// Cards, merge, push. `fresh`: this invocation trained (false when a completed run was
+/// resumed, which then only makes what is missing and publishes nothing again). A signal
+/// stops between the phases, or inside the merge between shards.
 pub fn finish(
     setup: &RunSetup,
     outcome: &TrainOutcome,
     force_merge: bool,
-) -> anyhow::Result<Option<PathBuf>> {
+    fresh: bool,
+    stop: &StopFlag,
+) -> anyhow::Result<Finished> {
     let r = setup.recipe();
     let out = &setup.output_dir;
     let Some(adapter_dir) = outcome.adapter_dir.clone() else {
-        return Ok(None);
+        return Ok(Finished::Done(None));
     };
     let summary = summary(setup, outcome, out);
-    write_card(&adapter_dir, CardKind::Adapter, setup, &summary)?;
+    if fresh || !adapter_dir.join("README.md").is_file() {
+        write_card(&adapter_dir, CardKind::Adapter, setup, &summary)?;
+    }
     let wants_merged = r.output.merge
         || force_merge
         || (r.hub.repo.is_some() && r.hub.push.contains(&PushWhat::Merged));
-    let merged = if wants_merged {
-        let dir = out.join("merged");
+    let merged_dir = out.join("merged");
+    let mut produced = fresh;
+    let merged = if wants_merged && (fresh || !merged_dir.join("config.json").is_file()) {
+        if let Some(sig) = stop.requested() {
+            return Ok(Finished::Interrupted(sig));
+        }
         let adapter = read_adapter(&adapter_dir, &setup.folder.config)?;
-        let dtype = match r.output.merge_dtype.as_str() {
-            "auto" => None,
-            other => Some(other.parse::<OutputDtype>().map_err(user)?),
-        };
-        let report = merge(&MergeRequest {
+        let cancel = || stop.requested().is_some();
+        let report = match merge(&MergeRequest {
             base_dir: &setup.folder.dir,
             config: &setup.folder.config,
             adapter: &adapter,
-            out_dir: &dir,
-            dtype,
+            out_dir: &merged_dir,
+            dtype: OutputDtype::for_recipe(r.output.merge_dtype),
             force: true,
             dequantized: None,
-        })?;
+            cancel: Some(&cancel),
+        }) {
+            Err(LoraError::Cancelled) => {
+                return Ok(Finished::Interrupted(stop.requested().unwrap_or(2)));
+            }
+            other => other?,
+        };
         tracing::info!(
             "merged model written to {} ({} projections merged)",
-            dir.display(),
+            merged_dir.display(),
             report.merged_tensors
         );
-        write_card(&dir, CardKind::Merged, setup, &summary)?;
-        Some(dir)
+        write_card(&merged_dir, CardKind::Merged, setup, &summary)?;
+        produced = true;
+        Some(merged_dir)
+    } else if wants_merged {
+        Some(merged_dir)
     } else {
         None
     };
-    if let Some(repo) = &r.hub.repo {
+    if let Some(sig) = stop.requested() {
+        return Ok(Finished::Interrupted(sig));
+    }
+    if let (Some(repo), true) = (&r.hub.repo, produced) {
         let client = HubClient::new(HubEnv::from_env());
         let message = format!("burnish: {} steps", outcome.global_step);
         let opts = PushOptions {
@@ -117,5 +146,5 @@ pub fn finish(
             tracing::info!("merged model published: {}", report.commit_url);
         }
     }
-    Ok(merged)
+    Ok(Finished::Done(merged))
 }

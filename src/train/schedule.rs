@@ -4,12 +4,7 @@
 
 use std::f64::consts::PI;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleKind {
-    Constant,
-    Linear,
-    Cosine,
-}
+pub use crate::recipe::values::SchedulerKind as ScheduleKind;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -23,18 +18,13 @@ pub struct Schedule {
 impl Schedule {
     /// `warmup_ratio` applies when `warmup_steps` is 0, rounded up as transformers does.
     pub fn new(
-        kind: &str,
+        kind: ScheduleKind,
         peak_lr: f64,
         min_lr: f64,
         warmup_steps: usize,
         warmup_ratio: f64,
         total_steps: usize,
     ) -> Self {
-        let kind = match kind {
-            "constant" => ScheduleKind::Constant,
-            "linear" => ScheduleKind::Linear,
-            _ => ScheduleKind::Cosine,
-        };
         let warmup = if warmup_steps > 0 {
             warmup_steps
         } else {
@@ -73,7 +63,7 @@ mod tests {
     /// (lr 1.0, 2 warmup steps, 10 steps), written out from their lambda formulas.
     #[test]
     fn matches_transformers_formulas() {
-        let cos = Schedule::new("cosine", 1.0, 0.0, 2, 0.0, 10);
+        let cos = Schedule::new(ScheduleKind::Cosine, 1.0, 0.0, 2, 0.0, 10);
         let want = [
             0.0,
             0.5,
@@ -93,15 +83,15 @@ mod tests {
                 cos.lr(s)
             );
         }
-        let lin = Schedule::new("linear", 1.0, 0.0, 2, 0.0, 10);
+        let lin = Schedule::new(ScheduleKind::Linear, 1.0, 0.0, 2, 0.0, 10);
         let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
         for (s, w) in want.iter().enumerate() {
             assert!((lin.lr(s) - w).abs() < 1e-12, "linear step {s}");
         }
-        let c = Schedule::new("constant", 0.1, 0.0, 0, 0.0, 10);
+        let c = Schedule::new(ScheduleKind::Constant, 0.1, 0.0, 0, 0.0, 10);
         assert_eq!(c.lr(0), 0.1);
         assert_eq!(
-            Schedule::new("cosine", 1.0, 0.0, 0, 0.25, 10).warmup_steps,
+            Schedule::new(ScheduleKind::Cosine, 1.0, 0.0, 0, 0.25, 10).warmup_steps,
             3
         );
     }

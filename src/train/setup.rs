@@ -95,6 +95,11 @@ fn local_sources(
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                roles: s
+                    .roles
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 max_rows: s.max_rows,
             })
         })

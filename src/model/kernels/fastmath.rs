@@ -61,19 +61,27 @@ pub fn exp_sum(x: &mut [f32], shift: f32, store: bool) -> f64 {
     total + acc.iter().map(|&a| a as f64).sum::<f64>()
 }
 
-/// The largest value (NEG_INFINITY for an empty slice).
+/// The largest value (NEG_INFINITY for an empty slice), or NaN when any value is NaN, as
+/// PyTorch's `max` and `softmax` propagate it. (`f32::max` skips NaN: a row of NaN scores would
+/// look fully masked and the damage would vanish from the loss.)
 #[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
+    // Counting NaN lanes on the side keeps the max a plain vector op.
+    let mut nan = [0u32; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         for i in 0..LANES {
             acc[i] = acc[i].max(c[i]);
+            nan[i] |= u32::from(c[i].is_nan());
         }
     }
-    let tail = chunks.remainder().iter().copied();
+    let tail = chunks.remainder();
+    if nan.iter().any(|&n| n != 0) || tail.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
     acc.into_iter()
-        .chain(tail)
+        .chain(tail.iter().copied())
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
@@ -152,6 +160,13 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| ((i * 11 % 13) as f32 - 6.0) * 0.1).collect();
             let c: Vec<f32> = (0..n).map(|i| ((i % 5) as f32) * 0.3).collect();
             assert_eq!(max(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            if n > 0 {
+                for at in [0, n / 2, n - 1] {
+                    let mut with_nan = a.clone();
+                    with_nan[at] = f32::NAN;
+                    assert!(max(&with_nan).is_nan(), "{n}: NaN at {at} must propagate");
+                }
+            }
             let want: f64 = a.iter().zip(&b).map(|(x, y)| (x * y) as f64).sum();
             assert!((dot(&a, &b) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
             let want: f64 = (0..n).map(|i| (a[i] * b[i] * c[i]) as f64).sum();

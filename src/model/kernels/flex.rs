@@ -111,6 +111,11 @@ multiversion! {
             row.fill(1.0 / row.len() as f32);
             return;
         }
+        if m.is_nan() {
+            // As PyTorch: a NaN score makes the whole row NaN.
+            row.fill(f32::NAN);
+            return;
+        }
         // Masked entries come out of the clamped exp as ~1e-38, below any visible one (>= 1
         // in the sum); they are zeroed when normalising.
         let inv = (1.0 / exp_sum(row, m, true)) as f32;

@@ -15,7 +15,8 @@ use serde_json::json;
 
 use super::config::ModelConfig;
 use super::error::ModelError;
-use crate::lora::attach::fnv1a;
+use super::safetensors_out::{F32Tensor, write_f32};
+use crate::rng::fnv1a;
 
 const TOKENIZER_JSON: &[u8] = include_bytes!("tokenizer.json");
 const CHAT_TEMPLATE: &str = include_str!("chat_template_qwen2_5.jinja");
@@ -186,8 +187,9 @@ pub fn materialize(name: &str) -> Result<PathBuf, ModelError> {
 }
 
 fn write_weights(spec: &PresetSpec, config: &ModelConfig, path: &Path) -> Result<(), ModelError> {
-    let mut tensors = Vec::new();
-    for t in config.expected_tensors() {
+    let expected = config.expected_tensors();
+    let mut values_of = Vec::with_capacity(expected.len());
+    for t in &expected {
         let n: usize = t.shape.iter().product();
         let values: Vec<f32> = if t.name.ends_with("norm.weight") {
             vec![1.0; n]
@@ -201,16 +203,22 @@ fn write_weights(spec: &PresetSpec, config: &ModelConfig, path: &Path) -> Result
             };
             let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ fnv1a(t.name.as_bytes()));
             (0..n)
-                .map(|_| (crate::lora::attach::standard_normal(&mut rng) * std) as f32)
+                .map(|_| (crate::rng::standard_normal(&mut rng) * std) as f32)
                 .collect()
         };
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((t.name, t.shape, bytes));
+        values_of.push(values);
     }
-    crate::lora::peft::write_f32_safetensors(path, &tensors).map_err(|reason| {
-        ModelError::BadSafetensors {
-            path: path.to_path_buf(),
-            reason,
-        }
+    let tensors: Vec<F32Tensor<'_>> = expected
+        .iter()
+        .zip(&values_of)
+        .map(|(t, v)| F32Tensor {
+            name: &t.name,
+            shape: t.shape.clone(),
+            values: v,
+        })
+        .collect();
+    write_f32(path, &tensors, &[("format", "pt")]).map_err(|reason| ModelError::BadSafetensors {
+        path: path.to_path_buf(),
+        reason,
     })
 }

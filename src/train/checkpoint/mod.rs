@@ -4,15 +4,18 @@
 //! crash at any moment leaves either the old set or the new one; a folder that fails its checks
 //! is skipped with a warning, never loaded.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod output;
+
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::optimizer::{NamedMoments, OptimizerState};
 use super::state::TrainerState;
 use crate::lora::peft::{self, CONFIG_FILE, WEIGHTS_FILE};
+use crate::model::safetensors_out::{F32Tensor, write_f32};
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -27,16 +30,21 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is unusable: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("output.dir {path} {message}")]
+    OutputDir { path: PathBuf, message: String },
 }
 
 impl CheckpointError {
     /// A damaged checkpoint is the user's to fix; failing to write one (disk full) is not.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, CheckpointError::Invalid { .. })
+        matches!(
+            self,
+            CheckpointError::Invalid { .. } | CheckpointError::OutputDir { .. }
+        )
     }
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
@@ -65,7 +73,7 @@ pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-fn fsync(path: &Path) -> Result<(), CheckpointError> {
+pub(crate) fn fsync(path: &Path) -> Result<(), CheckpointError> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io(path))
@@ -75,9 +83,7 @@ fn fsync(path: &Path) -> Result<(), CheckpointError> {
 pub struct CheckpointContents<'a> {
     /// Writes the adapter files into the given folder.
     pub write_adapter: &'a dyn Fn(&Path) -> Result<(), String>,
-    /// Optimizer tensors: (name, shape, f32 little-endian bytes).
-    pub optimizer: Vec<(String, Vec<usize>, Vec<u8>)>,
-    pub optimizer_step: u64,
+    pub optimizer: &'a OptimizerState,
 }
 
 /// Write `step-NNNNNN` atomically and prune old checkpoints beyond `keep_last`.
@@ -103,29 +109,7 @@ pub fn save(
         path: tmp.clone(),
         reason,
     })?;
-    let opt_path = tmp.join(OPTIMIZER_FILE);
-    let metadata = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("step".to_string(), contents.optimizer_step.to_string()),
-    ]);
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = contents
-        .optimizer
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| CheckpointError::Invalid {
-            path: opt_path.clone(),
-            reason: e.to_string(),
-        })?;
-    safetensors::serialize_to_file(views, Some(metadata), &opt_path).map_err(|e| {
-        CheckpointError::Invalid {
-            path: opt_path.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    write_optimizer(&tmp.join(OPTIMIZER_FILE), contents.optimizer)?;
     state.files.clear();
     for name in [CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE] {
         let p = tmp.join(name);
@@ -237,11 +221,38 @@ fn prune(output: &Path, keep_last: usize) {
     }
 }
 
-/// Optimizer tensors by name: shape and f32 values.
-pub type OptimizerTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+/// Write `optimizer.safetensors`: both moments of each parameter under
+/// `<name>.exp_avg` / `<name>.exp_avg_sq`, the step count in the metadata.
+pub fn write_optimizer(path: &Path, state: &OptimizerState) -> Result<(), CheckpointError> {
+    let names: Vec<(String, String)> = state
+        .moments
+        .iter()
+        .map(|m| moment_names(&m.name))
+        .collect();
+    let mut tensors = Vec::with_capacity(state.moments.len() * 2);
+    for (m, (avg, avg_sq)) in state.moments.iter().zip(&names) {
+        tensors.push(F32Tensor {
+            name: avg,
+            shape: m.shape.to_vec(),
+            values: &m.exp_avg,
+        });
+        tensors.push(F32Tensor {
+            name: avg_sq,
+            shape: m.shape.to_vec(),
+            values: &m.exp_avg_sq,
+        });
+    }
+    let step = state.step.to_string();
+    write_f32(path, &tensors, &[("format", "pt"), ("step", &step)]).map_err(|reason| {
+        CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })
+}
 
-/// The optimizer tensors and step count stored in a checkpoint.
-pub fn read_optimizer(dir: &Path) -> Result<(OptimizerTensors, u64), CheckpointError> {
+/// The optimizer state stored in a checkpoint folder.
+pub fn read_optimizer(dir: &Path) -> Result<OptimizerState, CheckpointError> {
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let invalid = |reason: String| CheckpointError::Invalid {
@@ -257,16 +268,47 @@ pub fn read_optimizer(dir: &Path) -> Result<(OptimizerTensors, u64), CheckpointE
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid("no step count in the metadata".into()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let values = view
+    let values = |name: &str| -> Result<(Vec<usize>, Vec<f32>), CheckpointError> {
+        let view = st
+            .tensor(name)
+            .map_err(|_| invalid(format!("{name} is missing")))?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(invalid(format!("{name} is not f32")));
+        }
+        let v = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        out.insert(name, (view.shape().to_vec(), values));
+        Ok((view.shape().to_vec(), v))
+    };
+    let mut names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".exp_avg").map(str::to_string))
+        .collect();
+    names.sort();
+    let mut moments = Vec::with_capacity(names.len());
+    for name in names {
+        let (avg_name, avg_sq_name) = moment_names(&name);
+        let (shape, exp_avg) = values(&avg_name)?;
+        let (shape_sq, exp_avg_sq) = values(&avg_sq_name)?;
+        let shape: [usize; 2] = shape
+            .try_into()
+            .map_err(|_| invalid(format!("{avg_name} is not a matrix")))?;
+        if shape_sq != shape {
+            return Err(invalid(format!(
+                "{avg_sq_name} differs in shape from {avg_name}"
+            )));
+        }
+        moments.push(NamedMoments {
+            name,
+            shape,
+            exp_avg,
+            exp_avg_sq,
+        });
     }
-    Ok((out, step))
+    Ok(OptimizerState { step, moments })
 }
 
 /// Names of the two moments of a LoRA factor in `optimizer.safetensors`.
