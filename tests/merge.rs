@@ -419,3 +419,78 @@ fn transformers_loaded_burnish_merges() {
         );
     }
 }
+
+/// A merge stopped between shards (a signal during the end of a run) writes nothing, and the
+/// end-of-run step reports the interruption instead of finishing.
+#[test]
+fn a_stopped_merge_leaves_nothing() {
+    use burnish::lora::LoraError;
+    use burnish::lora::merge::{MergeRequest, merge as merge_lib};
+    use burnish::model::ModelFolder;
+    use std::cell::Cell;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ModelFolder::open(&model_dir("qwen2-untied")).unwrap();
+    let adapter = burnish::lora::peft::read_adapter(
+        &fixtures().join("lora/qwen2-tied/adapter"),
+        &base.config,
+    )
+    .unwrap();
+    let out = tmp.path().join("merged");
+    let shards_started = Cell::new(0);
+    let cancel = || {
+        shards_started.set(shards_started.get() + 1);
+        shards_started.get() > 2
+    };
+    let result = merge_lib(&MergeRequest {
+        base_dir: &base.dir,
+        config: &base.config,
+        adapter: &adapter,
+        out_dir: &out,
+        dtype: None,
+        force: false,
+        dequantized: None,
+        cancel: Some(&cancel),
+    });
+    assert!(matches!(result, Err(LoraError::Cancelled)), "{result:?}");
+    assert_eq!(
+        shards_started.get(),
+        3,
+        "asked once per shard until stopped"
+    );
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The end of a run with a stop requested: nothing merged, the signal reported.
+    let run = tmp.path().join("run");
+    let rows = pretokenized_rows(tmp.path(), 3);
+    let recipe = write_recipe(
+        tmp.path(),
+        "r.yaml",
+        &format!(
+            "model: {{base: {}}}\nlora: {{r: 8, alpha: 16}}\ndata: {{train: [{{path: {}, format: pretokenized}}]}}\noutput: {{dir: {}, merge: true}}\n",
+            model_dir("qwen2-untied").display(),
+            rows.display(),
+            run.display()
+        ),
+    );
+    let setup = burnish::train::setup::RunSetup::new(
+        burnish::recipe::LoadedRecipe::load(&recipe, &[]).unwrap(),
+    )
+    .unwrap();
+    let adapter_dir = run.join("adapter");
+    copy_dir(&fixtures().join("lora/qwen2-tied/adapter"), &adapter_dir);
+    let outcome = burnish::train::run::TrainOutcome {
+        global_step: 3,
+        interrupted_by: None,
+        adapter_dir: Some(adapter_dir),
+        merged_dir: None,
+        final_eval: None,
+        last_checkpoint: None,
+    };
+    let stop = burnish::train::signals::StopFlag::none();
+    stop.request(15);
+    let finished = burnish::train::publish::finish(&setup, &outcome, false, true, &stop).unwrap();
+    assert_eq!(finished, burnish::train::publish::Finished::Interrupted(15));
+    assert!(!run.join("merged").exists());
+}

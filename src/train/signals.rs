@@ -31,6 +31,11 @@ impl StopFlag {
         Self(Arc::new(AtomicUsize::new(0)))
     }
 
+    /// Ask to stop as signal `sig` would (for callers that embed training, and tests).
+    pub fn request(&self, sig: i32) {
+        self.0.store(sig as usize, Ordering::SeqCst);
+    }
+
     /// The signal number that asked us to stop, if any.
     pub fn requested(&self) -> Option<i32> {
         match self.0.load(Ordering::SeqCst) {
