@@ -16,12 +16,21 @@ pub type Gpu = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type GpuTrain = Autodiff<Gpu>;
 
+/// A backend burnish trains on: autodiff over a backend with burnish's kernels, which has
+/// them too (the bound every training and inference job needs, written once).
+pub trait TrainBackend: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + Kernels,
+    B::InnerBackend: Kernels,
+{
+}
+
 /// Work that runs on whichever backend the device choice selects.
 pub trait BackendJob {
     type Output;
-    fn run<B: AutodiffBackend + Kernels>(self, device: B::Device, on_gpu: bool) -> Self::Output
-    where
-        B::InnerBackend: Kernels;
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output;
 }
 
 /// Whether CUDA device `index` can be used in this build and on this machine.
@@ -74,13 +83,7 @@ fn no_cuda(index: usize) -> String {
 /// Work that runs on several devices of one backend (data-parallel replicas).
 pub trait MultiDeviceJob {
     type Output;
-    fn run<B: AutodiffBackend + Kernels>(
-        self,
-        devices: Vec<B::Device>,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: Kernels;
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>, on_gpu: bool) -> Self::Output;
 }
 
 /// Run `job` on the devices `specs` name (all CPU or all CUDA; `auto` is not allowed here).

@@ -127,6 +127,7 @@ fn a_checkpointed_run_trains_like_a_plain_one() {
     let plain = run("plain", &[]);
     let ckpt = run("ckpt", &["--set", "train.gradient_checkpointing=true"]);
     assert_eq!(plain.len(), 4);
+    assert_eq!(ckpt.len(), plain.len(), "{plain:?} vs {ckpt:?}");
     for ((_, a), (_, b)) in plain.iter().zip(&ckpt) {
         assert!(((a - b) / a).abs() < 1e-5, "{plain:?} vs {ckpt:?}");
     }

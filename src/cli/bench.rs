@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use burn::tensor::backend::AutodiffBackend;
 
-use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::backend::{BackendJob, DeviceSpec, TrainBackend, WeightDtype, dispatch};
 use crate::cli::quant::QuantArgs;
 use crate::error::user;
 use crate::train::bench::{BenchResult, BenchSpec, run};
@@ -50,14 +49,7 @@ struct Job<'a>(&'a Args);
 
 impl BackendJob for Job<'_> {
     type Output = anyhow::Result<BenchResult>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        device: B::Device,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let a = self.0;
         let spec = BenchSpec {
             shape: a.shape.clone(),

@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !crate::recipe::is_repo_id_public(&args.repo) || !args.repo.contains('/') {
+    if !crate::hub::is_repo_id(&args.repo) {
         return Err(user(format!("'{}' is not a repo id (org/name)", args.repo)));
     }
     let env = HubEnv::from_env();

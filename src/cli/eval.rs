@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
 
-use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::backend::{BackendJob, DeviceSpec, TrainBackend, WeightDtype, dispatch};
 use crate::cli::quant::QuantArgs;
 use crate::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
 use crate::data::{Format, PackedRow};
@@ -109,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let tokenizer = load_tokenizer(&folder)?;
             let files = if std::path::Path::new(data).exists() {
                 vec![PathBuf::from(data)]
-            } else if crate::recipe::is_repo_id_public(data) && data.contains('/') {
+            } else if crate::hub::is_repo_id(data) {
                 crate::hub::dataset_files(data, Some(&args.split), None, None)?
             } else {
                 return Err(user(format!(
@@ -177,14 +176,7 @@ struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = anyhow::Result<EvalResult>;
 
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        device: B::Device,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let mut model = self
             .folder
             .load_quantized::<B::InnerBackend>(

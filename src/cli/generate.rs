@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
 
-use crate::backend::{BackendJob, DeviceSpec, WeightDtype, dispatch};
+use crate::backend::{BackendJob, DeviceSpec, TrainBackend, WeightDtype, dispatch};
 use crate::cli::quant::QuantArgs;
 use crate::data::formats::Message;
 use crate::data::tokenize::Tokenization;
@@ -158,14 +157,7 @@ struct GenerateJob<'a>(&'a GenerateArgs);
 
 impl BackendJob for GenerateJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        device: B::Device,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let args = self.0;
         let (model, tok) = load::<B::InnerBackend>(&args.model, on_gpu, &device)?;
         let chat = !args.raw && (args.chat || tok.chat_template.is_some());
@@ -233,14 +225,7 @@ struct ChatJob<'a>(&'a ChatArgs);
 
 impl BackendJob for ChatJob<'_> {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        device: B::Device,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let args = self.0;
         let (model, tok) = load::<B::InnerBackend>(&args.model, on_gpu, &device)?;
         let tz = Tokenization::new(Some(&tok), None, false, None)?;

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::{
-    BackendJob, DeviceSpec, MultiDeviceJob, device_specs, dispatch, dispatch_multi,
+    BackendJob, DeviceSpec, MultiDeviceJob, TrainBackend, device_specs, dispatch, dispatch_multi,
 };
 use crate::cli::inspect::group_digits;
 use crate::error::user;
@@ -147,14 +146,7 @@ struct TrainJob<'a> {
 impl BackendJob for TrainJob<'_> {
     type Output = anyhow::Result<TrainOutcome>;
 
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        device: B::Device,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, device: B::Device, on_gpu: bool) -> Self::Output {
         let s = self.setup;
         log_plan(s, on_gpu)?;
         train::<B>(s, self.opts, &mut SingleProcess, device, on_gpu)
@@ -172,14 +164,7 @@ struct ParallelJob<'a> {
 impl MultiDeviceJob for ParallelJob<'_> {
     type Output = anyhow::Result<TrainOutcome>;
 
-    fn run<B: AutodiffBackend + crate::model::kernels::Kernels>(
-        self,
-        devices: Vec<B::Device>,
-        on_gpu: bool,
-    ) -> Self::Output
-    where
-        B::InnerBackend: crate::model::kernels::Kernels,
-    {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>, on_gpu: bool) -> Self::Output {
         log_plan(self.setup, on_gpu)?;
         let results: Vec<anyhow::Result<TrainOutcome>> = std::thread::scope(|scope| {
             let handles: Vec<_> = devices

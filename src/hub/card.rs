@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use crate::recipe::schema::Recipe;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CardKind {
     Adapter,
@@ -37,8 +35,7 @@ pub struct CardInfo {
 
 /// Whether a model reference is a Hub repo id (only those go into `base_model`).
 fn hub_id(base: &str) -> Option<&str> {
-    (crate::recipe::is_repo_id_public(base) && base.contains('/') && !Path::new(base).exists())
-        .then_some(base)
+    (super::is_repo_id(base) && !Path::new(base).exists()).then_some(base)
 }
 
 /// `license:` from a model folder's README front matter.
@@ -50,19 +47,6 @@ pub fn license_of(model_dir: &Path) -> Option<String> {
         .find_map(|l| l.strip_prefix("license:"))
         .map(|v| v.trim().trim_matches('"').to_string())
         .filter(|v| !v.is_empty())
-}
-
-/// Hub datasets named by a recipe.
-pub fn datasets_of(recipe: &Recipe) -> Vec<String> {
-    let mut out: Vec<String> = recipe
-        .data
-        .train
-        .iter()
-        .filter_map(|s| s.hub.clone())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 pub fn render(info: &CardInfo) -> String {

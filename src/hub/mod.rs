@@ -24,6 +24,22 @@ pub fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
     resolve_model_revision(spec, "main")
 }
 
+/// Whether `s` is a Hub repo id, `org/name`, each part of letters, digits, `-`, `_` and `.`
+/// (not starting or ending with `-` or `.`, no `..`, at most 96 characters): the one check of
+/// that syntax, for models, datasets and push targets alike.
+pub fn is_repo_id(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
+            && !p.contains("..")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!(s.split_once('/'), Some((org, name)) if ok(org) && ok(name))
+}
+
 /// [`resolve_model`] at a Hub revision (ignored for local folders and presets).
 pub fn resolve_model_revision(spec: &str, revision: &str) -> anyhow::Result<PathBuf> {
     if let Some(name) = spec.strip_prefix(preset::PREFIX) {
@@ -33,7 +49,7 @@ pub fn resolve_model_revision(spec: &str, revision: &str) -> anyhow::Result<Path
     if path.exists() {
         return Ok(path);
     }
-    if !crate::recipe::is_repo_id_public(spec) || !spec.contains('/') {
+    if !is_repo_id(spec) {
         return Err(user(format!(
             "model '{spec}' is not a local folder, a built-in preset ({}) or a Hub repo id (org/name)",
             preset::names()

@@ -58,17 +58,6 @@ impl std::str::FromStr for OutputDtype {
 }
 
 impl OutputDtype {
-    /// The recipe's `output.merge_dtype`: `None` keeps the base's own dtype.
-    pub fn for_recipe(d: crate::recipe::values::MergeDtype) -> Option<Self> {
-        use crate::recipe::values::MergeDtype;
-        match d {
-            MergeDtype::Auto => None,
-            MergeDtype::F32 => Some(OutputDtype::F32),
-            MergeDtype::Bf16 => Some(OutputDtype::Bf16),
-            MergeDtype::F16 => Some(OutputDtype::F16),
-        }
-    }
-
     fn st(self) -> StDtype {
         match self {
             OutputDtype::F32 => StDtype::F32,

@@ -7,8 +7,6 @@ pub mod schema;
 mod semantics;
 pub mod values;
 
-pub use semantics::is_repo_id as is_repo_id_public;
-
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -6,6 +6,7 @@ use super::check::{Issues, suggestion};
 use super::node::{Node, Origin};
 use super::schema::*;
 use crate::data::formats::Format;
+use crate::hub::is_repo_id;
 use crate::lora::TargetSpec;
 use crate::model::params::LINEAR_MODULES;
 
@@ -46,21 +47,6 @@ impl Ctx<'_> {
             );
         }
     }
-}
-
-/// A Hub repo id: `name` or `org/name` of letters, digits, `-`, `_`, `.`.
-pub fn is_repo_id(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('/').collect();
-    let ok = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 96
-            && !p.starts_with(['-', '.'])
-            && !p.ends_with(['-', '.'])
-            && !p.contains("..")
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    matches!(parts.len(), 1 | 2) && parts.iter().all(|p| ok(p))
 }
 
 pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {

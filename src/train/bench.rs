@@ -2,10 +2,10 @@
 //! fixed shapes, timed after warm-up. Reports the median step time, tokens/s, peak memory and
 //! whether memory keeps growing after warm-up (a leak from autodiff graphs or caches would).
 
+use crate::backend::TrainBackend;
 use std::time::Instant;
 
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -19,7 +19,7 @@ use crate::data::PackedRow;
 use crate::data::batch::TokenizedExample;
 use crate::lora::attach::{attach, init_factors};
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
-use crate::model::kernels::{Kernels, profile};
+use crate::model::kernels::profile;
 use crate::model::load::RandomWeights;
 use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
@@ -127,14 +127,11 @@ pub struct BenchSpec {
 }
 
 /// Run the benchmark on backend `B`.
-pub fn run<B: AutodiffBackend + Kernels>(
+pub fn run<B: TrainBackend>(
     spec: &BenchSpec,
     device: &B::Device,
     device_name: &str,
-) -> anyhow::Result<BenchResult>
-where
-    B::InnerBackend: Kernels,
-{
+) -> anyhow::Result<BenchResult> {
     let config = shape_config(&spec.shape).ok_or_else(|| {
         crate::error::user(format!(
             "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)",

@@ -13,7 +13,7 @@ use crate::lora::LoraError;
 use crate::lora::merge::{MergeRequest, OutputDtype, merge};
 use crate::lora::peft::read_adapter;
 use crate::observe::metrics::{self, Record};
-use crate::recipe::PushWhat;
+use crate::recipe::{MergeDtype, PushWhat};
 
 fn summary(setup: &RunSetup, outcome: &TrainOutcome, out: &Path) -> RunSummary {
     let records = metrics::read(&out.join(metrics::FILE)).unwrap_or_default();
@@ -46,11 +46,34 @@ fn write_card(
         kind,
         base_model: setup.recipe().model.base.clone(),
         license: card::license_of(&setup.folder.dir),
-        datasets: card::datasets_of(setup.recipe()),
+        datasets: hub_datasets(setup.recipe()),
         summary: Some(summary.clone()),
     };
     std::fs::write(dir.join("README.md"), card::render(&info))?;
     Ok(())
+}
+
+/// The Hub datasets a recipe trains on (for the card's `datasets:`).
+fn hub_datasets(recipe: &crate::recipe::Recipe) -> Vec<String> {
+    let mut out: Vec<String> = recipe
+        .data
+        .train
+        .iter()
+        .filter_map(|s| s.hub.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The recipe's `output.merge_dtype`: `None` keeps the base's own dtype.
+fn merge_dtype(d: MergeDtype) -> Option<OutputDtype> {
+    match d {
+        MergeDtype::Auto => None,
+        MergeDtype::F32 => Some(OutputDtype::F32),
+        MergeDtype::Bf16 => Some(OutputDtype::Bf16),
+        MergeDtype::F16 => Some(OutputDtype::F16),
+    }
 }
 
 /// How the end of a run went.
@@ -97,7 +120,7 @@ pub fn finish(
             config: &setup.folder.config,
             adapter: &adapter,
             out_dir: &merged_dir,
-            dtype: OutputDtype::for_recipe(r.output.merge_dtype),
+            dtype: merge_dtype(r.output.merge_dtype),
             force: true,
             dequantized: None,
             cancel: Some(&cancel),

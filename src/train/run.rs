@@ -6,6 +6,7 @@
 //! Everything a step consumes (its rows, its dropout masks) is a pure function of the seed and
 //! the step index, so a run resumed from a checkpoint continues bit for bit.
 
+use crate::backend::TrainBackend;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -28,7 +29,6 @@ use crate::error::user;
 use crate::lora::attach::{attach, extract, factor_names, init_factors};
 use crate::lora::peft::{HostFactors, read_adapter, write_adapter};
 use crate::model::Model;
-use crate::model::kernels::Kernels;
 use crate::model::loss::loss_chunk_rows;
 use crate::observe::metrics::{self, EvalRecord, Record, StepRecord};
 use crate::observe::observer::{RunInfo, RunObserver};
@@ -87,16 +87,13 @@ impl Progress {
     }
 }
 
-pub fn train<B: AutodiffBackend + Kernels>(
+pub fn train<B: TrainBackend>(
     setup: &RunSetup,
     opts: &TrainOptions,
     sync: &mut dyn GradientSync<B::InnerBackend>,
     device: B::Device,
     on_gpu: bool,
-) -> anyhow::Result<TrainOutcome>
-where
-    B::InnerBackend: Kernels,
-{
+) -> anyhow::Result<TrainOutcome> {
     let recipe = setup.recipe();
     let t = &recipe.train;
     let out = &setup.output_dir;
@@ -286,7 +283,7 @@ fn check_fingerprint(resume: Option<&Checkpoint>, setup: &RunSetup) -> anyhow::R
 
 /// The model with its adapters attached (fresh, from `lora.init_from`, or from the checkpoint)
 /// and the optimizer (restored with its moments and step count when resuming).
-fn load_trainable<B: AutodiffBackend + Kernels>(
+fn load_trainable<B: TrainBackend>(
     setup: &RunSetup,
     resume: Option<&Checkpoint>,
     device: &B::Device,
@@ -427,15 +424,12 @@ fn open_observer(setup: &RunSetup, resume: Option<&Checkpoint>) -> anyhow::Resul
 }
 
 /// Evaluate on the validation rows (when there are any) and record it.
-fn run_eval<B: AutodiffBackend>(
+fn run_eval<B: TrainBackend>(
     model: &Model<B>,
     setup: &RunSetup,
     progress: &mut Progress,
     observer: Option<&mut RunObserver>,
-) -> anyhow::Result<()>
-where
-    B::InnerBackend: Kernels,
-{
+) -> anyhow::Result<()> {
     if setup.data.validation.is_empty() {
         return Ok(());
     }

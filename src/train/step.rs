@@ -3,7 +3,7 @@
 //! a check that the loss and gradients are finite, normalisation by the step's trained tokens,
 //! clipping and AdamW.
 
-use burn::tensor::backend::AutodiffBackend;
+use crate::backend::TrainBackend;
 use burn::tensor::{DType, ElementConversion, Tensor};
 
 use super::optimizer::{AdamW, clip, global_norm};
@@ -13,7 +13,6 @@ use crate::data::{PackedRow, collate};
 use crate::lora::TargetModule;
 use crate::lora::attach::{factor_tensors, set_factor_tensors};
 use crate::model::Model;
-use crate::model::kernels::Kernels;
 use crate::model::loss::cross_entropy_sum;
 use crate::rng::fnv1a;
 
@@ -71,7 +70,7 @@ impl StepError {
 /// replica's rows of each micro-batch). The model's factors are updated in place; on an error
 /// they keep their values from before the step.
 #[allow(clippy::too_many_arguments)]
-pub fn take_step<B: AutodiffBackend + Kernels>(
+pub fn take_step<B: TrainBackend>(
     model: &mut Model<B>,
     targets: &[TargetModule],
     optimizer: &mut AdamW<B::InnerBackend>,
@@ -81,10 +80,7 @@ pub fn take_step<B: AutodiffBackend + Kernels>(
     settings: &StepSettings,
     sync: &mut dyn GradientSync<B::InnerBackend>,
     stop: &StopFlag,
-) -> anyhow::Result<StepResult>
-where
-    B::InnerBackend: Kernels,
-{
+) -> anyhow::Result<StepResult> {
     let device = model.device.clone();
     let rank = sync.rank();
     let mut grad_sums: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
