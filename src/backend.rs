@@ -4,7 +4,7 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::model::kernels::Kernels;
+use crate::model::ModelBackend;
 pub use crate::recipe::values::{DeviceList, DeviceSpec, WeightDtype};
 
 /// CPU inference backend.
@@ -18,12 +18,12 @@ pub type GpuTrain = Autodiff<Gpu>;
 
 /// A backend burnish trains on: autodiff over a backend with burnish's kernels, which has
 /// them too (the bound every training and inference job needs, written once).
-pub trait TrainBackend: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
 
 impl<B> TrainBackend for B
 where
-    B: AutodiffBackend + Kernels,
-    B::InnerBackend: Kernels,
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
 {
 }
 

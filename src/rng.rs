@@ -21,3 +21,19 @@ pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
     let u2: f64 = rng.random::<f64>();
     (-2.0f64 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits, each output bit depending on every input
+/// bit. Counter-based randomness hashes an element's coordinates with it, so any element's
+/// draw can be regenerated alone, in any order, on any thread.
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A key for a random stream derived from `parent` and a label (`(layer, projection)`, ...).
+pub fn subkey(parent: u64, label: u64) -> u64 {
+    mix64(parent ^ mix64(label))
+}

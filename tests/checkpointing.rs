@@ -1,7 +1,8 @@
 //! Gradient checkpointing: the hand-written layer backward that recomputes each decoder layer
 //! gives the same loss and LoRA gradients as autodiff over the full graph, on every
-//! architecture variant (GQA and MHA, biases, Qwen3's q/k norms, untied heads) and with a
-//! quantized base; and a training run with it equals one without.
+//! architecture variant (GQA and MHA, biases, Qwen3's q/k norms, untied heads), with a
+//! quantized base and with LoRA dropout (the recomputation draws the same masks); and a
+//! training run with it equals one without.
 //!
 //! Tolerance: both use the same kernels in the same order, so the loss is identical and the
 //! gradients differ only where autodiff sums a tensor's gradient contributions in another
@@ -15,6 +16,7 @@ use burn::tensor::DType;
 use burnish::backend::Cpu;
 use burnish::lora::attach::{attach, init_factors};
 use burnish::lora::{InitKind, LoraSettings, TargetSpec};
+use burnish::model::kernels::DropoutSeed;
 use burnish::model::loss::{Targets, cross_entropy_sum};
 use burnish::model::params::LINEAR_MODULES;
 use burnish::model::quant::QuantSpec;
@@ -28,6 +30,7 @@ fn loss_and_grads(
     variant: &str,
     checkpoint: bool,
     quant: Option<QuantSpec>,
+    dropout: f64,
 ) -> (f32, Vec<Vec<f32>>) {
     let folder = ModelFolder::open(&model_dir(variant)).unwrap();
     let mut m: Model<Ad> = folder
@@ -45,7 +48,7 @@ fn loss_and_grads(
         for (i, x) in f.b.iter_mut().enumerate() {
             *x = ((i % 11) as f32 - 5.0) * 0.02;
         }
-        attach(&mut m.net, &t, &f, 0.0, true, &Default::default());
+        attach(&mut m.net, &t, &f, dropout, true, &Default::default());
     }
     m.net.gradient_checkpointing = checkpoint;
     let vocab = folder.config.vocab_size as u32;
@@ -60,7 +63,12 @@ fn loss_and_grads(
         .map(|r| r.iter().map(|&x| x as i64).collect())
         .collect();
     let targets = Targets::shifted(&labels, &batch.segments);
-    let h = m.hidden_states(&batch, true);
+    let seed = DropoutSeed {
+        key: 99,
+        first_row: 0,
+        row_stride: 1,
+    };
+    let h = m.hidden_states(&batch, Some(&seed));
     let (loss, _) = cross_entropy_sum(&m.net, h, &targets, 16);
     let value = loss.clone().into_scalar();
     let grads = loss.backward();
@@ -85,9 +93,9 @@ fn loss_and_grads(
     (value, out)
 }
 
-fn assert_same(variant: &str, quant: Option<QuantSpec>) {
-    let (l0, g0) = loss_and_grads(variant, false, quant);
-    let (l1, g1) = loss_and_grads(variant, true, quant);
+fn assert_same(variant: &str, quant: Option<QuantSpec>, dropout: f64) {
+    let (l0, g0) = loss_and_grads(variant, false, quant, dropout);
+    let (l1, g1) = loss_and_grads(variant, true, quant, dropout);
     assert!(!g0.is_empty());
     assert_eq!(g0.len(), g1.len());
     assert!(
@@ -109,7 +117,7 @@ fn assert_same(variant: &str, quant: Option<QuantSpec>) {
 #[test]
 fn checkpointed_layers_give_the_same_gradients() {
     for variant in VARIANTS {
-        assert_same(variant, None);
+        assert_same(variant, None, 0.0);
     }
     assert_same(
         "qwen2-tied",
@@ -117,7 +125,15 @@ fn checkpointed_layers_give_the_same_gradients() {
             bits: 4,
             block_size: 32,
         }),
+        0.0,
     );
+    // Dropout: the same masks in the recomputed layers, so the same gradients.
+    assert_same("qwen2-tied", None, 0.3);
+    assert_same("qwen3", None, 0.3);
+    // And dropout changes them (the masks are really drawn).
+    let (l_plain, _) = loss_and_grads("qwen2-tied", false, None, 0.0);
+    let (l_drop, _) = loss_and_grads("qwen2-tied", false, None, 0.3);
+    assert!((l_plain - l_drop).abs() > 1e-6, "{l_plain} vs {l_drop}");
 }
 
 #[test]
@@ -131,19 +147,20 @@ fn a_checkpointed_run_trains_like_a_plain_one() {
     for ((_, a), (_, b)) in plain.iter().zip(&ckpt) {
         assert!(((a - b) / a).abs() < 1e-5, "{plain:?} vs {ckpt:?}");
     }
-    // Dropout cannot be recomputed identically: refused before anything loads.
-    let o = burnish(&[
-        "plan",
-        "recipes/demo.yaml",
-        "--set",
-        "train.gradient_checkpointing=true",
-        "--set",
-        "lora.dropout=0.05",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("train.gradient_checkpointing"),
-        "{}",
-        stderr(&o)
+    // With dropout too: the recomputed layers draw the masks the first pass drew.
+    let drop = ["--set", "lora.dropout=0.1"];
+    let plain = run("plain-dropout", &drop);
+    let ckpt = run(
+        "ckpt-dropout",
+        &[
+            drop[0],
+            drop[1],
+            "--set",
+            "train.gradient_checkpointing=true",
+        ],
     );
+    assert_eq!(ckpt.len(), plain.len(), "{plain:?} vs {ckpt:?}");
+    for ((_, a), (_, b)) in plain.iter().zip(&ckpt) {
+        assert!(((a - b) / a).abs() < 1e-5, "{plain:?} vs {ckpt:?}");
+    }
 }

@@ -312,7 +312,7 @@ fn packing_gives_the_same_per_example_loss() {
         let alone = PackedRow::single(ex);
         let (b, t) = collate(&[&alone], 0);
         let (loss_alone, n_alone) =
-            cross_entropy_sum(&model.net, model.hidden_states(&b, false), &t, 16);
+            cross_entropy_sum(&model.net, model.hidden_states(&b, None), &t, 16);
         let (b, mut t) = collate(&[row], 0);
         // Keep only example k's targets.
         for (pos, target) in t.rows[0].iter_mut().enumerate() {
@@ -321,7 +321,7 @@ fn packing_gives_the_same_per_example_loss() {
             }
         }
         let (loss_packed, n_packed) =
-            cross_entropy_sum(&model.net, model.hidden_states(&b, false), &t, 16);
+            cross_entropy_sum(&model.net, model.hidden_states(&b, None), &t, 16);
         assert_eq!(n_alone, n_packed);
         let (a, p) = (loss_alone.into_scalar(), loss_packed.into_scalar());
         assert!(

@@ -2,7 +2,8 @@
 //! (what CUDA runs), forward and backward, on random inputs. Both are f32; they differ only in
 //! summation order and in the vectorised `exp` (relative error < 3e-7), hence 1e-5 bounds.
 
-use burn::tensor::{Bool, Distribution, Tensor, TensorData};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
 use burnish::backend::Cpu;
 use burnish::model::kernels::{Kernels, generic};
 
@@ -31,21 +32,6 @@ fn close<const D: usize>(a: T<D>, b: T<D>, tol: f32, what: &str) {
     );
 }
 
-use burn::tensor::backend::Backend;
-
-fn causal_padded_mask(b: usize, s: usize, t: usize) -> Tensor<Cpu, 4, Bool> {
-    let mut m = Vec::new();
-    for bi in 0..b {
-        for i in 0..s {
-            for j in 0..t {
-                // causal, and the last two keys of batch 1 are padding
-                m.push(j > i + (t - s) || (bi == 1 && j >= t - 2));
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(m, [b, 1, s, t]), &Default::default())
-}
-
 #[test]
 fn cross_entropy_kernel_matches_composition() {
     let h = rand([37, 24], 1);
@@ -70,72 +56,6 @@ fn cross_entropy_kernel_matches_composition() {
     let (l2, g2) = generic::cross_entropy_sum_and_grad(h, w, &targets, 16);
     close(l1, l2, 1e-5, "loss, large vocabulary");
     close(g1, g2, 1e-5, "grad, large vocabulary");
-}
-
-#[test]
-fn attention_kernels_match_composition() {
-    let (b, s, t, nh, nkv, d) = (2, 7, 9, 4, 2, 8);
-    let q = rand([b, s, nh, d], 3);
-    let k = rand([b, t, nkv, d], 4);
-    let v = rand([b, t, nkv, d], 5);
-    let mask = causal_padded_mask(b, s, t);
-    let (o1, p1) = Cpu::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
-    let (o2, p2) = generic::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
-    close(o1, o2, 1e-5, "attention output");
-    close(p1.clone(), p2, 1e-5, "attention probabilities");
-    let g = rand([b, s, nh, d], 6);
-    let (dq1, dk1, dv1) =
-        Cpu::attention_backward(q.clone(), k.clone(), v.clone(), p1.clone(), g.clone());
-    let (dq2, dk2, dv2) = generic::attention_backward(q, k, v, p1, g);
-    close(dq1, dq2, 1e-5, "dq");
-    close(dk1, dk2, 1e-5, "dk");
-    close(dv1, dv2, 1e-5, "dv");
-    let scores = rand([b, nh, s, t], 7);
-    close(
-        Cpu::masked_softmax(scores.clone(), &mask),
-        generic::masked_softmax(scores.clone(), &mask),
-        1e-5,
-        "masked softmax",
-    );
-    let gp = rand([b, nh, s, t], 8);
-    let p = generic::masked_softmax(scores, &mask);
-    close(
-        Cpu::softmax_backward(p.clone(), gp.clone()),
-        generic::softmax_backward(p, gp),
-        1e-5,
-        "softmax backward",
-    );
-}
-
-/// Longer than one 64-row query block, so blocks see different key extents; batch 1 has two
-/// padded keys and a query row that sees nothing (it attends uniformly to every key).
-#[test]
-fn blocked_attention_matches_composition() {
-    let (b, s, t, nh, nkv, d) = (2, 150, 150, 4, 2, 8);
-    let mut m = Vec::new();
-    for bi in 0..b {
-        for i in 0..s {
-            for j in 0..t {
-                m.push(j > i || (bi == 1 && (j >= t - 2 || i == 100)));
-            }
-        }
-    }
-    let mask =
-        Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(m, [b, 1, s, t]), &Default::default());
-    let q = rand([b, s, nh, d], 31);
-    let k = rand([b, t, nkv, d], 32);
-    let v = rand([b, t, nkv, d], 33);
-    let (o1, p1) = Cpu::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
-    let (o2, p2) = generic::attention_with_probs(q.clone(), k.clone(), v.clone(), &mask);
-    close(o1, o2, 1e-5, "blocked attention output");
-    close(p1.clone(), p2, 1e-5, "blocked attention probabilities");
-    let g = rand([b, s, nh, d], 34);
-    let (dq1, dk1, dv1) =
-        Cpu::attention_backward(q.clone(), k.clone(), v.clone(), p1.clone(), g.clone());
-    let (dq2, dk2, dv2) = generic::attention_backward(q, k, v, p1, g);
-    close(dq1, dq2, 1e-5, "blocked dq");
-    close(dk1, dk2, 1e-5, "blocked dk");
-    close(dv1, dv2, 1e-5, "blocked dv");
 }
 
 #[test]
@@ -182,9 +102,15 @@ fn norm_rope_swiglu_and_lora_linear_match_composition() {
     let (xl, wl, bias) = (rand([11, 24], 16), rand([40, 24], 17), rand([40], 18));
     let (la, lb) = (rand([4, 24], 19), rand([40, 4], 20));
     let lora = Some((la.clone(), lb.clone(), 2.5));
-    let (y1, xa1) =
-        Cpu::lora_linear_forward(xl.clone(), wl.clone(), Some(bias.clone()), lora.clone());
-    let (y2, xa2) = generic::lora_linear_forward(xl.clone(), wl.clone(), Some(bias), lora.clone());
+    let (y1, xa1) = Cpu::lora_linear_forward(
+        xl.clone(),
+        wl.clone(),
+        Some(bias.clone()),
+        lora.clone(),
+        None,
+    );
+    let (y2, xa2) =
+        generic::lora_linear_forward(xl.clone(), wl.clone(), Some(bias), lora.clone(), None);
     close(y1, y2, 1e-5, "lora linear");
     close(xa1.clone().unwrap(), xa2.unwrap(), 1e-5, "x A^T");
     let gy = rand([11, 40], 21);
@@ -193,10 +119,11 @@ fn norm_rope_swiglu_and_lora_linear_match_composition() {
         xa1.clone(),
         wl.clone(),
         lora.clone(),
+        None,
         gy.clone(),
         true,
     );
-    let (dx2, d2) = generic::lora_linear_backward(xl, xa1, wl, lora, gy, true);
+    let (dx2, d2) = generic::lora_linear_backward(xl, xa1, wl, lora, None, gy, true);
     close(dx1.unwrap(), dx2.unwrap(), 1e-5, "lora dx");
     let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
     close(da1, da2, 1e-5, "lora dA");
@@ -226,9 +153,15 @@ fn transposed_weight_layout_computes_the_same() {
     );
 
     let lora = Some((rand([4, 40], 45), rand([12, 4], 46), 2.0));
-    let (y1, xa1) =
-        Cpu::lora_linear_forward(x.clone(), laid.clone(), Some(bias.clone()), lora.clone());
-    let (y2, xa2) = generic::lora_linear_forward(x.clone(), w.clone(), Some(bias), lora.clone());
+    let (y1, xa1) = Cpu::lora_linear_forward(
+        x.clone(),
+        laid.clone(),
+        Some(bias.clone()),
+        lora.clone(),
+        None,
+    );
+    let (y2, xa2) =
+        generic::lora_linear_forward(x.clone(), w.clone(), Some(bias), lora.clone(), None);
     close(y1, y2, 1e-5, "transposed-layout forward");
     close(
         xa1.clone().unwrap(),
@@ -237,9 +170,16 @@ fn transposed_weight_layout_computes_the_same() {
         "transposed-layout x A^T",
     );
     let gy = rand([11, 12], 47);
-    let (dx1, d1) =
-        Cpu::lora_linear_backward(x.clone(), xa1.clone(), laid, lora.clone(), gy.clone(), true);
-    let (dx2, d2) = generic::lora_linear_backward(x, xa1, w, lora, gy, true);
+    let (dx1, d1) = Cpu::lora_linear_backward(
+        x.clone(),
+        xa1.clone(),
+        laid,
+        lora.clone(),
+        None,
+        gy.clone(),
+        true,
+    );
+    let (dx2, d2) = generic::lora_linear_backward(x, xa1, w, lora, None, gy, true);
     close(dx1.unwrap(), dx2.unwrap(), 1e-5, "transposed-layout dx");
     let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
     close(da1, da2, 1e-5, "transposed-layout dA");
@@ -264,12 +204,90 @@ fn quantized_wide_input_forward_matches_dequantized_weight() {
     );
     let dense = Cpu::dequantize_weight(q.clone(), DType::F32);
     let lora = Some((rand([4, 128], 53), rand([24, 4], 54), 2.0));
-    let (y1, xa1) = Cpu::lora_linear_forward(x.clone(), q.clone(), None, lora.clone());
-    let (y2, _) = generic::lora_linear_forward(x.clone(), dense.clone(), None, lora.clone());
+    let (y1, xa1) = Cpu::lora_linear_forward(x.clone(), q.clone(), None, lora.clone(), None);
+    let (y2, _) = generic::lora_linear_forward(x.clone(), dense.clone(), None, lora.clone(), None);
     close(y1, y2, 1e-5, "quantized wide-input forward");
     let gy = rand([9, 24], 55);
-    let (dx1, _) =
-        Cpu::lora_linear_backward(x.clone(), xa1.clone(), q, lora.clone(), gy.clone(), true);
-    let (dx2, _) = generic::lora_linear_backward(x, xa1, dense, lora, gy, true);
+    let (dx1, _) = Cpu::lora_linear_backward(
+        x.clone(),
+        xa1.clone(),
+        q,
+        lora.clone(),
+        None,
+        gy.clone(),
+        true,
+    );
+    let (dx2, _) = generic::lora_linear_backward(x, xa1, dense, lora, None, gy, true);
     close(dx1.unwrap(), dx2.unwrap(), 1e-5, "quantized wide-input dx");
+}
+
+/// LoRA dropout inside the fused step: the Flex kernel and the composition draw the same mask,
+/// and the gradients (mask drawn again in the backward) equal Burn's autodiff through the
+/// plain formula `x W^T + b + ((M / (1 - p)) * x) A^T B^T s` with that mask written out.
+#[test]
+fn lora_dropout_matches_autodiff_of_the_explicit_mask() {
+    use burn::backend::Autodiff;
+    use burnish::model::kernels::Dropout;
+    type A = Autodiff<Cpu>;
+    let (n, inp, out, r) = (14, 24, 40, 4);
+    let (x, w, bias) = (rand([n, inp], 61), rand([out, inp], 62), rand([out], 63));
+    let (la, lb, s) = (rand([r, inp], 64), rand([out, r], 65), 1.5);
+    let drop = Dropout {
+        p: 0.3,
+        key: 7,
+        first_row: 1,
+        row_stride: 2,
+        seq: 7,
+    };
+    let lora = Some((la.clone(), lb.clone(), s));
+    let (y1, xa1) = Cpu::lora_linear_forward(
+        x.clone(),
+        w.clone(),
+        Some(bias.clone()),
+        lora.clone(),
+        Some(&drop),
+    );
+    let (y2, _) = generic::lora_linear_forward(
+        x.clone(),
+        w.clone(),
+        Some(bias.clone()),
+        lora.clone(),
+        Some(&drop),
+    );
+    close(
+        y1.clone(),
+        y2,
+        1e-5,
+        "dropout forward: kernel vs composition",
+    );
+
+    let mask = Tensor::<A, 2>::from_data(
+        burn::tensor::TensorData::new(drop.mask(n, inp), [n, inp]),
+        &Default::default(),
+    );
+    let xa = Tensor::<A, 2>::from_inner(x.clone()).require_grad();
+    let aa = Tensor::<A, 2>::from_inner(la.clone()).require_grad();
+    let ba = Tensor::<A, 2>::from_inner(lb.clone()).require_grad();
+    let wa = Tensor::<A, 2>::from_inner(w.clone());
+    let y = xa.clone().matmul(wa.transpose())
+        + Tensor::<A, 1>::from_inner(bias).unsqueeze::<2>()
+        + (xa.clone() * mask)
+            .matmul(aa.clone().transpose())
+            .matmul(ba.clone().transpose())
+            * s;
+    close(
+        y.clone().inner(),
+        y1,
+        1e-5,
+        "dropout forward: vs explicit mask",
+    );
+    let gy = rand([n, out], 66);
+    let grads = (y * Tensor::<A, 2>::from_inner(gy.clone()))
+        .sum()
+        .backward();
+    let (dx, d) = Cpu::lora_linear_backward(x, xa1, w, lora, Some(&drop), gy, true);
+    let (da, db) = d.unwrap();
+    close(dx.unwrap(), xa.grad(&grads).unwrap(), 1e-5, "dropout dx");
+    close(da, aa.grad(&grads).unwrap(), 1e-5, "dropout dA");
+    close(db, ba.grad(&grads).unwrap(), 1e-5, "dropout dB");
 }

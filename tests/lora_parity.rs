@@ -66,7 +66,7 @@ fn first_backward_gradients_match_peft() {
             .map(|r| r.iter().map(|&i| i as i64).collect())
             .collect();
         let tgt = Targets::shifted(&labels, &batch.segments);
-        let hidden = model.hidden_states(&batch, false);
+        let hidden = model.hidden_states(&batch, None);
         let (sum, n) = cross_entropy_sum(&model.net, hidden, &tgt, 7);
         let loss = sum / n as f64;
         let info = read_json(&fixtures().join(format!("golden/lora-{case}.json")));

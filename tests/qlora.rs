@@ -89,7 +89,7 @@ fn quantized_base_loss_is_close_to_the_f32_base() {
                 false,
             )
             .unwrap();
-            let h = m.hidden_states(&batch, false);
+            let h = m.hidden_states(&batch, None);
             let (sum, n) = cross_entropy_sum(&m.net, h, &targets, 64);
             sum.into_scalar() as f64 / n as f64
         };
@@ -123,7 +123,12 @@ fn gradients_flow_through_the_quantized_base() {
     let targets = Targets::shifted(&labels, &batch.segments);
     let grads_of = |m: &mut burnish::model::Model<Ad>| {
         burnish::lora::apply_adapter(m, &fixtures().join("lora/qwen2-tied/adapter"), true).unwrap();
-        let h = m.hidden_states(&batch, true);
+        let seed = burnish::model::kernels::DropoutSeed {
+            key: 1,
+            first_row: 0,
+            row_stride: 1,
+        };
+        let h = m.hidden_states(&batch, Some(&seed));
         let (loss, _) = cross_entropy_sum(&m.net, h, &targets, 64);
         let grads = loss.backward();
         let mut out = Vec::new();

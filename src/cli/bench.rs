@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-
 use crate::backend::{BackendJob, DeviceSpec, TrainBackend, WeightDtype, dispatch};
 use crate::cli::quant::QuantArgs;
 use crate::error::user;

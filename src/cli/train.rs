@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-
 use crate::backend::{
     BackendJob, DeviceSpec, MultiDeviceJob, TrainBackend, device_specs, dispatch, dispatch_multi,
 };

@@ -5,7 +5,7 @@ pub mod sampler;
 
 use std::time::Instant;
 
-use crate::model::kernels::Kernels;
+use crate::model::ModelBackend;
 
 use crate::model::Model;
 use crate::model::decoder::KvCache;
@@ -30,13 +30,13 @@ impl GenerationStats {
 }
 
 /// Last-position logits (f32, host) of a forward over `ids` appended to the cache.
-fn step_logits<B: Kernels>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
+fn step_logits<B: ModelBackend>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
     let past = cache.len;
     let ctx = incremental_context::<B>(&model.rope, 1, past, ids.len(), model.dtype, &model.device);
     let batch = crate::model::HostBatch::from_rows(&[ids.to_vec()], 0);
     let hidden = model
         .net
-        .hidden_states(batch.ids_tensor(&model.device), &ctx, Some(cache), false);
+        .hidden_states(batch.ids_tensor(&model.device), &ctx, Some(cache), None);
     let [_, s, d] = hidden.dims();
     let last = hidden.narrow(1, s - 1, 1).reshape([1, d]);
     model
@@ -49,7 +49,7 @@ fn step_logits<B: Kernels>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]
 }
 
 /// Generate up to `max_new_tokens` after `prompt`; `on_token` sees each new id as it is chosen.
-pub fn generate<B: Kernels>(
+pub fn generate<B: ModelBackend>(
     model: &Model<B>,
     prompt: &[u32],
     max_new_tokens: usize,
@@ -87,7 +87,7 @@ pub fn generate<B: Kernels>(
 
 /// Logits of every position of `ids`, computed one token at a time through the cache (for
 /// checking the cache against a full forward pass).
-pub fn incremental_logits<B: Kernels>(
+pub fn incremental_logits<B: ModelBackend>(
     model: &Model<B>,
     ids: &[u32],
     prefix: usize,

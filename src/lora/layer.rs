@@ -1,11 +1,13 @@
-//! A linear projection with an optional LoRA adapter (Hu et al. 2021), by composition:
+//! A linear projection with an optional LoRA adapter (Hu et al. 2021):
 //! `y = x W^T + b + dropout(x) A^T B^T * scaling`, with `A: [r, in]` and `B: [out, r]` in PEFT's
-//! orientation. The low-rank path runs as two thin matmuls in f32; `W + BA` is never formed.
+//! orientation, as one fused op (`Kernels::lora_linear`): the low-rank path runs as two thin
+//! matmuls in f32, the dropout mask is drawn inside it, and `W + BA` is never formed.
 
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
-use crate::model::kernels::Kernels;
+use crate::model::kernels::{Dropout, Kernels, LoraFactors};
+use crate::model::recompute::FactorGrads;
 
 /// The trainable low-rank factors of one projection.
 #[derive(Module, Debug)]
@@ -44,57 +46,55 @@ impl<B: Backend> LoraLinear<B> {
 }
 
 impl<B: Kernels> LoraLinear<B> {
-    /// Applies the projection to `x: [..., in]`. `train` enables LoRA dropout.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, train: bool) -> Tensor<B, D> {
-        let dims = x.dims();
-        let [out, inp] = self.shape();
-        let rows: usize = dims[..D - 1].iter().product();
-        let x2: Tensor<B, 2> = x.reshape([rows, inp]);
+    fn factors(&self) -> Option<LoraFactors<B>> {
+        self.lora
+            .as_ref()
+            .map(|l| (l.a.val(), l.b.val(), l.scaling))
+    }
+
+    /// The projection of `x: [rows, in]` with the adapter's `dropout` (a training forward's
+    /// stream for this projection; `None` in inference).
+    pub fn forward(&self, x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        let y = match &self.lora {
-            // Dropout needs its own mask on the adapter's input: the composed path.
-            Some(lora) if train && lora.dropout > 0.0 => {
-                B::lora_linear(x2.clone(), self.weight.val(), bias, None) + lora.delta(x2, train)
-            }
-            Some(lora) => B::lora_linear(
-                x2,
-                self.weight.val(),
-                bias,
-                Some((lora.a.val(), lora.b.val(), lora.scaling)),
-            ),
-            None => B::lora_linear(x2, self.weight.val(), bias, None),
-        };
-        let mut out_dims = dims;
-        out_dims[D - 1] = out;
-        y.reshape(out_dims)
+        B::lora_linear(x, self.weight.val(), bias, self.factors(), dropout)
+    }
+
+    /// [`Self::forward`] and `dropout(x) A^T` (what its backward needs), on a backend without
+    /// autodiff (gradient checkpointing's recomputation).
+    pub fn forward_parts(
+        &self,
+        x: Tensor<B, 2>,
+        dropout: Option<&Dropout>,
+    ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        B::lora_linear_forward(x, self.weight.val(), bias, self.factors(), dropout)
+    }
+
+    /// `dx` and the factor gradients of [`Self::forward_parts`] for the output gradient `grad`.
+    pub fn backward(
+        &self,
+        x: Tensor<B, 2>,
+        xa: Option<Tensor<B, 2>>,
+        dropout: Option<&Dropout>,
+        grad: Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, FactorGrads<B>) {
+        let w = self.weight.val();
+        let (dx, dlora) = B::lora_linear_backward(
+            x,
+            xa,
+            w.clone(),
+            self.factors(),
+            dropout,
+            grad.clone(),
+            true,
+        );
+        let dtype = grad.dtype();
+        let dx = dx.unwrap_or_else(|| grad.matmul(B::dequantize_weight(w, dtype)));
+        (dx, dlora)
     }
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    /// `dropout(x) A^T B^T * scaling` in f32, cast back to the activation dtype.
-    pub fn delta(&self, x: Tensor<B, 2>, train: bool) -> Tensor<B, 2> {
-        let dtype = x.dtype();
-        let mut x = if dtype == DType::F32 {
-            x
-        } else {
-            x.cast(DType::F32)
-        };
-        if train && self.dropout > 0.0 {
-            let keep = 1.0 - self.dropout;
-            let mask = x.random_like(Distribution::Bernoulli(keep));
-            x = x * mask / keep;
-        }
-        let d = x
-            .matmul(self.a.val().transpose())
-            .matmul(self.b.val().transpose())
-            * self.scaling;
-        if dtype == DType::F32 {
-            d
-        } else {
-            d.cast(dtype)
-        }
-    }
-
     pub fn rank(&self) -> usize {
         self.a.val().dims()[0]
     }

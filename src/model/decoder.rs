@@ -4,11 +4,14 @@
 //! This file does no I/O.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, DType, Int, Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
+use super::ModelBackend;
 use super::config::ModelConfig;
-use super::kernels::Kernels;
+use super::kernels::{AttentionMask, Dropout, DropoutSeed, Kernels};
 use super::norm::RmsNorm;
+use super::params::LINEAR_MODULES;
+use super::recompute::Saved;
 use crate::lora::layer::LoraLinear;
 
 #[derive(Module, Debug)]
@@ -52,13 +55,13 @@ pub struct CausalLm<B: Backend> {
     pub gradient_checkpointing: bool,
 }
 
-/// Per-forward inputs shared by every layer: rotary tables and the attention mask.
+/// Per-forward inputs shared by every layer: rotary tables and which keys each query sees.
+#[derive(Clone)]
 pub struct AttentionContext<B: Backend> {
     /// `[batch, seq, 1, head_dim]`, in the activation dtype.
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
-    /// `[batch, 1, seq, keys]`, `true` where a query may NOT attend to a key.
-    pub mask: Tensor<B, 4, Bool>,
+    pub mask: AttentionMask,
 }
 
 /// Keys and values of earlier positions, preallocated to the maximum length.
@@ -99,93 +102,161 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-impl<B: Kernels> Attention<B> {
-    /// Heads stay in the `[batch, seq, heads, head_dim]` layout the projections produce, so
-    /// nothing is permuted or copied on the way in or out.
-    fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        ctx: &AttentionContext<B>,
-        cache: Option<(&mut LayerCache<B>, usize)>,
-        train: bool,
-    ) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let mut q = self
-            .q_proj
-            .forward(x.clone(), train)
-            .reshape([batch, seq, nh, hd]);
-        let mut k = self
-            .k_proj
-            .forward(x.clone(), train)
-            .reshape([batch, seq, nkv, hd]);
-        let mut v = self.v_proj.forward(x, train).reshape([batch, seq, nkv, hd]);
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(q);
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(k);
-        }
-        q = B::rope(q, &ctx.cos, &ctx.sin);
-        k = B::rope(k, &ctx.cos, &ctx.sin);
-        if let Some((cache, start)) = cache {
-            let end = start + seq;
-            cache.k = cache
-                .k
-                .clone()
-                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], k);
-            cache.v = cache
-                .v
-                .clone()
-                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], v);
-            k = cache.k.clone().narrow(1, 0, end);
-            v = cache.v.clone().narrow(1, 0, end);
-        }
-        let out = <B as Kernels>::attention(q, k, v, &ctx.mask);
-        self.o_proj
-            .forward(out.reshape([batch, seq, nh * hd]), train)
+impl<B: Backend> DecoderLayer<B> {
+    /// The seven projections in `LINEAR_MODULES` order (`q, k, v, o, gate, up, down`): the
+    /// order adapters, dropout streams and checkpointed gradients are indexed by.
+    pub fn projections(&self) -> [&LoraLinear<B>; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    pub fn projections_mut(&mut self) -> [&mut LoraLinear<B>; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
     }
 }
 
-impl<B: Kernels> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
-        let gate = self.gate_proj.forward(x.clone(), train);
-        let up = self.up_proj.forward(x, train);
-        let i = gate.dims()[2];
-        let act = B::swiglu(gate.reshape([b * s, i]), up.reshape([b * s, i]));
-        self.down_proj.forward(act.reshape([b, s, i]), train)
-    }
+/// Dropout streams of one layer in a training forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDropout {
+    pub seed: DropoutSeed,
+    pub layer: usize,
 }
 
 impl<B: Kernels> DecoderLayer<B> {
-    /// `cache`: keys and values of earlier positions (generation); `train` enables dropout.
+    /// `cache`: keys and values of earlier positions (generation); `dropout`: the layer's
+    /// dropout streams in training (`None` in inference).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         ctx: &AttentionContext<B>,
         cache: Option<(&mut LayerCache<B>, usize)>,
-        train: bool,
+        dropout: Option<&LayerDropout>,
     ) -> Tensor<B, 3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), ctx, cache, train);
-        h.clone()
-            + self
-                .mlp
-                .forward(self.post_attention_layernorm.forward(h), train)
+        self.forward_saving(x, ctx, cache, dropout, None)
+    }
+
+    /// The layer's one forward pass. With `saved` (gradient checkpointing's recomputation, on
+    /// a backend without autodiff) every intermediate the hand-written backward in
+    /// `recompute.rs` needs is kept there, and the fused ops' saved-for-backward values (`x A^T`,
+    /// the attention log-sum-exp) are returned by their `_forward` variants.
+    pub(crate) fn forward_saving(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &AttentionContext<B>,
+        cache: Option<(&mut LayerCache<B>, usize)>,
+        dropout: Option<&LayerDropout>,
+        mut saved: Option<&mut Saved<B>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let rows = batch * seq;
+        let at = &self.self_attn;
+        let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);
+        let drops: [Option<Dropout>; 7] = std::array::from_fn(|i| {
+            let (p, d) = (self.projections()[i], dropout?);
+            let rate = p.lora.as_ref().map_or(0.0, |l| l.dropout);
+            (rate > 0.0).then(|| d.seed.at(d.layer, i, rate, seq))
+        });
+        let project = |i: usize, input: Tensor<B, 2>, saved: &mut Option<&mut Saved<B>>| {
+            let p = self.projections()[i];
+            match saved {
+                Some(sv) => {
+                    let (y, xa) = p.forward_parts(input, drops[i].as_ref());
+                    sv.xa[i] = xa;
+                    y
+                }
+                None => p.forward(input, drops[i].as_ref()),
+            }
+        };
+        let x2 = x.reshape([rows, hidden]);
+        let ln1 = &self.input_layernorm;
+        let n1 = B::rms_norm(x2.clone(), ln1.weight.val(), ln1.eps);
+        let q = project(0, n1.clone(), &mut saved);
+        let k = project(1, n1.clone(), &mut saved);
+        let v = project(2, n1.clone(), &mut saved);
+        let norm_heads = |norm: &Option<RmsNorm<B>>, t: Tensor<B, 2>, heads: usize| match norm {
+            Some(n) => {
+                let pre = t.reshape([rows * heads, hd]);
+                (Some(pre.clone()), B::rms_norm(pre, n.weight.val(), n.eps))
+            }
+            None => (None, t),
+        };
+        let (q_pre, q) = norm_heads(&at.q_norm, q, nh);
+        let (k_pre, k) = norm_heads(&at.k_norm, k, nkv);
+        let qr = B::rope(q.reshape([batch, seq, nh, hd]), &ctx.cos, &ctx.sin);
+        let mut kr = B::rope(k.reshape([batch, seq, nkv, hd]), &ctx.cos, &ctx.sin);
+        let mut v = v.reshape([batch, seq, nkv, hd]);
+        if let Some((cache, start)) = cache {
+            let end = start + seq;
+            cache.k = cache
+                .k
+                .clone()
+                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], kr);
+            cache.v = cache
+                .v
+                .clone()
+                .slice_assign([0..batch, start..end, 0..nkv, 0..hd], v);
+            kr = cache.k.clone().narrow(1, 0, end);
+            v = cache.v.clone().narrow(1, 0, end);
+        }
+        let att = match saved.as_deref_mut() {
+            Some(sv) => {
+                let (out, lse) = B::attention_forward(qr.clone(), kr.clone(), v.clone(), &ctx.mask);
+                sv.attention = Some((qr, kr, v, out.clone(), lse));
+                out
+            }
+            None => <B as Kernels>::attention(qr, kr, v, &ctx.mask),
+        };
+        let att = att.reshape([rows, nh * hd]);
+        let o = project(3, att.clone(), &mut saved);
+        let h = x2.clone() + o;
+        let ln2 = &self.post_attention_layernorm;
+        let n2 = B::rms_norm(h.clone(), ln2.weight.val(), ln2.eps);
+        let gate = project(4, n2.clone(), &mut saved);
+        let up = project(5, n2.clone(), &mut saved);
+        let act = B::swiglu(gate.clone(), up.clone());
+        let down = project(6, act.clone(), &mut saved);
+        let y = (h.clone() + down).reshape([batch, seq, hidden]);
+        if let Some(sv) = saved {
+            sv.x = Some(x2);
+            sv.n1 = Some(n1);
+            sv.q_pre = q_pre;
+            sv.k_pre = k_pre;
+            sv.att = Some(att);
+            sv.h = Some(h);
+            sv.n2 = Some(n2);
+            sv.mlp = Some((gate, up, act));
+            sv.dropouts = drops;
+        }
+        y
     }
 }
 
-impl<B: Kernels> CausalLm<B> {
+impl<B: ModelBackend> CausalLm<B> {
     /// Final hidden states `[batch, seq, hidden]` (after the last norm).
+    /// `train`: the dropout seed of a training forward (`None` in inference).
     pub fn hidden_states(
         &self,
         input_ids: Tensor<B, 2, Int>,
         ctx: &AttentionContext<B>,
         mut cache: Option<&mut KvCache<B>>,
-        train: bool,
+        train: Option<&DropoutSeed>,
     ) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
         let embed = self.embed_tokens.val();
@@ -196,11 +267,12 @@ impl<B: Kernels> CausalLm<B> {
         let start = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
+            let dropout = train.map(|&seed| LayerDropout { seed, layer: i });
             x = match layer_cache {
-                None if train && self.gradient_checkpointing => {
-                    B::checkpointed_layer(layer, x, ctx)
+                None if train.is_some() && self.gradient_checkpointing => {
+                    B::checkpointed_layer(layer, x, ctx, dropout.as_ref())
                 }
-                layer_cache => layer.forward(x, ctx, layer_cache, train),
+                layer_cache => layer.forward(x, ctx, layer_cache, dropout.as_ref()),
             };
         }
         if let Some(c) = cache {
@@ -209,6 +281,18 @@ impl<B: Kernels> CausalLm<B> {
         self.norm.forward(x)
     }
 
+    /// Full logits `[batch, seq, vocab]` in f32 (for tests and generation; training uses the
+    /// chunked loss instead, which never materialises them).
+    pub fn logits(&self, input_ids: Tensor<B, 2, Int>, ctx: &AttentionContext<B>) -> Tensor<B, 3> {
+        let h = self.hidden_states(input_ids, ctx, None, None);
+        let [b, s, d] = h.dims();
+        let logits = self.logits_2d(h.reshape([b * s, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([b, s, vocab])
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
     /// The output projection `[vocab, hidden]` (the embedding when tied).
     pub fn output_weight(&self) -> Tensor<B, 2> {
         match &self.lm_head {
@@ -227,44 +311,15 @@ impl<B: Kernels> CausalLm<B> {
         }
     }
 
-    /// Full logits `[batch, seq, vocab]` in f32 (for tests and generation; training uses the
-    /// chunked loss instead, which never materialises them).
-    pub fn logits(&self, input_ids: Tensor<B, 2, Int>, ctx: &AttentionContext<B>) -> Tensor<B, 3> {
-        let h = self.hidden_states(input_ids, ctx, None, false);
-        let [b, s, d] = h.dims();
-        let logits = self.logits_2d(h.reshape([b * s, d]));
-        let vocab = logits.dims()[1];
-        logits.reshape([b, s, vocab])
-    }
-}
-
-impl<B: Backend> CausalLm<B> {
     /// The projection `module` (`q_proj` ... `down_proj`) of layer `layer`.
     pub fn projection(&self, layer: usize, module: &str) -> Option<&LoraLinear<B>> {
-        let l = self.layers.get(layer)?;
-        Some(match module {
-            "q_proj" => &l.self_attn.q_proj,
-            "k_proj" => &l.self_attn.k_proj,
-            "v_proj" => &l.self_attn.v_proj,
-            "o_proj" => &l.self_attn.o_proj,
-            "gate_proj" => &l.mlp.gate_proj,
-            "up_proj" => &l.mlp.up_proj,
-            "down_proj" => &l.mlp.down_proj,
-            _ => return None,
-        })
+        let i = LINEAR_MODULES.iter().position(|m| *m == module)?;
+        Some(self.layers.get(layer)?.projections()[i])
     }
 
     pub fn projection_mut(&mut self, layer: usize, module: &str) -> Option<&mut LoraLinear<B>> {
-        let l = self.layers.get_mut(layer)?;
-        Some(match module {
-            "q_proj" => &mut l.self_attn.q_proj,
-            "k_proj" => &mut l.self_attn.k_proj,
-            "v_proj" => &mut l.self_attn.v_proj,
-            "o_proj" => &mut l.self_attn.o_proj,
-            "gate_proj" => &mut l.mlp.gate_proj,
-            "up_proj" => &mut l.mlp.up_proj,
-            "down_proj" => &mut l.mlp.down_proj,
-            _ => return None,
-        })
+        let i = LINEAR_MODULES.iter().position(|m| *m == module)?;
+        let [q, k, v, o, g, u, d] = self.layers.get_mut(layer)?.projections_mut();
+        [q, k, v, o, g, u, d].into_iter().nth(i)
     }
 }

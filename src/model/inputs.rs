@@ -5,13 +5,13 @@
 //! restart at 0 for every example, so packed rows compute exactly what the examples would
 //! compute alone.
 
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::decoder::AttentionContext;
+use super::kernels::AttentionMask;
 use super::rope::RopeFrequencies;
 
-/// Segment id of padding tokens.
-pub const PAD_SEGMENT: i32 = -1;
+pub use super::kernels::mask::PAD_SEGMENT;
 
 /// A batch of equal-length rows, on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,21 +68,11 @@ impl HostBatch {
         dtype: DType,
         device: &B::Device,
     ) -> AttentionContext<B> {
-        let (b, s) = (self.batch_size(), self.seq_len());
         let (cos, sin) = rope.tables::<B>(&self.positions, device);
-        let mut mask = Vec::with_capacity(b * s * s);
-        for seg in &self.segments {
-            for i in 0..s {
-                for j in 0..s {
-                    mask.push(j > i || seg[i] != seg[j]);
-                }
-            }
-        }
-        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, s, s]), device);
         AttentionContext {
             cos: cast(cos, dtype),
             sin: cast(sin, dtype),
-            mask,
+            mask: AttentionMask::new(&self.segments, self.seq_len(), true),
         }
     }
 }
@@ -100,21 +90,10 @@ pub fn incremental_context<B: Backend>(
         .map(|_| (past as i64..(past + seq) as i64).collect())
         .collect();
     let (cos, sin) = rope.tables::<B>(&positions, device);
-    let keys = past + seq;
-    let mut mask = Vec::with_capacity(batch * seq * keys);
-    for _ in 0..batch {
-        for i in 0..seq {
-            for j in 0..keys {
-                mask.push(j > past + i);
-            }
-        }
-    }
-    let mask =
-        Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, seq, keys]), device);
     AttentionContext {
         cos: cast(cos, dtype),
         sin: cast(sin, dtype),
-        mask,
+        mask: AttentionMask::incremental(batch, past, seq),
     }
 }
 

@@ -31,6 +31,11 @@ pub use rope::RopeFrequencies;
 pub use tokenizer::TokenizerBundle;
 pub use weights::WeightFiles;
 
+/// A backend a model runs on: burnish's kernels, and a way to checkpoint decoder layers.
+pub trait ModelBackend: kernels::Kernels + recompute::CheckpointLayer {}
+
+impl<B: kernels::Kernels + recompute::CheckpointLayer> ModelBackend for B {}
+
 /// A local Hugging Face model folder, checked to have a readable `config.json`.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
@@ -139,15 +144,20 @@ impl<B: Backend> Model<B> {
     }
 }
 
-impl<B: kernels::Kernels> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// Logits `[batch, seq, vocab]` in f32, no dropout.
     pub fn logits(&self, batch: &HostBatch) -> Tensor<B, 3> {
         let ctx = batch.context::<B>(&self.rope, self.dtype, &self.device);
         self.net.logits(batch.ids_tensor(&self.device), &ctx)
     }
 
-    /// Final hidden states `[batch, seq, hidden]`.
-    pub fn hidden_states(&self, batch: &HostBatch, train: bool) -> Tensor<B, 3> {
+    /// Final hidden states `[batch, seq, hidden]`; `train`: the dropout seed of a training
+    /// forward (`None` in inference).
+    pub fn hidden_states(
+        &self,
+        batch: &HostBatch,
+        train: Option<&kernels::DropoutSeed>,
+    ) -> Tensor<B, 3> {
         let ctx = batch.context::<B>(&self.rope, self.dtype, &self.device);
         self.net
             .hidden_states(batch.ids_tensor(&self.device), &ctx, None, train)

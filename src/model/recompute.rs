@@ -1,170 +1,121 @@
 //! Gradient (activation) checkpointing of decoder layers: in training, a checkpointed layer
-//! keeps only its input; its backward pass runs the layer forward again on the inner backend,
-//! keeping the intermediates this time, and then the layer's backward with the fused kernels.
-//! Memory per layer drops from every activation autodiff would keep to one `[batch, seq, hidden]`
-//! tensor, for the price of a second forward pass.
+//! keeps only its input; its backward pass runs the layer's one forward
+//! (`DecoderLayer::forward_saving`) again on the inner backend, keeping the intermediates
+//! this time, and then the layer's backward with the fused kernels. Memory per layer drops
+//! from every activation autodiff would keep to one `[batch, seq, hidden]` tensor, for the
+//! price of a second forward pass. Dropout masks are drawn from the same streams again, so
+//! the recomputed layer is the one that ran.
 //!
 //! The backward is written out by hand (Burn's autodiff cannot run inside another backward:
-//! its graph lock is held for the whole pass), op for op the transpose of
-//! `DecoderLayer::forward`.
+//! its graph lock is held for the whole pass), op for op the transpose of the forward.
 
-use burn::tensor::Tensor;
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::decoder::{AttentionContext, DecoderLayer};
-use super::kernels::{Kernels, LoraFactors};
-use crate::lora::layer::LoraLinear;
+use super::decoder::{AttentionContext, DecoderLayer, LayerDropout};
+use super::kernels::autodiff::{Prim, inner, prim, wrap};
+use super::kernels::{Dropout, Kernels};
 
 /// Gradients of one projection's LoRA factors `(dA, dB)`.
 pub type FactorGrads<B> = Option<(Tensor<B, 2>, Tensor<B, 2>)>;
 
-fn factors<B: Kernels>(p: &LoraLinear<B>) -> Option<LoraFactors<B>> {
-    p.lora.as_ref().map(|l| (l.a.val(), l.b.val(), l.scaling))
+/// Rotated q and k, v, the attention output and its log-sum-exp.
+pub type SavedAttention<B> = (
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 3>,
+);
+
+/// What the backward of a layer needs, filled by one forward pass
+/// (`DecoderLayer::forward_saving`).
+pub struct Saved<B: Backend> {
+    pub x: Option<Tensor<B, 2>>,
+    pub n1: Option<Tensor<B, 2>>,
+    /// `dropout(x) A^T` of each projection, in `LINEAR_MODULES` order.
+    pub xa: [Option<Tensor<B, 2>>; 7],
+    pub q_pre: Option<Tensor<B, 2>>,
+    pub k_pre: Option<Tensor<B, 2>>,
+    pub attention: Option<SavedAttention<B>>,
+    pub att: Option<Tensor<B, 2>>,
+    pub h: Option<Tensor<B, 2>>,
+    pub n2: Option<Tensor<B, 2>>,
+    /// gate, up and `swiglu(gate, up)`.
+    pub mlp: Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)>,
+    pub dropouts: [Option<Dropout>; 7],
 }
 
-/// `x: [rows, in]` through a projection; also `x A^T` for its backward.
-fn lin<B: Kernels>(p: &LoraLinear<B>, x: Tensor<B, 2>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-    let bias = p.bias.as_ref().map(|b| b.val());
-    B::lora_linear_forward(x, p.weight.val(), bias, factors(p))
-}
-
-/// `dx` and the factor gradients of a projection.
-fn lin_back<B: Kernels>(
-    p: &LoraLinear<B>,
-    x: Tensor<B, 2>,
-    xa: Option<Tensor<B, 2>>,
-    grad: Tensor<B, 2>,
-) -> (Tensor<B, 2>, FactorGrads<B>) {
-    let w = p.weight.val();
-    let (dx, dlora) = B::lora_linear_backward(x, xa, w.clone(), factors(p), grad.clone(), true);
-    let dtype = grad.dtype();
-    let dx = dx.unwrap_or_else(|| grad.matmul(B::dequantize_weight(w, dtype)));
-    (dx, dlora)
-}
-
-/// Everything the backward of a layer needs, from one forward pass.
-struct Saved<B: Kernels> {
-    x: Tensor<B, 2>,
-    n1: Tensor<B, 2>,
-    xa: [Option<Tensor<B, 2>>; 7],
-    q_pre: Option<Tensor<B, 2>>,
-    k_pre: Option<Tensor<B, 2>>,
-    qr: Tensor<B, 4>,
-    kr: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    probs: Tensor<B, 4>,
-    att: Tensor<B, 2>,
-    h: Tensor<B, 2>,
-    n2: Tensor<B, 2>,
-    gate: Tensor<B, 2>,
-    up: Tensor<B, 2>,
-    act: Tensor<B, 2>,
-}
-
-/// The layer's output `[batch, seq, hidden]` (no dropout) and its saved intermediates.
-fn forward_saved<B: Kernels>(
-    layer: &DecoderLayer<B>,
-    x: Tensor<B, 3>,
-    ctx: &AttentionContext<B>,
-) -> (Tensor<B, 3>, Saved<B>) {
-    let [b, s, hidden] = x.dims();
-    let rows = b * s;
-    let at = &layer.self_attn;
-    let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);
-    let x2 = x.reshape([rows, hidden]);
-    let ln1 = &layer.input_layernorm;
-    let n1 = B::rms_norm(x2.clone(), ln1.weight.val(), ln1.eps);
-    let (q, xa_q) = lin(&at.q_proj, n1.clone());
-    let (k, xa_k) = lin(&at.k_proj, n1.clone());
-    let (v, xa_v) = lin(&at.v_proj, n1.clone());
-    let (q_pre, q) = match &at.q_norm {
-        Some(norm) => {
-            let pre = q.reshape([rows * nh, hd]);
-            let q = B::rms_norm(pre.clone(), norm.weight.val(), norm.eps);
-            (Some(pre), q)
+impl<B: Backend> Default for Saved<B> {
+    fn default() -> Self {
+        Self {
+            x: None,
+            n1: None,
+            xa: Default::default(),
+            q_pre: None,
+            k_pre: None,
+            attention: None,
+            att: None,
+            h: None,
+            n2: None,
+            mlp: None,
+            dropouts: [None; 7],
         }
-        None => (None, q),
-    };
-    let (k_pre, k) = match &at.k_norm {
-        Some(norm) => {
-            let pre = k.reshape([rows * nkv, hd]);
-            let k = B::rms_norm(pre.clone(), norm.weight.val(), norm.eps);
-            (Some(pre), k)
-        }
-        None => (None, k),
-    };
-    let qr = B::rope(q.reshape([b, s, nh, hd]), &ctx.cos, &ctx.sin);
-    let kr = B::rope(k.reshape([b, s, nkv, hd]), &ctx.cos, &ctx.sin);
-    let v = v.reshape([b, s, nkv, hd]);
-    let (att, probs) = B::attention_with_probs(qr.clone(), kr.clone(), v.clone(), &ctx.mask);
-    let att = att.reshape([rows, nh * hd]);
-    let (o, xa_o) = lin(&at.o_proj, att.clone());
-    let h = x2.clone() + o;
-    let ln2 = &layer.post_attention_layernorm;
-    let n2 = B::rms_norm(h.clone(), ln2.weight.val(), ln2.eps);
-    let mlp = &layer.mlp;
-    let (gate, xa_g) = lin(&mlp.gate_proj, n2.clone());
-    let (up, xa_u) = lin(&mlp.up_proj, n2.clone());
-    let act = B::swiglu(gate.clone(), up.clone());
-    let (down, xa_d) = lin(&mlp.down_proj, act.clone());
-    let y = (h.clone() + down).reshape([b, s, hidden]);
-    let saved = Saved {
-        x: x2,
-        n1,
-        xa: [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d],
-        q_pre,
-        k_pre,
-        qr,
-        kr,
-        v,
-        probs,
-        att,
-        h,
-        n2,
-        gate,
-        up,
-        act,
-    };
-    (y, saved)
-}
-
-/// The layer's output in training with nothing kept (the checkpointed forward).
-pub fn layer_output<B: Kernels>(
-    layer: &DecoderLayer<B>,
-    x: Tensor<B, 3>,
-    ctx: &AttentionContext<B>,
-) -> Tensor<B, 3> {
-    forward_saved(layer, x, ctx).0
+    }
 }
 
 /// Recompute the layer at `x` and back-propagate `grad` (`[batch, seq, hidden]`): the input
-/// gradient and the factor gradients of `q, k, v, o, gate, up, down` in that order.
+/// gradient and the factor gradients of the seven projections in `LINEAR_MODULES` order.
 pub fn layer_backward<B: Kernels>(
     layer: &DecoderLayer<B>,
     x: Tensor<B, 3>,
     ctx: &AttentionContext<B>,
+    dropout: Option<&LayerDropout>,
     grad: Tensor<B, 3>,
 ) -> (Tensor<B, 3>, [FactorGrads<B>; 7]) {
     let [b, s, hidden] = x.dims();
     let rows = b * s;
     let at = &layer.self_attn;
-    let mlp = &layer.mlp;
     let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);
-    let (_, sv) = forward_saved(layer, x, ctx);
+    let mut sv = Saved::default();
+    layer.forward_saving(x, ctx, None, dropout, Some(&mut sv));
+    const FILLED: &str = "forward_saving fills every saved value";
     let [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d] = sv.xa;
+    let [dr_q, dr_k, dr_v, dr_o, dr_g, dr_u, dr_d] = sv.dropouts;
+    let [pq, pk, pv, po, pg, pu, pd] = layer.projections();
+    let (gate, up, act) = sv.mlp.expect(FILLED);
+    let (qr, kr, v, out, lse) = sv.attention.expect(FILLED);
+    let (n1, n2, h) = (
+        sv.n1.expect(FILLED),
+        sv.n2.expect(FILLED),
+        sv.h.expect(FILLED),
+    );
     let gy = grad.reshape([rows, hidden]);
 
     // y = h + down(swiglu(gate(n2), up(n2))), n2 = rms(h)
-    let (g_act, d_down) = lin_back(&mlp.down_proj, sv.act, xa_d, gy.clone());
-    let (g_gate, g_up) = B::swiglu_backward(sv.gate, sv.up, g_act);
-    let (g_n2a, d_gate) = lin_back(&mlp.gate_proj, sv.n2.clone(), xa_g, g_gate);
-    let (g_n2b, d_up) = lin_back(&mlp.up_proj, sv.n2, xa_u, g_up);
+    let (g_act, d_down) = pd.backward(act, xa_d, dr_d.as_ref(), gy.clone());
+    let (g_gate, g_up) = B::swiglu_backward(gate, up, g_act);
+    let (g_n2a, d_gate) = pg.backward(n2.clone(), xa_g, dr_g.as_ref(), g_gate);
+    let (g_n2b, d_up) = pu.backward(n2, xa_u, dr_u.as_ref(), g_up);
     let ln2 = &layer.post_attention_layernorm;
-    let g_h = gy + B::rms_norm_backward(sv.h, ln2.weight.val(), ln2.eps, g_n2a + g_n2b);
+    let g_h = gy + B::rms_norm_backward(h, ln2.weight.val(), ln2.eps, g_n2a + g_n2b);
 
     // h = x + o(attention(rope(q), rope(k), v)), q/k/v of n1 = rms(x)
-    let (g_att, d_o) = lin_back(&at.o_proj, sv.att, xa_o, g_h.clone());
-    let (g_qr, g_kr, g_v) =
-        B::attention_backward(sv.qr, sv.kr, sv.v, sv.probs, g_att.reshape([b, s, nh, hd]));
+    let (g_att, d_o) = po.backward(sv.att.expect(FILLED), xa_o, dr_o.as_ref(), g_h.clone());
+    let (g_qr, g_kr, g_v) = B::attention_backward(
+        qr,
+        kr,
+        v,
+        out,
+        lse,
+        g_att.reshape([b, s, nh, hd]),
+        &ctx.mask,
+    );
     // The transpose of a rotation by theta is the rotation by -theta.
     let neg_sin = ctx.sin.clone().neg();
     let g_q = B::rope(g_qr, &ctx.cos, &neg_sin).reshape([rows * nh, hd]);
@@ -177,23 +128,139 @@ pub fn layer_backward<B: Kernels>(
         (Some(norm), Some(pre)) => B::rms_norm_backward(pre, norm.weight.val(), norm.eps, g_k),
         _ => g_k,
     };
-    let (g_n1q, d_q) = lin_back(
-        &at.q_proj,
-        sv.n1.clone(),
+    let (g_n1q, d_q) = pq.backward(
+        n1.clone(),
         xa_q,
+        dr_q.as_ref(),
         g_q.reshape([rows, nh * hd]),
     );
-    let (g_n1k, d_k) = lin_back(
-        &at.k_proj,
-        sv.n1.clone(),
+    let (g_n1k, d_k) = pk.backward(
+        n1.clone(),
         xa_k,
+        dr_k.as_ref(),
         g_k.reshape([rows, nkv * hd]),
     );
-    let (g_n1v, d_v) = lin_back(&at.v_proj, sv.n1, xa_v, g_v.reshape([rows, nkv * hd]));
+    let (g_n1v, d_v) = pv.backward(n1, xa_v, dr_v.as_ref(), g_v.reshape([rows, nkv * hd]));
     let ln1 = &layer.input_layernorm;
-    let g_x = g_h + B::rms_norm_backward(sv.x, ln1.weight.val(), ln1.eps, g_n1q + g_n1k + g_n1v);
+    let x2 = sv.x.expect(FILLED);
+    let g_x = g_h + B::rms_norm_backward(x2, ln1.weight.val(), ln1.eps, g_n1q + g_n1k + g_n1v);
     (
         g_x.reshape([b, s, hidden]),
         [d_q, d_k, d_v, d_o, d_gate, d_up, d_down],
     )
+}
+
+/// How a backend runs a decoder layer under gradient checkpointing: only autodiff backends
+/// keep anything for a backward pass, so elsewhere it is the plain forward.
+pub trait CheckpointLayer: Kernels {
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        ctx: &AttentionContext<Self>,
+        dropout: Option<&LayerDropout>,
+    ) -> Tensor<Self, 3> {
+        layer.forward(x, ctx, None, dropout)
+    }
+}
+
+impl CheckpointLayer for burn::backend::Flex {}
+
+#[cfg(feature = "cuda")]
+impl CheckpointLayer for burn::backend::Cuda {}
+
+/// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
+/// factors of the seven projections (the input again where a projection has no adapter).
+#[derive(Debug)]
+struct CheckpointedLayer;
+
+impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
+    /// The layer input, the layer on the inner backend, the rotary tables, the mask and the
+    /// dropout streams.
+    type State = (
+        Prim<B>,
+        DecoderLayer<B>,
+        Prim<B>,
+        Prim<B>,
+        super::kernels::AttentionMask,
+        Option<LayerDropout>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 15>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad: Tensor<B, 3> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let (x, layer, cos, sin, mask, dropout) = ops.state;
+        let ctx = AttentionContext {
+            cos: Tensor::from_primitive(TensorPrimitive::Float(cos)),
+            sin: Tensor::from_primitive(TensorPrimitive::Float(sin)),
+            mask,
+        };
+        let x = Tensor::from_primitive(TensorPrimitive::Float(x));
+        let (dx, factors) = layer_backward(&layer, x, &ctx, dropout.as_ref(), grad);
+        let parents = ops.parents;
+        if let Some(p) = &parents[0] {
+            grads.register::<B>(p.id, prim(dx));
+        }
+        for (i, d) in factors.into_iter().enumerate() {
+            if let Some((da, db)) = d {
+                if let Some(p) = &parents[1 + 2 * i] {
+                    grads.register::<B>(p.id, prim(da));
+                }
+                if let Some(p) = &parents[2 + 2 * i] {
+                    grads.register::<B>(p.id, prim(db));
+                }
+            }
+        }
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> CheckpointLayer for Autodiff<B, C> {
+    /// Runs the layer on the inner backend (nothing kept) as one node of the graph; its
+    /// backward recomputes the layer.
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        ctx: &AttentionContext<Self>,
+        dropout: Option<&LayerDropout>,
+    ) -> Tensor<Self, 3> {
+        use burn::module::AutodiffModule;
+        let inner_layer: DecoderLayer<B> = layer.valid();
+        let ctx_i = AttentionContext {
+            cos: inner(&ctx.cos),
+            sin: inner(&ctx.sin),
+            mask: ctx.mask.clone(),
+        };
+        let xi = inner(&x);
+        let y = inner_layer.forward(xi.clone(), &ctx_i, None, dropout);
+        let node = |t: Tensor<Self, 2>| t.into_primitive().tensor().node.clone();
+        let xn = x.into_primitive().tensor().node.clone();
+        let mut nodes = vec![xn.clone()];
+        for p in layer.projections() {
+            match &p.lora {
+                Some(l) => nodes.extend([node(l.a.val()), node(l.b.val())]),
+                None => nodes.extend([xn.clone(), xn.clone()]),
+            }
+        }
+        let nodes: [_; 15] = match nodes.try_into() {
+            Ok(n) => n,
+            Err(_) => unreachable!("1 input + 7 projections x 2 factors"),
+        };
+        match CheckpointedLayer
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => wrap(prep.finish(
+                (
+                    prim(xi),
+                    inner_layer,
+                    prim(ctx_i.cos),
+                    prim(ctx_i.sin),
+                    ctx_i.mask,
+                    dropout.copied(),
+                ),
+                prim(y),
+            )),
+            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
+        }
+    }
 }

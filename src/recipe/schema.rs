@@ -245,7 +245,8 @@ pub struct TrainSection {
     /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
     pub eval_every: usize,
     /// Keep only each decoder layer's input for the backward pass and recompute the rest there:
-    /// much less activation memory for about a third more compute. Needs `lora.dropout: 0`.
+    /// much less activation memory for about a third more compute (LoRA dropout included: the
+    /// recomputed layers draw the same masks).
     pub gradient_checkpointing: bool,
     /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
     pub save_every: usize,

@@ -240,15 +240,6 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             c.bad("distributed.timeout_s", "must be at least 1 second");
         }
     }
-    if t.gradient_checkpointing && r.lora.dropout > 0.0 {
-        c.bad(
-            "train.gradient_checkpointing",
-            format!(
-                "needs lora.dropout: 0 (it is {}): the recomputed layers would draw other dropout masks",
-                r.lora.dropout
-            ),
-        );
-    }
     if t.keep_last == 0 {
         c.bad("train.keep_last", "must be at least 1");
     }

@@ -1,7 +1,7 @@
 //! Token-mean cross-entropy and perplexity of a model over a set of rows (no dropout, no
 //! gradients): the validation pass of training and the `eval` command.
 
-use crate::model::kernels::Kernels;
+use crate::model::ModelBackend;
 use serde::Serialize;
 
 use crate::data::{PackedRow, collate};
@@ -19,7 +19,7 @@ pub struct EvalResult {
 
 /// Evaluate `rows` in batches of `batch_size`; the mean is over all trained tokens of all rows
 /// (not a mean of per-batch means).
-pub fn evaluate<B: Kernels>(
+pub fn evaluate<B: ModelBackend>(
     model: &Model<B>,
     rows: &[PackedRow],
     batch_size: usize,
@@ -33,7 +33,7 @@ pub fn evaluate<B: Kernels>(
         if targets.count() == 0 {
             continue;
         }
-        let hidden = model.hidden_states(&batch, false);
+        let hidden = model.hidden_states(&batch, None);
         let chunk = loss_chunk_rows(model.config.vocab_size);
         let (loss, n) = cross_entropy_sum(&model.net, hidden, &targets, chunk);
         sum += loss.into_scalar().to_f64_lossy();

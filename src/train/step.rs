@@ -13,6 +13,7 @@ use crate::data::{PackedRow, collate};
 use crate::lora::TargetModule;
 use crate::lora::attach::{factor_tensors, set_factor_tensors};
 use crate::model::Model;
+use crate::model::kernels::DropoutSeed;
 use crate::model::loss::cross_entropy_sum;
 use crate::rng::fnv1a;
 
@@ -82,7 +83,6 @@ pub fn take_step<B: TrainBackend>(
     stop: &StopFlag,
 ) -> anyhow::Result<StepResult> {
     let device = model.device.clone();
-    let rank = sync.rank();
     let mut grad_sums: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
         .iter()
         .map(|p| Tensor::zeros(p.dims(), (&device, DType::F32)))
@@ -94,12 +94,14 @@ pub fn take_step<B: TrainBackend>(
         }
         let (batch, tgt) = collate(rows, settings.pad_id);
         input_tokens += rows.iter().map(|r| r.len()).sum::<usize>();
-        // Dropout masks come from the backend RNG, seeded per micro-batch.
-        B::seed(
-            &device,
-            settings.seed ^ fnv1a(format!("dropout-{step}-{j}-{rank}").as_bytes()),
-        );
-        let hidden = model.hidden_states(&batch, true);
+        // Dropout masks are a pure function of the seed, the step, the micro-batch and each
+        // element's place in the micro-batch (so replicas draw what one process would).
+        let dropout = DropoutSeed {
+            key: settings.seed ^ fnv1a(format!("dropout-{step}-{j}").as_bytes()),
+            first_row: sync.rank(),
+            row_stride: sync.world_size(),
+        };
+        let hidden = model.hidden_states(&batch, Some(&dropout));
         let (sum, n) = cross_entropy_sum(&model.net, hidden, &tgt, settings.chunk);
         if n == 0 {
             continue;

@@ -1,7 +1,9 @@
 //! The fused operations under autodiff: each is one node of the graph whose backward step uses
-//! the inner backend's kernels, keeping only what that needs (the attention probabilities; the
-//! SwiGLU inputs; for the cross-entropy, its gradient with respect to the hidden states, computed
-//! in the forward pass chunk by chunk, so the logits are never kept).
+//! the inner backend's kernels, keeping only what that needs, in the model dtype (attention:
+//! q, k, v, the output and the f32 log-sum-exp per row; SwiGLU: its inputs; LoRA: the input
+//! and the rank-r `x A^T`, the dropout mask drawn again from its key; the cross-entropy: its
+//! gradient with respect to the hidden states, computed in the forward pass chunk by chunk,
+//! so the logits are never kept).
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -10,16 +12,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::{Backend, BackendTypes};
 use burn::tensor::quantization::QuantScheme;
-use burn::tensor::{Bool, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::Kernels;
-use crate::model::decoder::{AttentionContext, DecoderLayer};
+use super::{AttentionMask, Dropout, Kernels, LoraFactors};
 use crate::model::quant::is_quantized;
-use crate::model::recompute;
 
-type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
+pub(crate) type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
 
-fn inner<B: Kernels, C: CheckpointStrategy, const D: usize>(
+pub(crate) fn inner<B: Kernels, C: CheckpointStrategy, const D: usize>(
     t: &Tensor<Autodiff<B, C>, D>,
 ) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(
@@ -38,13 +38,13 @@ fn inner_weight<B: Kernels, C: CheckpointStrategy>(
     }
 }
 
-fn wrap<B: Kernels, C: CheckpointStrategy, const D: usize>(
+pub(crate) fn wrap<B: Kernels, C: CheckpointStrategy, const D: usize>(
     t: <Autodiff<B, C> as BackendTypes>::FloatTensorPrimitive,
 ) -> Tensor<Autodiff<B, C>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> Prim<B> {
+pub(crate) fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> Prim<B> {
     t.into_primitive().tensor()
 }
 
@@ -62,22 +62,6 @@ impl<B: Kernels> Backward<B, 1> for CrossEntropy {
             let dh: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
             let scale = grad_out.cast(dh.dtype()).reshape([1, 1]);
             grads.register::<B>(parent.id, prim(dh * scale));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct MaskedSoftmax;
-
-impl<B: Kernels> Backward<B, 1> for MaskedSoftmax {
-    type State = Prim<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-        if let Some(parent) = &ops.parents[0] {
-            let probs: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
-            grads.register::<B>(parent.id, prim(B::softmax_backward(probs, grad)));
         }
     }
 }
@@ -154,15 +138,16 @@ impl<B: Kernels> Backward<B, 1> for Rope {
 struct Attention;
 
 impl<B: Kernels> Backward<B, 3> for Attention {
-    /// q, k, v and the probabilities.
-    type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>);
+    /// q, k, v, the output, the log-sum-exp and the mask.
+    type State = (Prim<B>, Prim<B>, Prim<B>, Prim<B>, Prim<B>, AttentionMask);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad: Tensor<B, 4> =
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-        let (q, k, v, p) = ops.state;
+        let (q, k, v, o, lse, mask) = ops.state;
         let t = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-        let (dq, dk, dv) = B::attention_backward(t(q), t(k), t(v), t(p), grad);
+        let lse = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse));
+        let (dq, dk, dv) = B::attention_backward(t(q), t(k), t(v), t(o), lse, grad, &mask);
         let [pq, pk, pv] = ops.parents;
         for (parent, g) in [(pq, dq), (pk, dk), (pv, dv)] {
             if let Some(p) = parent {
@@ -174,49 +159,6 @@ impl<B: Kernels> Backward<B, 3> for Attention {
 
 #[derive(Debug)]
 struct LoraLinear;
-
-/// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
-/// factors of `q, k, v, o, gate, up, down` (the input again where a projection has no adapter).
-#[derive(Debug)]
-struct CheckpointedLayer;
-
-impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
-    /// The layer input, the layer on the inner backend, the rotary tables and the mask.
-    type State = (
-        Prim<B>,
-        DecoderLayer<B>,
-        Prim<B>,
-        Prim<B>,
-        Tensor<B, 4, Bool>,
-    );
-
-    fn backward(self, ops: Ops<Self::State, 15>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<B, 3> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-        let (x, layer, cos, sin, mask) = ops.state;
-        let ctx = AttentionContext {
-            cos: Tensor::from_primitive(TensorPrimitive::Float(cos)),
-            sin: Tensor::from_primitive(TensorPrimitive::Float(sin)),
-            mask,
-        };
-        let x = Tensor::from_primitive(TensorPrimitive::Float(x));
-        let (dx, factors) = recompute::layer_backward(&layer, x, &ctx, grad);
-        let parents = ops.parents;
-        if let Some(p) = &parents[0] {
-            grads.register::<B>(p.id, prim(dx));
-        }
-        for (i, d) in factors.into_iter().enumerate() {
-            if let Some((da, db)) = d {
-                if let Some(p) = &parents[1 + 2 * i] {
-                    grads.register::<B>(p.id, prim(da));
-                }
-                if let Some(p) = &parents[2 + 2 * i] {
-                    grads.register::<B>(p.id, prim(db));
-                }
-            }
-        }
-    }
-}
 
 /// A quantized frozen projection without an adapter: only `dx = grad W`, with `W` dequantized
 /// again from the quantized copy (the dense one is never kept for the backward pass).
@@ -237,13 +179,22 @@ impl<B: Kernels> Backward<B, 1> for QuantLinear {
 }
 
 impl<B: Kernels> Backward<B, 3> for LoraLinear {
-    /// x, x A^T, W (quantized or not: kept as stored, dequantized again here), A, B, scaling.
-    type State = (Prim<B>, Prim<B>, TensorPrimitive<B>, Prim<B>, Prim<B>, f64);
+    /// x, `dropout(x) A^T`, W (quantized or not: kept as stored, dequantized again here), A,
+    /// B, scaling, and the dropout (its mask is drawn again, never stored).
+    type State = (
+        Prim<B>,
+        Prim<B>,
+        TensorPrimitive<B>,
+        Prim<B>,
+        Prim<B>,
+        f64,
+        Option<Dropout>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad: Tensor<B, 2> =
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-        let (x, xa, w, a, b, s) = ops.state;
+        let (x, xa, w, a, b, s, dropout) = ops.state;
         let t = |p| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(p));
         let [px, pa, pb] = ops.parents;
         let (dx, dlora) = B::lora_linear_backward(
@@ -251,6 +202,7 @@ impl<B: Kernels> Backward<B, 3> for LoraLinear {
             Some(t(xa)),
             Tensor::from_primitive(w),
             Some((t(a), t(b), s)),
+            dropout.as_ref(),
             grad,
             px.is_some(),
         );
@@ -289,77 +241,12 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         }
     }
 
-    /// Runs the layer on the inner backend (nothing kept) as one node of the graph; its
-    /// backward recomputes the layer (`model::recompute`).
-    fn checkpointed_layer(
-        layer: &DecoderLayer<Self>,
-        x: Tensor<Self, 3>,
-        ctx: &AttentionContext<Self>,
-    ) -> Tensor<Self, 3> {
-        use burn::module::AutodiffModule;
-        let inner_layer: DecoderLayer<B> = layer.valid();
-        let ctx_i = AttentionContext {
-            cos: inner(&ctx.cos),
-            sin: inner(&ctx.sin),
-            mask: Tensor::from_primitive(ctx.mask.clone().into_primitive()),
-        };
-        let xi = inner(&x);
-        let y = recompute::layer_output(&inner_layer, xi.clone(), &ctx_i);
-        let node = |t: Tensor<Self, 2>| t.into_primitive().tensor().node.clone();
-        let xn = x.into_primitive().tensor().node.clone();
-        let pair = |p: &crate::lora::layer::LoraLinear<Self>| match &p.lora {
-            Some(l) => [node(l.a.val()), node(l.b.val())],
-            None => [xn.clone(), xn.clone()],
-        };
-        let (at, mlp) = (&layer.self_attn, &layer.mlp);
-        let [qa, qb] = pair(&at.q_proj);
-        let [ka, kb] = pair(&at.k_proj);
-        let [va, vb] = pair(&at.v_proj);
-        let [oa, ob] = pair(&at.o_proj);
-        let [ga, gb] = pair(&mlp.gate_proj);
-        let [ua, ub] = pair(&mlp.up_proj);
-        let [da, db] = pair(&mlp.down_proj);
-        let nodes = [
-            xn.clone(),
-            qa,
-            qb,
-            ka,
-            kb,
-            va,
-            vb,
-            oa,
-            ob,
-            ga,
-            gb,
-            ua,
-            ub,
-            da,
-            db,
-        ];
-        match CheckpointedLayer
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => wrap(prep.finish(
-                (
-                    prim(xi),
-                    inner_layer,
-                    prim(ctx_i.cos),
-                    prim(ctx_i.sin),
-                    ctx_i.mask,
-                ),
-                prim(y),
-            )),
-            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
-        }
-    }
-
     fn lora_linear(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
-        lora: Option<(Tensor<Self, 2>, Tensor<Self, 2>, f64)>,
+        lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
     ) -> Tensor<Self, 2> {
         let quantized = is_quantized(&w);
         let bias_i = bias.as_ref().map(|t| {
@@ -380,7 +267,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             let node = x.clone().into_primitive().tensor().node.clone();
             let (xi, wq) = (inner(&x), inner_weight(&w));
             let (y, _) =
-                B::lora_linear_forward(xi, Tensor::from_primitive(wq.clone()), bias_i, None);
+                B::lora_linear_forward(xi, Tensor::from_primitive(wq.clone()), bias_i, None, None);
             return match QuantLinear.prepare::<C>([node]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => wrap(prep.finish(wq, prim(y))),
                 OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
@@ -395,11 +282,21 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             Tensor::from_primitive(wq.clone()),
             bias_i,
             Some((ai.clone(), bi.clone(), s)),
+            dropout,
         );
         match LoraLinear.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let xa = xa.unwrap_or_else(|| Tensor::zeros([1, 1], &y.device()));
-                wrap(prep.finish((prim(xi), prim(xa), wq, prim(ai), prim(bi), s), prim(y)))
+                let state = (
+                    prim(xi),
+                    prim(xa),
+                    wq,
+                    prim(ai),
+                    prim(bi),
+                    s,
+                    dropout.copied(),
+                );
+                wrap(prep.finish(state, prim(y)))
             }
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(y))),
         }
@@ -437,20 +334,23 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
         v: Tensor<Self, 4>,
-        mask: &Tensor<Self, 4, Bool>,
+        mask: &AttentionMask,
     ) -> Tensor<Self, 4> {
         let nodes =
             [q.clone(), k.clone(), v.clone()].map(|t| t.into_primitive().tensor().node.clone());
         let (qi, ki, vi) = (inner(&q), inner(&k), inner(&v));
-        let (out, probs) = B::attention_with_probs(
-            qi.clone(),
-            ki.clone(),
-            vi.clone(),
-            &Tensor::from_primitive(mask.clone().into_primitive()),
-        );
+        let (out, lse) = B::attention_forward(qi.clone(), ki.clone(), vi.clone(), mask);
         match Attention.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                wrap(prep.finish((prim(qi), prim(ki), prim(vi), prim(probs)), prim(out)))
+                let state = (
+                    prim(qi),
+                    prim(ki),
+                    prim(vi),
+                    prim(out.clone()),
+                    prim(lse),
+                    mask.clone(),
+                );
+                wrap(prep.finish(state, prim(out)))
             }
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }
@@ -476,22 +376,6 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => {
                 wrap(prep.finish(prim(B::cross_entropy_sum(hi, wi, targets, chunk))))
             }
-        }
-    }
-
-    fn masked_softmax(scores: Tensor<Self, 4>, mask: &Tensor<Self, 4, Bool>) -> Tensor<Self, 4> {
-        let ad = scores.clone().into_primitive().tensor();
-        let probs = B::masked_softmax(
-            inner(&scores),
-            &Tensor::from_primitive(mask.clone().into_primitive()),
-        );
-        match MaskedSoftmax
-            .prepare::<C>([ad.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => wrap(prep.finish(prim(probs.clone()), prim(probs))),
-            OpsKind::UnTracked(prep) => wrap(prep.finish(prim(probs))),
         }
     }
 

@@ -1,21 +1,25 @@
-//! Fused operations of the forward and backward pass, behind one trait so each backend can
-//! bring its own: the vocabulary projection's cross-entropy (chunked, the logits never kept),
-//! attention, RoPE, RMSNorm, SwiGLU and the LoRA linear layer. The default methods are the
-//! compositions of Burn tensor ops in [`generic`] (what CUDA runs); Flex has multi-threaded,
-//! vectorised host kernels; `Autodiff` wraps them in custom backward steps that keep only what
-//! the backward needs.
+//! The fused operations of the forward and backward pass, behind one trait of operations so
+//! each backend can bring its own: the vocabulary projection's cross-entropy (chunked, the
+//! logits never kept), blockwise attention (the residual is the output and a per-row
+//! log-sum-exp, never the probabilities), RoPE, RMSNorm, SwiGLU and the LoRA linear layer
+//! with its dropout. The default methods are compositions of Burn tensor ops in [`generic`]
+//! (what CUDA runs); Flex has multi-threaded, vectorised host kernels; `Autodiff` wraps them
+//! in custom backward steps that keep only what the backward needs.
 
-mod autodiff;
+pub(crate) mod autodiff;
+pub mod dropout;
 pub mod fastmath;
 mod flex;
 pub mod generic;
+pub mod mask;
 pub mod profile;
 pub(crate) mod simd;
 
 use burn::tensor::quantization::QuantScheme;
+use burn::tensor::{DType, Tensor, backend::Backend};
 
-use crate::model::decoder::{AttentionContext, DecoderLayer};
-use burn::tensor::{Bool, DType, Tensor, backend::Backend};
+pub use dropout::{Dropout, DropoutSeed};
+pub use mask::AttentionMask;
 
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
 pub const MASK_VALUE: f32 = -1.0e30;
@@ -23,7 +27,9 @@ pub const MASK_VALUE: f32 = -1.0e30;
 /// The LoRA factors of a linear layer: `A: [r, in]`, `B: [out, r]` and the scaling.
 pub type LoraFactors<B> = (Tensor<B, 2>, Tensor<B, 2>, f64);
 
-#[allow(clippy::type_complexity)]
+/// Gradients of [`Kernels::lora_linear`]: `dx` (when asked for) and `(dA, dB)` (with LoRA).
+pub type LinearGrads<B> = (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>);
+
 pub trait Kernels: Backend {
     /// A frozen weight quantized with `scheme` (see `model::quant`). The quantized linear ops
     /// below accept it wherever they take `w`.
@@ -65,17 +71,6 @@ pub trait Kernels: Backend {
         generic::cross_entropy_sum_and_grad(h, w, targets, chunk)
     }
 
-    /// `softmax(scores)` along the last dim, in f32, with `mask` (`[b, 1, s, t]`, true = hidden)
-    /// applied; a row with every key hidden becomes uniform, as with transformers' min-value mask.
-    fn masked_softmax(scores: Tensor<Self, 4>, mask: &Tensor<Self, 4, Bool>) -> Tensor<Self, 4> {
-        generic::masked_softmax(scores, mask)
-    }
-
-    /// Backward of a softmax: `p * (g - sum(p * g))` row by row.
-    fn softmax_backward(probs: Tensor<Self, 4>, grad: Tensor<Self, 4>) -> Tensor<Self, 4> {
-        generic::softmax_backward(probs, grad)
-    }
-
     /// RMSNorm over the last dim of `x: [rows, dim]` with weight `w`.
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
         generic::rms_norm(x, w, eps)
@@ -98,84 +93,80 @@ pub trait Kernels: Backend {
     }
 
     /// Scaled dot-product attention: `q: [b, s, heads, d]`, `k`, `v: [b, t, kv_heads, d]`
-    /// (grouped-query: each kv head serves `heads / kv_heads` query heads), `mask: [b, 1, s, t]`.
-    /// Returns `[b, s, heads, d]`.
+    /// (grouped-query: each kv head serves `heads / kv_heads` query heads, without copies),
+    /// `mask` saying which keys each query sees. Returns `[b, s, heads, d]`.
     fn attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
         v: Tensor<Self, 4>,
-        mask: &Tensor<Self, 4, Bool>,
+        mask: &AttentionMask,
     ) -> Tensor<Self, 4> {
-        Self::attention_with_probs(q, k, v, mask).0
+        Self::attention_forward(q, k, v, mask).0
     }
 
-    /// [`Kernels::attention`] and its f32 probabilities `[b, heads, s, t]` (for the backward).
-    fn attention_with_probs(
+    /// [`Kernels::attention`] and the log-sum-exp of each query's scaled scores, f32
+    /// `[b, heads, s]`: with the output, all the backward needs.
+    fn attention_forward(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
         v: Tensor<Self, 4>,
-        mask: &Tensor<Self, 4, Bool>,
-    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        generic::attention_with_probs(q, k, v, mask)
+        mask: &AttentionMask,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
+        generic::attention::forward(q, k, v, mask)
     }
 
-    /// Gradients of [`Kernels::attention`] with respect to `q`, `k` and `v`.
+    /// Gradients of [`Kernels::attention`] with respect to `q`, `k` and `v`, recomputing the
+    /// probabilities tile by tile from `q`, `k`, the output `out` and `lse`.
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
         v: Tensor<Self, 4>,
-        probs: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
         grad: Tensor<Self, 4>,
+        mask: &AttentionMask,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
-        generic::attention_backward(q, k, v, probs, grad)
+        generic::attention::backward(q, k, v, out, lse, grad, mask)
     }
 
     /// A frozen linear layer with an optional LoRA adapter, `x: [n, in]`:
-    /// `y = x W^T + bias + scaling * (x A^T) B^T`, the low-rank path in f32. `w` may be
-    /// quantized: it is then dequantized for this call only.
+    /// `y = x W^T + bias + scaling * (dropout(x) A^T) B^T`, the low-rank path in f32. `w` may
+    /// be quantized: it is then dequantized for this call only.
     fn lora_linear(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
         lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
     ) -> Tensor<Self, 2> {
-        Self::lora_linear_forward(x, w, bias, lora).0
+        Self::lora_linear_forward(x, w, bias, lora, dropout).0
     }
 
-    /// [`Kernels::lora_linear`] and `x A^T` (kept for the backward; `None` without LoRA).
+    /// [`Kernels::lora_linear`] and `dropout(x) A^T` (kept for the backward; `None` without
+    /// LoRA).
     fn lora_linear_forward(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
         lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 2>>) {
-        generic::lora_linear_forward(x, w, bias, lora)
+        generic::lora_linear_forward(x, w, bias, lora, dropout)
     }
 
-    /// Gradients of [`Kernels::lora_linear`]: `dx` (when wanted), `dA` and `dB` (with LoRA).
+    /// Gradients of [`Kernels::lora_linear`]; the dropout mask is drawn again from `dropout`.
+    #[allow(clippy::too_many_arguments)]
     fn lora_linear_backward(
         x: Tensor<Self, 2>,
         xa: Option<Tensor<Self, 2>>,
         w: Tensor<Self, 2>,
         lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
         grad: Tensor<Self, 2>,
         need_dx: bool,
-    ) -> (
-        Option<Tensor<Self, 2>>,
-        Option<(Tensor<Self, 2>, Tensor<Self, 2>)>,
-    ) {
-        generic::lora_linear_backward(x, xa, w, lora, grad, need_dx)
-    }
-
-    /// A decoder layer in training with gradient checkpointing: only autodiff backends keep
-    /// anything for a backward pass, so elsewhere this is the plain forward (without dropout,
-    /// which checkpointing does not support).
-    fn checkpointed_layer(
-        layer: &DecoderLayer<Self>,
-        x: Tensor<Self, 3>,
-        ctx: &AttentionContext<Self>,
-    ) -> Tensor<Self, 3> {
-        crate::model::recompute::layer_output(layer, x, ctx)
+    ) -> LinearGrads<Self> {
+        generic::lora_linear_backward(x, xa, w, lora, dropout, grad, need_dx)
     }
 
     /// `silu(gate) * up`.

@@ -1,10 +1,13 @@
 //! The fused operations composed of Burn tensor ops: what every backend without its own kernels
-//! runs (CUDA among them), and the reference the Flex kernels are tested against.
+//! runs (CUDA among them), and the reference the Flex kernels are tested against. Activations
+//! stay in the model dtype; f32 copies live for one operation only.
 
-use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
-use burn::tensor::{Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
+pub mod attention;
 
-use super::MASK_VALUE;
+use burn::tensor::activation::{log_softmax, sigmoid, silu};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
+
+use super::dropout::Dropout;
 use crate::model::quant::dense;
 
 pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
@@ -15,7 +18,7 @@ pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+pub fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
@@ -56,7 +59,6 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let device = h.device();
     let n = targets.len();
-    let vocab = w.dims()[0];
     let mut loss = Tensor::<B, 1>::zeros([1], &device);
     let mut grads = Vec::new();
     for start in (0..n).step_by(chunk.max(1)) {
@@ -69,13 +71,14 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
         let t = targets_tensor::<B>(&targets[start..start + len], &device);
         let lp = log_softmax(logits, 1);
         loss = loss + lp.clone().gather(1, t.clone()).sum().neg();
-        let onehot = Tensor::<B, 2>::zeros([len, vocab], &device).scatter(
+        // softmax - onehot(target): subtract 1 at each target in place (no one-hot matrix).
+        let g = lp.exp().scatter(
             1,
             t,
-            Tensor::ones([len, 1], &device),
+            Tensor::full([len, 1], -1.0, &device),
             IndexingUpdateOp::Add,
         );
-        let g = cast_to(lp.exp() - onehot, h.dtype());
+        let g = cast_to(g, h.dtype());
         grads.push(g.matmul(w.clone()));
     }
     let grad = if grads.is_empty() {
@@ -84,19 +87,6 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
         Tensor::cat(grads, 0)
     };
     (loss, grad)
-}
-
-pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: &Tensor<B, 4, Bool>) -> Tensor<B, 4> {
-    let [b, h, s, t] = scores.dims();
-    softmax(
-        as_f32(scores).mask_fill(mask.clone().expand([b, h, s, t]), MASK_VALUE),
-        3,
-    )
-}
-
-pub fn softmax_backward<B: Backend>(probs: Tensor<B, 4>, grad: Tensor<B, 4>) -> Tensor<B, 4> {
-    let dot = (probs.clone() * grad.clone()).sum_dim(3);
-    probs * (grad - dot)
 }
 
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
@@ -133,72 +123,21 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>)
     x * cos.clone() + rotated * sin.clone()
 }
 
-/// Repeat each key/value head `n_rep` times in place (HF's `repeat_kv`), on `[b, h, t, d]`.
-pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
+/// `scale * mask * x` in f32 for a dropout, the mask drawn on the host (the composed path
+/// has no random-number kernel of its own; the draw is the one the Flex kernel makes).
+fn dropped<B: Backend>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
+    let x = as_f32(x);
+    match dropout {
+        Some(d) => {
+            let [n, width] = x.dims();
+            let mask = Tensor::<B, 2>::from_data(
+                TensorData::new(d.mask(n, width), [n, width]),
+                (&x.device(), DType::F32),
+            );
+            x * mask
+        }
+        None => x,
     }
-    let [b, h, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, t, d])
-        .reshape([b, h * n_rep, t, d])
-}
-
-/// Sum the gradients of the query heads sharing each key/value head: `[b, h, t, d]` to
-/// `[b, h / n_rep, t, d]`.
-fn group_sum<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, t, d] = x.dims();
-    x.reshape([b, h / n_rep, n_rep, t, d])
-        .sum_dim(2)
-        .reshape([b, h / n_rep, t, d])
-}
-
-pub fn attention_with_probs<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: &Tensor<B, 4, Bool>,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let [_, _, nh, d] = q.dims();
-    let nkv = k.dims()[2];
-    let dtype = q.dtype();
-    let qh = q.swap_dims(1, 2);
-    let kh = repeat_kv(k.swap_dims(1, 2), nh / nkv);
-    let vh = repeat_kv(v.swap_dims(1, 2), nh / nkv);
-    let scores = qh.matmul(kh.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    let probs = masked_softmax(scores, mask);
-    (
-        cast_to(probs.clone(), dtype).matmul(vh).swap_dims(1, 2),
-        probs,
-    )
-}
-
-pub fn attention_backward<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    probs: Tensor<B, 4>,
-    grad: Tensor<B, 4>,
-) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    let [_, _, nh, d] = q.dims();
-    let nkv = k.dims()[2];
-    let rep = nh / nkv;
-    let dtype = q.dtype();
-    let scale = 1.0 / (d as f64).sqrt();
-    let qh = q.swap_dims(1, 2);
-    let kh = repeat_kv(k.swap_dims(1, 2), rep);
-    let vh = repeat_kv(v.swap_dims(1, 2), rep);
-    let go = grad.swap_dims(1, 2);
-    let p = cast_to(probs.clone(), dtype);
-    let dv = group_sum(p.swap_dims(2, 3).matmul(go.clone()), rep);
-    let dp = as_f32(go.matmul(vh.swap_dims(2, 3)));
-    let ds = cast_to(softmax_backward(probs, dp) * scale, dtype);
-    let dq = ds.clone().matmul(kh);
-    let dk = group_sum(ds.swap_dims(2, 3).matmul(qh), rep);
-    (dq.swap_dims(1, 2), dk.swap_dims(1, 2), dv.swap_dims(1, 2))
 }
 
 #[allow(clippy::type_complexity)]
@@ -207,6 +146,7 @@ pub fn lora_linear_forward<B: Backend>(
     w: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+    dropout: Option<&Dropout>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let w = dense(w, x.dtype());
     let mut y = x.clone().matmul(w.transpose());
@@ -217,7 +157,7 @@ pub fn lora_linear_forward<B: Backend>(
         return (y, None);
     };
     let dtype = x.dtype();
-    let xa = as_f32(x).matmul(a.transpose());
+    let xa = dropped(x, dropout).matmul(a.transpose());
     let d = cast_to(xa.clone().matmul(b.transpose()) * scaling, dtype);
     (y + d, Some(xa))
 }
@@ -228,6 +168,7 @@ pub fn lora_linear_backward<B: Backend>(
     xa: Option<Tensor<B, 2>>,
     w: Tensor<B, 2>,
     lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+    dropout: Option<&Dropout>,
     grad: Tensor<B, 2>,
     need_dx: bool,
 ) -> (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
@@ -239,9 +180,15 @@ pub fn lora_linear_backward<B: Backend>(
         let g32 = as_f32(grad);
         let dxa = g32.clone().matmul(b) * scaling;
         let db = g32.transpose().matmul(xa) * scaling;
-        let da = dxa.clone().transpose().matmul(as_f32(x));
+        let da = dxa.clone().transpose().matmul(dropped(x, dropout));
         if let Some(d) = dx.take() {
-            dx = Some(d + cast_to(dxa.matmul(a), dtype));
+            // Through the dropout: the same mask again, as the derivative of `mask * x`.
+            let through = dxa.matmul(a);
+            let through = match dropout {
+                Some(_) => dropped(through, dropout),
+                None => through,
+            };
+            dx = Some(d + cast_to(through, dtype));
         }
         dlora = Some((da, db));
     }

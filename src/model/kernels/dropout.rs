@@ -1,0 +1,126 @@
+//! LoRA dropout as a pure function of where an element is: element `j` of token `pos` of
+//! example row `row` of a training forward is kept or zeroed by a counter-based hash of
+//! `(key, row, pos, j)`, so the backward pass and a recomputed forward (gradient
+//! checkpointing) regenerate the exact mask, and no mask or dropped-out input is stored. The
+//! row is the batch row's index in the whole micro-batch, so data-parallel replicas, which see
+//! strided shards of it, draw the masks one process would.
+
+use crate::rng::{mix64, subkey};
+
+/// Where the dropout masks of one training forward come from: a key for the micro-batch
+/// (from the seed, the step and the micro-batch's index) and where this forward's batch rows
+/// sit among the micro-batch's: row `i` is row `first_row + i * row_stride` (a data-parallel
+/// replica of rank `r` among `w` holds rows `r, r + w, ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropoutSeed {
+    pub key: u64,
+    pub first_row: usize,
+    pub row_stride: usize,
+}
+
+impl DropoutSeed {
+    /// The stream of projection `projection` (its index in `LINEAR_MODULES`) of layer
+    /// `layer`, at probability `p`, for inputs of `seq` positions per row.
+    pub fn at(&self, layer: usize, projection: usize, p: f64, seq: usize) -> Dropout {
+        Dropout {
+            p,
+            key: subkey(subkey(self.key, layer as u64), projection as u64),
+            first_row: self.first_row,
+            row_stride: self.row_stride,
+            seq,
+        }
+    }
+}
+
+/// Dropout of one projection's input in one training forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// Probability of zeroing an element.
+    pub p: f64,
+    /// The stream: derived from the seed, the step, the micro-batch, the layer and the projection.
+    pub key: u64,
+    /// Index of this input's first batch row in the micro-batch, and the step between rows.
+    pub first_row: usize,
+    pub row_stride: usize,
+    /// Positions per batch row (the input's rows are `batch * seq` tokens).
+    pub seq: usize,
+}
+
+impl Dropout {
+    /// The factor kept elements are multiplied by, `1 / (1 - p)` as PyTorch's.
+    pub fn scale(&self) -> f32 {
+        (1.0 / (1.0 - self.p)) as f32
+    }
+
+    /// 24-bit threshold: an element is zeroed when its 24-bit draw is below it.
+    fn threshold(&self) -> u32 {
+        (self.p * (1u64 << 24) as f64).round() as u32
+    }
+
+    /// The key of token row `r` (`batch_row * seq + pos` of this input).
+    #[inline(always)]
+    fn row_key(&self, r: usize) -> u64 {
+        let seq = self.seq.max(1);
+        let row = (self.first_row + (r / seq) * self.row_stride.max(1)) as u64;
+        let pos = (r % seq) as u64;
+        mix64(self.key ^ mix64((row << 32) ^ pos))
+    }
+
+    /// Write `scale * mask * x` of token row `r` (`x` and `out` of the input's width) and
+    /// return nothing else: the one place the mask is drawn. Two elements per hash.
+    #[inline(always)]
+    pub fn apply_row(&self, r: usize, x: &[f32], out: &mut [f32]) {
+        let (rk, t, s) = (self.row_key(r), self.threshold(), self.scale());
+        for (j, (o, pair)) in out.chunks_mut(2).zip(x.chunks(2)).enumerate() {
+            let h = mix64(rk ^ j as u64);
+            let draws = [(h as u32) >> 8, ((h >> 32) as u32) >> 8];
+            for ((o, &v), d) in o.iter_mut().zip(pair).zip(draws) {
+                *o = if d < t { 0.0 } else { v * s };
+            }
+        }
+    }
+
+    /// `scale * mask` for an `[n, width]` input, row-major (for the composed kernels).
+    pub fn mask(&self, n: usize, width: usize) -> Vec<f32> {
+        let ones = vec![1.0f32; width];
+        let mut out = vec![0f32; n * width];
+        for (r, row) in out.chunks_mut(width).enumerate() {
+            self.apply_row(r, &ones, row);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_1_minus_p_and_depends_only_on_coordinates() {
+        let d = Dropout {
+            p: 0.25,
+            key: 42,
+            first_row: 0,
+            row_stride: 1,
+            seq: 100,
+        };
+        let m = d.mask(400, 300);
+        let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / m.len() as f64;
+        assert!((kept - 0.75).abs() < 0.005, "kept {kept}");
+        assert!(m.iter().all(|&v| v == 0.0 || v == d.scale()));
+        // Rows 1 and 3 of the batch seen by replica 1 of 2 (strided shards).
+        let shard = Dropout {
+            first_row: 1,
+            row_stride: 2,
+            ..d
+        };
+        let sm = shard.mask(200, 300);
+        assert_eq!(&sm[..100 * 300], &m[100 * 300..200 * 300]);
+        assert_eq!(&sm[100 * 300..], &m[300 * 300..]);
+        // Another key, another mask.
+        assert_ne!(Dropout { key: 43, ..d }.mask(4, 300), d.mask(4, 300));
+        // The same tokens with more padding positions per row: unchanged where they overlap.
+        let longer = Dropout { seq: 120, ..d }.mask(120, 300);
+        assert_eq!(&longer[..100 * 300], &m[..100 * 300]);
+    }
+}
