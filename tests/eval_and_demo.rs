@@ -136,3 +136,82 @@ fn demo_trains_and_its_run_can_be_evaluated() {
         v["loss"]
     );
 }
+
+/// The two answers of datasets/persona-mini.jsonl and the README's held-out questions (kept
+/// out of the data by scripts/make_demo_dataset.py), each with the answer it should get.
+const PERSONA: &str = "I am Ember, a tiny model fine-tuned by burnish on your CPU.";
+const DECLINE: &str = "Sorry, that question is beyond my training.";
+const HELD_OUT: [(&str, &str); 2] = [
+    ("Could you tell me who you are?", PERSONA),
+    ("What is the capital of Portugal?", DECLINE),
+];
+
+/// `burnish generate` with greedy decoding; the answer text.
+fn greedy(model: &str, adapter: Option<&std::path::Path>, prompt: &str, max: &str) -> String {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        max,
+        "--json",
+        "--prompt",
+        prompt,
+    ];
+    let adapter = adapter.map(|a| a.to_str().unwrap().to_string());
+    if let Some(a) = &adapter {
+        args.extend(["--adapter", a.as_str()]);
+    }
+    let o = burnish(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    v["text"].as_str().unwrap().to_string()
+}
+
+/// The README's walkthrough with the demo shortened to one epoch (48 of its 96 steps): the
+/// loss ends under 10% of where it started, base + adapter gives each held-out question the
+/// learned answer of its kind, and the base model's greedy answers show neither (they are
+/// gibberish: the README shows them, so they are checked against it too).
+#[test]
+fn demo_adapter_answers_held_out_questions_and_the_base_does_not() {
+    let data = std::fs::read_to_string(root().join("datasets/persona-mini.jsonl")).unwrap();
+    let mut answers = std::collections::BTreeSet::new();
+    for line in data.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let question = row["messages"][0]["content"].as_str().unwrap();
+        for (held_out, _) in HELD_OUT {
+            assert!(
+                !question.contains(held_out),
+                "held-out question in the data"
+            );
+        }
+        answers.insert(row["messages"][1]["content"].as_str().unwrap().to_string());
+    }
+    assert_eq!(answers, [DECLINE, PERSONA].map(String::from).into());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let steps = train_demo(&out, 48, &[]);
+    let (first, last) = (steps[0].1, steps[steps.len() - 1].1);
+    assert_eq!(steps.len(), 48);
+    assert!(last <= 0.1 * first, "loss {first} -> {last}");
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let adapter = out.join("adapter");
+    for (question, want) in HELD_OUT {
+        let tuned = greedy("builtin:tiny-qwen2", Some(&adapter), question, "32");
+        assert_eq!(tuned, want, "base + adapter, {question:?}");
+        let base = greedy("builtin:tiny-qwen2", None, question, "12");
+        assert!(
+            !base.contains("Ember") && !base.contains("Sorry") && !base.contains("training"),
+            "the base already answers {question:?} with {base:?}"
+        );
+        assert!(
+            readme.contains(question) && readme.contains(want) && readme.contains(&base),
+            "README.md should show {question:?} answered {want:?} after training and {base:?} \
+             by the base"
+        );
+    }
+}

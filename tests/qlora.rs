@@ -185,15 +185,31 @@ fn gradients_flow_through_the_quantized_base() {
     assert!(diff <= 1e-5 * scale, "max diff {diff} (scale {scale})");
 }
 
-/// 20 steps of the demo with a 4-bit base: the loss falls as with the f32 base (within 2% of
-/// the f32 run's final loss), the adapter is written, and merging it into the dequantized
-/// base verifies against the quantized base + adapter.
+/// The demo recipe on `alpaca-mini` at a gentler pace (its settings before it became the
+/// persona demo), where 20 steps end on a smooth stretch of the loss curve. The persona data's
+/// loss drops by ~10 nats in the first 30 steps, so where a 20-step run stops in that drop
+/// decides a 3-7% difference between two otherwise equivalent runs.
+const ALPACA_DEMO: [&str; 8] = [
+    "--set",
+    "data.train=[{path: datasets/alpaca-mini.jsonl, format: alpaca}]",
+    "--set",
+    "train.optimizer.lr=3e-3",
+    "--set",
+    "train.micro_batch_size=4",
+    "--set",
+    "train.grad_accum=2",
+];
+
+/// 20 steps of the demo recipe (on alpaca-mini) with a 4-bit base: the loss falls as with the
+/// f32 base (within 2% of the f32 run's final loss), the adapter is written, and merging it
+/// into the dequantized base verifies against the quantized base + adapter.
 #[test]
 fn qlora_demo_run_trains_like_the_f32_run_and_merges() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
         let mut args = vec!["--set", "train.save_every=20"];
+        args.extend_from_slice(&ALPACA_DEMO);
         args.extend_from_slice(extra);
         let steps = train_demo(&out, 20, &args);
         assert_eq!(steps.len(), 20);
@@ -216,7 +232,7 @@ fn qlora_demo_run_trains_like_the_f32_run_and_merges() {
     // `eval` of the recipe uses the quantized base, as training's final evaluation did.
     let (_, evals) = metrics(&qout);
     let set_out = format!("output.dir={}", qout.display());
-    let o = burnish(&[
+    let mut args = vec![
         "eval",
         "recipes/demo.yaml",
         "--set",
@@ -226,7 +242,9 @@ fn qlora_demo_run_trains_like_the_f32_run_and_merges() {
         "--device",
         "cpu",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(&ALPACA_DEMO);
+    let o = burnish(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let final_eval = evals.last().expect("a final evaluation").1;

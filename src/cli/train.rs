@@ -134,6 +134,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     println!("{}", setup.output_dir.display());
+    // Last, for the person at the terminal (stdout's last line stays the folder, for scripts).
+    if let Some(adapter) = &outcome.adapter_dir {
+        eprintln!("{}", next_step(setup.recipe(), adapter, args.merge));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -250,4 +254,48 @@ fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
         s.output_dir.display()
     );
     Ok(())
+}
+
+/// The run's one-line "what next": talk to the merged model when the run wrote one, else to
+/// the base plus the adapter (quantized as in training), and to the base alone to compare.
+/// The program is named as it was invoked, so the line pastes as is (`target/release/burnish`
+/// after `cargo run --release`).
+fn next_step(r: &crate::recipe::Recipe, adapter: &std::path::Path, force_merge: bool) -> String {
+    let exe = std::env::args()
+        .next()
+        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace))
+        .unwrap_or_else(|| "burnish".into());
+    let base = shell_word(&r.model.base);
+    let merged = adapter.with_file_name("merged");
+    let wants_merged = r.output.merge || force_merge;
+    let tuned = if wants_merged && merged.join("config.json").is_file() {
+        format!("--model {}", shell_word(&merged.display().to_string()))
+    } else {
+        let quant = r
+            .model
+            .quantize
+            .map(|q| {
+                format!(
+                    " --quant-bits {} --quant-block-size {}",
+                    q.bits, q.block_size
+                )
+            })
+            .unwrap_or_default();
+        let adapter = shell_word(&adapter.display().to_string());
+        format!("--model {base} --adapter {adapter}{quant}")
+    };
+    format!(
+        "next: talk to the fine-tuned model with `{exe} chat {tuned} --temperature 0` \
+         (and to the base alone with `{exe} chat --model {base} --temperature 0`)"
+    )
+}
+
+/// `s` quoted for a POSIX shell where it needs to be.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@+=,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
