@@ -23,7 +23,7 @@ fn recipe(dir: &Path, name: &str, out: &Path, rows: &Path, steps: usize, extra: 
     let text = format!(
         r#"
 model: {{base: tests/fixtures/models/qwen2-tied}}
-lora: {{r: 8, alpha: 16, dropout: 0.0, targets: all-linear}}
+lora: {{r: 8, alpha: 16, dropout: 0.1, targets: all-linear}}
 data:
   train: [{{path: {rows}, format: pretokenized}}]
   validation: {{split: 0.1}}

@@ -252,6 +252,8 @@ fn training_reports_truncation() {
         "--set",
         &set_out,
         "--set",
+        "data.train=[{path: datasets/alpaca-mini.jsonl, format: alpaca}]",
+        "--set",
         "data.seq_len=64",
         "--set",
         "train.max_steps=1",
