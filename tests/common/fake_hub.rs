@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tiny_http::{Header, Method, Response, Server};
+use tiny_http::{Header, Method, Server};
 
 /// A file in a commit: inline bytes (regular) or an LFS object id.
 #[derive(Clone, Debug)]
@@ -51,10 +51,14 @@ pub struct State {
     pub log: Vec<String>,
     /// LFS objects larger than this use multipart uploads with this chunk size.
     pub multipart_chunk: u64,
+    /// When set, every exchange is recorded here (see [`exchange_record`]).
+    pub transcript: Option<Vec<Value>>,
 }
 
 pub struct FakeHub {
     pub url: String,
+    /// The other origin, where LFS downloads are served (like the real CDN).
+    pub cdn_url: String,
     pub state: Arc<Mutex<State>>,
     servers: Vec<Arc<Server>>,
     threads: Vec<JoinHandle<()>>,
@@ -68,10 +72,109 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header")
 }
 
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
+/// An answer before it is sent: kept as plain data so it can be recorded.
+pub struct Reply {
+    status: u16,
+    headers: Vec<Header>,
+    data: Vec<u8>,
+}
+
+impl Reply {
+    fn from_data(data: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            data,
+        }
+    }
+
+    fn with_status_code(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn with_header(mut self, h: Header) -> Self {
+        self.headers.push(h);
+        self
+    }
+
+    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let mut r = tiny_http::Response::from_data(self.data).with_status_code(self.status);
+        for h in self.headers {
+            r = r.with_header(h);
+        }
+        r
+    }
+}
+
+/// The headers a client reads the protocol from (others, like Date or Server, vary).
+const RECORDED_HEADERS: [&str; 9] = [
+    "Content-Type",
+    "Content-Range",
+    "ETag",
+    "Location",
+    "X-Repo-Commit",
+    "X-Linked-Etag",
+    "X-Linked-Size",
+    "X-Error-Code",
+    "X-Error-Message",
+];
+
+/// One exchange as JSON: method, path with query, the request's recorded headers and body,
+/// the status, recorded headers and body of the answer. Bodies are text when they are UTF-8,
+/// else base64; the servers' own addresses become `{API}` and `{CDN}` so a transcript replays
+/// against another instance.
+pub fn exchange_record(
+    method: &str,
+    url: &str,
+    req_headers: &[(String, String)],
+    body: &[u8],
+    reply: &Reply,
+    addrs: (&str, &str),
+) -> Value {
+    let norm = |t: &str| t.replace(addrs.0, "{API}").replace(addrs.1, "{CDN}");
+    let body_json = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) => json!({"text": norm(t)}),
+        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(b)}),
+    };
+    let keep = |name: &str| {
+        RECORDED_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+    };
+    let headers = |hs: Vec<(String, String)>| -> Value {
+        let mut hs: Vec<(String, String)> = hs
+            .into_iter()
+            .filter(|(k, _)| {
+                keep(k)
+                    || ["Range", "Authorization"]
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(k))
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), norm(&v)))
+            .collect();
+        hs.sort();
+        hs.into_iter().map(|(k, v)| json!([k, v])).collect()
+    };
+    json!({
+        "method": method,
+        "url": norm(url),
+        "request_headers": headers(req_headers.to_vec()),
+        "request_body": body_json(body),
+        "status": reply.status,
+        "response_headers": headers(
+            reply
+                .headers
+                .iter()
+                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                .collect()
+        ),
+        "response_body": body_json(&reply.data),
+    })
+}
 
 fn json_reply(status: u16, v: Value) -> Reply {
-    Response::from_data(v.to_string().into_bytes())
+    Reply::from_data(v.to_string().into_bytes())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"))
 }
@@ -103,13 +206,31 @@ impl FakeHub {
             let (st, base, cdn_base) = (state.clone(), url.clone(), cdn_url.clone());
             threads.push(std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
-                    let reply = handle(&st, &base, &cdn_base, &mut req);
-                    let _ = req.respond(reply);
+                    let mut body = Vec::new();
+                    let _ = req.as_reader().read_to_end(&mut body);
+                    let reply = handle(&st, &base, &cdn_base, &req, &body);
+                    if let Some(t) = st.lock().unwrap().transcript.as_mut() {
+                        let headers: Vec<(String, String)> = req
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                            .collect();
+                        t.push(exchange_record(
+                            req.method().as_str(),
+                            req.url(),
+                            &headers,
+                            &body,
+                            &reply,
+                            (&base, &cdn_base),
+                        ));
+                    }
+                    let _ = req.respond(reply.into_response());
                 }
             }));
         }
         Self {
             url,
+            cdn_url,
             state,
             servers: vec![api, cdn],
             threads,
@@ -207,12 +328,17 @@ fn split_kind(path: &str) -> (&'static str, &str) {
     }
 }
 
-fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http::Request) -> Reply {
+fn handle(
+    state: &Arc<Mutex<State>>,
+    base: &str,
+    cdn: &str,
+    req: &tiny_http::Request,
+    body: &[u8],
+) -> Reply {
     let method = req.method().clone();
     let url = req.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
-    let mut body = Vec::new();
-    let _ = req.as_reader().read_to_end(&mut body);
+    let body = body.to_vec();
     let mut st = state.lock().unwrap();
     st.log.push(format!("{method} {path}"));
     if let Some(i) = st
@@ -371,7 +497,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             })
             .collect();
         let transfer = if multipart { "multipart" } else { "basic" };
-        return Response::from_data(
+        return Reply::from_data(
             json!({"transfer": transfer, "objects": objects})
                 .to_string()
                 .into_bytes(),
@@ -386,7 +512,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             return error_reply(400, "sha256 mismatch");
         }
         st.lfs.insert(oid.to_string(), body);
-        return Response::from_data(Vec::new()).with_status_code(200);
+        return Reply::from_data(Vec::new()).with_status_code(200);
     }
     if method == Method::Put
         && let Some(rest) = path.strip_prefix("/lfs-part/")
@@ -397,7 +523,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             .entry(oid.to_string())
             .or_default()
             .insert(n.parse().unwrap_or(0), body);
-        return Response::from_data(Vec::new()).with_header(header("ETag", &etag));
+        return Reply::from_data(Vec::new()).with_header(header("ETag", &etag));
     }
     if method == Method::Post
         && let Some(oid) = path.strip_prefix("/lfs-complete/")
@@ -550,7 +676,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
                 &[commit, ("ETag", format!("\"{}\"", sha256_hex(d)))],
                 method == Method::Head,
             ),
-            Blob::Lfs { oid: lfs_oid, size } => Response::from_data(Vec::new())
+            Blob::Lfs { oid: lfs_oid, size } => Reply::from_data(Vec::new())
                 .with_status_code(302)
                 .with_header(header("Location", &format!("{cdn}/lfs-cdn/{lfs_oid}")))
                 .with_header(header("X-Repo-Commit", &commit.1))
@@ -599,7 +725,7 @@ fn serve_bytes(data: &[u8], range: Option<&str>, headers: &[(&str, String)], hea
     };
     // tiny_http leaves the body out of HEAD answers but keeps its Content-Length.
     let _ = head;
-    let mut resp = Response::from_data(data[start..end].to_vec()).with_status_code(status);
+    let mut resp = Reply::from_data(data[start..end].to_vec()).with_status_code(status);
     if status == 206 {
         resp = resp.with_header(header(
             "Content-Range",
