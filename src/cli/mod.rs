@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod download;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
@@ -61,6 +62,8 @@ pub enum Command {
     Plot(plot::Args),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(merge::Args),
+    /// Write a GGUF file for llama.cpp, Ollama and LM Studio (from a merged folder or base + adapter).
+    Export(export::Args),
     /// Coordinate the nodes of a multi-machine data-parallel run (runs until interrupted).
     Orchestrator(orchestrator::Args),
 }
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run_generate(args),
         Command::Chat(args) => generate::run_chat(args),
         Command::Merge(args) => merge::run(args),
+        Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
