@@ -47,6 +47,7 @@ fn write_card(
         license: card::license_of(&setup.folder.dir),
         datasets: card::datasets_of(setup.recipe()),
         summary: Some(summary.clone()),
+        gguf: card::gguf_files(dir),
     };
     std::fs::write(dir.join("README.md"), card::render(&info))?;
     Ok(())
@@ -66,6 +67,7 @@ pub fn finish(
     let summary = summary(setup, outcome, out);
     write_card(&adapter_dir, CardKind::Adapter, setup, &summary)?;
     let wants_merged = r.output.merge
+        || !r.output.gguf.is_empty()
         || force_merge
         || (r.hub.repo.is_some() && r.hub.push.contains(&PushWhat::Merged));
     let merged = if wants_merged {
@@ -89,6 +91,7 @@ pub fn finish(
             dir.display(),
             report.merged_tensors
         );
+        crate::export::write_run_files(&dir, &r.output.gguf, out)?;
         write_card(&dir, CardKind::Merged, setup, &summary)?;
         Some(dir)
     } else {
