@@ -18,6 +18,8 @@ What it checks (and fails on), then writes under tests/fixtures/golden/:
   tokenizer-tiny/      a 1024-token byte-level BPE tokenizer cut from the Qwen2.5 tokenizer
                        (first 1021 tokens and the merges among them, 3 special tokens), so the
                        1024-vocabulary fixture models can carry a real tokenizer
+  tokenizer-spm-tiny/  a 1024-piece SentencePiece BPE model (byte fallback, as Mistral 7B),
+                       trained with `sentencepiece` on datasets/
   gguf-quant.*         test arrays and their quantized bytes: q8_0, q4_0, q5_0 from
                        gguf.quants.quantize, q4_K and q6_K from ggml's C reference (checked to
                        dequantize, with gguf.quants.dequantize, within the formats' error)
@@ -110,6 +112,73 @@ def make_tiny_tokenizer():
     t = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
     assert t.get_vocab_size(with_added_tokens=True) == 1024
     print(f"tokenizer-tiny: {len(vocab)} tokens, {len(merges)} merges, 3 specials")
+
+
+def make_spm_tokenizer():
+    """A 1024-piece SentencePiece BPE model with byte fallback (Llama 2 / Mistral 7B style),
+    trained on the repository's datasets, with a tokenizers-format tokenizer.json beside it
+    (burnish needs one in every model folder; the GGUF vocabulary comes from tokenizer.model)."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    out = os.path.join(FIX, "tokenizer-spm-tiny")
+    os.makedirs(out, exist_ok=True)
+    corpus = os.path.join(tempfile.mkdtemp(), "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+        for name in ["alpaca-mini.jsonl", "chat-mini.jsonl"]:
+            with open(os.path.join(ROOT, "datasets", name), encoding="utf-8") as src:
+                for line in src:
+                    f.write(json.dumps(json.loads(line), ensure_ascii=False) + "\n")
+    prefix = os.path.join(out, "tokenizer")
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=prefix, vocab_size=1024, model_type="bpe", byte_fallback=True, unk_id=0,
+        bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, character_coverage=0.9995, minloglevel=2,
+        num_threads=1)
+    os.remove(prefix + ".vocab")
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    tok = Tokenizer(BPE(vocab, [], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ["<unk>", "<s>", "</s>"]])
+    tok.save(os.path.join(out, "tokenizer.json"))
+    write_json(os.path.join(out, "tokenizer_config.json"), {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "added_tokens_decoder": {str(i): {"content": t, "special": True} for i, t in enumerate(["<unk>", "<s>", "</s>"])},
+        "chat_template": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                         "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
+        "tokenizer_class": "LlamaTokenizer",
+    })
+    print("tokenizer-spm-tiny:", sp.get_piece_size(), "pieces")
+
+
+def check_spm_file(path, model_dir):
+    """The SentencePiece vocabulary as convert_hf_to_gguf.py writes it, and transformers'
+    tokenizer rebuilt from the file encodes as sentencepiece does."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
+    reader = GGUFReader(path)
+    assert field(reader, "tokenizer.ggml.model") == "llama" and field(reader, "tokenizer.ggml.pre") == "default"
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    scores = field(reader, "tokenizer.ggml.scores")
+    types = field(reader, "tokenizer.ggml.token_type")
+    for i in range(sp.get_piece_size()):
+        if i < 3:  # <unk> <s> </s>: special in added_tokens_decoder -> control, score -1000
+            assert (tokens[i], types[i], scores[i]) == (sp.id_to_piece(i), 3, -1000.0), i
+            continue
+        want_type = 6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
+        assert (tokens[i], types[i]) == (sp.id_to_piece(i), want_type), (i, tokens[i], types[i])
+        assert scores[i] == np.float32(sp.get_score(i)), i
+    assert field(reader, "tokenizer.ggml.bos_token_id") == 1 and field(reader, "tokenizer.ggml.eos_token_id") == 2
+    assert field(reader, "tokenizer.ggml.unknown_token_id") == 0 and field(reader, "tokenizer.ggml.add_bos_token") is True
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    # Texts without leading whitespace or special-token strings: transformers' GGUF llama
+    # tokenizer drops sentencepiece's extra dummy-prefix space before leading spaces and parses
+    # "<s>", neither of which is about the file.
+    for text in ["Hello, world! 123 4567", "Emoji 🦀 café naïve 東京", "two  spaces\tand\n\nnewlines  x"]:
+        assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +280,8 @@ CASES = {
     "qwen2-untied": ("qwen2-untied", None),
     "llama-gqa+adapter": ("llama-gqa", "llama-gqa"),
     "mistral": ("mistral", None),
+    # The same model with a SentencePiece tokenizer (tokenizer.model), as Mistral 7B ships.
+    "mistral-spm": ("mistral", None),
     "qwen3+adapter": ("qwen3", "qwen3"),
     # 8 layers with rows of 256 and 512 values, so the k-quants and q4_k_m's layer rule apply.
     "synth-k": ("synth-k", None),
@@ -267,15 +338,19 @@ LOGIT_BOUNDS = {"f16": 0.002, "bf16": 0.02, "q8_0": 0.05, "q6_k": 0.07, "q4_k_m"
 FTYPE = {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18}
 
 
-def model_folder(model, tmp):
-    """A fixture model with the tiny tokenizer (what the Rust tests assemble too)."""
+def tokenizer_of(case):
+    return "tokenizer-spm-tiny" if case.endswith("-spm") else "tokenizer-tiny"
+
+
+def model_folder(model, tmp, tokenizer="tokenizer-tiny"):
+    """A fixture model with a tiny tokenizer (what the Rust tests assemble too)."""
     d = os.path.join(tmp, model)
     if model == "synth-k":
         synth_model(d)
     else:
         shutil.copytree(os.path.join(FIX, "models", model), d)
-    for f in ["tokenizer.json", "tokenizer_config.json"]:
-        shutil.copy(os.path.join(FIX, "tokenizer-tiny", f), d)
+    for f in os.listdir(os.path.join(FIX, tokenizer)):
+        shutil.copy(os.path.join(FIX, tokenizer, f), d)
     return d
 
 
@@ -331,7 +406,7 @@ def field(reader, key):
     return f.contents()
 
 
-def check_file(path, case, ftype, model_dir, merged, changed, config, lib):
+def check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_case=False):
     reader = GGUFReader(path)
     arch_name = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                  "Qwen3ForCausalLM": "qwen3"}[config["architectures"][0]]
@@ -346,13 +421,16 @@ def check_file(path, case, ftype, model_dir, merged, changed, config, lib):
         f"{arch}.attention.head_count_kv": config["num_key_value_heads"],
         "general.file_type": FTYPE[ftype],
         "general.quantization_version": 2,
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "qwen2",
-        "tokenizer.ggml.eos_token_id": 1023,
-        "tokenizer.ggml.padding_token_id": 1021,
-        "tokenizer.ggml.bos_token_id": config["bos_token_id"],
-        "tokenizer.ggml.add_bos_token": False,
     }
+    if not spm_case:
+        expect_kv.update({
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.pre": "qwen2",
+            "tokenizer.ggml.eos_token_id": 1023,
+            "tokenizer.ggml.padding_token_id": 1021,
+            "tokenizer.ggml.bos_token_id": config["bos_token_id"],
+            "tokenizer.ggml.add_bos_token": False,
+        })
     rope = config.get("rope_parameters") or {}
     expect_kv[f"{arch}.rope.freq_base"] = np.float32(rope.get("rope_theta", config.get("rope_theta")))
     expect_kv[f"{arch}.attention.layer_norm_rms_epsilon"] = np.float32(config["rms_norm_eps"])
@@ -365,8 +443,9 @@ def check_file(path, case, ftype, model_dir, merged, changed, config, lib):
         got = field(reader, k)
         assert got == v, (case, ftype, k, got, v)
     tokens = field(reader, "tokenizer.ggml.tokens")
-    assert len(tokens) == config["vocab_size"] and tokens[1023] == "<|im_end|>", len(tokens)
-    assert "im_start" in field(reader, "tokenizer.chat_template")
+    assert len(tokens) == config["vocab_size"], len(tokens)
+    if not spm_case:
+        assert tokens[1023] == "<|im_end|>" and "im_start" in field(reader, "tokenizer.chat_template")
 
     tied = config.get("tie_word_embeddings", False)
     n_layers = config["num_hidden_layers"]
@@ -456,13 +535,14 @@ def make_exports(burnish, lib):
     for case, (model, adapter) in CASES.items():
         tmp = os.path.join(tmp_root, case)
         os.makedirs(tmp)
-        model_dir = model_folder(model, tmp)
+        model_dir = model_folder(model, tmp, tokenizer_of(case))
         with open(os.path.join(model_dir, "config.json")) as f:
             config = json.load(f)
         ref_model, merged, changed = merged_reference(model_dir, adapter)
         with torch.no_grad():
             ref_logits = ref_model(input_ids=ids).logits.float().numpy()
-        res = {"model": model, "adapter": adapter, "files": {}}
+        res = {"model": model, "adapter": adapter, "tokenizer": tokenizer_of(case), "files": {}}
+        spm_case = case.endswith("-spm")
         for ftype in TYPES:
             fname = f"{case}-{ftype}.gguf"
             path = os.path.join(tmp, fname)
@@ -473,7 +553,9 @@ def make_exports(burnish, lib):
             else:
                 args += [model_dir]
             subprocess.run(args, check=True, env=dict(os.environ, RAYON_NUM_THREADS="2"))
-            _, types = check_file(path, case, ftype, model_dir, merged, changed, config, lib)
+            _, types = check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_case)
+            if spm_case:
+                check_spm_file(path, model_dir)
             gm = load_gguf_model(tmp, fname, config)
             with torch.no_grad():
                 logits = gm(input_ids=ids).logits.float().numpy()
@@ -501,7 +583,8 @@ def make_exports(burnish, lib):
                                                  pad_token_id=0, eos_token_id=None)
                 assert [int(t) for t in gen_ref[0, len(prompt):]] == greedy, (case, "greedy differs from merged")
                 res["greedy_f16"] = greedy
-                check_tokenizer(tmp, fname, model_dir)
+                if not spm_case:
+                    check_tokenizer(tmp, fname, model_dir)
             print(f"{case} {ftype}: {os.path.getsize(path)} bytes, logits rel {rel:.2e}")
         out["cases"][case] = res
     save_file(tensors, os.path.join(GOLD, "gguf-export.safetensors"))
@@ -557,6 +640,7 @@ def main():
     lib = c_reference(a.llama_cpp)
     if "tokenizer" in a.only:
         make_tiny_tokenizer()
+        make_spm_tokenizer()
     if "quant" in a.only:
         make_quant(lib)
     if "export" in a.only:

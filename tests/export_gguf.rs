@@ -24,18 +24,27 @@ fn golden() -> serde_json::Value {
     read_json(&fixtures().join("golden/gguf-export.json"))
 }
 
-/// A fixture model folder with the tiny tokenizer (as the script assembles it).
+/// A fixture model folder with the tiny byte-level tokenizer (as the script assembles it).
 fn model_folder(model: &str, root: &Path) -> PathBuf {
+    model_folder_with(model, root, "tokenizer-tiny")
+}
+
+/// A fixture model folder with the files of `tests/fixtures/<tokenizer>/`.
+fn model_folder_with(model: &str, root: &Path, tokenizer: &str) -> PathBuf {
     let dir = root.join(model);
     if model == "synth-k" {
         synth_model(&dir);
     } else {
         copy_dir(&model_dir(model), &dir);
     }
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixtures().join("tokenizer-tiny").join(f), dir.join(f)).unwrap();
-    }
+    copy_dir(&fixtures().join(tokenizer), &dir);
     dir
+}
+
+/// The folder of a golden case (model and tokenizer as the script used them).
+fn case_folder(c: &serde_json::Value, root: &Path) -> PathBuf {
+    let tokenizer = c["tokenizer"].as_str().unwrap_or("tokenizer-tiny");
+    model_folder_with(c["model"].as_str().unwrap(), root, tokenizer)
 }
 
 /// The script's `synth_values`: exact f32 weights from an integer hash of (name, index).
@@ -159,7 +168,7 @@ fn exports_are_the_files_the_reference_checked() {
     for (case, c) in g["cases"].as_object().unwrap() {
         let model = c["model"].as_str().unwrap();
         let adapter = c["adapter"].as_str();
-        let dir = model_folder(model, &tmp.path().join(case));
+        let dir = case_folder(c, &tmp.path().join(case));
         for (ty, file) in c["files"].as_object().unwrap() {
             let out = tmp.path().join(format!("{case}-{ty}.gguf"));
             let name = format!("fixture-{model}");
@@ -191,7 +200,7 @@ fn transformers_logits_from_the_files_match_burnish() {
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     for (case, c) in g["cases"].as_object().unwrap() {
-        let dir = model_folder(c["model"].as_str().unwrap(), &tmp.path().join(case));
+        let dir = case_folder(c, &tmp.path().join(case));
         let mut model = ModelFolder::open(&dir)
             .unwrap()
             .load::<Cpu>(DType::F32, &Default::default())
@@ -236,7 +245,7 @@ fn greedy_generation_from_the_f16_file_equals_burnish() {
     let n = g["new_tokens"].as_u64().unwrap() as usize;
     let tmp = tempfile::tempdir().unwrap();
     for (case, c) in g["cases"].as_object().unwrap() {
-        let dir = model_folder(c["model"].as_str().unwrap(), &tmp.path().join(case));
+        let dir = case_folder(c, &tmp.path().join(case));
         let mut model = ModelFolder::open(&dir)
             .unwrap()
             .load::<Cpu>(DType::F32, &Default::default())

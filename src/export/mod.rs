@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod names;
 pub mod policy;
 pub mod quant;
+pub mod spm;
 pub mod types;
 pub mod vocab;
 

@@ -1,7 +1,8 @@
 //! Tokenizer metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`) from a model folder's
 //! `tokenizer.json`, `tokenizer_config.json` and `config.json`, following convert_hf_to_gguf.py
-//! for byte-level BPE tokenizers (`_set_vocab_gpt2`, `get_vocab_base`) and gguf-py's
-//! `SpecialVocab` for the special tokens, add-BOS flag and chat template.
+//! for byte-level BPE tokenizers (`_set_vocab_gpt2`, `get_vocab_base`; SentencePiece models
+//! with a `tokenizer.model` are in [`super::spm`]) and gguf-py's `SpecialVocab` for the special
+//! tokens, add-BOS flag and chat template.
 //!
 //! The pre-tokenizer is named the way llama.cpp selects its splitting regex
 //! (`tokenizer.ggml.pre`); burnish recognises it from the regex in `tokenizer.json` rather than
@@ -131,6 +132,10 @@ fn merges(path: &Path, tok: &Json) -> Result<Vec<String>, ExportError> {
         .collect()
 }
 
+fn added_tokens(tok: &Json) -> Vec<Json> {
+    tok["added_tokens"].as_array().cloned().unwrap_or_default()
+}
+
 /// The special-token content of a `tokenizer_config.json` entry (string or AddedToken).
 fn token_content(v: &Json) -> Option<&str> {
     v.as_str().or_else(|| v["content"].as_str())
@@ -152,6 +157,25 @@ pub fn tokenizer_keys(
     };
     // Also checks that the tokenizer loads at all, and gives the chat template burnish uses.
     let bundle = TokenizerBundle::from_dir(dir)?;
+    let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    // A SentencePiece model is what the converter prefers when the folder has one.
+    if dir.join("tokenizer.model").is_file() {
+        let mut kv = Vec::new();
+        if let Some(b) = tc["add_prefix_space"].as_bool() {
+            kv.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(b)));
+        }
+        kv.extend(super::spm::vocab_keys(
+            dir,
+            config.vocab_size,
+            &tc,
+            looks_special,
+        )?);
+        kv.extend(special_tokens(dir, &tok, &added_tokens(&tok), config)?);
+        if let Some(t) = &bundle.chat_template {
+            kv.push(("tokenizer.chat_template".into(), Value::Str(t.clone())));
+        }
+        return Ok(kv);
+    }
     let model = &tok["model"];
     if model["type"] != "BPE" {
         return Err(bad(
@@ -165,9 +189,9 @@ pub fn tokenizer_keys(
     if model["byte_fallback"] == true {
         return Err(bad(
             &path,
-            "SentencePiece-style tokenizers (BPE with byte fallback, as Llama 2 and Mistral 7B use) \
-             are not supported for GGUF export yet; convert this model with llama.cpp's \
-             convert_hf_to_gguf.py",
+            "this is a SentencePiece-style tokenizer (BPE with byte fallback, as Llama 2 and \
+             Mistral 7B use): put its tokenizer.model next to tokenizer.json (it is in the base \
+             model's repo) and export again",
         ));
     }
     let pre = pre_tokenizer(&path, &tok)?;
@@ -181,7 +205,7 @@ pub fn tokenizer_keys(
     }
     // Added tokens: id -> (special, content).
     let mut added: HashMap<u64, (bool, String)> = HashMap::new();
-    let added_list = tok["added_tokens"].as_array().cloned().unwrap_or_default();
+    let added_list = added_tokens(&tok);
     for a in &added_list {
         if let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) {
             added.insert(id, (a["special"] == true, content.to_string()));
