@@ -249,13 +249,11 @@ fn tensor_values(
     let raw = files.raw(hf)?;
     let values = match factors.get(hf) {
         Some(f) => projection_weight(&raw, Some(f), None),
-        None => raw
-            .to_f32()
-            .map_err(|dtype| crate::model::ModelError::UnsupportedDtype {
-                path: files.dir.clone(),
-                name: hf.clone(),
-                dtype,
-            })?,
+        None => to_f32(&raw).ok_or_else(|| crate::model::ModelError::UnsupportedDtype {
+            path: files.dir.clone(),
+            name: hf.clone(),
+            dtype: format!("{:?}", raw.dtype),
+        })?,
     };
     Ok(match p.permute_heads {
         Some(heads) => {
@@ -265,6 +263,31 @@ fn tensor_values(
         }
         None => values,
     })
+}
+
+/// A stored tensor widened to f32 in parallel (exact for f16 and bf16).
+fn to_f32(raw: &crate::model::weights::RawTensor<'_>) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    use safetensors::Dtype;
+    let width = match raw.dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        _ => return None,
+    };
+    let n = raw.bytes.len() / width;
+    let mut out = vec![0.0f32; n];
+    out.par_chunks_mut(1 << 16)
+        .zip(raw.bytes.par_chunks(width << 16))
+        .for_each(|(o, b)| {
+            for (v, c) in o.iter_mut().zip(b.chunks_exact(width)) {
+                *v = match raw.dtype {
+                    Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    _ => f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16),
+                };
+            }
+        });
+    Some(out)
 }
 
 fn write_file(

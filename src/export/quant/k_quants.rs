@@ -18,13 +18,15 @@ fn nearest_int(f: f32) -> i32 {
 
 /// Asymmetric `scale * L + min` fit of `x` with levels 0..=nmax, minimising the weighted squared
 /// error over `nstep + 1` candidate scales. Returns (scale, -min).
+/// (Fixed at q4_K's 32 values: array lengths known to the compiler remove every bounds check
+/// from these hot loops.)
 #[allow(clippy::too_many_arguments)]
 fn make_qkx2_quants(
     nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    l: &mut [u8],
-    laux: &mut [u8],
+    x: &[f32; 32],
+    weights: &[f32; 32],
+    l: &mut [u8; 32],
+    laux: &mut [u8; 32],
     rmin: f32,
     rdelta: f32,
     nstep: i32,
@@ -49,7 +51,7 @@ fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        l[..n].fill(0);
+        l.fill(0);
         return (0.0, -min);
     }
     let mut iscale = nmax as f32 / (max - min);
@@ -90,7 +92,7 @@ fn make_qkx2_quants(
                 cur_error += weights[i] * (diff * diff);
             }
             if cur_error < best_error {
-                l[..n].copy_from_slice(&laux[..n]);
+                l.copy_from_slice(laux);
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -102,7 +104,7 @@ fn make_qkx2_quants(
 
 /// Symmetric fit of `x` with levels -nmax..nmax-1 (stored + nmax), weights `x^2` (rmse_type 1),
 /// trying 19 scales around `nmax / max`. Returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
+fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [u8; 16]) -> f32 {
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -112,7 +114,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
         }
     }
     if amax < GROUP_MAX_EPS {
-        l[..x.len()].fill(0);
+        l.fill(0);
         return 0.0;
     }
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
@@ -174,8 +176,7 @@ pub fn q4_k_block(x: &[f32], out: &mut [u8]) {
     let mut scales = [0.0f32; 8];
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
-    for j in 0..QK_K / 32 {
-        let xs = &x[32 * j..32 * j + 32];
+    for (j, xs) in x.as_chunks::<32>().0.iter().enumerate().take(QK_K / 32) {
         let mut sum_x2 = 0.0f32;
         for &v in xs {
             sum_x2 += v * v;
@@ -184,16 +185,9 @@ pub fn q4_k_block(x: &[f32], out: &mut [u8]) {
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) = make_qkx2_quants(
-            15,
-            xs,
-            &weights,
-            &mut levels[32 * j..32 * j + 32],
-            &mut laux,
-            -1.0,
-            0.1,
-            20,
-        );
+        let mut sub = [0u8; 32];
+        let (scale, min) = make_qkx2_quants(15, xs, &weights, &mut sub, &mut laux, -1.0, 0.1, 20);
+        levels[32 * j..32 * j + 32].copy_from_slice(&sub);
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -254,8 +248,10 @@ pub fn q6_k_block(x: &[f32], out: &mut [u8]) {
     let mut scales = [0.0f32; QK_K / 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..QK_K / 16 {
-        let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut levels[16 * ib..]);
+    for (ib, xs) in x.as_chunks::<16>().0.iter().enumerate().take(QK_K / 16) {
+        let mut sub = [0u8; 16];
+        let scale = make_qx_quants(32, xs, &mut sub);
+        levels[16 * ib..16 * ib + 16].copy_from_slice(&sub);
         scales[ib] = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();

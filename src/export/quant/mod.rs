@@ -18,20 +18,31 @@ const CHUNK_VALUES: usize = 1 << 16;
 pub fn encode(values: &[f32], cols: usize, ty: GgmlType) -> Vec<u8> {
     let (block, block_bytes) = ty.block();
     debug_assert!(cols.is_multiple_of(block) && values.len().is_multiple_of(cols.max(1)));
-    let n_blocks = values.len() / block;
-    let mut out = vec![0u8; n_blocks * block_bytes];
-    let blocks_per_chunk = (CHUNK_VALUES / block).max(1);
-    let f: fn(&[f32], &mut [u8]) = match ty {
-        GgmlType::F32 => |x, o| o.copy_from_slice(&x[0].to_le_bytes()),
-        GgmlType::F16 => |x, o| o.copy_from_slice(&half::f16::from_f32(x[0]).to_le_bytes()),
+    match ty {
+        GgmlType::F32 => blocks(values, 1, 4, |x, o| o.copy_from_slice(&x[0].to_le_bytes())),
+        GgmlType::F16 => blocks(values, 1, 2, |x, o| {
+            o.copy_from_slice(&half::f16::from_f32(x[0]).to_le_bytes())
+        }),
         // Round to nearest even, as ggml_compute_fp32_to_bf16 and torch do.
-        GgmlType::BF16 => |x, o| o.copy_from_slice(&half::bf16::from_f32(x[0]).to_le_bytes()),
-        GgmlType::Q8_0 => legacy::q8_0_block,
-        GgmlType::Q4_0 => legacy::q4_0_block,
-        GgmlType::Q5_0 => legacy::q5_0_block,
-        GgmlType::Q4K => k_quants::q4_k_block,
-        GgmlType::Q6K => k_quants::q6_k_block,
-    };
+        GgmlType::BF16 => blocks(values, 1, 2, |x, o| {
+            o.copy_from_slice(&half::bf16::from_f32(x[0]).to_le_bytes())
+        }),
+        GgmlType::Q8_0 => blocks(values, block, block_bytes, legacy::q8_0_block),
+        GgmlType::Q4_0 => blocks(values, block, block_bytes, legacy::q4_0_block),
+        GgmlType::Q5_0 => blocks(values, block, block_bytes, legacy::q5_0_block),
+        GgmlType::Q4K => blocks(values, block, block_bytes, k_quants::q4_k_block),
+        GgmlType::Q6K => blocks(values, block, block_bytes, k_quants::q6_k_block),
+    }
+}
+
+/// `f` over every block of `block` values into `block_bytes` bytes, in parallel chunks
+/// (generic, so each type's loop is compiled with its block function inlined).
+fn blocks<F>(values: &[f32], block: usize, block_bytes: usize, f: F) -> Vec<u8>
+where
+    F: Fn(&[f32], &mut [u8]) + Sync,
+{
+    let mut out = vec![0u8; values.len() / block * block_bytes];
+    let blocks_per_chunk = (CHUNK_VALUES / block).max(1);
     out.par_chunks_mut(blocks_per_chunk * block_bytes)
         .zip(values.par_chunks(blocks_per_chunk * block))
         .for_each(|(o, x)| {
