@@ -118,7 +118,7 @@ fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [u8; 16]) -> f32 {
         return 0.0;
     }
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let mut iscale = -(nmax as f32) / max;
+    let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
     for (i, &v) in x.iter().enumerate() {
         let q = level(iscale, v);
@@ -130,25 +130,34 @@ fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [u8; 16]) -> f32 {
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
+    // The 18 other candidates do not depend on each other's outcome: their sums are computed
+    // side by side (each in the reference's order), then compared in the reference's order.
+    const CANDIDATES: usize = 18;
+    let mut iscales = [0.0f32; CANDIDATES];
+    for (k, v) in iscales.iter_mut().enumerate() {
+        let is = if k < 9 { k as i32 - 9 } else { k as i32 - 8 };
+        *v = -(nmax as f32 + 0.1 * is as f32) / max;
+    }
+    let (mut lx, mut l2) = ([0.0f32; CANDIDATES], [0.0f32; CANDIDATES]);
+    for &v in x {
+        let w = v * v;
+        for k in 0..CANDIDATES {
+            let qf = level(iscales[k], v) as f32;
+            lx[k] += w * v * qf;
+            l2[k] += w * qf * qf;
         }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &v in x {
-            let qf = level(iscale, v) as f32;
-            let w = v * v;
-            sumlx += w * v * qf;
-            suml2 += w * qf * qf;
+    }
+    let mut chosen = None;
+    for k in 0..CANDIDATES {
+        if l2[k] > 0.0 && lx[k] * lx[k] > best * l2[k] {
+            chosen = Some(iscales[k]);
+            scale = lx[k] / l2[k];
+            best = scale * lx[k];
         }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (i, &v) in x.iter().enumerate() {
-                l[i] = (level(iscale, v) + nmax) as u8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+    }
+    if let Some(iscale) = chosen {
+        for (i, &v) in x.iter().enumerate() {
+            l[i] = (level(iscale, v) + nmax) as u8;
         }
     }
     scale
