@@ -461,3 +461,21 @@ fn recipe_writes_gguf_files_and_push_publishes_them() {
         );
     }
 }
+
+/// A type llama.cpp has but burnish does not write is a recipe error at its line, with a hint.
+#[test]
+fn recipe_rejects_unknown_gguf_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(root().join("recipes/demo.yaml")).unwrap();
+    let text = demo.replace("  merge: true\n", "  merge: true\n  gguf: [q8_0, q4_k_s]\n");
+    assert_ne!(text, demo);
+    let r = write_recipe(tmp.path(), "r.yaml", &text);
+    let o = burnish(&["validate", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("output.gguf.1: 'q4_k_s' is not one of")
+            && stderr(&o).contains("did you mean 'q4_k_m'"),
+        "{}",
+        stderr(&o)
+    );
+}
