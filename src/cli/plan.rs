@@ -9,8 +9,9 @@ use crate::backend::DeviceSpec;
 use crate::cli::inspect::group_digits;
 use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
+use crate::observe::human_bytes;
 use crate::recipe::LoadedRecipe;
-use crate::train::memory::{ASSUMPTIONS, Device, Workload, estimate, human_bytes};
+use crate::train::memory::{ASSUMPTIONS, Device, Workload, estimate};
 use crate::train::setup::RunSetup;
 
 #[derive(clap::Args, Debug)]

@@ -245,6 +245,9 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
 
     // output, logging, hub
+    for (i, t) in r.output.gguf.iter().enumerate() {
+        c.one_of(&format!("output.gguf.{i}"), t, crate::export::EXPORT_TYPES);
+    }
     if r.logging.every == 0 {
         c.bad("logging.every", "must be at least 1");
     }

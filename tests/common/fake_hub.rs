@@ -295,6 +295,16 @@ impl FakeHub {
             .collect()
     }
 
+    /// The LFS pointer (sha256 oid, size) the repo's head records for `path`, if it is an LFS file.
+    pub fn lfs_pointer(&self, kind: &str, id: &str, path: &str) -> Option<(String, u64)> {
+        let st = self.state.lock().unwrap();
+        let repo = st.repos.get(&(kind.to_string(), id.to_string()))?.clone();
+        match repo.head().1.get(path)? {
+            Blob::Lfs { oid, size } => Some((oid.clone(), *size)),
+            Blob::Regular(_) => None,
+        }
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
     }
