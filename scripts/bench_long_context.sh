@@ -37,7 +37,7 @@ estimate)
   for seq in 512 2048; do
     line=$(bench "$BURNISH" --shape qwen2.5-0.5b --seq-len $seq --warmup 1 --steps 2)
     read -r step peak est <<<"$(echo "$line" | field median_step_s peak_rss_bytes estimated_peak_bytes)"
-    python3 -c "import sys; s,p,e=sys.argv[1:]; p,e=int(p),int(e); print(f'qwen2.5-0.5b seq {sys.argv[4]:>5}: {float(s):7.2f} s/step  peak RSS {p/1e9:5.2f} GB  estimate {e/1e9:5.2f} GB ({(e-p)/p*100:+.0f}%)')" "$step" "$peak" "$est" "$seq"
+    python3 -c "import sys; s,p,e=sys.argv[1:4]; p,e=int(p),int(e); print(f'qwen2.5-0.5b seq {sys.argv[4]:>5}: {float(s):7.2f} s/step  peak RSS {p/1e9:5.2f} GB  estimate {e/1e9:5.2f} GB ({(e-p)/p*100:+.0f}%)')" "$step" "$peak" "$est" "$seq"
   done
   ;;
 long)

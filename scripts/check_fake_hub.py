@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check burnish's fake Hub (tests/common/fake_hub.rs) against the official Python client, and
+"""Check burnish's fake Hub (tests/common/fake_hub/) against the official Python client, and
 record what that client sent and received.
 
 Starts the fake as a server (`cargo run --example fake_hub`, scripts/fake_hub.rs), drives it

@@ -4,7 +4,7 @@
 //!
 //!     cargo run --example fake_hub -- transcript.json
 
-#[path = "../tests/common/fake_hub.rs"]
+#[path = "../tests/common/fake_hub/mod.rs"]
 mod fake_hub;
 
 use std::io::Read;

@@ -4,7 +4,7 @@
 //! burnish's merged model, bad input, and a recipe run that publishes GGUF files.
 
 mod common;
-#[path = "common/fake_hub.rs"]
+#[path = "common/fake_hub/mod.rs"]
 mod fake_hub;
 
 use burnish::model::safetensors_out::{F32Tensor, write_f32};

@@ -1,9 +1,9 @@
-//! The Hub against an in-process fake on 127.0.0.1 (tests/common/fake_hub.rs, checked against
+//! The Hub against an in-process fake on 127.0.0.1 (tests/common/fake_hub/, checked against
 //! the official Python client by scripts/check_fake_hub.py): downloads into the standard cache,
 //! offline mode, pushes with basic and multipart LFS, resumed pushes, errors, model cards.
 
 mod common;
-#[path = "common/fake_hub.rs"]
+#[path = "common/fake_hub/mod.rs"]
 mod fake_hub;
 
 use std::path::Path;

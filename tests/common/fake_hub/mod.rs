@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tiny_http::{Header, Method, Server};
 
+mod reply;
+use reply::{Reply, exchange_record};
+
 /// A file in a commit: inline bytes (regular) or an LFS object id.
 #[derive(Clone, Debug)]
 pub enum Blob {
@@ -70,107 +73,6 @@ fn sha256_hex(b: &[u8]) -> String {
 
 fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header")
-}
-
-/// An answer before it is sent: kept as plain data so it can be recorded.
-pub struct Reply {
-    status: u16,
-    headers: Vec<Header>,
-    data: Vec<u8>,
-}
-
-impl Reply {
-    fn from_data(data: Vec<u8>) -> Self {
-        Self {
-            status: 200,
-            headers: Vec::new(),
-            data,
-        }
-    }
-
-    fn with_status_code(mut self, status: u16) -> Self {
-        self.status = status;
-        self
-    }
-
-    fn with_header(mut self, h: Header) -> Self {
-        self.headers.push(h);
-        self
-    }
-
-    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut r = tiny_http::Response::from_data(self.data).with_status_code(self.status);
-        for h in self.headers {
-            r = r.with_header(h);
-        }
-        r
-    }
-}
-
-/// The headers a client reads the protocol from (others, like Date or Server, vary).
-const RECORDED_HEADERS: [&str; 9] = [
-    "Content-Type",
-    "Content-Range",
-    "ETag",
-    "Location",
-    "X-Repo-Commit",
-    "X-Linked-Etag",
-    "X-Linked-Size",
-    "X-Error-Code",
-    "X-Error-Message",
-];
-
-/// One exchange as JSON: method, path with query, the request's recorded headers and body,
-/// the status, recorded headers and body of the answer. Bodies are text when they are UTF-8,
-/// else base64; the servers' own addresses become `{API}` and `{CDN}` so a transcript replays
-/// against another instance.
-pub fn exchange_record(
-    method: &str,
-    url: &str,
-    req_headers: &[(String, String)],
-    body: &[u8],
-    reply: &Reply,
-    addrs: (&str, &str),
-) -> Value {
-    let norm = |t: &str| t.replace(addrs.0, "{API}").replace(addrs.1, "{CDN}");
-    let body_json = |b: &[u8]| match std::str::from_utf8(b) {
-        Ok(t) => json!({"text": norm(t)}),
-        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(b)}),
-    };
-    let keep = |name: &str| {
-        RECORDED_HEADERS
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-    };
-    let headers = |hs: Vec<(String, String)>| -> Value {
-        let mut hs: Vec<(String, String)> = hs
-            .into_iter()
-            .filter(|(k, _)| {
-                keep(k)
-                    || ["Range", "Authorization"]
-                        .iter()
-                        .any(|h| h.eq_ignore_ascii_case(k))
-            })
-            .map(|(k, v)| (k.to_ascii_lowercase(), norm(&v)))
-            .collect();
-        hs.sort();
-        hs.into_iter().map(|(k, v)| json!([k, v])).collect()
-    };
-    json!({
-        "method": method,
-        "url": norm(url),
-        "request_headers": headers(req_headers.to_vec()),
-        "request_body": body_json(body),
-        "status": reply.status,
-        "response_headers": headers(
-            reply
-                .headers
-                .iter()
-                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-                .collect()
-        ),
-        "response_body": body_json(&reply.data),
-    })
 }
 
 fn json_reply(status: u16, v: Value) -> Reply {
