@@ -14,7 +14,7 @@ use crate::model::quant::QuantSpec;
 
 /// What the estimate assumes, for `plan` to print.
 pub const ASSUMPTIONS: &str = "one micro-batch of the longest row; CPU: f32 weights and \
-activations, two 64-row attention blocks per thread, ~0.15 GB for the program itself; CUDA: \
+activations, two 64-row attention blocks per thread, ~40 MB for the program itself; CUDA: \
 bf16 weights and activations, f32 adapters, logits and attention statistics, allocator \
 caching not counted";
 
@@ -68,7 +68,7 @@ pub fn projection_parameters(config: &ModelConfig) -> u64 {
 }
 
 /// Resident size of the CPU program before any tensor (code, runtime, thread stacks).
-const CPU_PROGRAM_BYTES: u64 = 150 << 20;
+const CPU_PROGRAM_BYTES: u64 = 40 << 20;
 
 pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     let c = w.config;
