@@ -64,7 +64,7 @@ def main():
         ("unknown scheduler", ["validate", recipe("s.yaml", GOOD + "train: {scheduler: {name: cosin}}\n")], "did you mean 'cosine'"),
         ("unknown optimizer", ["validate", recipe("o.yaml", GOOD + "train: {optimizer: {name: sgd}}\n")], "train.optimizer.name"),
         ("unknown device", ["validate", recipe("d.yaml", GOOD + "train: {device: tpu}\n")], "train.device"),
-        ("unknown dtype", ["validate", recipe("dt.yaml", GOOD + "model: {base: builtin:tiny-qwen2, dtype: fp8}\n")], "model"),
+        ("unknown dtype", ["validate", recipe("dt.yaml", GOOD.replace("builtin:tiny-qwen2}", "builtin:tiny-qwen2, dtype: fp8}"))], "model.dtype"),
         ("negative lr", ["validate", recipe("lr.yaml", GOOD + "train: {optimizer: {lr: -1}}\n")], "train.optimizer.lr"),
         ("dropout 1", ["validate", recipe("dr.yaml", GOOD + "lora: {dropout: 1.0}\n")], "lora.dropout"),
         ("rank 0", ["validate", recipe("r.yaml", GOOD + "lora: {r: 0}\n")], "lora.r"),
