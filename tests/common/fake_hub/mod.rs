@@ -12,10 +12,10 @@ use std::thread::JoinHandle;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tiny_http::{Header, Method, Server};
+use tiny_http::{Method, Server};
 
 mod reply;
-use reply::{Reply, exchange_record};
+use reply::{Reply, exchange_record, header, percent_decode, serve_bytes};
 
 /// A file in a commit: inline bytes (regular) or an LFS object id.
 #[derive(Clone, Debug)]
@@ -69,10 +69,6 @@ pub struct FakeHub {
 
 fn sha256_hex(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header")
 }
 
 fn json_reply(status: u16, v: Value) -> Reply {
@@ -598,54 +594,4 @@ fn handle(
         };
     }
     error_reply(404, &format!("no route for {method} {path}"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 3 <= bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// 200 with the body, or 206 for `Range: bytes=a-b`.
-fn serve_bytes(data: &[u8], range: Option<&str>, headers: &[(&str, String)], head: bool) -> Reply {
-    let len = data.len();
-    let (status, start, end) = match range.and_then(|r| r.strip_prefix("bytes=")) {
-        Some(r) => {
-            let (a, b) = r.split_once('-').unwrap_or((r, ""));
-            let a: usize = a.parse().unwrap_or(0);
-            let b: usize = if b.is_empty() {
-                len.saturating_sub(1)
-            } else {
-                b.parse().unwrap_or(len.saturating_sub(1))
-            };
-            (206, a.min(len), (b + 1).min(len))
-        }
-        None => (200, 0, len),
-    };
-    // tiny_http leaves the body out of HEAD answers but keeps its Content-Length.
-    let _ = head;
-    let mut resp = Reply::from_data(data[start..end].to_vec()).with_status_code(status);
-    if status == 206 {
-        resp = resp.with_header(header(
-            "Content-Range",
-            &format!("bytes {start}-{}/{len}", end.saturating_sub(1)),
-        ));
-    }
-    for (k, v) in headers {
-        resp = resp.with_header(header(k, v));
-    }
-    resp
 }
