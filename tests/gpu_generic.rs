@@ -27,7 +27,7 @@ type G = Wgpu;
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
     let d = t.into_data().convert::<f32>();
-    (d.shape.clone(), d.to_vec::<f32>().unwrap())
+    (d.shape.to_vec(), d.to_vec::<f32>().unwrap())
 }
 
 fn to<B: Backend, const D: usize>(t: &Tensor<Cpu, D>) -> Tensor<B, D> {
