@@ -42,13 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let trainable = setup.trainable_parameters();
     let config = &setup.folder.config;
-    let longest = setup
-        .data
-        .train
-        .iter()
-        .map(|row| row.len())
-        .max()
-        .unwrap_or(0);
+    let longest = setup.data.longest_row();
     let quant = r.model.quantize.as_ref();
     let mem_with = |q: Option<&QuantSpec>| {
         estimate(
@@ -56,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             trainable,
             weight_bytes,
             weight_bytes as u64,
-            r.train.micro_batch_size,
+            setup.rows_per_micro_batch(),
             longest,
             loss_chunk_rows(config.vocab_size),
             q.map(|q| (q, on_gpu)),
@@ -78,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "device": if on_gpu { "cuda" } else { "cpu" },
             "dtype": format!("{dtype:?}").to_lowercase(),
             "trainable_parameters": trainable,
+            "objective": r.train.objective,
             "data": s,
             "longest_row": longest,
             "steps": c,
@@ -110,9 +105,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         group_digits(trainable)
     );
     println!(
-        "data         {} rows read, {} examples ({} train / {} validation)",
-        s.rows_read, s.examples, s.train_examples, s.validation_examples
+        "data         {} rows read, {} {} ({} train / {} validation)",
+        s.rows_read,
+        s.examples,
+        if setup.data.is_preference() {
+            "preference pairs"
+        } else {
+            "examples"
+        },
+        s.train_examples,
+        s.validation_examples
     );
+    if let Some(obj) = setup.preference_objective() {
+        println!("objective    {obj}; each pair is a chosen and a rejected row");
+    }
     println!(
         "             {} truncated, {} dropped (too long), {} dropped (nothing to train)",
         s.truncated, s.dropped_too_long, s.dropped_untrained
