@@ -14,6 +14,9 @@ Writes, under tests/fixtures/:
                                       fixed adapters (PEFT init with B randomised, so the policy
                                       and the reference differ from the first step)
   golden/preference.json              per optimizer step: TRL's loss, gradient norm and metrics
+  golden/preference-tokens.json       rows in the text, conversational and implicit-prompt
+                                      layouts and the ids TRL's DPOTrainer tokenizes them to
+                                      (Qwen2.5 tokenizer and chat template)
 
 Settings aligned with burnish (each would otherwise differ from burnish's or be random):
   - the data is already tokenized, so TRL's tokenization (`_prepare_dataset`, `tokenize_row`) is
@@ -211,9 +214,47 @@ def steps(losses, logs, names):
             for l, g in zip(losses, logs)]
 
 
+TOKEN_ROWS = [
+    # Plain text: EOS appended to the completions.
+    {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Berlin."},
+    # HH-RLHF: the prompt is the shared beginning (the space before the split goes with the
+    # completions).
+    {"chosen": "\n\nHuman: Say hi.\n\nAssistant: Hi there!",
+     "rejected": "\n\nHuman: Say hi.\n\nAssistant: No."},
+    # Conversational, explicit prompt.
+    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+     "chosen": [{"role": "assistant", "content": "4."}],
+     "rejected": [{"role": "assistant", "content": "Let me think about it for a while: 5."}]},
+    # UltraFeedback-binarized: whole conversations sharing the user turn.
+    {"chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+     "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Seven."}]},
+]
+
+
+def token_goldens():
+    """TRL's own tokenization of TOKEN_ROWS (its `_prepare_dataset`, without the model)."""
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(os.path.join(ROOT, "src", "model", "preset", "tokenizer.json"), tmp)
+        shutil.copy(os.path.join(FIX, "tokenizer-qwen2.5", "tokenizer_config.json"), tmp)
+        tok = transformers.AutoTokenizer.from_pretrained(tmp)
+        args = DPOConfig(output_dir=tmp, report_to=[], use_cpu=True, bf16=False)
+        out = []
+        for row in TOKEN_ROWS:
+            ds = datasets.Dataset.from_list([row])
+            # `_prepare_dataset` only needs the tokenizer from the trainer.
+            holder = type("Holder", (), {"_tokenizer": tok})()
+            t = DPOTrainer._prepare_dataset(holder, ds, tok, args, "train")[0]
+            out.append({"row": row, "prompt_ids": t["prompt_ids"], "chosen_ids": t["chosen_ids"],
+                        "rejected_ids": t["rejected_ids"]})
+    write_json(os.path.join(FIX, "golden", "preference-tokens.json"), out)
+
+
 def main():
     import peft
     import trl
+    token_goldens()
     rows = pairs()
     qwen = fixed_adapter("qwen2-tied", "preference-qwen2")
     llama = fixed_adapter("llama-gqa", "preference-llama")

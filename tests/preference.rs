@@ -1,5 +1,6 @@
 //! Preference tuning (DPO, ORPO): parity with TRL for three optimizer steps from a fixed adapter
-//! (scripts/make_preference_goldens.py), the first DPO step of a fresh adapter, learning on the
+//! and TRL's tokenization of text and conversational pairs (scripts/make_preference_goldens.py),
+//! the first DPO step of a fresh adapter, learning on the
 //! shipped preference set, bitwise resume after SIGKILL, data parallel, gradient checkpointing
 //! and QLoRA against the plain run, and located errors for bad rows and recipe values.
 
@@ -601,5 +602,50 @@ fn bad_preference_recipe_values_are_located() {
         let o = burnish(&["validate", r.to_str().unwrap(), "--set", set]);
         assert_eq!(o.status.code(), Some(2), "{set}");
         assert!(stderr(&o).contains(needle), "{set}: {}", stderr(&o));
+    }
+}
+
+/// Text, conversational and implicit-prompt rows tokenize to the ids TRL's DPOTrainer gives
+/// them (Qwen2.5 tokenizer and chat template; scripts/make_preference_goldens.py): exactly.
+#[test]
+fn pairs_tokenize_as_trl_does() {
+    use burnish::data::dataset::{DataPlan, LocalSource, TooLong, Validation, prepare};
+    let golden = read_json(&fixtures().join("golden/preference-tokens.json"));
+    let cases = golden.as_array().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = cases.iter().map(|c| format!("{}\n", c["row"])).collect();
+    let file = tmp.path().join("rows.jsonl");
+    std::fs::write(&file, rows).unwrap();
+    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
+    let tokenizer = burnish::model::TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    let plan = DataPlan {
+        train: vec![LocalSource {
+            files: vec![file],
+            format: Some(burnish::data::Format::Preference),
+            ..Default::default()
+        }],
+        validation: Validation::None,
+        seq_len: 512,
+        packing: false,
+        train_on_inputs: false,
+        too_long: TooLong::Truncate,
+        chat_template: None,
+        system_prompt: None,
+        seed: 1,
+        vocab_size: 151_936,
+    };
+    let data = prepare(&plan, Some(&tokenizer)).unwrap();
+    assert_eq!(data.train_pairs.len(), cases.len());
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (i, (pair, c)) in data.train_pairs.iter().zip(cases).enumerate() {
+        assert_eq!(pair.prompt, ids(&c["prompt_ids"]), "row {i} prompt");
+        assert_eq!(pair.chosen, ids(&c["chosen_ids"]), "row {i} chosen");
+        assert_eq!(pair.rejected, ids(&c["rejected_ids"]), "row {i} rejected");
     }
 }
