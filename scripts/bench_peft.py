@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa or eager)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute each decoder layer in the backward pass (as burnish's flag)")
     ap.add_argument("--quant", default="none", choices=["none", "nf4"],
                     help="nf4: QLoRA, the frozen projections in bitsandbytes NF4 with blocks of 64")
     args = ap.parse_args()
@@ -110,6 +112,9 @@ def main():
     model = peft.get_peft_model(model, peft.LoraConfig(
         r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGET_MODULES))
     model.train()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, eps=1e-8, weight_decay=0.0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), device=args.device)
@@ -134,6 +139,7 @@ def main():
         "shape": args.shape, "device": args.device, "batch": args.batch, "seq_len": args.seq_len,
         "rank": args.rank, "threads": args.threads, "attn": args.attn,
         "quantize": f"nf4/{NF4_BLOCKSIZE}" if args.quant == "nf4" else "none",
+        "gradient_checkpointing": args.gradient_checkpointing,
         "median_step_s": median, "tokens_per_s": args.batch * args.seq_len / median,
         "step_times_s": times, "loss_last": loss_value,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

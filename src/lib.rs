@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod hub;
 pub mod lora;

@@ -390,3 +390,39 @@ fn finished_runs_stay_as_they_are_and_leftovers_go() {
     assert!(!stale.exists());
     assert_tensorboard_without_repeats(&out3, "after a stale event file");
 }
+
+/// Gradient checkpointing with dropout: the recomputed layers draw the same masks, and a run
+/// killed and resumed ends with the uninterrupted run's adapter, checkpoints and metrics.
+#[test]
+fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
+    let steps = 24;
+    let with_ckpt = |out: &Path| -> std::path::PathBuf {
+        let r = recipe(tmp.path(), out, &rows, steps, 8);
+        let text = std::fs::read_to_string(&r).unwrap().replace(
+            "  keep_last: 2\n",
+            "  keep_last: 2\n  gradient_checkpointing: true\n",
+        );
+        std::fs::write(&r, text).unwrap();
+        r
+    };
+    let ref_out = tmp.path().join("ref");
+    let o = burnish(&["train", with_ckpt(&ref_out).to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let out = tmp.path().join("killed");
+    let r = with_ckpt(&out);
+    let mut child = spawn_train(&r, &[]);
+    wait_for_step(&out, 7, &mut child);
+    kill(&child, "-KILL");
+    child.wait().unwrap();
+    let o = burnish(&["train", r.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics_text(&out), metrics_text(&ref_out));
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(ref_out.join("adapter/adapter_model.safetensors")).unwrap()
+    );
+    assert_same_checkpoints(&ref_out, &out, "checkpointing + dropout");
+}

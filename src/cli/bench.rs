@@ -73,16 +73,19 @@ pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} {}x{} r={} quantize={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB, RSS after warm-up {:.2} GB -> end {:.2} GB",
+            "{} {} {}x{} r={} quantize={} dropout={} checkpointing={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB (estimate {:.2} GB), RSS after warm-up {:.2} GB -> end {:.2} GB",
             r.shape,
             r.device,
             r.batch,
             r.seq_len,
             r.rank,
             r.quantize,
+            r.dropout,
+            r.gradient_checkpointing,
             r.median_step_s,
             r.tokens_per_s,
             r.peak_rss_bytes as f64 / 1e9,
+            r.estimated_peak_bytes as f64 / 1e9,
             r.rss_after_warmup_bytes as f64 / 1e9,
             r.rss_end_bytes as f64 / 1e9
         );

@@ -29,6 +29,9 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
         if let Some(e) = cause.downcast_ref::<crate::train::step::StepError>() {
             return e.is_user_error();
         }
+        if let Some(e) = cause.downcast_ref::<crate::export::ExportError>() {
+            return e.is_user_error();
+        }
         if cause.downcast_ref::<UserError>().is_some() {
             return true;
         }

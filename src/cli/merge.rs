@@ -99,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         license: crate::hub::card::license_of(&base_dir),
         datasets: vec![],
         summary: None,
+        gguf: vec![],
     };
     crate::hub::card::ensure(&args.out, &card)?;
     if args.verify {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod download;
 pub mod eval;
 pub mod exit;
+pub mod export;
 pub mod flags;
 pub mod generate;
 pub mod inspect;
@@ -63,6 +64,8 @@ pub enum Command {
     Plot(plot::Args),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(merge::Args),
+    /// Write a GGUF file for llama.cpp, Ollama and LM Studio (from a merged folder or base + adapter).
+    Export(export::Args),
     /// Coordinate the nodes of a multi-machine data-parallel run (runs until interrupted).
     Orchestrator(orchestrator::Args),
 }
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run_generate(args),
         Command::Chat(args) => generate::run_chat(args),
         Command::Merge(args) => merge::run(args),
+        Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),

@@ -9,8 +9,9 @@ use crate::backend::DeviceSpec;
 use crate::cli::inspect::group_digits;
 use crate::model::loss::loss_chunk_rows;
 use crate::model::quant::QuantSpec;
+use crate::observe::human_bytes;
 use crate::recipe::LoadedRecipe;
-use crate::train::memory::{estimate, human_bytes};
+use crate::train::memory::{ASSUMPTIONS, Device, Workload, estimate};
 use crate::train::setup::RunSetup;
 
 #[derive(clap::Args, Debug)]
@@ -35,27 +36,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         DeviceSpec::Auto => crate::backend::cuda_available(),
     };
     let dtype = r.model.dtype.resolve(on_gpu);
-    let weight_bytes = if dtype == burn::tensor::DType::F32 {
-        4.0
+    let dtype_bytes = if dtype == burn::tensor::DType::F32 {
+        4
     } else {
-        2.0
+        2
     };
     let trainable = setup.trainable_parameters();
     let config = &setup.folder.config;
     let longest = setup.data.longest_row();
     let quant = r.model.quantize.as_ref();
-    let mem_with = |q: Option<&QuantSpec>| {
-        estimate(
+    let mem_with = |quant: Option<&QuantSpec>| {
+        estimate(&Workload {
             config,
+            device: if on_gpu { Device::Cuda } else { Device::Cpu },
             trainable,
-            weight_bytes,
-            weight_bytes as u64,
-            setup.rows_per_micro_batch(),
-            longest,
-            loss_chunk_rows(config.vocab_size),
-            q.map(|q| (q, on_gpu)),
-            r.train.gradient_checkpointing,
-        )
+            dtype_bytes,
+            micro_batch: setup.rows_per_micro_batch(),
+            seq_len: longest,
+            loss_chunk_rows: loss_chunk_rows(config.vocab_size),
+            rank: r.lora.r,
+            quant,
+            gradient_checkpointing: r.train.gradient_checkpointing,
+            threads: rayon::current_num_threads(),
+        })
     };
     let mem = mem_with(quant);
     // The other side of the comparison: unquantized when the recipe quantizes, else 4-bit.
@@ -77,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "longest_row": longest,
             "steps": c,
             "memory": mem,
+            "memory_assumptions": ASSUMPTIONS,
             "gradient_checkpointing": r.train.gradient_checkpointing,
             "quantize": quant,
             "memory_unquantized": if quant.is_some() { Some(other) } else { None },
@@ -140,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         r.train.grad_accum
     );
     println!(
-        "memory       ~{} total: weights {}, adapter+optimizer {}, activations {}{} (estimate)",
+        "memory       ~{} total: weights {}, adapter+optimizer {}, activations {}{}, workspace {} (estimate)",
         human_bytes(mem.total_bytes),
         human_bytes(mem.weights_bytes),
         human_bytes(mem.adapter_optimizer_bytes),
@@ -149,8 +153,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             " with gradient checkpointing"
         } else {
             ""
-        }
+        },
+        human_bytes(mem.workspace_bytes)
     );
+    println!("             assumes {ASSUMPTIONS}");
     match quant {
         Some(q) => println!(
             "             base projections quantized to {} bits (blocks of {}); without \

@@ -7,7 +7,7 @@ use crate::error::user;
 use crate::hub::HubEnv;
 use crate::hub::card;
 use crate::hub::upload::{HubClient, PushOptions, UploadMode, expected_mode, folder_files};
-use crate::train::memory::human_bytes;
+use crate::observe::human_bytes;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

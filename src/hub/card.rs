@@ -35,6 +35,72 @@ pub struct CardInfo {
     pub license: Option<String>,
     pub datasets: Vec<String>,
     pub summary: Option<RunSummary>,
+    /// GGUF files published beside a merged model.
+    pub gguf: Vec<GgufFile>,
+}
+
+/// A `.gguf` file of the folder: name, llama.cpp type label (`Q4_K_M`) and size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufFile {
+    pub name: String,
+    pub label: String,
+    pub size: u64,
+}
+
+/// The `.gguf` files directly in `dir`, sorted by name; the type label is the file name's last
+/// `-` part when it is written like one (`run-Q8_0.gguf`).
+pub fn gguf_files(dir: &Path) -> Vec<GgufFile> {
+    let mut out: Vec<GgufFile> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".gguf")?;
+            let size = e.metadata().ok().filter(|m| m.is_file())?.len();
+            // `run-Q4_K_M.gguf`: the type label as `burnish export` names its files.
+            let label = stem
+                .rsplit_once('-')
+                .map(|(_, l)| l)
+                .filter(|l| {
+                    l.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                })
+                .unwrap_or_default()
+                .to_string();
+            Some(GgufFile { name, label, size })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The card section that lists GGUF files and how to run them in llama.cpp and Ollama.
+fn gguf_section(files: &[GgufFile]) -> String {
+    let mut s = String::from(
+        "## GGUF\n\nFor llama.cpp, Ollama and LM Studio (written by `burnish export`):\n\n\
+         | File | Type | Size |\n| --- | --- | --- |\n",
+    );
+    for f in files {
+        s.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            f.name,
+            f.label,
+            crate::observe::human_bytes(f.size)
+        ));
+    }
+    let f = &files[0];
+    let tag = if f.label.is_empty() {
+        "latest"
+    } else {
+        &f.label
+    };
+    s.push_str(&format!(
+        "\n```sh\n# llama.cpp, from a download or straight from the Hub\nllama-cli -m {} -cnv\n\
+         llama-cli -hf <this repo>:{tag} -cnv\n# Ollama\nollama run hf.co/<this repo>:{tag}\n```\n\n",
+        f.name
+    ));
+    s
 }
 
 /// Whether a model reference is a Hub repo id (only those go into `base_model`).
@@ -87,6 +153,9 @@ pub fn render(info: &CardInfo) -> String {
     if info.kind == CardKind::Adapter {
         fm.push("- peft".into());
     }
+    if !info.gguf.is_empty() {
+        fm.push("- gguf".into());
+    }
     if !info.datasets.is_empty() {
         fm.push("datasets:".into());
         for d in &info.datasets {
@@ -123,6 +192,9 @@ pub fn render(info: &CardInfo) -> String {
         CardKind::Merged => body.push_str("from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(\"<this repo>\")\ntokenizer = AutoTokenizer.from_pretrained(\"<this repo>\")\n"),
     }
     body.push_str("```\n\n");
+    if !info.gguf.is_empty() {
+        body.push_str(&gguf_section(&info.gguf));
+    }
     if let Some(s) = &info.summary {
         body.push_str("## Training\n\n");
         if !s.objective.is_empty() {
@@ -184,6 +256,7 @@ pub fn infer(dir: &Path) -> Option<CardInfo> {
             license: None,
             datasets: vec![],
             summary: None,
+            gguf: vec![],
         });
     }
     let cfg = read("config.json")?;
@@ -196,5 +269,6 @@ pub fn infer(dir: &Path) -> Option<CardInfo> {
         license: None,
         datasets: vec![],
         summary: None,
+        gguf: gguf_files(dir),
     })
 }

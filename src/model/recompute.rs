@@ -168,6 +168,9 @@ impl CheckpointLayer for burn::backend::Flex {}
 #[cfg(feature = "cuda")]
 impl CheckpointLayer for burn::backend::Cuda {}
 
+#[cfg(feature = "wgpu-tests")]
+impl CheckpointLayer for burn::backend::Wgpu {}
+
 /// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
 /// factors of the seven projections (the input again where a projection has no adapter).
 #[derive(Debug)]

@@ -355,7 +355,7 @@ impl Section for DistributedSection {
 }
 
 impl Section for OutputSection {
-    const FIELDS: &'static [&'static str] = &["dir", "merge", "merge_dtype"];
+    const FIELDS: &'static [&'static str] = &["dir", "merge", "merge_dtype", "gguf"];
 }
 
 impl Section for LoggingSection {

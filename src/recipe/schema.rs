@@ -380,6 +380,9 @@ pub struct OutputSection {
     pub merge: bool,
     /// Precision of the merged model: `auto` (the base's on-disk dtype), `f32`, `bf16`, `f16`.
     pub merge_dtype: MergeDtype,
+    /// GGUF files to write from the merged model (implies `merge`): any of f16, bf16, q8_0,
+    /// q4_0, q4_k_m, q6_k, written as `<dir>/merged/<run>-<TYPE>.gguf`.
+    pub gguf: Vec<String>,
 }
 
 impl Default for OutputSection {
@@ -388,6 +391,7 @@ impl Default for OutputSection {
             dir: String::new(),
             merge: false,
             merge_dtype: MergeDtype::Auto,
+            gguf: Vec::new(),
         }
     }
 }

@@ -246,6 +246,9 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     check_objective(&mut c, r, recipe_path);
 
     // output, logging, hub
+    for (i, t) in r.output.gguf.iter().enumerate() {
+        c.one_of(&format!("output.gguf.{i}"), t, crate::export::EXPORT_TYPES);
+    }
     if r.logging.every == 0 {
         c.bad("logging.every", "must be at least 1");
     }

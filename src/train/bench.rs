@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
+use super::memory::{Device, Workload, estimate};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::signals::StopFlag;
 use super::step::{StepSettings, take_step};
@@ -18,6 +19,7 @@ use super::sync::SingleProcess;
 use crate::data::PackedRow;
 use crate::data::batch::TokenizedExample;
 use crate::lora::attach::{attach, init_factors};
+use crate::lora::settings::trainable_parameters;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
 use crate::model::kernels::profile;
 use crate::model::load::RandomWeights;
@@ -68,6 +70,8 @@ pub struct BenchResult {
     pub step_times_s: Vec<f64>,
     /// Peak resident memory of the process (CPU).
     pub peak_rss_bytes: u64,
+    /// `plan`'s estimate of the peak for this run (the same function, this shape and batch).
+    pub estimated_peak_bytes: u64,
     /// Resident memory after warm-up and at the end: flat means no leak.
     pub rss_after_warmup_bytes: u64,
     pub rss_end_bytes: u64,
@@ -226,6 +230,23 @@ pub fn run<B: TrainBackend>(
         }
         tracing::info!("step {}: {:.3}s", step + 1, elapsed);
     }
+    let estimated = estimate(&Workload {
+        config: &config,
+        device: if device_name == "cuda" {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        },
+        trainable: trainable_parameters(&targets),
+        dtype_bytes: if spec.dtype == DType::F32 { 4 } else { 2 },
+        micro_batch: spec.batch,
+        seq_len: spec.seq_len,
+        loss_chunk_rows: loss_chunk_rows(config.vocab_size),
+        rank: spec.rank,
+        quant: spec.quantize.as_ref(),
+        gradient_checkpointing: spec.gradient_checkpointing,
+        threads: rayon::current_num_threads(),
+    });
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
@@ -254,6 +275,7 @@ pub fn run<B: TrainBackend>(
         tokens_per_s: (spec.batch * spec.seq_len) as f64 / median,
         step_times_s: times,
         peak_rss_bytes: peak_rss(),
+        estimated_peak_bytes: estimated.total_bytes,
         rss_after_warmup_bytes: rss_after_warmup,
         rss_end_bytes: current_rss(),
         loss_first,

@@ -1,6 +1,10 @@
-//! A memory estimate for `plan`: frozen weights, adapter + gradients + AdamW moments, and
-//! activations kept for the backward pass. It is an estimate (allocator slack and temporaries are
-//! not modelled); BENCHMARKS.md compares it with measured peaks.
+//! A memory estimate for `plan` and `bench`: frozen weights, adapter + gradients + AdamW
+//! moments, the activations the backward pass keeps, and the largest temporaries of a step.
+//! It follows what the kernels keep: per layer the norm inputs, the attention's q, k, v,
+//! output and one f32 log-sum-exp per head and token (never `[heads, seq, seq]`), the MLP's
+//! gate, up and product; with gradient checkpointing only each layer's input, plus one layer
+//! recomputed. BENCHMARKS.md compares it with measured peaks; [`ASSUMPTIONS`] says what it
+//! leaves out.
 
 use serde::Serialize;
 
@@ -8,12 +12,48 @@ use crate::model::ModelConfig;
 use crate::model::params::LINEAR_MODULES;
 use crate::model::quant::QuantSpec;
 
+/// What the estimate assumes, for `plan` to print.
+pub const ASSUMPTIONS: &str = "one micro-batch of the longest row; CPU: f32 weights and \
+activations, two 64-row attention blocks per thread, ~40 MB for the program itself; CUDA: \
+bf16 weights and activations, f32 adapters, logits and attention statistics, allocator \
+caching not counted";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// The run being estimated.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload<'a> {
+    pub config: &'a ModelConfig,
+    pub device: Device,
+    pub trainable: u64,
+    /// Bytes per frozen weight and per activation: 4 (f32) or 2 (bf16).
+    pub dtype_bytes: u64,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub loss_chunk_rows: usize,
+    /// LoRA rank (for the rank-r products each projection keeps).
+    pub rank: usize,
+    pub quant: Option<&'a QuantSpec>,
+    pub gradient_checkpointing: bool,
+    /// CPU threads (attention scratch is per thread).
+    pub threads: usize,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct MemoryEstimate {
     pub weights_bytes: u64,
     /// LoRA factors, their gradients and both AdamW moments (f32: 16 bytes per parameter).
     pub adapter_optimizer_bytes: u64,
+    /// What the backward pass keeps, all layers.
     pub activation_bytes: u64,
+    /// The largest transients of a step: one layer's backward, the loss chunk, scratch, and the
+    /// program itself on the CPU.
+    pub workspace_bytes: u64,
     pub total_bytes: u64,
 }
 
@@ -27,71 +67,96 @@ pub fn projection_parameters(config: &ModelConfig) -> u64 {
     per_layer * config.num_layers as u64
 }
 
-/// `weight_bytes_per_param`: 4 (f32) or 2 (bf16). With `quant` (and whether the device is a
-/// GPU, which packs 4-bit values), the projections count at their quantized size instead.
-#[allow(clippy::too_many_arguments)]
-pub fn estimate(
-    config: &ModelConfig,
-    trainable: u64,
-    weight_bytes_per_param: f64,
-    activation_bytes: u64,
-    micro_batch: usize,
-    seq_len: usize,
-    loss_chunk_rows: usize,
-    quant: Option<(&QuantSpec, bool)>,
-    gradient_checkpointing: bool,
-) -> MemoryEstimate {
-    let all = config.parameter_count();
-    let weights = match quant {
-        None => (all as f64 * weight_bytes_per_param) as u64,
-        Some((spec, on_gpu)) => {
-            let proj = projection_parameters(config);
-            ((all - proj) as f64 * weight_bytes_per_param) as u64 + spec.bytes(proj, on_gpu)
+/// Resident size of the CPU program before any tensor (code, runtime, thread stacks).
+const CPU_PROGRAM_BYTES: u64 = 40 << 20;
+
+pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
+    let c = w.config;
+    let on_gpu = w.device == Device::Cuda;
+    let all = c.parameter_count();
+    let weights = match w.quant {
+        None => all * w.dtype_bytes,
+        Some(spec) => {
+            let proj = projection_parameters(c);
+            (all - proj) * w.dtype_bytes + spec.bytes(proj, on_gpu)
         }
     };
-    let adapter = trainable * 16;
-    let (b, s) = (micro_batch as u64, seq_len as u64);
+    let adapter = w.trainable * 16;
+    let tokens = (w.micro_batch * w.seq_len) as u64;
     let (h, i, nh) = (
-        config.hidden_size as u64,
-        config.intermediate_size as u64,
-        config.num_heads as u64,
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.num_heads as u64,
     );
-    let q = config.q_dim() as u64;
-    let kv = config.kv_dim() as u64;
-    // Per layer and token, what autodiff keeps: norm inputs/outputs (4h), q/k/v/o inputs and
-    // outputs (h + q + 2kv + q, rotated q/k again), MLP inputs, gate/up outputs and their product
-    // (h + 3i), residuals (2h); plus the attention scores and probabilities (2 * heads * seq, f32).
-    let per_token = 8 * h + 3 * q + 4 * kv + 3 * i;
-    let per_layer = b * s * per_token * activation_bytes + b * nh * s * s * 4 * 2;
-    let layers = if gradient_checkpointing {
-        // Each layer's input, plus one layer's activations while it is recomputed.
-        b * s * h * activation_bytes * config.num_layers as u64 + per_layer
+    let (qd, kv, a) = (c.q_dim() as u64, c.kv_dim() as u64, w.dtype_bytes);
+    let qk_norm = if c.qk_norm { qd + kv } else { 0 };
+    // Per layer and token, what the backward keeps: the layer input and the two norm outputs
+    // (the projections share them), the residual, rotated q and k, v, the attention output,
+    // the MLP's gate, up and product (model dtype); the f32 log-sum-exp per head and the f32
+    // `x A^T` of the seven projections.
+    let per_token =
+        (4 * h + 2 * qd + 2 * kv + 3 * i + qk_norm) * a + nh * 4 + 7 * w.rank as u64 * 4;
+    let layer = tokens * per_token;
+    let layers = c.num_layers as u64;
+    let kept = if w.gradient_checkpointing {
+        // Each layer's input, and one layer's activations while it is recomputed.
+        tokens * h * a * layers + layer
     } else {
-        per_layer * config.num_layers as u64
+        layer * layers
     };
-    // The loss processes `loss_chunk_rows` rows of logits at a time (f32 logits and their gradient).
-    let logits = loss_chunk_rows.min((b * s) as usize) as u64 * config.vocab_size as u64 * 4 * 2;
-    let activations = layers + logits + b * s * h * 4 * 2;
+    // A layer's backward holds gradients of its widest activations at once (the MLP's three
+    // intermediate-size tensors and two of hidden size), plus, with dropout, an f32 copy of a
+    // projection's input.
+    let backward = tokens * (3 * i + 2 * h) * a + tokens * i * 4;
+    // Attention scratch: per CPU thread, a 64-row block's scores and their gradient over all
+    // keys; the composed path's tiles are a few `heads x 128 x 128` f32 blocks.
+    let attention = if on_gpu {
+        w.micro_batch as u64 * nh * 128 * 128 * 4 * 6
+    } else {
+        w.threads.max(1) as u64 * 64 * w.seq_len as u64 * 4 * 2
+    };
+    // The loss: one chunk of f32 logits (three on the composed path: log-softmax, exp and
+    // the gradient), and the gradient with respect to the trained rows' hidden states.
+    let chunk = w.loss_chunk_rows.min(tokens as usize) as u64 * c.vocab_size as u64 * 4;
+    let loss = if on_gpu { 3 * chunk } else { chunk } + tokens * h * 4;
+    let program = if on_gpu { 0 } else { CPU_PROGRAM_BYTES };
+    let workspace = backward.max(attention) + loss + program;
     MemoryEstimate {
         weights_bytes: weights,
         adapter_optimizer_bytes: adapter,
-        activation_bytes: activations,
-        total_bytes: weights + adapter + activations,
+        activation_bytes: kept,
+        workspace_bytes: workspace,
+        total_bytes: weights + adapter + kept + workspace,
     }
 }
 
-/// 1536 -> "1.5 KiB", in binary units.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Activations grow linearly in the sequence length (no `seq^2` term); checkpointing
+    /// keeps far less.
+    #[test]
+    fn linear_in_sequence_length() {
+        let config = crate::train::bench::shape_config("qwen2.5-0.5b").unwrap();
+        let at = |seq_len: usize, ckpt: bool| {
+            estimate(&Workload {
+                config: &config,
+                device: Device::Cpu,
+                trainable: 8_798_208,
+                dtype_bytes: 4,
+                micro_batch: 1,
+                seq_len,
+                loss_chunk_rows: 276,
+                rank: 16,
+                quant: None,
+                gradient_checkpointing: ckpt,
+                threads: 2,
+            })
+            .activation_bytes
+        };
+        let (a2, a4, a8) = (at(2048, false), at(4096, false), at(8192, false));
+        assert_eq!(a8 - a4, 2 * (a4 - a2));
+        assert!(at(8192, true) * 8 < a8);
     }
 }

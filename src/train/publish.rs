@@ -64,6 +64,7 @@ fn write_card(
         license: card::license_of(&setup.folder.dir),
         datasets: hub_datasets(setup.recipe()),
         summary: Some(summary.clone()),
+        gguf: card::gguf_files(dir),
     };
     std::fs::write(dir.join("README.md"), card::render(&info))?;
     Ok(())
@@ -121,6 +122,7 @@ pub fn finish(
         write_card(&adapter_dir, CardKind::Adapter, setup, &summary)?;
     }
     let wants_merged = r.output.merge
+        || !r.output.gguf.is_empty()
         || force_merge
         || (r.hub.repo.is_some() && r.hub.push.contains(&PushWhat::Merged));
     let merged_dir = out.join("merged");
@@ -151,6 +153,7 @@ pub fn finish(
             merged_dir.display(),
             report.merged_tensors
         );
+        crate::export::write_run_files(&merged_dir, &r.output.gguf, out)?;
         write_card(&merged_dir, CardKind::Merged, setup, &summary)?;
         produced = true;
         Some(merged_dir)

@@ -210,3 +210,7 @@ pub trait Kernels: Backend {
 
 #[cfg(feature = "cuda")]
 impl Kernels for burn::backend::Cuda {}
+
+/// The wgpu runtime, for testing the composed kernels on a CubeCL backend without a GPU.
+#[cfg(feature = "wgpu-tests")]
+impl Kernels for burn::backend::Wgpu {}

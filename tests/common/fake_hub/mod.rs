@@ -12,7 +12,10 @@ use std::thread::JoinHandle;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tiny_http::{Header, Method, Response, Server};
+use tiny_http::{Method, Server};
+
+mod reply;
+use reply::{Reply, exchange_record, header, percent_decode, serve_bytes};
 
 /// A file in a commit: inline bytes (regular) or an LFS object id.
 #[derive(Clone, Debug)]
@@ -51,10 +54,14 @@ pub struct State {
     pub log: Vec<String>,
     /// LFS objects larger than this use multipart uploads with this chunk size.
     pub multipart_chunk: u64,
+    /// When set, every exchange is recorded here (see [`exchange_record`]).
+    pub transcript: Option<Vec<Value>>,
 }
 
 pub struct FakeHub {
     pub url: String,
+    /// The other origin, where LFS downloads are served (like the real CDN).
+    pub cdn_url: String,
     pub state: Arc<Mutex<State>>,
     servers: Vec<Arc<Server>>,
     threads: Vec<JoinHandle<()>>,
@@ -64,14 +71,8 @@ fn sha256_hex(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header")
-}
-
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
-
 fn json_reply(status: u16, v: Value) -> Reply {
-    Response::from_data(v.to_string().into_bytes())
+    Reply::from_data(v.to_string().into_bytes())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"))
 }
@@ -103,13 +104,31 @@ impl FakeHub {
             let (st, base, cdn_base) = (state.clone(), url.clone(), cdn_url.clone());
             threads.push(std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
-                    let reply = handle(&st, &base, &cdn_base, &mut req);
-                    let _ = req.respond(reply);
+                    let mut body = Vec::new();
+                    let _ = req.as_reader().read_to_end(&mut body);
+                    let reply = handle(&st, &base, &cdn_base, &req, &body);
+                    if let Some(t) = st.lock().unwrap().transcript.as_mut() {
+                        let headers: Vec<(String, String)> = req
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                            .collect();
+                        t.push(exchange_record(
+                            req.method().as_str(),
+                            req.url(),
+                            &headers,
+                            &body,
+                            &reply,
+                            (&base, &cdn_base),
+                        ));
+                    }
+                    let _ = req.respond(reply.into_response());
                 }
             }));
         }
         Self {
             url,
+            cdn_url,
             state,
             servers: vec![api, cdn],
             threads,
@@ -174,6 +193,16 @@ impl FakeHub {
             .collect()
     }
 
+    /// The LFS pointer (sha256 oid, size) the repo's head records for `path`, if it is an LFS file.
+    pub fn lfs_pointer(&self, kind: &str, id: &str, path: &str) -> Option<(String, u64)> {
+        let st = self.state.lock().unwrap();
+        let repo = st.repos.get(&(kind.to_string(), id.to_string()))?.clone();
+        match repo.head().1.get(path)? {
+            Blob::Lfs { oid, size } => Some((oid.clone(), *size)),
+            Blob::Regular(_) => None,
+        }
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
     }
@@ -207,12 +236,17 @@ fn split_kind(path: &str) -> (&'static str, &str) {
     }
 }
 
-fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http::Request) -> Reply {
+fn handle(
+    state: &Arc<Mutex<State>>,
+    base: &str,
+    cdn: &str,
+    req: &tiny_http::Request,
+    body: &[u8],
+) -> Reply {
     let method = req.method().clone();
     let url = req.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
-    let mut body = Vec::new();
-    let _ = req.as_reader().read_to_end(&mut body);
+    let body = body.to_vec();
     let mut st = state.lock().unwrap();
     st.log.push(format!("{method} {path}"));
     if let Some(i) = st
@@ -371,7 +405,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             })
             .collect();
         let transfer = if multipart { "multipart" } else { "basic" };
-        return Response::from_data(
+        return Reply::from_data(
             json!({"transfer": transfer, "objects": objects})
                 .to_string()
                 .into_bytes(),
@@ -386,7 +420,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             return error_reply(400, "sha256 mismatch");
         }
         st.lfs.insert(oid.to_string(), body);
-        return Response::from_data(Vec::new()).with_status_code(200);
+        return Reply::from_data(Vec::new()).with_status_code(200);
     }
     if method == Method::Put
         && let Some(rest) = path.strip_prefix("/lfs-part/")
@@ -397,7 +431,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
             .entry(oid.to_string())
             .or_default()
             .insert(n.parse().unwrap_or(0), body);
-        return Response::from_data(Vec::new()).with_header(header("ETag", &etag));
+        return Reply::from_data(Vec::new()).with_header(header("ETag", &etag));
     }
     if method == Method::Post
         && let Some(oid) = path.strip_prefix("/lfs-complete/")
@@ -550,7 +584,7 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
                 &[commit, ("ETag", format!("\"{}\"", sha256_hex(d)))],
                 method == Method::Head,
             ),
-            Blob::Lfs { oid: lfs_oid, size } => Response::from_data(Vec::new())
+            Blob::Lfs { oid: lfs_oid, size } => Reply::from_data(Vec::new())
                 .with_status_code(302)
                 .with_header(header("Location", &format!("{cdn}/lfs-cdn/{lfs_oid}")))
                 .with_header(header("X-Repo-Commit", &commit.1))
@@ -560,54 +594,4 @@ fn handle(state: &Arc<Mutex<State>>, base: &str, cdn: &str, req: &mut tiny_http:
         };
     }
     error_reply(404, &format!("no route for {method} {path}"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 3 <= bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// 200 with the body, or 206 for `Range: bytes=a-b`.
-fn serve_bytes(data: &[u8], range: Option<&str>, headers: &[(&str, String)], head: bool) -> Reply {
-    let len = data.len();
-    let (status, start, end) = match range.and_then(|r| r.strip_prefix("bytes=")) {
-        Some(r) => {
-            let (a, b) = r.split_once('-').unwrap_or((r, ""));
-            let a: usize = a.parse().unwrap_or(0);
-            let b: usize = if b.is_empty() {
-                len.saturating_sub(1)
-            } else {
-                b.parse().unwrap_or(len.saturating_sub(1))
-            };
-            (206, a.min(len), (b + 1).min(len))
-        }
-        None => (200, 0, len),
-    };
-    // tiny_http leaves the body out of HEAD answers but keeps its Content-Length.
-    let _ = head;
-    let mut resp = Response::from_data(data[start..end].to_vec()).with_status_code(status);
-    if status == 206 {
-        resp = resp.with_header(header(
-            "Content-Range",
-            &format!("bytes {start}-{}/{len}", end.saturating_sub(1)),
-        ));
-    }
-    for (k, v) in headers {
-        resp = resp.with_header(header(k, v));
-    }
-    resp
 }

@@ -1,0 +1,185 @@
+//! The `general.*` and `<arch>.*` metadata keys of a GGUF model, as convert_hf_to_gguf.py
+//! writes them (`TextModel.set_gguf_parameters`, `LlamaModel.set_gguf_parameters`) and
+//! llama.cpp reads them (src/llama-arch.cpp `LLM_KV_NAMES`).
+
+use super::error::ExportError;
+use super::gguf::Value;
+use super::names::gguf_arch;
+use super::types::ExportType;
+use crate::model::ModelConfig;
+use crate::model::config::RopeScaling;
+
+/// What describes the model beyond its config.
+pub struct Describe<'a> {
+    pub name: &'a str,
+    pub license: Option<&'a str>,
+    /// Every value of every tensor written (what `general.size_label` rounds).
+    pub parameters: u64,
+}
+
+/// `gguf.utility.model_weight_count_rounded_notation`: "494M", "1.5B", "7.6B".
+pub fn size_label(n: u64) -> String {
+    let n = n as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let int_digits = format!("{}", scaled.round() as u64)
+        .trim_start_matches('0')
+        .len();
+    let decimals = 2usize.saturating_sub(int_digits);
+    format!("{scaled:.decimals$}{suffix}")
+}
+
+/// General and hyperparameter keys, in the order the reference converter writes them.
+pub fn model_keys(
+    config: &ModelConfig,
+    ftype: ExportType,
+    info: &Describe<'_>,
+) -> Result<Vec<(String, Value)>, ExportError> {
+    let arch = gguf_arch(config.architecture);
+    let k = |suffix: &str| format!("{arch}.{suffix}");
+    let u32_of = |what: &str, v: usize| {
+        u32::try_from(v).map_err(|_| ExportError::Unsupported {
+            what: what.to_string(),
+            why: format!("{v} does not fit GGUF's 32-bit field"),
+        })
+    };
+    let mut kv: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::Str(arch.into())),
+        ("general.type".into(), Value::Str("model".into())),
+        ("general.name".into(), Value::Str(info.name.into())),
+        (
+            "general.size_label".into(),
+            Value::Str(size_label(info.parameters)),
+        ),
+    ];
+    if let Some(l) = info.license {
+        kv.push(("general.license".into(), Value::Str(l.into())));
+    }
+    kv.extend([
+        (
+            k("block_count"),
+            Value::U32(u32_of("num_hidden_layers", config.num_layers)?),
+        ),
+        (
+            k("context_length"),
+            Value::U32(u32_of(
+                "max_position_embeddings",
+                config.max_position_embeddings,
+            )?),
+        ),
+        (
+            k("embedding_length"),
+            Value::U32(u32_of("hidden_size", config.hidden_size)?),
+        ),
+        (
+            k("feed_forward_length"),
+            Value::U32(u32_of("intermediate_size", config.intermediate_size)?),
+        ),
+        (
+            k("attention.head_count"),
+            Value::U32(u32_of("num_attention_heads", config.num_heads)?),
+        ),
+        (
+            k("attention.head_count_kv"),
+            Value::U32(u32_of("num_key_value_heads", config.num_kv_heads)?),
+        ),
+    ]);
+    match &config.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            kv.push((k("rope.scaling.type"), Value::Str("linear".into())));
+            kv.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
+        }
+        // Carried by the `rope_freqs.weight` tensor (see `rope_freq_factors`).
+        RopeScaling::Llama3 { .. } if arch == "llama" => {}
+        RopeScaling::Llama3 { .. } => {
+            return Err(ExportError::Unsupported {
+                what: format!("{} with llama3 rope scaling", config.architecture),
+                why: "llama.cpp applies llama3 scaling only to the llama architecture".into(),
+            });
+        }
+    }
+    kv.push((k("rope.freq_base"), Value::F32(config.rope_theta as f32)));
+    kv.push((
+        k("attention.layer_norm_rms_epsilon"),
+        Value::F32(config.rms_norm_eps as f32),
+    ));
+    // llama.cpp derives the head size from embedding / heads unless told; Qwen3 (and any config
+    // with an explicit head_dim) needs it.
+    let head_dim = u32_of("head_dim", config.head_dim)?;
+    kv.push((k("attention.key_length"), Value::U32(head_dim)));
+    kv.push((k("attention.value_length"), Value::U32(head_dim)));
+    kv.push(("general.file_type".into(), Value::U32(ftype.file_type())));
+    if arch == "llama" {
+        kv.push((
+            k("vocab_size"),
+            Value::U32(u32_of("vocab_size", config.vocab_size)?),
+        ));
+        kv.push((k("rope.dimension_count"), Value::U32(head_dim)));
+    }
+    // GGML_QUANT_VERSION: the current k-quant and legacy block layouts.
+    kv.push(("general.quantization_version".into(), Value::U32(2)));
+    Ok(kv)
+}
+
+/// Llama 3.1's rope scaling as llama.cpp takes it: a `rope_freqs.weight` tensor of per-frequency
+/// divisors (`LlamaModel.generate_extra_tensors`), or None without llama3 scaling.
+pub fn rope_freq_factors(config: &ModelConfig) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = config.rope_scaling
+    else {
+        return None;
+    };
+    let dim = config.head_dim;
+    // The converter computes in f32 (torch tensors), so this does too.
+    let (factor, low, high) = (
+        factor as f32,
+        low_freq_factor as f32,
+        high_freq_factor as f32,
+    );
+    let old_context = original_max_position_embeddings as f32;
+    let low_wavelen = old_context / low;
+    let high_wavelen = old_context / high;
+    Some(
+        (0..dim)
+            .step_by(2)
+            .map(|i| {
+                let freq = 1.0f32 / (config.rope_theta as f32).powf(i as f32 / dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old_context / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_match_gguf_py() {
+        assert_eq!(size_label(494_032_768), "494M");
+        assert_eq!(size_label(1_543_714_304), "1.5B");
+        assert_eq!(size_label(7_615_616_512), "7.6B");
+        assert_eq!(size_label(140_000), "140K");
+        assert_eq!(size_label(5_300), "5.3K");
+    }
+}

@@ -1,0 +1,243 @@
+//! The composed kernels every GPU backend runs (`impl Kernels for Cuda` uses them as they are)
+//! on a real CubeCL runtime without a GPU: Burn's wgpu backend over Mesa's software Vulkan
+//! driver (lavapipe), in f32, against the Flex kernels on the same inputs. wgpu shares Burn's
+//! CubeCL tensor ops with CUDA (both are `CubeBackend`s), so the blockwise attention's masking
+//! and reshapes, the loss, the norms and the LoRA step with its dropout are checked on that
+//! code path. Run with `cargo test --features wgpu-tests --test gpu_generic` (`.ci/run` installs
+//! `mesa-vulkan-drivers` and runs it).
+//!
+//! Tolerance: 1e-4 of the largest magnitude (the GPU-style kernels sum in other orders and
+//! tiles; the same computations in f32 agree to ~1e-6 on the CPU).
+#![cfg(feature = "wgpu-tests")]
+
+mod common;
+
+use burn::backend::{Autodiff, Wgpu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use burnish::backend::Cpu;
+use burnish::lora::attach::{attach, factor_tensors, init_factors};
+use burnish::lora::{InitKind, LoraSettings, TargetSpec};
+use burnish::model::kernels::{AttentionMask, Dropout, DropoutSeed, Kernels, generic};
+use burnish::model::loss::{Targets, cross_entropy_sum};
+use burnish::model::{HostBatch, Model, ModelFolder};
+use common::*;
+
+type G = Wgpu;
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let d = t.into_data().convert::<f32>();
+    (d.shape.clone(), d.to_vec::<f32>().unwrap())
+}
+
+fn to<B: Backend, const D: usize>(t: &Tensor<Cpu, D>) -> Tensor<B, D> {
+    Tensor::from_data(t.to_data(), &Default::default())
+}
+
+fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Cpu, D> {
+    Cpu::seed(&Default::default(), seed);
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn close<B1: Backend, B2: Backend, const D: usize>(a: Tensor<B1, D>, b: Tensor<B2, D>, what: &str) {
+    let ((sa, a), (sb, b)) = (host(a), host(b));
+    assert_eq!(sa, sb, "{what}: shapes");
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
+    assert!(
+        diff <= 1e-4 * scale,
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn blockwise_attention_on_a_cubecl_runtime() {
+    let seg = |lengths: &[usize], pad: usize| -> Vec<i32> {
+        let mut r: Vec<i32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
+            .collect();
+        r.extend(std::iter::repeat_n(-1, pad));
+        r
+    };
+    let mask = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
+    let (q, k, v) = (
+        rand([2, 150, 6, 16], 1),
+        rand([2, 150, 2, 16], 2),
+        rand([2, 150, 2, 16], 3),
+    );
+    let g = rand([2, 150, 6, 16], 4);
+    let (o1, l1) = Cpu::attention_forward(q.clone(), k.clone(), v.clone(), &mask);
+    let (o2, l2) = generic::attention::forward::<G>(to(&q), to(&k), to(&v), &mask);
+    close(o2.clone(), o1.clone(), "attention output");
+    close(l2.clone(), l1.clone(), "attention log-sum-exp");
+    let want = Cpu::attention_backward(q.clone(), k.clone(), v.clone(), o1, l1, g.clone(), &mask);
+    let got = generic::attention::backward::<G>(to(&q), to(&k), to(&v), o2, l2, to(&g), &mask);
+    close(got.0, want.0, "attention dq");
+    close(got.1, want.1, "attention dk");
+    close(got.2, want.2, "attention dv");
+}
+
+#[test]
+fn loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
+    let (h, w) = (rand([37, 24], 5), rand([301, 24], 6));
+    let targets: Vec<i32> = (0..37).map(|i| i * 53 % 301).collect();
+    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 16);
+    let (l2, g2) = generic::cross_entropy_sum_and_grad::<G>(to(&h), to(&w), &targets, 16);
+    close(l2, l1, "cross-entropy");
+    close(g2, g1, "cross-entropy gradient");
+
+    let (x, nw, gr) = (rand([13, 32], 7), rand([32], 8), rand([13, 32], 9));
+    close(
+        generic::rms_norm::<G>(to(&x), to(&nw), 1e-6),
+        Cpu::rms_norm(x.clone(), nw.clone(), 1e-6),
+        "rms_norm",
+    );
+    close(
+        generic::rms_norm_backward::<G>(to(&x), to(&nw), 1e-6, to(&gr)),
+        Cpu::rms_norm_backward(x.clone(), nw.clone(), 1e-6, gr.clone()),
+        "rms_norm backward",
+    );
+    let xr = rand([2, 5, 3, 8], 10);
+    let angles = rand([2, 5, 1, 4], 11);
+    let cos = Tensor::cat(vec![angles.clone().cos(), angles.clone().cos()], 3);
+    let sin = Tensor::cat(vec![angles.clone().sin(), angles.sin()], 3);
+    close(
+        generic::rope::<G>(to(&xr), &to(&cos), &to(&sin)),
+        Cpu::rope(xr, &cos, &sin),
+        "rope",
+    );
+    let (ga, up) = (rand([13, 32], 12), rand([13, 32], 13));
+    close(
+        generic::swiglu::<G>(to(&ga), to(&up)),
+        Cpu::swiglu(ga.clone(), up.clone()),
+        "swiglu",
+    );
+    let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), gr.clone());
+    let (a2, b2) = generic::swiglu_backward::<G>(to(&ga), to(&up), to(&gr));
+    close(a2, a1, "swiglu dgate");
+    close(b2, b1, "swiglu dup");
+
+    let (xl, wl, bias) = (rand([14, 24], 14), rand([40, 24], 15), rand([40], 16));
+    let (la, lb) = (rand([4, 24], 17), rand([40, 4], 18));
+    let drop = Dropout {
+        p: 0.3,
+        key: 7,
+        first_row: 0,
+        row_stride: 1,
+        seq: 7,
+    };
+    let cpu_lora = Some((la.clone(), lb.clone(), 1.5));
+    let gpu_lora = Some((to(&la), to(&lb), 1.5));
+    let (y1, xa1) = Cpu::lora_linear_forward(
+        xl.clone(),
+        wl.clone(),
+        Some(bias.clone()),
+        cpu_lora.clone(),
+        Some(&drop),
+    );
+    let (y2, xa2) = generic::lora_linear_forward::<G>(
+        to(&xl),
+        to(&wl),
+        Some(to(&bias)),
+        gpu_lora.clone(),
+        Some(&drop),
+    );
+    close(y2, y1, "lora forward with dropout");
+    let gy = rand([14, 40], 19);
+    let (dx1, d1) = Cpu::lora_linear_backward(
+        xl.clone(),
+        xa1,
+        wl.clone(),
+        cpu_lora,
+        Some(&drop),
+        gy.clone(),
+        true,
+    );
+    let (dx2, d2) = generic::lora_linear_backward::<G>(
+        to(&xl),
+        xa2,
+        to(&wl),
+        gpu_lora,
+        Some(&drop),
+        to(&gy),
+        true,
+    );
+    close(dx2.unwrap(), dx1.unwrap(), "lora dx with dropout");
+    let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
+    close(da2, da1, "lora dA");
+    close(db2, db1, "lora dB");
+}
+
+/// Loss and LoRA factor gradients of a whole fixture model (GQA, q/k/v bias, dropout 0.1,
+/// packed and padded rows) under autodiff: what a CUDA training step computes.
+fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
+    device: &B::Device,
+) -> (f32, Vec<Vec<f32>>) {
+    let folder = ModelFolder::open(&model_dir("qwen2-tied")).unwrap();
+    let mut m: Model<B> = folder.load_quantized(DType::F32, None, device).unwrap();
+    let settings = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        targets: TargetSpec::One("all-linear".into()),
+        ..Default::default()
+    };
+    let targets = settings.resolve(&m.config).unwrap();
+    for t in &targets {
+        let mut f = init_factors(t, InitKind::Default, 5);
+        for (i, x) in f.b.iter_mut().enumerate() {
+            *x = ((i % 11) as f32 - 5.0) * 0.02;
+        }
+        attach(&mut m.net, t, &f, 0.1, true, device);
+    }
+    let vocab = folder.config.vocab_size as u32;
+    let rows: Vec<Vec<u32>> = vec![
+        (0..19u32).map(|i| (i * 7919 + 3) % vocab).collect(),
+        (0..12u32).map(|i| (i * 104_729 + 11) % vocab).collect(),
+    ];
+    let batch = HostBatch::from_rows(&rows, 0);
+    let labels: Vec<Vec<i64>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&x| x as i64).collect())
+        .collect();
+    let tgt = Targets::shifted(&labels, &batch.segments);
+    let seed = DropoutSeed {
+        key: 3,
+        first_row: 0,
+        row_stride: 1,
+    };
+    let h = m.hidden_states(&batch, Some(&seed));
+    let (loss, _) = cross_entropy_sum(&m.net, h, &tgt, 16);
+    let value = host(loss.clone()).1[0];
+    let grads = loss.backward();
+    let out = factor_tensors(&m.net, &targets)
+        .into_iter()
+        .map(|p| host(p.grad(&grads).expect("a factor without gradient")).1)
+        .collect();
+    (value, out)
+}
+
+#[test]
+fn a_training_step_on_a_cubecl_runtime_equals_the_cpu() {
+    let (l_cpu, g_cpu) = model_loss_and_grads::<Autodiff<Cpu>>(&Default::default());
+    let (l_gpu, g_gpu) = model_loss_and_grads::<Autodiff<G>>(&Default::default());
+    assert!(
+        ((l_cpu - l_gpu) / l_cpu).abs() < 1e-4,
+        "loss {l_cpu} vs {l_gpu}"
+    );
+    assert_eq!(g_cpu.len(), g_gpu.len());
+    for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
+        let t = |v: &Vec<f32>| {
+            Tensor::<Cpu, 1>::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
+        };
+        close(t(b), t(a), &format!("factor gradient {i}"));
+    }
+}
