@@ -63,11 +63,7 @@ fn loss_and_grads(
         .map(|r| r.iter().map(|&x| x as i64).collect())
         .collect();
     let targets = Targets::shifted(&labels, &batch.segments);
-    let seed = DropoutSeed {
-        key: 99,
-        first_row: 0,
-        row_stride: 1,
-    };
+    let seed = DropoutSeed::strided(99, 0, 1);
     let h = m.hidden_states(&batch, Some(&seed));
     let (loss, _) = cross_entropy_sum(&m.net, h, &targets, 16);
     let value = loss.clone().into_scalar();

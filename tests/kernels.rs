@@ -237,6 +237,7 @@ fn lora_dropout_matches_autodiff_of_the_explicit_mask() {
         key: 7,
         first_row: 1,
         row_stride: 2,
+        split: None,
         seq: 7,
     };
     let lora = Some((la.clone(), lb.clone(), s));

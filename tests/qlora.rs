@@ -123,11 +123,7 @@ fn gradients_flow_through_the_quantized_base() {
     let targets = Targets::shifted(&labels, &batch.segments);
     let grads_of = |m: &mut burnish::model::Model<Ad>| {
         burnish::lora::apply_adapter(m, &fixtures().join("lora/qwen2-tied/adapter"), true).unwrap();
-        let seed = burnish::model::kernels::DropoutSeed {
-            key: 1,
-            first_row: 0,
-            row_stride: 1,
-        };
+        let seed = burnish::model::kernels::DropoutSeed::strided(1, 0, 1);
         let h = m.hidden_states(&batch, Some(&seed));
         let (loss, _) = cross_entropy_sum(&m.net, h, &targets, 64);
         let grads = loss.backward();

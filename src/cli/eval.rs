@@ -73,6 +73,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Some(recipe) => {
             let setup = RunSetup::new(LoadedRecipe::load(recipe, &args.set)?)?;
+            if setup.data.is_preference() {
+                return Err(user(format!(
+                    "{}: preference recipes are evaluated during training (train.eval_every and at the end: eval_loss and eval_rewards/* in metrics.jsonl); `burnish eval` measures the token loss of single examples",
+                    recipe.display()
+                )));
+            }
             if setup.data.validation.is_empty() {
                 return Err(user(format!(
                     "{}: the recipe has no validation data (data.validation)",

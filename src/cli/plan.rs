@@ -43,13 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let trainable = setup.trainable_parameters();
     let config = &setup.folder.config;
-    let longest = setup
-        .data
-        .train
-        .iter()
-        .map(|row| row.len())
-        .max()
-        .unwrap_or(0);
+    let longest = setup.data.longest_row();
     let quant = r.model.quantize.as_ref();
     let mem_with = |quant: Option<&QuantSpec>| {
         estimate(&Workload {
@@ -57,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             device: if on_gpu { Device::Cuda } else { Device::Cpu },
             trainable,
             dtype_bytes,
-            micro_batch: r.train.micro_batch_size,
+            micro_batch: setup.rows_per_micro_batch(),
             seq_len: longest,
             loss_chunk_rows: loss_chunk_rows(config.vocab_size),
             rank: r.lora.r,
@@ -81,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "device": if on_gpu { "cuda" } else { "cpu" },
             "dtype": format!("{dtype:?}").to_lowercase(),
             "trainable_parameters": trainable,
+            "objective": r.train.objective,
             "data": s,
             "longest_row": longest,
             "steps": c,
@@ -114,9 +109,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         group_digits(trainable)
     );
     println!(
-        "data         {} rows read, {} examples ({} train / {} validation)",
-        s.rows_read, s.examples, s.train_examples, s.validation_examples
+        "data         {} rows read, {} {} ({} train / {} validation)",
+        s.rows_read,
+        s.examples,
+        if setup.data.is_preference() {
+            "preference pairs"
+        } else {
+            "examples"
+        },
+        s.train_examples,
+        s.validation_examples
     );
+    if let Some(obj) = setup.preference_objective() {
+        println!("objective    {obj}; each pair is a chosen and a rejected row");
+    }
     println!(
         "             {} truncated, {} dropped (too long), {} dropped (nothing to train)",
         s.truncated, s.dropped_too_long, s.dropped_untrained

@@ -228,12 +228,18 @@ fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
         group_digits(s.folder.config.parameter_count())
     );
     tracing::info!(
-        "data: {} train / {} validation examples, {} rows, {} tokens ({} trained)",
+        "data: {} train / {} validation {}, {} rows, {} tokens ({} trained), objective {}",
         d.train_examples,
         d.validation_examples,
+        if s.data.is_preference() {
+            "pairs"
+        } else {
+            "examples"
+        },
         d.train_rows,
         d.train_tokens,
-        d.trained_tokens
+        d.trained_tokens,
+        r.train.objective
     );
     if d.truncated + d.dropped_too_long + d.dropped_untrained > 0 {
         tracing::warn!(

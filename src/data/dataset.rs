@@ -1,6 +1,7 @@
 //! Building the training and validation rows of a run: read every source, parse rows in their
 //! format, tokenize with loss masks, truncate or drop long examples, hold out a validation
-//! split, and pack. Every count is kept for `plan` and the run summary.
+//! split, and pack. Every count is kept for `plan` and the run summary. Sources in the
+//! `preference` format become tokenized pairs instead of rows (never packed).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use super::error::DataError;
 use super::formats::{Example, FieldMap, Format, RoleMap, parse_example};
 use super::order::permutation;
 use super::pack::{pack, unpacked};
+use super::preference::{self, PreferencePair};
 use super::source::{Row, read_rows};
 use super::tokenize::Tokenization;
 use crate::model::TokenizerBundle;
@@ -75,6 +77,9 @@ pub struct DataStats {
 pub struct PreparedData {
     pub train: Vec<PackedRow>,
     pub validation: Vec<PackedRow>,
+    /// Preference data (format `preference`): its pairs, and no `train`/`validation` rows.
+    pub train_pairs: Vec<PreferencePair>,
+    pub validation_pairs: Vec<PreferencePair>,
     pub stats: DataStats,
     /// Formats used per training source (detected when not given).
     pub formats: Vec<Format>,
@@ -108,6 +113,70 @@ fn read_source(src: &LocalSource) -> Result<(Vec<Row>, Format), DataError> {
 
 struct Tokenized {
     examples: Vec<TokenizedExample>,
+    pairs: Vec<PreferencePair>,
+}
+
+impl PreparedData {
+    /// Whether this is preference data (pairs rather than rows).
+    pub fn is_preference(&self) -> bool {
+        !self.train_pairs.is_empty()
+    }
+
+    /// Training items: pairs for preference data, else rows.
+    pub fn train_len(&self) -> usize {
+        if self.is_preference() {
+            self.train_pairs.len()
+        } else {
+            self.train.len()
+        }
+    }
+
+    pub fn has_validation(&self) -> bool {
+        !(self.validation.is_empty() && self.validation_pairs.is_empty())
+    }
+
+    /// Tokens of the longest training row (one side of a pair for preference data).
+    pub fn longest_row(&self) -> usize {
+        let rows = self.train.iter().map(PackedRow::len);
+        let pairs = self.train_pairs.iter().map(PreferencePair::longest);
+        rows.chain(pairs).max().unwrap_or(0)
+    }
+}
+
+/// A source's pair, checked against the vocabulary and `seq_len`; `None` when dropped.
+fn pair_of(
+    row: &Row,
+    src: &LocalSource,
+    plan: &DataPlan,
+    tok: &Tokenization<'_>,
+    stats: &mut DataStats,
+) -> Result<Option<PreferencePair>, DataError> {
+    let bad = |message: String| DataError::BadRow {
+        at: row.at.clone(),
+        message,
+    };
+    let example = preference::parse(row, &src.fields, &src.roles)?;
+    let mut pair = preference::tokenize(tok, &example).map_err(bad)?;
+    let ids = pair.prompt.iter().chain(&pair.chosen).chain(&pair.rejected);
+    if let Some(id) = ids.copied().find(|&id| id as usize >= plan.vocab_size) {
+        return Err(bad(format!(
+            "token id {id} is outside the model's vocabulary ({})",
+            plan.vocab_size
+        )));
+    }
+    if pair.longest() > plan.seq_len {
+        match plan.too_long {
+            TooLong::Drop => {
+                stats.dropped_too_long += 1;
+                return Ok(None);
+            }
+            TooLong::Truncate => {
+                pair.truncate(plan.seq_len);
+                stats.truncated += 1;
+            }
+        }
+    }
+    Ok(Some(pair))
 }
 
 fn tokenize_sources(
@@ -118,11 +187,25 @@ fn tokenize_sources(
     formats: &mut Vec<Format>,
 ) -> Result<Tokenized, DataError> {
     let mut examples = Vec::new();
+    let mut pairs = Vec::new();
     for src in sources {
         let (rows, format) = read_source(src)?;
         formats.push(format);
         stats.rows_read += rows.len();
+        let is_pairs = format == Format::Preference;
+        if let Some(first) = rows.first()
+            && (is_pairs && !examples.is_empty() || !is_pairs && !pairs.is_empty())
+        {
+            return Err(DataError::BadRow {
+                at: first.at.clone(),
+                message: "preference pairs and single examples cannot be mixed in one run (they train with different objectives)".into(),
+            });
+        }
         for row in &rows {
+            if is_pairs {
+                pairs.extend(pair_of(row, src, plan, tok, stats)?);
+                continue;
+            }
             let example = parse_example(row, format, &src.fields, &src.roles)?;
             if matches!(example, Example::Chat(_)) && !tok.has_template() {
                 return Err(DataError::BadRow {
@@ -165,7 +248,30 @@ fn tokenize_sources(
             examples.push(t);
         }
     }
-    Ok(Tokenized { examples })
+    Ok(Tokenized { examples, pairs })
+}
+
+/// Hold out `ceil(n * fraction)` items (at least one, never all), chosen by a seeded
+/// permutation; the rest keep their order.
+fn split_off<T>(items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let n = items.len();
+    let k = if n >= 2 {
+        ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1)
+    } else {
+        0
+    };
+    let order = permutation(n, seed, "validation-split");
+    let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
+    let mut tr = Vec::with_capacity(n - k);
+    let mut va = Vec::with_capacity(k);
+    for (i, e) in items.into_iter().enumerate() {
+        if held.contains(&i) {
+            va.push(e);
+        } else {
+            tr.push(e);
+        }
+    }
+    (tr, va)
 }
 
 pub fn prepare(
@@ -180,35 +286,37 @@ pub fn prepare(
     )?;
     let mut stats = DataStats::default();
     let mut formats = Vec::new();
-    let train = tokenize_sources(&plan.train, plan, &tok, &mut stats, &mut formats)?.examples;
-    let (train, validation) = match &plan.validation {
-        Validation::None => (train, Vec::new()),
+    let Tokenized {
+        examples: train,
+        pairs: train_pairs,
+    } = tokenize_sources(&plan.train, plan, &tok, &mut stats, &mut formats)?;
+    let (train, validation, train_pairs, validation_pairs) = match &plan.validation {
+        Validation::None => (train, Vec::new(), train_pairs, Vec::new()),
         Validation::Split(fraction) => {
-            let n = train.len();
-            let k = if n >= 2 {
-                ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1)
-            } else {
-                0
-            };
-            let order = permutation(n, plan.seed, "validation-split");
-            let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
-            let mut tr = Vec::with_capacity(n - k);
-            let mut va = Vec::with_capacity(k);
-            for (i, e) in train.into_iter().enumerate() {
-                if held.contains(&i) {
-                    va.push(e);
-                } else {
-                    tr.push(e);
-                }
-            }
-            (tr, va)
+            let (tr, va) = split_off(train, *fraction, plan.seed);
+            let (trp, vap) = split_off(train_pairs, *fraction, plan.seed);
+            (tr, va, trp, vap)
         }
         Validation::Sources(sources) => {
             let mut unused = Vec::new();
-            let va = tokenize_sources(sources, plan, &tok, &mut stats, &mut unused)?.examples;
-            (train, va)
+            let va = tokenize_sources(sources, plan, &tok, &mut stats, &mut unused)?;
+            if va.pairs.is_empty() != train_pairs.is_empty()
+                && !(va.pairs.is_empty() && va.examples.is_empty())
+            {
+                return Err(DataError::BadFile {
+                    path: sources
+                        .first()
+                        .and_then(|s| s.files.first().cloned())
+                        .unwrap_or_default(),
+                    message: "validation data must be of the training data's kind (preference pairs or single examples)".into(),
+                });
+            }
+            (train, va.examples, train_pairs, va.pairs)
         }
     };
+    if !train_pairs.is_empty() {
+        return Ok(pair_data(train_pairs, validation_pairs, stats, formats));
+    }
     stats.examples = train.len() + validation.len();
     stats.train_examples = train.len();
     stats.validation_examples = validation.len();
@@ -239,7 +347,33 @@ pub fn prepare(
     Ok(PreparedData {
         train: train_rows,
         validation: validation_rows,
+        train_pairs: Vec::new(),
+        validation_pairs: Vec::new(),
         stats,
         formats,
     })
+}
+
+/// Preference data: two rows (chosen, rejected) per pair, trained on their completions.
+fn pair_data(
+    train: Vec<PreferencePair>,
+    validation: Vec<PreferencePair>,
+    mut stats: DataStats,
+    formats: Vec<Format>,
+) -> PreparedData {
+    stats.examples = train.len() + validation.len();
+    stats.train_examples = train.len();
+    stats.validation_examples = validation.len();
+    stats.train_rows = 2 * train.len();
+    stats.validation_rows = 2 * validation.len();
+    stats.train_tokens = train.iter().map(PreferencePair::tokens).sum();
+    stats.trained_tokens = train.iter().map(PreferencePair::completion_tokens).sum();
+    PreparedData {
+        train: Vec::new(),
+        validation: Vec::new(),
+        train_pairs: train,
+        validation_pairs: validation,
+        stats,
+        formats,
+    }
 }

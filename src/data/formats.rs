@@ -26,15 +26,18 @@ pub enum Format {
     Sharegpt,
     /// `input_ids` and optional `labels` (-100 = not trained).
     Pretokenized,
+    /// `prompt`, `chosen`, `rejected` pairs for `dpo`/`orpo` (see `data::preference`).
+    Preference,
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Text,
         Format::Alpaca,
         Format::Messages,
         Format::Sharegpt,
         Format::Pretokenized,
+        Format::Preference,
     ];
 
     /// The canonical column names of this format (what `fields` may remap).
@@ -45,13 +48,16 @@ impl Format {
             Format::Messages => &["messages", "role", "content"],
             Format::Sharegpt => &["conversations", "from", "value"],
             Format::Pretokenized => &["input_ids", "labels"],
+            Format::Preference => &super::preference::FIELDS,
         }
     }
 
     /// Guess the format from a row's keys (used by `eval` without `--format`).
     pub fn detect(row: &Value) -> Option<Format> {
         let has = |k: &str| row.get(k).is_some();
-        if has("input_ids") {
+        if has("chosen") && has("rejected") {
+            Some(Format::Preference)
+        } else if has("input_ids") {
             Some(Format::Pretokenized)
         } else if has("messages") {
             Some(Format::Messages)
@@ -75,6 +81,7 @@ impl fmt::Display for Format {
             Format::Messages => "messages",
             Format::Sharegpt => "sharegpt",
             Format::Pretokenized => "pretokenized",
+            Format::Preference => "preference",
         })
     }
 }
@@ -85,7 +92,7 @@ impl FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.to_string() == s)
-            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt or pretokenized)"))
+            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt, pretokenized or preference)"))
     }
 }
 
@@ -159,6 +166,10 @@ pub fn parse_example(
         }
     };
     match format {
+        Format::Preference => Err(bad(
+            "preference pairs train with train.objective dpo or orpo, not as single examples"
+                .into(),
+        )),
         Format::Text => Ok(Example::Text(text("text", true)?.unwrap_or_default())),
         Format::Alpaca => Ok(Example::Alpaca {
             instruction: text("instruction", true)?.unwrap_or_default(),
@@ -289,7 +300,7 @@ pub fn parse_example(
 /// the names ShareGPT and other common layouts use. `None` for anything else: a template
 /// silently renders nothing for a role it does not know, and the turn would vanish from the
 /// training text.
-fn normalise_role(role: &str, roles: &RoleMap) -> Option<String> {
+pub(super) fn normalise_role(role: &str, roles: &RoleMap) -> Option<String> {
     let role = roles.get(role).map_or(role, String::as_str);
     match role {
         "human" | "user" => Some("user".into()),
@@ -300,7 +311,7 @@ fn normalise_role(role: &str, roles: &RoleMap) -> Option<String> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

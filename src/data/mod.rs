@@ -1,5 +1,5 @@
 //! Datasets: reading files, row formats, chat templates, tokenization with loss masks,
-//! packing, deterministic ordering and batches.
+//! packing, deterministic ordering and batches; preference pairs for DPO and ORPO.
 
 pub mod batch;
 pub mod dataset;
@@ -7,6 +7,7 @@ pub mod error;
 pub mod formats;
 pub mod order;
 pub mod pack;
+pub mod preference;
 pub mod source;
 pub mod template;
 pub mod tokenize;
@@ -14,3 +15,4 @@ pub mod tokenize;
 pub use batch::{PackedRow, TokenizedExample, collate};
 pub use error::DataError;
 pub use formats::{Example, Format};
+pub use preference::PreferencePair;

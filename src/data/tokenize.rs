@@ -288,6 +288,42 @@ impl<'a> Tokenization<'a> {
         Ok(TokenizedExample { ids, labels })
     }
 
+    /// `text` as plain-text ids: BOS first when the tokenizer adds one (what `tokenizer(text)`
+    /// gives in transformers).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
+        let mut ids: Vec<u32> = self.bos_id.into_iter().collect();
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// A rendered chat template's ids (the template writes any BOS itself).
+    pub fn encode_rendered(&self, rendered: &str) -> Result<Vec<u32>, String> {
+        self.encode(rendered)
+    }
+
+    /// `messages` through the chat template, with the assistant header when
+    /// `generation_prompt`.
+    pub fn render_messages(
+        &self,
+        messages: &[Message],
+        generation_prompt: bool,
+    ) -> Result<String, String> {
+        let tm: Vec<TemplateMessage> = messages
+            .iter()
+            .map(|m| TemplateMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+                extra: m.extra.clone(),
+            })
+            .collect();
+        self.render(&tm, generation_prompt)
+    }
+
+    /// The EOS token's text (appended to plain-text completions).
+    pub fn eos_text(&self) -> Option<&str> {
+        self.tokenizer.and_then(TokenizerBundle::eos_token)
+    }
+
     /// The rendered prompt for generation: messages plus the assistant header.
     pub fn prompt(&self, messages: &[Message]) -> Result<String, String> {
         let tm: Vec<TemplateMessage> = messages

@@ -21,6 +21,10 @@ pub struct RunSummary {
     pub trainable_parameters: u64,
     pub train_examples: usize,
     pub has_plot: bool,
+    /// `dpo` or `orpo` for preference tuning (empty: supervised fine-tuning).
+    pub objective: String,
+    /// The last step's and the final evaluation's preference metrics (TRL's names).
+    pub preference_metrics: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +197,12 @@ pub fn render(info: &CardInfo) -> String {
     }
     if let Some(s) = &info.summary {
         body.push_str("## Training\n\n");
+        if !s.objective.is_empty() {
+            body.push_str(&format!(
+                "- objective: {} (preference pairs)\n",
+                s.objective
+            ));
+        }
         body.push_str(&format!("- optimizer steps: {}\n", s.steps));
         body.push_str(&format!("- training examples: {}\n", s.train_examples));
         body.push_str(&format!(
@@ -207,6 +217,9 @@ pub fn render(info: &CardInfo) -> String {
                 "- final evaluation loss: {l:.4} (perplexity {:.2})\n",
                 l.exp()
             ));
+        }
+        for (name, v) in &s.preference_metrics {
+            body.push_str(&format!("- {name}: {v:.4}\n"));
         }
         if s.has_plot {
             body.push_str("\n![training and evaluation loss](loss.svg)\n");

@@ -1,6 +1,7 @@
 //! Causal-LM cross-entropy with Hugging Face semantics (position t predicts token t+1, label
 //! -100 ignored), summed over trained tokens. Only rows with a target reach the vocabulary
-//! projection, and they do so in chunks, so prompt tokens cost nothing there.
+//! projection, and they do so in chunks, so prompt tokens cost nothing there. The same fused
+//! path gives per-token losses for the preference objectives.
 
 use burn::tensor::{DType, Tensor, TensorData};
 
@@ -63,6 +64,15 @@ impl Targets {
             .count()
     }
 
+    /// The batch row of each trained token, in the order the losses come in.
+    pub fn row_of_trained(&self) -> Vec<usize> {
+        self.rows
+            .iter()
+            .enumerate()
+            .flat_map(|(b, row)| row.iter().filter(|&&t| t != IGNORE_INDEX).map(move |_| b))
+            .collect()
+    }
+
     /// Flat row indices (into `[batch * seq]`) and target ids of trained tokens.
     fn trained(&self) -> (Vec<i32>, Vec<i32>) {
         let mut idx = Vec::new();
@@ -108,6 +118,31 @@ pub fn cross_entropy_sum<B: Kernels>(
             balanced_chunk(n, chunk_rows),
         ),
         n,
+    )
+}
+
+/// Each trained token's `-log p(target)` (f32 `[n]`, row by row as
+/// [`Targets::row_of_trained`] lists them) through the fused per-row op: what preference
+/// objectives sum per sequence. The logits are never kept.
+pub fn token_losses<B: Kernels>(
+    net: &CausalLm<B>,
+    hidden: Tensor<B, 3>,
+    targets: &Targets,
+    chunk_rows: usize,
+) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let [b, s, d] = hidden.dims();
+    let (idx, tgt) = targets.trained();
+    let n = idx.len();
+    let rows = hidden.reshape([b * s, d]).select(
+        0,
+        Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [n]), &device),
+    );
+    B::cross_entropy_rows(
+        rows,
+        net.output_weight(),
+        &tgt,
+        balanced_chunk(n, chunk_rows),
     )
 }
 

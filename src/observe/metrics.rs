@@ -6,7 +6,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+
+/// An objective's own metrics under TRL's names (`rewards/chosen`, ...; `eval_` before them
+/// in evaluation records), in the order they are logged. Empty for SFT.
+pub type ObjectiveMetrics = IndexMap<String, f64>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -18,6 +23,8 @@ pub struct StepRecord {
     pub tokens: usize,
     pub tokens_per_sec: f64,
     pub elapsed_s: f64,
+    #[serde(flatten, default, skip_serializing_if = "IndexMap::is_empty")]
+    pub objective: ObjectiveMetrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +32,8 @@ pub struct EvalRecord {
     pub step: usize,
     pub eval_loss: f64,
     pub eval_perplexity: f64,
+    #[serde(flatten, default, skip_serializing_if = "IndexMap::is_empty")]
+    pub objective: ObjectiveMetrics,
 }
 
 /// One line of metrics.jsonl.

@@ -85,8 +85,9 @@ impl RunObserver {
         self.ema_n += 1;
         let smoothed = self.ema / (1.0 - 0.9f64.powi(self.ema_n));
         self.bar.set_position(r.step as u64);
+        let rewards = preference_summary(&r.objective, "");
         self.bar.set_message(format!(
-            "epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s",
+            "epoch {:.2} loss {:.4}{rewards} lr {:.2e} {:.0} tok/s",
             r.epoch, smoothed, r.lr, r.tokens_per_sec
         ));
         let due = r.step.is_multiple_of(self.every) || r.step == self.total;
@@ -97,11 +98,14 @@ impl RunObserver {
                 tb.scalar("train/grad_norm", r.step, r.grad_norm);
                 tb.scalar("train/tokens_per_sec", r.step, r.tokens_per_sec);
                 tb.scalar("train/epoch", r.step, r.epoch);
+                for (name, v) in &r.objective {
+                    tb.scalar(&format!("train/{name}"), r.step, *v);
+                }
                 tb.flush();
             }
             if !progress::interactive() {
                 tracing::info!(
-                    "step {}/{} epoch {:.2} loss {:.4} (smoothed {:.4}) lr {:.3e} grad_norm {:.3} {:.0} tok/s",
+                    "step {}/{} epoch {:.2} loss {:.4} (smoothed {:.4}){rewards} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
                     r.step,
                     self.total,
                     r.epoch,
@@ -121,13 +125,18 @@ impl RunObserver {
         if let Some(tb) = self.tb.as_mut() {
             tb.scalar("eval/loss", r.step, r.eval_loss);
             tb.scalar("eval/perplexity", r.step, r.eval_perplexity);
+            for (name, v) in &r.objective {
+                let name = name.strip_prefix("eval_").unwrap_or(name);
+                tb.scalar(&format!("eval/{name}"), r.step, *v);
+            }
             tb.flush();
         }
         tracing::info!(
-            "eval at step {}: loss {:.4} perplexity {:.2}",
+            "eval at step {}: loss {:.4} perplexity {:.2}{}",
             r.step,
             r.eval_loss,
-            r.eval_perplexity
+            r.eval_perplexity,
+            preference_summary(&r.objective, "eval_")
         );
         Ok(())
     }
@@ -141,5 +150,17 @@ impl RunObserver {
             }
             tb.flush();
         }
+    }
+}
+
+/// ` margin x acc y` from preference metrics (`prefix` is `eval_` for evaluations); empty
+/// without them.
+fn preference_summary(m: &super::metrics::ObjectiveMetrics, prefix: &str) -> String {
+    match (
+        m.get(&format!("{prefix}rewards/margins")),
+        m.get(&format!("{prefix}rewards/accuracies")),
+    ) {
+        (Some(margin), Some(acc)) => format!(" margin {margin:.4} acc {acc:.2}"),
+        _ => String::new(),
     }
 }

@@ -304,6 +304,9 @@ impl Section for SchedulerSection {
 
 impl Section for TrainSection {
     const FIELDS: &'static [&'static str] = &[
+        "objective",
+        "dpo",
+        "orpo",
         "epochs",
         "max_steps",
         "micro_batch_size",
@@ -323,10 +326,20 @@ impl Section for TrainSection {
         match field {
             "optimizer" => check_section::<OptimizerSection>(node, path, issues).is_some(),
             "scheduler" => check_section::<SchedulerSection>(node, path, issues).is_some(),
+            "dpo" => check_section::<DpoSection>(node, path, issues).is_some(),
+            "orpo" => check_section::<OrpoSection>(node, path, issues).is_some(),
             _ => return false,
         };
         true
     }
+}
+
+impl Section for DpoSection {
+    const FIELDS: &'static [&'static str] = &["beta", "loss_type", "label_smoothing", "reference"];
+}
+
+impl Section for OrpoSection {
+    const FIELDS: &'static [&'static str] = &["beta"];
 }
 
 impl Section for DistributedSection {
@@ -377,6 +390,8 @@ mod tests {
         fields_match::<OptimizerSection>();
         fields_match::<SchedulerSection>();
         fields_match::<TrainSection>();
+        fields_match::<DpoSection>();
+        fields_match::<OrpoSection>();
         fields_match::<OutputSection>();
         fields_match::<LoggingSection>();
         fields_match::<HubSection>();

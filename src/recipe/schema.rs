@@ -220,14 +220,107 @@ impl Default for SchedulerSection {
     }
 }
 
+/// What a run optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Supervised fine-tuning: cross-entropy on the trained tokens.
+    #[default]
+    Sft,
+    /// Direct preference optimisation (Rafailov et al. 2023) on `preference` pairs, against a
+    /// reference policy: the base with the adapter switched off, or `dpo.reference`.
+    Dpo,
+    /// Odds-ratio preference optimisation (Hong et al. 2024): the chosen completions' NLL
+    /// minus `orpo.beta` times the log-sigmoid of the log odds ratio; no reference policy.
+    Orpo,
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Objective::Sft => "sft",
+            Objective::Dpo => "dpo",
+            Objective::Orpo => "orpo",
+        })
+    }
+}
+
+/// The DPO loss on the policy's and the reference's log-ratio difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// `-log sigmoid(beta * h)` (with `label_smoothing` e: conservative DPO,
+    /// `-(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h)`).
+    #[default]
+    Sigmoid,
+    /// IPO (Azar et al. 2023): `(h / n - 1 / (2 beta))^2` on log-ratios averaged per completion
+    /// token, as TRL computes it.
+    Ipo,
+}
+
+impl std::fmt::Display for DpoLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoSection {
+    /// Strength of the pull towards the reference policy (TRL's `beta`; IPO's tau).
+    pub beta: f64,
+    /// `sigmoid` (DPO) or `ipo`.
+    pub loss_type: DpoLoss,
+    /// Probability that a pair's preference is flipped (conservative DPO); sigmoid loss only.
+    pub label_smoothing: f64,
+    /// The reference policy: `base` (the base model, adapter off) or a PEFT adapter folder on
+    /// the base (e.g. the SFT adapter this run starts from with `lora.init_from`).
+    pub reference: String,
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            reference: "base".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrpoSection {
+    /// Weight of the odds-ratio term against the chosen completions' NLL (TRL's `beta`, the
+    /// paper's lambda).
+    pub beta: f64,
+}
+
+impl Default for OrpoSection {
+    fn default() -> Self {
+        Self { beta: 0.1 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
+    /// `sft` (default), `dpo` or `orpo`; the last two train on `preference` data.
+    pub objective: Objective,
+    /// DPO settings (`objective: dpo`).
+    pub dpo: DpoSection,
+    /// ORPO settings (`objective: orpo`).
+    pub orpo: OrpoSection,
     /// Passes over the training data (ignored when `max_steps` is set).
     pub epochs: usize,
     /// Total optimizer steps; overrides `epochs` (the data repeats as needed).
     pub max_steps: Option<usize>,
-    /// Rows per forward/backward pass.
+    /// Rows per forward/backward pass (preference pairs with `dpo`/`orpo`: each pair is two
+    /// rows, chosen and rejected).
     pub micro_batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -257,6 +350,9 @@ pub struct TrainSection {
 impl Default for TrainSection {
     fn default() -> Self {
         Self {
+            objective: Objective::Sft,
+            dpo: DpoSection::default(),
+            orpo: OrpoSection::default(),
             epochs: 3,
             max_steps: None,
             micro_batch_size: 4,

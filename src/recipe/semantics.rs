@@ -243,6 +243,7 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if t.keep_last == 0 {
         c.bad("train.keep_last", "must be at least 1");
     }
+    check_objective(&mut c, r, recipe_path);
 
     // output, logging, hub
     for (i, t) in r.output.gguf.iter().enumerate() {
@@ -268,6 +269,111 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
                 "hub.push",
                 "is empty; say what to push: [adapter], [merged] or both",
             );
+        }
+    }
+}
+
+/// `train.objective` and its sections, and what preference objectives need of the data.
+fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
+    let t = &r.train;
+    let preference = t.objective != Objective::Sft;
+    // A section for another objective is a mistake worth naming (its values would be ignored).
+    for (key, used) in [
+        ("dpo", t.objective == Objective::Dpo),
+        ("orpo", t.objective == Objective::Orpo),
+    ] {
+        if !used && c.tree.at_path(&format!("train.{key}")).is_some() {
+            c.bad(
+                &format!("train.{key}"),
+                format!(
+                    "is set but train.objective is {}; set objective: {key} or remove the section",
+                    t.objective
+                ),
+            );
+        }
+    }
+    let beta_ok = |b: f64| b > 0.0 && b.is_finite();
+    if t.objective == Objective::Dpo {
+        let d = &t.dpo;
+        if !beta_ok(d.beta) {
+            c.bad(
+                "train.dpo.beta",
+                format!("{} is not a positive number", d.beta),
+            );
+        }
+        if !(0.0..0.5).contains(&d.label_smoothing) {
+            c.bad(
+                "train.dpo.label_smoothing",
+                format!(
+                    "{} is not in [0, 0.5) (the probability that a preference is flipped)",
+                    d.label_smoothing
+                ),
+            );
+        } else if d.label_smoothing > 0.0 && d.loss_type != DpoLoss::Sigmoid {
+            c.bad(
+                "train.dpo.label_smoothing",
+                format!(
+                    "applies to loss_type sigmoid only (conservative DPO), not {}",
+                    d.loss_type
+                ),
+            );
+        }
+        if d.reference != "base" {
+            let p = super::resolve_relative(recipe_path, &d.reference);
+            if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
+                c.bad(
+                    "train.dpo.reference",
+                    format!(
+                        "'{}' is neither base nor an adapter folder ({} has no adapter_config.json)",
+                        d.reference,
+                        p.display()
+                    ),
+                );
+            }
+        }
+        if r.data.train_on_inputs {
+            c.bad(
+                "data.train_on_inputs",
+                "has no meaning for objective dpo (its log-ratios cover the completions only); remove it",
+            );
+        }
+    }
+    if t.objective == Objective::Orpo && !beta_ok(t.orpo.beta) {
+        c.bad(
+            "train.orpo.beta",
+            format!("{} is not a positive number", t.orpo.beta),
+        );
+    }
+    if preference && r.data.packing {
+        c.bad(
+            "data.packing",
+            format!(
+                "objective {} compares whole sequences pair by pair, which burnish does not pack; set packing: false",
+                t.objective
+            ),
+        );
+    }
+    // Explicit formats must fit the objective (detected ones are checked when read).
+    let mut lists = vec![("data.train", &r.data.train)];
+    if let Some(ValidationSection::Sources(list)) = &r.data.validation {
+        lists.push(("data.validation", list));
+    }
+    for (path, list) in lists {
+        for (i, s) in list.iter().enumerate() {
+            match s.format {
+                Some(Format::Preference) if !preference => c.bad(
+                    &format!("{path}.{i}.format"),
+                    "preference pairs train with train.objective dpo or orpo (the objective is sft)",
+                ),
+                Some(f) if preference && f != Format::Preference => c.bad(
+                    &format!("{path}.{i}.format"),
+                    format!(
+                        "objective {} trains on preference pairs (format: preference), not {f}",
+                        t.objective
+                    ),
+                ),
+                _ => {}
+            }
         }
     }
 }

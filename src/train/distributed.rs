@@ -25,7 +25,8 @@ use burn_collective::{
 use super::sync::{GradientSync, StepContribution};
 use crate::recipe::DistributedSection;
 
-/// Counters exchanged after the gradients: trained tokens, loss sum, input tokens, stop, step.
+/// Counters exchanged after the gradients: trained tokens, loss sum, input tokens, stop, step
+/// (then the objective's metric sums).
 const EXTRAS: usize = 5;
 
 /// Multi-node only: how long a node waits after registering before exchanging, and after its
@@ -294,22 +295,24 @@ impl<B: Backend> GradientSync<B> for CollectiveSync<B> {
             .collect();
         // Counts, the loss and the stop flag ride along with the gradients: one exchange per
         // step. f32 holds token counts exactly below 2^24 per step.
-        let extras = vec![
+        let mut extras = vec![
             local.trained_tokens as f32,
             local.loss_sum as f32,
             local.input_tokens as f32,
             f32::from(u8::from(local.stop)),
             local.step as f32,
         ];
+        extras.extend(local.metric_sums.iter().map(|&m| m as f32));
+        let n_extras = extras.len();
         parts.push(Tensor::from_data(
-            TensorData::new(extras, [EXTRAS]),
+            TensorData::new(extras, [n_extras]),
             &device,
         ));
         let total = self.sum(Tensor::cat(parts, 0))?;
         let n = total.dims()[0];
         let tail = total
             .clone()
-            .narrow(0, n - EXTRAS, EXTRAS)
+            .narrow(0, n - n_extras, n_extras)
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
@@ -342,6 +345,7 @@ impl<B: Backend> GradientSync<B> for CollectiveSync<B> {
             input_tokens: tail[2].round() as usize,
             stop: tail[3] > 0.0,
             step: local.step,
+            metric_sums: tail[EXTRAS..].iter().map(|&m| f64::from(m)).collect(),
         })
     }
 

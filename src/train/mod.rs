@@ -1,4 +1,5 @@
-//! Training: the loop, optimizer, schedules, checkpoints and resume, and evaluation.
+//! Training: the loop, optimizer, schedules, checkpoints and resume, evaluation, and the
+//! preference objectives (DPO, ORPO).
 
 pub mod bench;
 pub mod checkpoint;
@@ -6,6 +7,7 @@ pub mod distributed;
 pub mod evaluate;
 pub mod memory;
 pub mod optimizer;
+pub mod preference;
 pub mod publish;
 pub mod run;
 pub mod schedule;

@@ -21,7 +21,23 @@ fn summary(setup: &RunSetup, outcome: &TrainOutcome, out: &Path) -> RunSummary {
         Record::Step(s) => Some(s.loss),
         _ => None,
     });
+    // The last step's preference metrics, then the final evaluation's.
+    let last_step = records.iter().rev().find_map(|r| match r {
+        Record::Step(s) => Some(s.objective.clone()),
+        _ => None,
+    });
+    let last_eval = records.iter().rev().find_map(|r| match r {
+        Record::Eval(e) => Some(e.objective.clone()),
+        _ => None,
+    });
+    let preference_metrics = last_step.into_iter().chain(last_eval).flatten().collect();
+    let objective = match setup.recipe().train.objective {
+        crate::recipe::Objective::Sft => String::new(),
+        other => other.to_string(),
+    };
     RunSummary {
+        objective,
+        preference_metrics,
         recipe_yaml: serde_saphyr::to_string(setup.recipe()).unwrap_or_default(),
         steps: outcome.global_step,
         final_train_loss: last_train,

@@ -17,20 +17,22 @@ use super::checkpoint::output::{self, replace_folder};
 use super::checkpoint::{self, Checkpoint, CheckpointContents};
 use super::evaluate::{EvalResult, evaluate};
 use super::optimizer::{AdamW, AdamWConfig};
+use super::preference::{
+    PairWindow, PreferenceObjective, evaluate_pairs, reference_model, take_preference_step,
+};
 use super::schedule::Schedule;
 use super::setup::RunSetup;
 use super::signals::StopFlag;
 use super::state::{TrainerState, changed_fields, fingerprint, fingerprint_hash};
 use super::step::{StepError, StepSettings, take_step};
 use super::sync::GradientSync;
-use crate::data::PackedRow;
 use crate::data::order::{epoch_order, micro_batches, shard};
 use crate::error::user;
 use crate::lora::attach::{attach, extract, factor_names, init_factors};
 use crate::lora::peft::{HostFactors, read_adapter, write_adapter};
 use crate::model::Model;
 use crate::model::loss::loss_chunk_rows;
-use crate::observe::metrics::{self, EvalRecord, Record, StepRecord};
+use crate::observe::metrics::{self, EvalRecord, ObjectiveMetrics, Record, StepRecord};
 use crate::observe::observer::{RunInfo, RunObserver};
 use crate::observe::tensorboard::HParam;
 
@@ -111,9 +113,11 @@ pub fn train<B: TrainBackend>(
     // but what is missing of its outputs.
     let recorded_final_eval = final_eval_of(setup);
     let finished_before = progress.step >= counts.total_steps
-        && (setup.data.validation.is_empty() || recorded_final_eval.is_some());
+        && (!setup.data.has_validation() || recorded_final_eval.is_some());
     let (mut model, mut optimizer) =
         load_trainable::<B>(setup, resume_from.as_ref(), &device, on_gpu)?;
+    let objective = setup.preference_objective();
+    let reference = load_reference(setup, &model, objective.as_ref())?;
     let schedule = Schedule::new(
         t.scheduler.name,
         t.optimizer.lr,
@@ -133,7 +137,7 @@ pub fn train<B: TrainBackend>(
         seed: t.seed,
         max_grad_norm: t.max_grad_norm,
     };
-    let rows = &setup.data.train;
+    let items = setup.data.train_len();
     let mut order: Option<(usize, Vec<usize>)> = None;
     let mut interrupted_by = None;
 
@@ -144,24 +148,49 @@ pub fn train<B: TrainBackend>(
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             order = Some((
                 epoch,
-                epoch_order(rows.len(), t.seed, epoch, recipe.data.shuffle),
+                epoch_order(items, t.seed, epoch, recipe.data.shuffle),
             ));
         }
         let epoch_rows = order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
-        let batches = window_batches(rows, epoch_rows, step % counts.steps_per_epoch, setup, sync);
+        let global = window_micro_batches(epoch_rows, step % counts.steps_per_epoch, setup);
         let lr = schedule.lr(step);
-        let result = take_step(
-            &mut model,
-            &setup.targets,
-            &mut optimizer,
-            &batches,
-            step,
-            lr,
-            &settings,
-            sync,
-            &opts.stop,
-        )
-        .map_err(|e| with_last_checkpoint(e, &progress))?;
+        let (result, extra) = match &objective {
+            None => {
+                let batches = shards(&setup.data.train, &global, &*sync);
+                let r = take_step(
+                    &mut model,
+                    &setup.targets,
+                    &mut optimizer,
+                    &batches,
+                    step,
+                    lr,
+                    &settings,
+                    sync,
+                    &opts.stop,
+                );
+                (r, ObjectiveMetrics::new())
+            }
+            Some(obj) => {
+                let window = pair_window(setup, obj, &global, &*sync);
+                match take_preference_step(
+                    &mut model,
+                    reference.as_ref(),
+                    &setup.targets,
+                    &mut optimizer,
+                    &window,
+                    obj,
+                    step,
+                    lr,
+                    &settings,
+                    sync,
+                    &opts.stop,
+                ) {
+                    Ok((r, sums)) => (Ok(r), named(&sums.metrics(obj), "")),
+                    Err(e) => (Err(e), ObjectiveMetrics::new()),
+                }
+            }
+        };
+        let result = result.map_err(|e| with_last_checkpoint(e, &progress))?;
         progress.step += 1;
         progress.last_lr = lr;
         progress.tokens_seen += result.input_tokens as u64;
@@ -176,11 +205,18 @@ pub fn train<B: TrainBackend>(
                 tokens: result.input_tokens,
                 tokens_per_sec: result.input_tokens as f64 / secs,
                 elapsed_s: progress.elapsed(),
+                objective: extra,
             })?;
         }
         let at_end = progress.step == counts.total_steps;
         if t.eval_every > 0 && progress.step.is_multiple_of(t.eval_every) && !at_end && writer {
-            run_eval(&model, setup, &mut progress, observer.as_mut())?;
+            run_eval(
+                &model,
+                reference.as_ref(),
+                setup,
+                &mut progress,
+                observer.as_mut(),
+            )?;
         }
         let due = t.save_every > 0 && progress.step.is_multiple_of(t.save_every) && !at_end;
         if due || result.stop.is_some() {
@@ -222,7 +258,13 @@ pub fn train<B: TrainBackend>(
     if finished_before {
         progress.last_eval = recorded_final_eval;
     } else {
-        run_eval(&model, setup, &mut progress, observer.as_mut())?;
+        run_eval(
+            &model,
+            reference.as_ref(),
+            setup,
+            &mut progress,
+            observer.as_mut(),
+        )?;
         if let Some(o) = observer.as_mut() {
             o.finish(true);
         }
@@ -366,27 +408,88 @@ fn factors_for(
         .collect()
 }
 
-/// The rows of each micro-batch of step window `window` in epoch order `order`, this replica's
-/// share.
-fn window_batches<'a>(
-    rows: &'a [PackedRow],
-    order: &[usize],
-    window: usize,
-    setup: &RunSetup,
-    sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
-) -> Vec<Vec<&'a PackedRow>> {
+/// The item indices of each micro-batch of step window `window` in epoch order `order` (the
+/// whole micro-batches, every replica's share).
+fn window_micro_batches(order: &[usize], window: usize, setup: &RunSetup) -> Vec<Vec<usize>> {
     let t = &setup.recipe().train;
     let all = micro_batches(order, t.micro_batch_size);
     let start = window * t.grad_accum;
     let end = (start + t.grad_accum).min(all.len());
-    all[start.min(end)..end]
+    all[start.min(end)..end].to_vec()
+}
+
+/// This replica's items of each micro-batch.
+fn shards<'a, T>(
+    items: &'a [T],
+    global: &[Vec<usize>],
+    sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
+) -> Vec<Vec<&'a T>> {
+    global
         .iter()
         .map(|mb| {
             shard(mb, sync.rank(), sync.world_size())
                 .into_iter()
-                .map(|i| &rows[i])
+                .map(|i| &items[i])
                 .collect()
         })
+        .collect()
+}
+
+/// A step's pairs with the window's totals the preference step normalises by.
+fn pair_window<'a>(
+    setup: &'a RunSetup,
+    objective: &PreferenceObjective,
+    global: &[Vec<usize>],
+    sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
+) -> PairWindow<'a> {
+    let pairs = &setup.data.train_pairs;
+    let on_prompt = matches!(
+        objective,
+        PreferenceObjective::Orpo {
+            nll_on_prompt: true,
+            ..
+        }
+    );
+    PairWindow {
+        micro_batches: shards(pairs, global, sync),
+        global_sizes: global.iter().map(Vec::len).collect(),
+        pairs: global.iter().map(Vec::len).sum(),
+        nll_tokens: global
+            .iter()
+            .flatten()
+            .map(|&i| super::preference::batch::nll_tokens(&pairs[i], on_prompt))
+            .sum(),
+    }
+}
+
+/// DPO's reference policy: the base with the adapters off, or `train.dpo.reference`'s
+/// adapter on the same frozen weights. `None` for objectives without one.
+fn load_reference<B: TrainBackend>(
+    setup: &RunSetup,
+    model: &Model<B>,
+    objective: Option<&PreferenceObjective>,
+) -> anyhow::Result<Option<Model<B::InnerBackend>>> {
+    if !objective.is_some_and(PreferenceObjective::needs_reference) {
+        return Ok(None);
+    }
+    let r = &setup.recipe().train.dpo.reference;
+    let files = if r == "base" {
+        None
+    } else {
+        let dir = setup.loaded.resolve_path(r);
+        Some(
+            read_adapter(&dir, &model.config)
+                .with_context(|| format!("train.dpo.reference {}", dir.display()))?,
+        )
+    };
+    Ok(Some(reference_model(model, files.as_ref())))
+}
+
+/// Preference metrics under TRL's names, `prefix` before each (`eval_` for evaluations).
+fn named(m: &super::preference::PreferenceMetrics, prefix: &str) -> ObjectiveMetrics {
+    m.named()
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect()
 }
 
@@ -423,28 +526,53 @@ fn open_observer(setup: &RunSetup, resume: Option<&Checkpoint>) -> anyhow::Resul
     })?)
 }
 
-/// Evaluate on the validation rows (when there are any) and record it.
+/// Evaluate on the validation rows or pairs (when there are any) and record it.
 fn run_eval<B: TrainBackend>(
     model: &Model<B>,
+    reference: Option<&Model<B::InnerBackend>>,
     setup: &RunSetup,
     progress: &mut Progress,
     observer: Option<&mut RunObserver>,
 ) -> anyhow::Result<()> {
-    if setup.data.validation.is_empty() {
+    if !setup.data.has_validation() {
         return Ok(());
     }
-    let r = evaluate(
-        &model.valid(),
-        &setup.data.validation,
-        setup.recipe().train.micro_batch_size,
-        setup.pad_id(),
-    );
+    let batch = setup.recipe().train.micro_batch_size;
+    let (r, extra) = match setup.preference_objective() {
+        None => (
+            evaluate(
+                &model.valid(),
+                &setup.data.validation,
+                batch,
+                setup.pad_id(),
+            ),
+            ObjectiveMetrics::new(),
+        ),
+        Some(obj) => {
+            let e = evaluate_pairs(
+                &model.valid(),
+                reference,
+                &setup.data.validation_pairs,
+                batch,
+                &obj,
+                setup.pad_id(),
+                loss_chunk_rows(model.config.vocab_size),
+            )?;
+            let r = EvalResult {
+                loss: e.loss,
+                perplexity: e.perplexity,
+                tokens: e.pairs,
+            };
+            (r, named(&e.metrics, "eval_"))
+        }
+    };
     progress.best_eval = Some(progress.best_eval.map_or(r.loss, |b| b.min(r.loss)));
     if let Some(o) = observer {
         o.eval(&EvalRecord {
             step: progress.step,
             eval_loss: r.loss,
             eval_perplexity: r.perplexity,
+            objective: extra,
         })?;
     }
     progress.last_eval = Some(r);
@@ -519,6 +647,10 @@ fn hparams(setup: &RunSetup) -> std::collections::BTreeMap<String, HParam> {
     let r = setup.recipe();
     let mut h = std::collections::BTreeMap::new();
     h.insert("model".into(), HParam::Text(r.model.base.clone()));
+    h.insert(
+        "objective".into(),
+        HParam::Text(r.train.objective.to_string()),
+    );
     h.insert("lora.r".into(), HParam::Number(r.lora.r as f64));
     h.insert("lora.alpha".into(), HParam::Number(r.lora.alpha));
     h.insert("lora.dropout".into(), HParam::Number(r.lora.dropout));

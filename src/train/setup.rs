@@ -11,7 +11,10 @@ use crate::data::dataset::{DataPlan, LocalSource, PreparedData, TooLong, Validat
 use crate::lora::LoraSettings;
 use crate::lora::settings::{TargetModule, trainable_parameters};
 use crate::model::{ModelConfig, ModelFolder, TokenizerBundle};
-use crate::recipe::{LoadedRecipe, Recipe, SourceSection, Truncation, ValidationSection};
+use crate::recipe::{
+    LoadedRecipe, Objective, Recipe, SourceSection, Truncation, ValidationSection,
+};
+use crate::train::preference::PreferenceObjective;
 
 /// How many micro-batches and optimizer steps a run has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +145,33 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
     })
 }
 
+/// Preference objectives train on preference pairs, SFT on single examples.
+fn check_objective_data(loaded: &LoadedRecipe, data: &PreparedData) -> anyhow::Result<()> {
+    let objective = loaded.recipe.train.objective;
+    let preference = objective != Objective::Sft;
+    if preference != data.is_preference() {
+        let found = data
+            .formats
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = if preference {
+            format!(
+                "{}: train.objective {objective} trains on preference pairs (rows with prompt, chosen and rejected; format: preference), but data.train is {found}",
+                loaded.path.display()
+            )
+        } else {
+            format!(
+                "{}: data.train holds preference pairs; train them with train.objective: dpo or orpo",
+                loaded.path.display()
+            )
+        };
+        anyhow::bail!(crate::error::user(message));
+    }
+    Ok(())
+}
+
 /// The folder's tokenizer; a folder without `tokenizer.json` can still train on pretokenized data.
 pub fn load_tokenizer(folder: &ModelFolder) -> anyhow::Result<Option<TokenizerBundle>> {
     if folder.dir.join("tokenizer.json").is_file() {
@@ -173,8 +203,9 @@ impl RunSetup {
         let plan = data_plan(&loaded, &folder.config)?;
         let data = prepare(&plan, tokenizer.as_ref()).context("preparing the dataset")?;
         let t = &loaded.recipe.train;
+        check_objective_data(&loaded, &data)?;
         let counts = step_counts(
-            data.train.len(),
+            data.train_len(),
             t.micro_batch_size,
             t.grad_accum,
             t.epochs,
@@ -203,6 +234,27 @@ impl RunSetup {
             .as_ref()
             .and_then(TokenizerBundle::eos_token_id)
             .unwrap_or(0)
+    }
+
+    /// The preference objective of a DPO or ORPO run; `None` for SFT.
+    pub fn preference_objective(&self) -> Option<PreferenceObjective> {
+        let r = self.recipe();
+        PreferenceObjective::from_recipe(
+            r.train.objective,
+            &r.train.dpo,
+            &r.train.orpo,
+            r.data.train_on_inputs,
+        )
+    }
+
+    /// Model rows per micro-batch: two per pair for preference objectives.
+    pub fn rows_per_micro_batch(&self) -> usize {
+        let mb = self.recipe().train.micro_batch_size;
+        if self.data.is_preference() {
+            2 * mb
+        } else {
+            mb
+        }
     }
 
     pub fn trainable_parameters(&self) -> u64 {

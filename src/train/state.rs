@@ -78,6 +78,18 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("train.optimizer", json!(r.train.optimizer));
     put("train.scheduler", json!(r.train.scheduler));
     put("train.max_grad_norm", json!(r.train.max_grad_norm));
+    // Only for preference runs, so SFT checkpoints written before objectives existed resume.
+    match r.train.objective {
+        crate::recipe::Objective::Sft => {}
+        crate::recipe::Objective::Dpo => {
+            put("train.objective", json!(r.train.objective));
+            put("train.dpo", json!(r.train.dpo));
+        }
+        crate::recipe::Objective::Orpo => {
+            put("train.objective", json!(r.train.objective));
+            put("train.orpo", json!(r.train.orpo));
+        }
+    }
     f
 }
 

@@ -96,11 +96,11 @@ pub fn take_step<B: TrainBackend>(
         input_tokens += rows.iter().map(|r| r.len()).sum::<usize>();
         // Dropout masks are a pure function of the seed, the step, the micro-batch and each
         // element's place in the micro-batch (so replicas draw what one process would).
-        let dropout = DropoutSeed {
-            key: settings.seed ^ fnv1a(format!("dropout-{step}-{j}").as_bytes()),
-            first_row: sync.rank(),
-            row_stride: sync.world_size(),
-        };
+        let dropout = DropoutSeed::strided(
+            settings.seed ^ fnv1a(format!("dropout-{step}-{j}").as_bytes()),
+            sync.rank(),
+            sync.world_size(),
+        );
         let hidden = model.hidden_states(&batch, Some(&dropout));
         let (sum, n) = cross_entropy_sum(&model.net, hidden, &tgt, settings.chunk);
         if n == 0 {
@@ -128,39 +128,21 @@ pub fn take_step<B: TrainBackend>(
         input_tokens,
         stop: local_stop.is_some(),
         step,
+        metric_sums: Vec::new(),
     })?;
-    let stop = match local_stop {
-        Some(sig) => Some(sig),
-        // Another replica was signalled: stop as if interrupted (SIGINT) here too.
-        None if total.stop => Some(2),
-        None => None,
-    };
+    let stop = stop_after(local_stop, total.stop);
     if total.trained_tokens == 0 {
         return Err(StepError::NoTrainedTokens { step: step + 1 }.into());
     }
     let scale = 1.0 / total.trained_tokens as f64;
-    let grads: Vec<Tensor<B::InnerBackend, 2>> =
-        total.grad_sums.into_iter().map(|g| g * scale).collect();
-    let grad_norm = global_norm(&grads).map_err(anyhow::Error::msg)?;
     let loss = total.loss_sum * scale;
-    if !(loss.is_finite() && grad_norm.is_finite()) {
-        return Err(StepError::NonFinite {
-            step: step + 1,
-            loss,
-            grad_norm,
-        }
-        .into());
-    }
-    let grads = match settings.max_grad_norm {
-        Some(max) => clip(grads, grad_norm, max).map_err(anyhow::Error::msg)?,
-        None => grads,
+    let update = Update {
+        step,
+        lr,
+        loss,
+        max_grad_norm: settings.max_grad_norm,
     };
-    let params: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
-        .into_iter()
-        .map(|p| p.inner())
-        .collect();
-    let updated = optimizer.step(lr, params, &grads);
-    set_factor_tensors(&mut model.net, targets, updated);
+    let grad_norm = apply_update(model, targets, optimizer, total.grad_sums, scale, &update)?;
     Ok(StepResult {
         loss,
         grad_norm,
@@ -168,4 +150,61 @@ pub fn take_step<B: TrainBackend>(
         trained_tokens: total.trained_tokens,
         stop,
     })
+}
+
+/// The signal a step stops with: this replica's, or SIGINT when only another was signalled.
+pub(crate) fn stop_after(local: Option<i32>, any: bool) -> Option<i32> {
+    match local {
+        Some(sig) => Some(sig),
+        None if any => Some(2),
+        None => None,
+    }
+}
+
+/// What [`apply_update`] needs to know about the step.
+pub(crate) struct Update {
+    /// 0-based step index.
+    pub step: usize,
+    pub lr: f64,
+    /// The step's loss (checked to be finite).
+    pub loss: f64,
+    pub max_grad_norm: Option<f64>,
+}
+
+/// The part of a step after the exchange, whatever the objective: the gradients
+/// (`grad_sums * scale`), a check that they and the loss are finite, clipping and AdamW.
+/// Returns the gradient norm before clipping; on an error the factors are unchanged.
+pub(crate) fn apply_update<B: TrainBackend>(
+    model: &mut Model<B>,
+    targets: &[TargetModule],
+    optimizer: &mut AdamW<B::InnerBackend>,
+    grad_sums: Vec<Tensor<B::InnerBackend, 2>>,
+    scale: f64,
+    u: &Update,
+) -> anyhow::Result<f64> {
+    let grads: Vec<Tensor<B::InnerBackend, 2>> = if scale == 1.0 {
+        grad_sums
+    } else {
+        grad_sums.into_iter().map(|g| g * scale).collect()
+    };
+    let grad_norm = global_norm(&grads).map_err(anyhow::Error::msg)?;
+    if !(u.loss.is_finite() && grad_norm.is_finite()) {
+        return Err(StepError::NonFinite {
+            step: u.step + 1,
+            loss: u.loss,
+            grad_norm,
+        }
+        .into());
+    }
+    let grads = match u.max_grad_norm {
+        Some(max) => clip(grads, grad_norm, max).map_err(anyhow::Error::msg)?,
+        None => grads,
+    };
+    let params: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
+        .into_iter()
+        .map(|p| p.inner())
+        .collect();
+    let updated = optimizer.step(u.lr, params, &grads);
+    set_factor_tensors(&mut model.net, targets, updated);
+    Ok(grad_norm)
 }

@@ -1,6 +1,6 @@
 //! The one place gradients pass through between backward and the optimizer step. A single
-//! process passes them on; data-parallel replicas sum gradient sums, trained-token counts and
-//! loss sums across ranks here, so every replica takes the same step.
+//! process passes them on; data-parallel replicas sum gradient sums, trained-token counts, loss
+//! and metric sums across ranks here, so every replica takes the same step.
 
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -18,6 +18,9 @@ pub struct StepContribution<B: Backend> {
     pub stop: bool,
     /// The optimizer step this contribution is for (replicas must agree on it).
     pub step: usize,
+    /// Sums behind an objective's metrics (preference rewards, log-probabilities, ...); empty
+    /// for plain SFT. Summed like the rest.
+    pub metric_sums: Vec<f64>,
 }
 
 pub trait GradientSync<B: Backend> {

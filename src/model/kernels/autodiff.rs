@@ -1,9 +1,9 @@
 //! The fused operations under autodiff: each is one node of the graph whose backward step uses
 //! the inner backend's kernels, keeping only what that needs, in the model dtype (attention:
 //! q, k, v, the output and the f32 log-sum-exp per row; SwiGLU: its inputs; LoRA: the input
-//! and the rank-r `x A^T`, the dropout mask drawn again from its key; the cross-entropy: its
-//! gradient with respect to the hidden states, computed in the forward pass chunk by chunk,
-//! so the logits are never kept).
+//! and the rank-r `x A^T`, the dropout mask drawn again from its key; the cross-entropy, summed
+//! or per row: its gradient with respect to the hidden states, computed in the forward pass
+//! chunk by chunk, so the logits are never kept).
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -61,6 +61,27 @@ impl<B: Kernels> Backward<B, 1> for CrossEntropy {
         if let Some(parent) = &ops.parents[0] {
             let dh: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
             let scale = grad_out.cast(dh.dtype()).reshape([1, 1]);
+            grads.register::<B>(parent.id, prim(dh * scale));
+        }
+    }
+}
+
+/// Per-row cross-entropy: each row's gradient with respect to its hidden state, computed in
+/// the forward pass and scaled by that row's output gradient in the backward.
+#[derive(Debug)]
+struct CrossEntropyRows;
+
+impl<B: Kernels> Backward<B, 1> for CrossEntropyRows {
+    /// d(row loss)/dh per row, `[rows, d]`.
+    type State = Prim<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad_out: Tensor<B, 1> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        if let Some(parent) = &ops.parents[0] {
+            let dh: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(ops.state));
+            let n = dh.dims()[0];
+            let scale = grad_out.cast(dh.dtype()).reshape([n, 1]);
             grads.register::<B>(parent.id, prim(dh * scale));
         }
     }
@@ -375,6 +396,29 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => {
                 wrap(prep.finish(prim(B::cross_entropy_sum(hi, wi, targets, chunk))))
+            }
+        }
+    }
+
+    fn cross_entropy_rows(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Self, 1> {
+        let ad = h.clone().into_primitive().tensor();
+        let (hi, wi) = (inner(&h), inner(&w));
+        match CrossEntropyRows
+            .prepare::<C>([ad.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (rows, dh) = B::cross_entropy_rows_and_grad(hi, wi, targets, chunk);
+                wrap(prep.finish(prim(dh), prim(rows)))
+            }
+            OpsKind::UnTracked(prep) => {
+                wrap(prep.finish(prim(B::cross_entropy_rows(hi, wi, targets, chunk))))
             }
         }
     }

@@ -16,6 +16,22 @@ pub struct DropoutSeed {
     pub key: u64,
     pub first_row: usize,
     pub row_stride: usize,
+    /// A second block of rows: from batch row `.0` on, row `.0 + i` is the micro-batch's row
+    /// `.1 + first_row + i * row_stride` (preference batches: the rejected sequences follow
+    /// the chosen ones, each block strided over the replicas).
+    pub split: Option<(usize, usize)>,
+}
+
+impl DropoutSeed {
+    /// Rows `first_row, first_row + row_stride, ...` of a micro-batch.
+    pub fn strided(key: u64, first_row: usize, row_stride: usize) -> Self {
+        Self {
+            key,
+            first_row,
+            row_stride,
+            split: None,
+        }
+    }
 }
 
 impl DropoutSeed {
@@ -27,6 +43,7 @@ impl DropoutSeed {
             key: subkey(subkey(self.key, layer as u64), projection as u64),
             first_row: self.first_row,
             row_stride: self.row_stride,
+            split: self.split,
             seq,
         }
     }
@@ -42,6 +59,8 @@ pub struct Dropout {
     /// Index of this input's first batch row in the micro-batch, and the step between rows.
     pub first_row: usize,
     pub row_stride: usize,
+    /// See [`DropoutSeed::split`].
+    pub split: Option<(usize, usize)>,
     /// Positions per batch row (the input's rows are `batch * seq` tokens).
     pub seq: usize,
 }
@@ -61,7 +80,11 @@ impl Dropout {
     #[inline(always)]
     fn row_key(&self, r: usize) -> u64 {
         let seq = self.seq.max(1);
-        let row = (self.first_row + (r / seq) * self.row_stride.max(1)) as u64;
+        let (b, base) = match self.split {
+            Some((local, global)) if r / seq >= local => (r / seq - local, global),
+            _ => (r / seq, 0),
+        };
+        let row = (base + self.first_row + b * self.row_stride.max(1)) as u64;
         let pos = (r % seq) as u64;
         mix64(self.key ^ mix64((row << 32) ^ pos))
     }
@@ -102,6 +125,7 @@ mod tests {
             key: 42,
             first_row: 0,
             row_stride: 1,
+            split: None,
             seq: 100,
         };
         let m = d.mask(400, 300);
@@ -117,6 +141,17 @@ mod tests {
         let sm = shard.mask(200, 300);
         assert_eq!(&sm[..100 * 300], &m[100 * 300..200 * 300]);
         assert_eq!(&sm[100 * 300..], &m[300 * 300..]);
+        // Two blocks of rows (chosen then rejected of 2 pairs), replica 1 of 2: its chosen
+        // row is row 1, its rejected row is row 2 + 1.
+        let blocks = Dropout {
+            first_row: 1,
+            row_stride: 2,
+            split: Some((1, 2)),
+            ..d
+        };
+        let bm = blocks.mask(200, 300);
+        assert_eq!(&bm[..100 * 300], &m[100 * 300..200 * 300]);
+        assert_eq!(&bm[100 * 300..], &m[300 * 300..]);
         // Another key, another mask.
         assert_ne!(Dropout { key: 43, ..d }.mask(4, 300), d.mask(4, 300));
         // The same tokens with more padding positions per row: unchanged where they overlap.

@@ -71,6 +71,30 @@ pub trait Kernels: Backend {
         generic::cross_entropy_sum_and_grad(h, w, targets, chunk)
     }
 
+    /// Per row, `-log softmax(h w^T)[target]` (f32 `[rows]`): the token log-probabilities a
+    /// preference objective sums per sequence, chunked like [`Kernels::cross_entropy_sum`].
+    /// Differentiable with respect to `h`.
+    fn cross_entropy_rows(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Self, 1> {
+        generic::cross_entropy_rows(h, w, targets, chunk)
+    }
+
+    /// [`Kernels::cross_entropy_rows`] and the gradient of each row's loss with respect to its
+    /// row of `h` (`[rows, d]`; the fused op's backward scales row `i` by the output
+    /// gradient's element `i`).
+    fn cross_entropy_rows_and_grad(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
+        generic::cross_entropy_rows_and_grad(h, w, targets, chunk)
+    }
+
     /// RMSNorm over the last dim of `x: [rows, dim]` with weight `w`.
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
         generic::rms_norm(x, w, eps)

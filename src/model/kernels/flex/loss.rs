@@ -36,22 +36,24 @@ multiversion! {
     }
 }
 
-/// Row-wise log-sum-exp summed over the rows, each row's `1 / sum(exp)` written to `inv`;
-/// with `store_exp` the logits become their unnormalised softmax.
+/// Row-wise log-sum-exp summed over the rows, each row's `1 / sum(exp)` written to `inv` and
+/// its loss to `row_loss`; with `store_exp` the logits become their unnormalised softmax.
 fn ce_rows(
     logits: &mut [f32],
     vocab: usize,
     targets: &[i32],
     store_exp: bool,
     inv: &mut [f32],
+    row_loss: &mut [f32],
 ) -> f64 {
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .zip(inv.par_iter_mut())
-        .map(|((row, &t), inv)| {
+        .zip(inv.par_iter_mut().zip(row_loss.par_iter_mut()))
+        .map(|((row, &t), (inv, out))| {
             let (loss, i) = ce_row(row, t as usize, store_exp);
             *inv = i;
+            *out = loss as f32;
             loss
         })
         .sum()
@@ -67,14 +69,14 @@ thread_local! {
 /// Fused vocabulary projection + cross-entropy: per chunk of rows, `logits = h W^T` into a
 /// reused buffer, then log-sum-exp (and the unnormalised softmax in place when the gradient
 /// is wanted), then `dh = (softmax - onehot) W`, normalised on the `[d]` rows. Only one chunk
-/// of logits ever exists.
+/// of logits ever exists. Returns the loss sum, the gradient and each row's loss.
 pub(super) fn ce(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
     targets: &[i32],
     chunk: usize,
     with_grad: bool,
-) -> (f64, Option<Tensor<Flex, 2>>) {
+) -> (f64, Option<Tensor<Flex, 2>>, Vec<f32>) {
     let [n, d] = h.dims();
     let vocab = w.dims()[0];
     let (h, w) = (flex(h), flex(w));
@@ -85,6 +87,7 @@ pub(super) fn ce(
     } else {
         Vec::new()
     };
+    let mut row_loss = vec![0f32; n];
     LOGITS.with_borrow_mut(|scratch| {
         if scratch.len() < chunk.min(n) * vocab {
             scratch.resize(chunk.min(n) * vocab, 0.0);
@@ -115,7 +118,8 @@ pub(super) fn ce(
             let mut inv = vec![0f32; len];
             {
                 let _span = span(Region::LossSoftmax);
-                loss += ce_rows(logits, vocab, tgt, with_grad, &mut inv);
+                let rows = &mut row_loss[start..start + len];
+                loss += ce_rows(logits, vocab, tgt, with_grad, &mut inv, rows);
             }
             if with_grad {
                 let _span = span(Region::LossGrad);
@@ -129,7 +133,8 @@ pub(super) fn ce(
                     });
             }
         }
-        (loss, with_grad.then(|| tensor(dh, [n, d])))
+        let grad = with_grad.then(|| tensor(dh, [n, d]));
+        (loss, grad, std::mem::take(&mut row_loss))
     })
 }
 
@@ -195,6 +200,26 @@ pub(super) fn cross_entropy_default(
     chunk: usize,
 ) -> Tensor<Flex, 1> {
     <Flex as Kernels>::cross_entropy_sum(h.cast(DType::F32), w.cast(DType::F32), targets, chunk)
+}
+
+/// Per-row losses of bf16/f16 inputs through the f32 kernel.
+pub(super) fn cross_entropy_rows_default(
+    h: Tensor<Flex, 2>,
+    w: Tensor<Flex, 2>,
+    targets: &[i32],
+    chunk: usize,
+    with_grad: bool,
+) -> (Tensor<Flex, 1>, Option<Tensor<Flex, 2>>) {
+    let dtype = h.dtype();
+    let (_, grad, rows) = ce(
+        h.cast(DType::F32),
+        w.cast(DType::F32),
+        targets,
+        chunk,
+        with_grad,
+    );
+    let n = rows.len();
+    (tensor(rows, [n]), grad.map(|g| g.cast(dtype)))
 }
 
 pub(super) fn cross_entropy_and_grad_default(

@@ -88,8 +88,42 @@ impl Kernels for Flex {
         if !all_f32(&[&h, &w]) {
             return loss::cross_entropy_default(h, w, targets, chunk);
         }
-        let (loss, _) = loss::ce(h, w, targets, chunk, false);
+        let (loss, _, _) = loss::ce(h, w, targets, chunk, false);
         tensor(vec![loss as f32], [1])
+    }
+
+    fn cross_entropy_rows(
+        h: Tensor<Flex, 2>,
+        w: Tensor<Flex, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Flex, 1> {
+        if !all_f32(&[&h, &w]) {
+            return loss::cross_entropy_rows_default(h, w, targets, chunk, false).0;
+        }
+        let (_, _, rows) = loss::ce(h, w, targets, chunk, false);
+        let n = rows.len();
+        tensor(rows, [n])
+    }
+
+    fn cross_entropy_rows_and_grad(
+        h: Tensor<Flex, 2>,
+        w: Tensor<Flex, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
+        let dims = h.dims();
+        let (rows, grad) = if all_f32(&[&h, &w]) {
+            let (_, grad, rows) = loss::ce(h, w, targets, chunk, true);
+            let n = rows.len();
+            (tensor(rows, [n]), grad)
+        } else {
+            loss::cross_entropy_rows_default(h, w, targets, chunk, true)
+        };
+        (
+            rows,
+            grad.unwrap_or_else(|| Tensor::zeros(dims, &Default::default())),
+        )
     }
 
     fn cross_entropy_sum_and_grad(
@@ -102,7 +136,7 @@ impl Kernels for Flex {
             return loss::cross_entropy_and_grad_default(h, w, targets, chunk);
         }
         let dims = h.dims();
-        let (loss, grad) = loss::ce(h, w, targets, chunk, true);
+        let (loss, grad, _) = loss::ce(h, w, targets, chunk, true);
         (
             tensor(vec![loss as f32], [1]),
             grad.unwrap_or_else(|| Tensor::zeros(dims, &Default::default())),

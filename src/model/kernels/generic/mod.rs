@@ -89,6 +89,69 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
     (loss, grad)
 }
 
+pub fn cross_entropy_rows<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> Tensor<B, 1> {
+    let device = h.device();
+    let n = targets.len();
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.max(1).min(n - start);
+        let logits = as_f32(
+            h.clone()
+                .narrow(0, start, len)
+                .matmul(w.clone().transpose()),
+        );
+        let t = targets_tensor::<B>(&targets[start..start + len], &device);
+        parts.push(log_softmax(logits, 1).gather(1, t).reshape([len]).neg());
+    }
+    if parts.is_empty() {
+        Tensor::zeros([0], &device)
+    } else {
+        Tensor::cat(parts, 0)
+    }
+}
+
+pub fn cross_entropy_rows_and_grad<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let device = h.device();
+    let n = targets.len();
+    let mut losses = Vec::new();
+    let mut grads = Vec::new();
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.max(1).min(n - start);
+        let logits = as_f32(
+            h.clone()
+                .narrow(0, start, len)
+                .matmul(w.clone().transpose()),
+        );
+        let t = targets_tensor::<B>(&targets[start..start + len], &device);
+        let lp = log_softmax(logits, 1);
+        losses.push(lp.clone().gather(1, t.clone()).reshape([len]).neg());
+        let g = lp.exp().scatter(
+            1,
+            t,
+            Tensor::full([len, 1], -1.0, &device),
+            IndexingUpdateOp::Add,
+        );
+        grads.push(cast_to(g, h.dtype()).matmul(w.clone()));
+    }
+    if losses.is_empty() {
+        return (
+            Tensor::zeros([0], &device),
+            Tensor::zeros(h.dims(), &device),
+        );
+    }
+    (Tensor::cat(losses, 0), Tensor::cat(grads, 0))
+}
+
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
     let dtype = x.dtype();
     let x32 = as_f32(x);

@@ -1,0 +1,148 @@
+//! A micro-batch of preference pairs as model input: the chosen sequences, then the rejected
+//! ones (one forward pass for both, as TRL's concatenated forward), their targets, and which
+//! trained token belongs to which sequence and to its completion.
+
+use crate::data::{PackedRow, PreferencePair, TokenizedExample, collate};
+use crate::model::HostBatch;
+use crate::model::loss::{IGNORE_INDEX, Targets};
+
+/// `k` pairs as `2k` rows: rows `0..k` chosen, `k..2k` rejected.
+pub struct PairBatch {
+    pub batch: HostBatch,
+    pub targets: Targets,
+    pub pairs: usize,
+    /// Per trained token (in the order of [`Targets::row_of_trained`]): its row, and whether
+    /// it is a completion token (else a prompt token, trained by ORPO's NLL only).
+    pub token_row: Vec<usize>,
+    pub is_completion: Vec<bool>,
+    pub input_tokens: usize,
+}
+
+impl PairBatch {
+    /// `prompt_in_chosen`: the chosen rows train on their prompt tokens too (ORPO's NLL with
+    /// `train_on_inputs`); completions are always trained.
+    pub fn new(pairs: &[&PreferencePair], pad_id: u32, prompt_in_chosen: bool) -> Self {
+        let k = pairs.len();
+        let seq = |p: &PreferencePair, completion: &[u32], prompt_trained: bool| {
+            let ids: Vec<u32> = p.prompt.iter().chain(completion).copied().collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(t, &id)| {
+                    if prompt_trained || t >= p.prompt.len() {
+                        id as i64
+                    } else {
+                        IGNORE_INDEX
+                    }
+                })
+                .collect();
+            PackedRow::single(&TokenizedExample { ids, labels })
+        };
+        let rows: Vec<PackedRow> = pairs
+            .iter()
+            .map(|p| seq(p, &p.chosen, prompt_in_chosen))
+            .chain(pairs.iter().map(|p| seq(p, &p.rejected, false)))
+            .collect();
+        let refs: Vec<&PackedRow> = rows.iter().collect();
+        let (batch, targets) = collate(&refs, pad_id);
+        let prompt_len = |row: usize| pairs[row % k.max(1)].prompt.len();
+        let mut token_row = Vec::new();
+        let mut is_completion = Vec::new();
+        for (b, row) in targets.rows.iter().enumerate() {
+            for (t, &y) in row.iter().enumerate() {
+                if y != IGNORE_INDEX {
+                    token_row.push(b);
+                    // Position t predicts token t + 1.
+                    is_completion.push(t + 1 >= prompt_len(b));
+                }
+            }
+        }
+        Self {
+            batch,
+            targets,
+            pairs: k,
+            token_row,
+            is_completion,
+            input_tokens: rows.iter().map(PackedRow::len).sum(),
+        }
+    }
+
+    /// Per row, the summed log-probability of its completion tokens and their count, from the
+    /// per-token losses.
+    pub fn sequence_logps(&self, token_losses: &[f32]) -> Vec<(f64, usize)> {
+        let mut out = vec![(0.0f64, 0usize); 2 * self.pairs];
+        for ((&row, &completion), &l) in self
+            .token_row
+            .iter()
+            .zip(&self.is_completion)
+            .zip(token_losses)
+        {
+            if completion {
+                out[row].0 -= f64::from(l);
+                out[row].1 += 1;
+            }
+        }
+        out
+    }
+
+    /// ORPO's NLL over the chosen rows' trained tokens: its sum and token count.
+    pub fn chosen_nll(&self, token_losses: &[f32]) -> (f64, usize) {
+        let mut sum = 0.0;
+        let mut n = 0;
+        for (&row, &l) in self.token_row.iter().zip(token_losses) {
+            if row < self.pairs {
+                sum += f64::from(l);
+                n += 1;
+            }
+        }
+        (sum, n)
+    }
+}
+
+/// Tokens ORPO's NLL averages over for a pair: the chosen completion, plus the prompt (all
+/// but its first token, which nothing predicts) with `prompt_in_chosen`.
+pub fn nll_tokens(p: &PreferencePair, prompt_in_chosen: bool) -> usize {
+    if prompt_in_chosen {
+        p.prompt.len() + p.chosen.len() - 1
+    } else {
+        p.chosen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_targets_and_sequence_sums() {
+        let a = PreferencePair {
+            prompt: vec![1, 2],
+            chosen: vec![3, 4, 5],
+            rejected: vec![6],
+        };
+        let b = PreferencePair {
+            prompt: vec![7],
+            chosen: vec![8],
+            rejected: vec![9, 10],
+        };
+        let pb = PairBatch::new(&[&a, &b], 0, false);
+        assert_eq!(pb.batch.input_ids.len(), 4);
+        assert_eq!(pb.batch.input_ids[0], vec![1, 2, 3, 4, 5]);
+        assert_eq!(pb.batch.input_ids[3][..3], [7, 9, 10]);
+        // Completion tokens only: 3 + 1 + 1 + 2.
+        assert_eq!(pb.token_row, vec![0, 0, 0, 1, 2, 3, 3]);
+        assert!(pb.is_completion.iter().all(|&c| c));
+        let sums = pb.sequence_logps(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(sums, vec![(-6.0, 3), (-4.0, 1), (-5.0, 1), (-13.0, 2)]);
+        assert_eq!(
+            pb.chosen_nll(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]),
+            (10.0, 4)
+        );
+        // ORPO with the prompt in the NLL: the chosen rows' prompt tokens are trained too.
+        let pb = PairBatch::new(&[&a, &b], 0, true);
+        assert_eq!(pb.token_row, vec![0, 0, 0, 0, 1, 2, 3, 3]);
+        assert!(!pb.is_completion[0]);
+        assert_eq!(nll_tokens(&a, true), 4);
+        assert_eq!(nll_tokens(&a, false), 3);
+    }
+}

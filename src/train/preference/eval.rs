@@ -1,0 +1,80 @@
+//! Evaluation on held-out preference pairs (no dropout, no gradients): the objective's loss and
+//! TRL's reward metrics over all pairs, and the perplexity of the chosen completions.
+
+use super::batch::{PairBatch, nll_tokens};
+use super::objective::{PreferenceMetrics, PreferenceObjective, PreferenceSums, pair_terms};
+use super::step::{pair_logps, reference_logps};
+use crate::data::PreferencePair;
+use crate::model::loss::token_losses;
+use crate::model::{Model, ModelBackend};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreferenceEval {
+    /// The objective's loss over all pairs (ORPO: its NLL over all their tokens).
+    pub loss: f64,
+    /// `exp` of the chosen completions' mean NLL per token.
+    pub perplexity: f64,
+    pub metrics: PreferenceMetrics,
+    pub pairs: usize,
+}
+
+/// Evaluate `pairs` in batches of `batch_size` pairs; `reference` is DPO's reference policy.
+pub fn evaluate_pairs<B: ModelBackend>(
+    policy: &Model<B>,
+    reference: Option<&Model<B>>,
+    pairs: &[PreferencePair],
+    batch_size: usize,
+    objective: &PreferenceObjective,
+    pad_id: u32,
+    chunk: usize,
+) -> anyhow::Result<PreferenceEval> {
+    let prompt_in_chosen = matches!(
+        objective,
+        PreferenceObjective::Orpo {
+            nll_on_prompt: true,
+            ..
+        }
+    );
+    let mut sums = PreferenceSums::default();
+    let mut pair_loss = 0.0f64;
+    let (mut chosen_nll, mut chosen_tokens) = (0.0f64, 0usize);
+    for chunk_pairs in pairs.chunks(batch_size.max(1)) {
+        let refs: Vec<&PreferencePair> = chunk_pairs.iter().collect();
+        let pb = PairBatch::new(&refs, pad_id, prompt_in_chosen);
+        let reference_rows = match reference {
+            Some(r) if objective.needs_reference() => Some(reference_logps(r, &pb, chunk)?),
+            _ => None,
+        };
+        let hidden = policy.hidden_states(&pb.batch, None);
+        let values: Vec<f32> = token_losses(&policy.net, hidden, &pb.targets, chunk)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading token losses: {e:?}"))?;
+        let rows = pb.sequence_logps(&values);
+        for p in pair_logps(&rows, reference_rows.as_deref(), pb.pairs) {
+            let t = pair_terms(objective, &p);
+            pair_loss += t.loss;
+            sums.add(&t);
+            chosen_nll -= p.chosen;
+            chosen_tokens += p.chosen_tokens;
+        }
+        if matches!(objective, PreferenceObjective::Orpo { .. }) {
+            let (nll, n) = pb.chosen_nll(&values);
+            sums.nll += nll;
+            sums.nll_tokens += n as f64;
+        }
+    }
+    let n = pairs.len().max(1) as f64;
+    let mut loss = pair_loss / n;
+    if matches!(objective, PreferenceObjective::Orpo { .. }) {
+        let tokens: usize = pairs.iter().map(|p| nll_tokens(p, prompt_in_chosen)).sum();
+        loss += sums.nll / tokens.max(1) as f64;
+    }
+    Ok(PreferenceEval {
+        loss,
+        perplexity: (chosen_nll / chosen_tokens.max(1) as f64).exp(),
+        metrics: sums.metrics(objective),
+        pairs: pairs.len(),
+    })
+}

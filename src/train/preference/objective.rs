@@ -1,0 +1,429 @@
+//! The preference losses on per-sequence log-probabilities, in f64 on the host, with their
+//! derivatives: DPO (Rafailov et al. 2023) with the sigmoid loss, its conservative form with
+//! label smoothing (Mitchell 2023) and IPO (Azar et al. 2023); ORPO's odds-ratio term (Hong et
+//! al. 2024). Conventions and metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`).
+
+use crate::recipe::{DpoLoss, DpoSection, Objective, OrpoSection};
+
+/// What a step or an evaluation optimises over pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PreferenceObjective {
+    Dpo {
+        beta: f64,
+        loss: DpoLoss,
+        label_smoothing: f64,
+    },
+    Orpo {
+        beta: f64,
+        /// The NLL term covers the prompt too (`data.train_on_inputs`; TRL's ORPOTrainer does).
+        nll_on_prompt: bool,
+    },
+}
+
+impl PreferenceObjective {
+    /// The recipe's objective; `None` for SFT.
+    pub fn from_recipe(
+        objective: Objective,
+        dpo: &DpoSection,
+        orpo: &OrpoSection,
+        train_on_inputs: bool,
+    ) -> Option<Self> {
+        match objective {
+            Objective::Sft => None,
+            Objective::Dpo => Some(Self::Dpo {
+                beta: dpo.beta,
+                loss: dpo.loss_type,
+                label_smoothing: dpo.label_smoothing,
+            }),
+            Objective::Orpo => Some(Self::Orpo {
+                beta: orpo.beta,
+                nll_on_prompt: train_on_inputs,
+            }),
+        }
+    }
+
+    pub fn needs_reference(&self) -> bool {
+        matches!(self, Self::Dpo { .. })
+    }
+}
+
+impl std::fmt::Display for PreferenceObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dpo {
+                beta,
+                loss,
+                label_smoothing,
+            } => write!(
+                f,
+                "dpo ({loss} loss, beta {beta}, label smoothing {label_smoothing}; reference: the frozen base, adapters swapped, no second model)"
+            ),
+            Self::Orpo {
+                beta,
+                nll_on_prompt,
+            } => write!(
+                f,
+                "orpo (beta {beta}; NLL on the chosen {})",
+                if *nll_on_prompt {
+                    "prompt and completion"
+                } else {
+                    "completion"
+                }
+            ),
+        }
+    }
+}
+
+/// One pair's sequence log-probabilities: summed over each completion's tokens, the token
+/// counts, and the reference policy's sums (DPO).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PairLogps {
+    pub chosen: f64,
+    pub rejected: f64,
+    pub chosen_tokens: usize,
+    pub rejected_tokens: usize,
+    pub ref_chosen: f64,
+    pub ref_rejected: f64,
+}
+
+/// One pair's loss term, its derivatives with respect to the summed log-probabilities, and
+/// what the metrics average.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairTerms {
+    /// The pair's loss (ORPO: `-beta * log sigmoid(log odds)`, without the NLL).
+    pub loss: f64,
+    pub d_chosen: f64,
+    pub d_rejected: f64,
+    pub reward_chosen: f64,
+    pub reward_rejected: f64,
+    /// What `logps/chosen` and `logps/rejected` report: sums for DPO, per-token means for ORPO.
+    pub logp_chosen: f64,
+    pub logp_rejected: f64,
+    /// ORPO: the log odds ratio and its log-sigmoid.
+    pub log_odds: f64,
+    pub log_sigmoid_odds: f64,
+}
+
+/// `log sigmoid(x)`, stable for large |x|.
+pub fn log_sigmoid(x: f64) -> f64 {
+    if x < 0.0 {
+        x - x.exp().ln_1p()
+    } else {
+        -(-x).exp().ln_1p()
+    }
+}
+
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `log(1 - exp(x))` for `x < 0`, switching form at `-ln 2` to avoid cancellation (TRL's
+/// `log1mexp`).
+pub fn log1mexp(x: f64) -> f64 {
+    if x < -std::f64::consts::LN_2 {
+        (-x.exp()).ln_1p()
+    } else {
+        (-x.exp_m1()).ln()
+    }
+}
+
+pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
+    match *objective {
+        PreferenceObjective::Dpo {
+            beta,
+            loss,
+            label_smoothing,
+        } => {
+            let chosen_ratio = p.chosen - p.ref_chosen;
+            let rejected_ratio = p.rejected - p.ref_rejected;
+            let (value, d_chosen, d_rejected) = match loss {
+                DpoLoss::Sigmoid => {
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let e = label_smoothing;
+                    let value = -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
+                    let dz = -(1.0 - e) * sigmoid(-z) + e * sigmoid(z);
+                    (value, beta * dz, -beta * dz)
+                }
+                DpoLoss::Ipo => {
+                    // Log-ratios averaged per completion token, as TRL does.
+                    let (nc, nr) = (
+                        p.chosen_tokens.max(1) as f64,
+                        p.rejected_tokens.max(1) as f64,
+                    );
+                    let delta = chosen_ratio / nc - rejected_ratio / nr;
+                    let gap = delta - 1.0 / (2.0 * beta);
+                    (gap * gap, 2.0 * gap / nc, -2.0 * gap / nr)
+                }
+            };
+            PairTerms {
+                loss: value,
+                d_chosen,
+                d_rejected,
+                reward_chosen: beta * chosen_ratio,
+                reward_rejected: beta * rejected_ratio,
+                logp_chosen: p.chosen,
+                logp_rejected: p.rejected,
+                log_odds: 0.0,
+                log_sigmoid_odds: 0.0,
+            }
+        }
+        PreferenceObjective::Orpo { beta, .. } => {
+            let (nc, nr) = (
+                p.chosen_tokens.max(1) as f64,
+                p.rejected_tokens.max(1) as f64,
+            );
+            let (ac, ar) = (p.chosen / nc, p.rejected / nr);
+            let log_odds = (ac - ar) - (log1mexp(ac) - log1mexp(ar));
+            let ratio = log_sigmoid(log_odds);
+            // d(-beta log sigmoid(o))/do, and do/da = 1 / (1 - exp(a)) for either side.
+            let d_odds = -beta * sigmoid(-log_odds);
+            let d_ac = d_odds / -ac.exp_m1();
+            let d_ar = -d_odds / -ar.exp_m1();
+            PairTerms {
+                loss: -beta * ratio,
+                d_chosen: d_ac / nc,
+                d_rejected: d_ar / nr,
+                reward_chosen: beta * ac,
+                reward_rejected: beta * ar,
+                logp_chosen: ac,
+                logp_rejected: ar,
+                log_odds,
+                log_sigmoid_odds: ratio,
+            }
+        }
+    }
+}
+
+/// Sums over pairs behind the metrics, in a fixed order so replicas can add them up.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PreferenceSums {
+    pub pairs: f64,
+    pub reward_chosen: f64,
+    pub reward_rejected: f64,
+    pub correct: f64,
+    pub logp_chosen: f64,
+    pub logp_rejected: f64,
+    pub log_odds: f64,
+    pub log_sigmoid_odds: f64,
+    /// ORPO: summed NLL and its token count.
+    pub nll: f64,
+    pub nll_tokens: f64,
+}
+
+impl PreferenceSums {
+    pub const LEN: usize = 10;
+
+    pub fn add(&mut self, t: &PairTerms) {
+        self.pairs += 1.0;
+        self.reward_chosen += t.reward_chosen;
+        self.reward_rejected += t.reward_rejected;
+        // TRL counts a pair as correct when its chosen reward is strictly higher.
+        self.correct += f64::from(u8::from(t.reward_chosen > t.reward_rejected));
+        self.logp_chosen += t.logp_chosen;
+        self.logp_rejected += t.logp_rejected;
+        self.log_odds += t.log_odds;
+        self.log_sigmoid_odds += t.log_sigmoid_odds;
+    }
+
+    pub fn merge(&mut self, o: &Self) {
+        let (a, b) = (self.to_vec(), o.to_vec());
+        *self = Self::from_slice(&a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>());
+    }
+
+    pub fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.pairs,
+            self.reward_chosen,
+            self.reward_rejected,
+            self.correct,
+            self.logp_chosen,
+            self.logp_rejected,
+            self.log_odds,
+            self.log_sigmoid_odds,
+            self.nll,
+            self.nll_tokens,
+        ]
+    }
+
+    pub fn from_slice(v: &[f64]) -> Self {
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+        Self {
+            pairs: at(0),
+            reward_chosen: at(1),
+            reward_rejected: at(2),
+            correct: at(3),
+            logp_chosen: at(4),
+            logp_rejected: at(5),
+            log_odds: at(6),
+            log_sigmoid_odds: at(7),
+            nll: at(8),
+            nll_tokens: at(9),
+        }
+    }
+
+    /// The means TRL logs.
+    pub fn metrics(&self, objective: &PreferenceObjective) -> PreferenceMetrics {
+        let p = self.pairs.max(1.0);
+        let orpo = matches!(objective, PreferenceObjective::Orpo { .. });
+        PreferenceMetrics {
+            rewards_chosen: self.reward_chosen / p,
+            rewards_rejected: self.reward_rejected / p,
+            rewards_margins: (self.reward_chosen - self.reward_rejected) / p,
+            rewards_accuracies: self.correct / p,
+            logps_chosen: self.logp_chosen / p,
+            logps_rejected: self.logp_rejected / p,
+            orpo: orpo.then(|| OrpoMetrics {
+                nll_loss: self.nll / self.nll_tokens.max(1.0),
+                log_odds_ratio: self.log_sigmoid_odds / p,
+                log_odds_chosen: self.log_odds / p,
+            }),
+        }
+    }
+}
+
+/// Means over a step's (or an evaluation's) pairs, with TRL's names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreferenceMetrics {
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub rewards_margins: f64,
+    pub rewards_accuracies: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+    pub orpo: Option<OrpoMetrics>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrpoMetrics {
+    pub nll_loss: f64,
+    pub log_odds_ratio: f64,
+    pub log_odds_chosen: f64,
+}
+
+impl PreferenceMetrics {
+    /// `(TRL's name, value)` in the order TRL logs them.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+        ];
+        if let Some(o) = &self.orpo {
+            v.push(("nll_loss", o.nll_loss));
+            v.push(("log_odds_ratio", o.log_odds_ratio));
+            v.push(("log_odds_chosen", o.log_odds_chosen));
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> PairLogps {
+        PairLogps {
+            chosen: -12.5,
+            rejected: -15.0,
+            chosen_tokens: 5,
+            rejected_tokens: 7,
+            ref_chosen: -13.0,
+            ref_rejected: -14.25,
+        }
+    }
+
+    /// Central differences of the loss against the analytic derivatives.
+    fn check(obj: PreferenceObjective, p: PairLogps) {
+        let t = pair_terms(&obj, &p);
+        let h = 1e-6;
+        let f = |dc: f64, dr: f64| {
+            pair_terms(
+                &obj,
+                &PairLogps {
+                    chosen: p.chosen + dc,
+                    rejected: p.rejected + dr,
+                    ..p
+                },
+            )
+            .loss
+        };
+        let dc = (f(h, 0.0) - f(-h, 0.0)) / (2.0 * h);
+        let dr = (f(0.0, h) - f(0.0, -h)) / (2.0 * h);
+        assert!(
+            (dc - t.d_chosen).abs() < 1e-7,
+            "{obj:?}: {dc} vs {}",
+            t.d_chosen
+        );
+        assert!(
+            (dr - t.d_rejected).abs() < 1e-7,
+            "{obj:?}: {dr} vs {}",
+            t.d_rejected
+        );
+    }
+
+    #[test]
+    fn derivatives_match_finite_differences() {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+            for label_smoothing in [0.0, 0.2] {
+                if loss == DpoLoss::Ipo && label_smoothing > 0.0 {
+                    continue;
+                }
+                check(
+                    PreferenceObjective::Dpo {
+                        beta: 0.3,
+                        loss,
+                        label_smoothing,
+                    },
+                    pair(),
+                );
+            }
+        }
+        check(
+            PreferenceObjective::Orpo {
+                beta: 0.25,
+                nll_on_prompt: false,
+            },
+            pair(),
+        );
+        // Near-certain completions (average log-probability close to 0).
+        check(
+            PreferenceObjective::Orpo {
+                beta: 0.25,
+                nll_on_prompt: false,
+            },
+            PairLogps {
+                chosen: -0.05,
+                rejected: -3.0,
+                ..pair()
+            },
+        );
+    }
+
+    #[test]
+    fn equal_policies_give_ln2_and_no_margin() {
+        let p = PairLogps {
+            ref_chosen: -12.5,
+            ref_rejected: -15.0,
+            ..pair()
+        };
+        let obj = PreferenceObjective::Dpo {
+            beta: 0.1,
+            loss: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+        };
+        let t = pair_terms(&obj, &p);
+        assert_eq!(t.loss, std::f64::consts::LN_2);
+        assert_eq!(t.reward_chosen - t.reward_rejected, 0.0);
+        assert!((log1mexp(-0.1) - (1.0 - (-0.1f64).exp()).ln()).abs() < 1e-15);
+        assert!((log1mexp(-5.0) - (1.0 - (-5.0f64).exp()).ln()).abs() < 1e-15);
+        assert!((log_sigmoid(-800.0) + 800.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,234 @@
+//! One optimizer step of DPO or ORPO. Per micro-batch: the reference policy's log-probabilities
+//! (DPO; no gradients), one forward pass of the policy over the chosen and rejected sequences
+//! with per-token losses from the fused cross-entropy, the objective and its derivatives on
+//! the host in f64, and one backward pass of `sum_i w_i * loss_i` with `w_i` the derivative
+//! of the step's loss with respect to token loss `i` (so the gradient is the objective's).
+//! The window's pair and NLL-token counts are known before any forward pass, so every
+//! micro-batch is normalised as the whole window is and replicas only add up.
+
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::batch::PairBatch;
+use super::objective::{PairLogps, PreferenceObjective, PreferenceSums, pair_terms};
+use crate::backend::TrainBackend;
+use crate::data::PreferencePair;
+use crate::lora::TargetModule;
+use crate::lora::attach::factor_tensors;
+use crate::model::kernels::DropoutSeed;
+use crate::model::loss::token_losses;
+use crate::model::{Model, ModelBackend};
+use crate::rng::fnv1a;
+use crate::train::optimizer::AdamW;
+use crate::train::signals::StopFlag;
+use crate::train::step::{StepResult, StepSettings, Update, apply_update, stop_after};
+use crate::train::sync::{GradientSync, StepContribution};
+
+/// A step's pairs: this replica's share of each micro-batch, and the window's totals.
+pub struct PairWindow<'a> {
+    /// This replica's pairs of each micro-batch.
+    pub micro_batches: Vec<Vec<&'a PreferencePair>>,
+    /// Pairs in each whole micro-batch (all replicas).
+    pub global_sizes: Vec<usize>,
+    /// Pairs in the whole window.
+    pub pairs: usize,
+    /// Tokens ORPO's NLL averages over in the whole window.
+    pub nll_tokens: usize,
+}
+
+/// The policy's and the reference's per-token losses of a batch of pairs.
+fn token_values<B: ModelBackend>(t: Tensor<B, 1>) -> anyhow::Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading token losses: {e:?}"))
+}
+
+/// The reference policy's summed completion log-probabilities of each row (no gradients).
+pub fn reference_logps<B: ModelBackend>(
+    reference: &Model<B>,
+    pb: &PairBatch,
+    chunk: usize,
+) -> anyhow::Result<Vec<(f64, usize)>> {
+    let hidden = reference.hidden_states(&pb.batch, None);
+    let values = token_values(token_losses(&reference.net, hidden, &pb.targets, chunk))?;
+    Ok(pb.sequence_logps(&values))
+}
+
+/// Per-pair inputs of the objective from per-row sums (chosen rows first).
+pub fn pair_logps(
+    policy: &[(f64, usize)],
+    reference: Option<&[(f64, usize)]>,
+    pairs: usize,
+) -> Vec<PairLogps> {
+    (0..pairs)
+        .map(|i| PairLogps {
+            chosen: policy[i].0,
+            rejected: policy[pairs + i].0,
+            chosen_tokens: policy[i].1,
+            rejected_tokens: policy[pairs + i].1,
+            ref_chosen: reference.map_or(0.0, |r| r[i].0),
+            ref_rejected: reference.map_or(0.0, |r| r[pairs + i].0),
+        })
+        .collect()
+}
+
+/// Take optimizer step `step` over `window`. `reference` is the reference policy (DPO).
+#[allow(clippy::too_many_arguments)]
+pub fn take_preference_step<B: TrainBackend>(
+    model: &mut Model<B>,
+    reference: Option<&Model<B::InnerBackend>>,
+    targets: &[TargetModule],
+    optimizer: &mut AdamW<B::InnerBackend>,
+    window: &PairWindow<'_>,
+    objective: &PreferenceObjective,
+    step: usize,
+    lr: f64,
+    settings: &StepSettings,
+    sync: &mut dyn GradientSync<B::InnerBackend>,
+    stop: &StopFlag,
+) -> anyhow::Result<(StepResult, PreferenceSums)> {
+    let device = model.device.clone();
+    let mut grad_sums: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
+        .iter()
+        .map(|p| Tensor::zeros(p.dims(), (&device, DType::F32)))
+        .collect();
+    let (prompt_in_chosen, nll_scale) = match objective {
+        PreferenceObjective::Orpo { nll_on_prompt, .. } => {
+            (*nll_on_prompt, 1.0 / window.nll_tokens.max(1) as f64)
+        }
+        PreferenceObjective::Dpo { .. } => (false, 0.0),
+    };
+    let pair_scale = 1.0 / window.pairs.max(1) as f64;
+    let mut sums = PreferenceSums::default();
+    let (mut loss_part, mut input_tokens, mut trained_tokens) = (0.0f64, 0usize, 0usize);
+    for (j, pairs) in window.micro_batches.iter().enumerate() {
+        if pairs.is_empty() {
+            continue;
+        }
+        let pb = PairBatch::new(pairs, settings.pad_id, prompt_in_chosen);
+        input_tokens += pb.input_tokens;
+        trained_tokens += pb.token_row.len();
+        let reference_rows = match reference {
+            Some(r) if objective.needs_reference() => {
+                Some(reference_logps(r, &pb, settings.chunk)?)
+            }
+            _ => None,
+        };
+        // The chosen rows, then the rejected ones: each block is strided over the replicas
+        // as the micro-batch's pairs are, so the dropout masks are one process's.
+        let dropout = DropoutSeed {
+            key: settings.seed ^ fnv1a(format!("dropout-{step}-{j}").as_bytes()),
+            first_row: sync.rank(),
+            row_stride: sync.world_size(),
+            split: Some((pb.pairs, window.global_sizes.get(j).copied().unwrap_or(0))),
+        };
+        let hidden = model.hidden_states(&pb.batch, Some(&dropout));
+        let losses = token_losses(&model.net, hidden, &pb.targets, settings.chunk);
+        let values = token_values(losses.clone())?;
+        let rows = pb.sequence_logps(&values);
+        let logps = pair_logps(&rows, reference_rows.as_deref(), pb.pairs);
+        // d(step loss)/d(summed log-probability) of each row.
+        let mut d_row = vec![0.0f64; 2 * pb.pairs];
+        for (i, p) in logps.iter().enumerate() {
+            let t = pair_terms(objective, p);
+            loss_part += t.loss * pair_scale;
+            d_row[i] = t.d_chosen * pair_scale;
+            d_row[pb.pairs + i] = t.d_rejected * pair_scale;
+            sums.add(&t);
+        }
+        if nll_scale > 0.0 {
+            let (nll, n) = pb.chosen_nll(&values);
+            loss_part += nll * nll_scale;
+            sums.nll += nll;
+            sums.nll_tokens += n as f64;
+        }
+        // A token loss is minus a log-probability: its weight is minus its row's derivative,
+        // plus the NLL's share for the chosen rows.
+        let weights: Vec<f32> = pb
+            .token_row
+            .iter()
+            .zip(&pb.is_completion)
+            .map(|(&row, &completion)| {
+                let pair_part = if completion { -d_row[row] } else { 0.0 };
+                let nll_part = if row < pb.pairs { nll_scale } else { 0.0 };
+                (pair_part + nll_part) as f32
+            })
+            .collect();
+        let n = weights.len();
+        let w = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), (&device, DType::F32));
+        let grads = (losses * w).sum().backward();
+        for (acc, p) in grad_sums
+            .iter_mut()
+            .zip(factor_tensors(&model.net, targets))
+        {
+            if let Some(g) = p.grad(&grads) {
+                *acc = acc.clone() + g;
+            }
+        }
+    }
+    let local_stop = stop.requested();
+    let total = sync.all_reduce(StepContribution {
+        grad_sums,
+        trained_tokens,
+        loss_sum: loss_part,
+        input_tokens,
+        stop: local_stop.is_some(),
+        step,
+        metric_sums: sums.to_vec(),
+    })?;
+    let stop = stop_after(local_stop, total.stop);
+    let update = Update {
+        step,
+        lr,
+        loss: total.loss_sum,
+        max_grad_norm: settings.max_grad_norm,
+    };
+    let grad_norm = apply_update(model, targets, optimizer, total.grad_sums, 1.0, &update)?;
+    Ok((
+        StepResult {
+            loss: total.loss_sum,
+            grad_norm,
+            input_tokens: total.input_tokens,
+            trained_tokens: total.trained_tokens,
+            stop,
+        },
+        PreferenceSums::from_slice(&total.metric_sums),
+    ))
+}
+
+/// The reference policy for `model`: the same network with the adapters off (`None`), or
+/// with `factors` attached in their place; frozen weights are shared, not copied.
+pub fn reference_model<B: TrainBackend>(
+    model: &Model<B>,
+    factors: Option<&crate::lora::peft::AdapterFiles>,
+) -> Model<B::InnerBackend> {
+    let mut reference = model.valid();
+    let layers = reference.config.num_layers;
+    for layer in 0..layers {
+        for module in crate::model::params::LINEAR_MODULES {
+            if let Some(proj) = reference.net.projection_mut(layer, module) {
+                proj.lora = None;
+            }
+        }
+    }
+    if let Some(files) = factors {
+        let device = reference.device.clone();
+        for ((layer, module), f) in &files.factors {
+            let to = |values: &[f32], shape: [usize; 2]| {
+                burn::module::Param::from_tensor(Tensor::<B::InnerBackend, 2>::from_data(
+                    TensorData::new(values.to_vec(), shape),
+                    (&device, DType::F32),
+                ))
+            };
+            if let Some(proj) = reference.net.projection_mut(*layer, module) {
+                proj.lora = Some(crate::lora::layer::LoraAdapter {
+                    a: to(&f.a, [f.r, f.in_features]),
+                    b: to(&f.b, [f.out_features, f.r]),
+                    scaling: f.scaling,
+                    dropout: 0.0,
+                });
+            }
+        }
+    }
+    reference
+}
