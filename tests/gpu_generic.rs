@@ -133,6 +133,9 @@ fn loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
         key: 7,
         first_row: 0,
         row_stride: 1,
+        // The second batch row draws as row 4 of the micro-batch (a preference batch's
+        // rejected block).
+        split: Some((1, 4)),
         seq: 7,
     };
     let cpu_lora = Some((la.clone(), lb.clone(), 1.5));
@@ -209,11 +212,7 @@ fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
         .map(|r| r.iter().map(|&x| x as i64).collect())
         .collect();
     let tgt = Targets::shifted(&labels, &batch.segments);
-    let seed = DropoutSeed {
-        key: 3,
-        first_row: 0,
-        row_stride: 1,
-    };
+    let seed = DropoutSeed::strided(3, 0, 1);
     let h = m.hidden_states(&batch, Some(&seed));
     let (loss, _) = cross_entropy_sum(&m.net, h, &tgt, 16);
     let value = host(loss.clone()).1[0];

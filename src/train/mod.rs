@@ -16,3 +16,4 @@ pub mod signals;
 pub mod state;
 pub mod step;
 pub mod sync;
+pub mod window;

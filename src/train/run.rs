@@ -17,16 +17,15 @@ use super::checkpoint::output::{self, replace_folder};
 use super::checkpoint::{self, Checkpoint, CheckpointContents};
 use super::evaluate::{EvalResult, evaluate};
 use super::optimizer::{AdamW, AdamWConfig};
-use super::preference::{
-    PairWindow, PreferenceObjective, evaluate_pairs, reference_model, take_preference_step,
-};
+use super::preference::{evaluate_pairs, load_reference, take_preference_step};
 use super::schedule::Schedule;
 use super::setup::RunSetup;
 use super::signals::StopFlag;
 use super::state::{TrainerState, changed_fields, fingerprint, fingerprint_hash};
 use super::step::{StepError, StepSettings, take_step};
 use super::sync::GradientSync;
-use crate::data::order::{epoch_order, micro_batches, shard};
+use super::window::{pair_window, shards, window_micro_batches};
+use crate::data::order::epoch_order;
 use crate::error::user;
 use crate::lora::attach::{attach, extract, factor_names, init_factors};
 use crate::lora::peft::{HostFactors, read_adapter, write_adapter};
@@ -185,7 +184,7 @@ pub fn train<B: TrainBackend>(
                     sync,
                     &opts.stop,
                 ) {
-                    Ok((r, sums)) => (Ok(r), named(&sums.metrics(obj), "")),
+                    Ok((r, sums)) => (Ok(r), sums.metrics(obj).with_prefix("")),
                     Err(e) => (Err(e), ObjectiveMetrics::new()),
                 }
             }
@@ -408,91 +407,6 @@ fn factors_for(
         .collect()
 }
 
-/// The item indices of each micro-batch of step window `window` in epoch order `order` (the
-/// whole micro-batches, every replica's share).
-fn window_micro_batches(order: &[usize], window: usize, setup: &RunSetup) -> Vec<Vec<usize>> {
-    let t = &setup.recipe().train;
-    let all = micro_batches(order, t.micro_batch_size);
-    let start = window * t.grad_accum;
-    let end = (start + t.grad_accum).min(all.len());
-    all[start.min(end)..end].to_vec()
-}
-
-/// This replica's items of each micro-batch.
-fn shards<'a, T>(
-    items: &'a [T],
-    global: &[Vec<usize>],
-    sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
-) -> Vec<Vec<&'a T>> {
-    global
-        .iter()
-        .map(|mb| {
-            shard(mb, sync.rank(), sync.world_size())
-                .into_iter()
-                .map(|i| &items[i])
-                .collect()
-        })
-        .collect()
-}
-
-/// A step's pairs with the window's totals the preference step normalises by.
-fn pair_window<'a>(
-    setup: &'a RunSetup,
-    objective: &PreferenceObjective,
-    global: &[Vec<usize>],
-    sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
-) -> PairWindow<'a> {
-    let pairs = &setup.data.train_pairs;
-    let on_prompt = matches!(
-        objective,
-        PreferenceObjective::Orpo {
-            nll_on_prompt: true,
-            ..
-        }
-    );
-    PairWindow {
-        micro_batches: shards(pairs, global, sync),
-        global_sizes: global.iter().map(Vec::len).collect(),
-        pairs: global.iter().map(Vec::len).sum(),
-        nll_tokens: global
-            .iter()
-            .flatten()
-            .map(|&i| super::preference::batch::nll_tokens(&pairs[i], on_prompt))
-            .sum(),
-    }
-}
-
-/// DPO's reference policy: the base with the adapters off, or `train.dpo.reference`'s
-/// adapter on the same frozen weights. `None` for objectives without one.
-fn load_reference<B: TrainBackend>(
-    setup: &RunSetup,
-    model: &Model<B>,
-    objective: Option<&PreferenceObjective>,
-) -> anyhow::Result<Option<Model<B::InnerBackend>>> {
-    if !objective.is_some_and(PreferenceObjective::needs_reference) {
-        return Ok(None);
-    }
-    let r = &setup.recipe().train.dpo.reference;
-    let files = if r == "base" {
-        None
-    } else {
-        let dir = setup.loaded.resolve_path(r);
-        Some(
-            read_adapter(&dir, &model.config)
-                .with_context(|| format!("train.dpo.reference {}", dir.display()))?,
-        )
-    };
-    Ok(Some(reference_model(model, files.as_ref())))
-}
-
-/// Preference metrics under TRL's names, `prefix` before each (`eval_` for evaluations).
-fn named(m: &super::preference::PreferenceMetrics, prefix: &str) -> ObjectiveMetrics {
-    m.named()
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}{k}"), v))
-        .collect()
-}
-
 /// A diverged step names the checkpoint to go back to.
 fn with_last_checkpoint(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
     if !e.is::<StepError>() {
@@ -563,7 +477,7 @@ fn run_eval<B: TrainBackend>(
                 perplexity: e.perplexity,
                 tokens: e.pairs,
             };
-            (r, named(&e.metrics, "eval_"))
+            (r, e.metrics.with_prefix("eval_"))
         }
     };
     progress.best_eval = Some(progress.best_eval.map_or(r.loss, |b| b.min(r.loss)));

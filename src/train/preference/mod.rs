@@ -10,4 +10,4 @@ pub mod step;
 
 pub use eval::{PreferenceEval, evaluate_pairs};
 pub use objective::{PreferenceMetrics, PreferenceObjective, PreferenceSums};
-pub use step::{PairWindow, reference_model, take_preference_step};
+pub use step::{PairWindow, load_reference, reference_model, take_preference_step};

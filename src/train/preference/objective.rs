@@ -307,6 +307,14 @@ pub struct OrpoMetrics {
 
 impl PreferenceMetrics {
     /// `(TRL's name, value)` in the order TRL logs them.
+    /// [`Self::named`] with `prefix` before each name (`eval_` for evaluations).
+    pub fn with_prefix(&self, prefix: &str) -> crate::observe::metrics::ObjectiveMetrics {
+        self.named()
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect()
+    }
+
     pub fn named(&self) -> Vec<(&'static str, f64)> {
         let mut v = vec![
             ("rewards/chosen", self.rewards_chosen),

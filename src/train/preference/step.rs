@@ -8,17 +8,21 @@
 
 use burn::tensor::{DType, Tensor, TensorData};
 
+use anyhow::Context;
+
 use super::batch::PairBatch;
 use super::objective::{PairLogps, PreferenceObjective, PreferenceSums, pair_terms};
 use crate::backend::TrainBackend;
 use crate::data::PreferencePair;
 use crate::lora::TargetModule;
 use crate::lora::attach::factor_tensors;
+use crate::lora::peft::read_adapter;
 use crate::model::kernels::DropoutSeed;
 use crate::model::loss::token_losses;
 use crate::model::{Model, ModelBackend};
 use crate::rng::fnv1a;
 use crate::train::optimizer::AdamW;
+use crate::train::setup::RunSetup;
 use crate::train::signals::StopFlag;
 use crate::train::step::{StepResult, StepSettings, Update, apply_update, stop_after};
 use crate::train::sync::{GradientSync, StepContribution};
@@ -231,4 +235,27 @@ pub fn reference_model<B: TrainBackend>(
         }
     }
     reference
+}
+
+/// DPO's reference policy: the base with the adapters off, or `train.dpo.reference`'s
+/// adapter on the same frozen weights. `None` for objectives without one.
+pub fn load_reference<B: TrainBackend>(
+    setup: &RunSetup,
+    model: &Model<B>,
+    objective: Option<&PreferenceObjective>,
+) -> anyhow::Result<Option<Model<B::InnerBackend>>> {
+    if !objective.is_some_and(PreferenceObjective::needs_reference) {
+        return Ok(None);
+    }
+    let r = &setup.recipe().train.dpo.reference;
+    let files = if r == "base" {
+        None
+    } else {
+        let dir = setup.loaded.resolve_path(r);
+        Some(
+            read_adapter(&dir, &model.config)
+                .with_context(|| format!("train.dpo.reference {}", dir.display()))?,
+        )
+    };
+    Ok(Some(reference_model(model, files.as_ref())))
 }
