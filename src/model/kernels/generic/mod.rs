@@ -29,26 +29,49 @@ fn targets_tensor<B: Backend>(targets: &[i32], device: &B::Device) -> Tensor<B, 
     )
 }
 
-pub fn cross_entropy_sum<B: Backend>(
-    h: Tensor<B, 2>,
-    w: Tensor<B, 2>,
-    targets: &[i32],
+/// The chunks of `chunk` rows the loss works through: each chunk's f32 log-softmax over the
+/// vocabulary (the only `[chunk, vocab]` tensor alive at a time) and its targets as indices.
+fn log_prob_chunks<'a, B: Backend>(
+    h: &'a Tensor<B, 2>,
+    w: &'a Tensor<B, 2>,
+    targets: &'a [i32],
     chunk: usize,
-) -> Tensor<B, 1> {
-    let device = h.device();
+) -> impl Iterator<Item = (Tensor<B, 2>, Tensor<B, 2, Int>)> + 'a {
     let n = targets.len();
-    let mut total = Tensor::<B, 1>::zeros([1], &device);
-    for start in (0..n).step_by(chunk.max(1)) {
+    (0..n).step_by(chunk.max(1)).map(move |start| {
         let len = chunk.max(1).min(n - start);
         let logits = as_f32(
             h.clone()
                 .narrow(0, start, len)
                 .matmul(w.clone().transpose()),
         );
-        let t = targets_tensor::<B>(&targets[start..start + len], &device);
-        total = total + log_softmax(logits, 1).gather(1, t).sum().neg();
+        let t = targets_tensor::<B>(&targets[start..start + len], &h.device());
+        (log_softmax(logits, 1), t)
+    })
+}
+
+/// Each row's negative log-probability of its target, `[len]`, from a chunk's log-softmax.
+fn row_losses<B: Backend>(lp: Tensor<B, 2>, t: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let len = t.dims()[0];
+    lp.gather(1, t).reshape([len]).neg()
+}
+
+/// A 1-element total of per-row losses (0 without rows).
+fn total<B: Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
+    if rows.dims()[0] == 0 {
+        Tensor::zeros([1], &rows.device())
+    } else {
+        rows.sum()
     }
-    total
+}
+
+pub fn cross_entropy_sum<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i32],
+    chunk: usize,
+) -> Tensor<B, 1> {
+    total(cross_entropy_rows(h, w, targets, chunk))
 }
 
 pub fn cross_entropy_sum_and_grad<B: Backend>(
@@ -57,36 +80,8 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
     targets: &[i32],
     chunk: usize,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
-    let device = h.device();
-    let n = targets.len();
-    let mut loss = Tensor::<B, 1>::zeros([1], &device);
-    let mut grads = Vec::new();
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.max(1).min(n - start);
-        let logits = as_f32(
-            h.clone()
-                .narrow(0, start, len)
-                .matmul(w.clone().transpose()),
-        );
-        let t = targets_tensor::<B>(&targets[start..start + len], &device);
-        let lp = log_softmax(logits, 1);
-        loss = loss + lp.clone().gather(1, t.clone()).sum().neg();
-        // softmax - onehot(target): subtract 1 at each target in place (no one-hot matrix).
-        let g = lp.exp().scatter(
-            1,
-            t,
-            Tensor::full([len, 1], -1.0, &device),
-            IndexingUpdateOp::Add,
-        );
-        let g = cast_to(g, h.dtype());
-        grads.push(g.matmul(w.clone()));
-    }
-    let grad = if grads.is_empty() {
-        Tensor::zeros(h.dims(), &device)
-    } else {
-        Tensor::cat(grads, 0)
-    };
-    (loss, grad)
+    let (rows, grad) = cross_entropy_rows_and_grad(h, w, targets, chunk);
+    (total(rows), grad)
 }
 
 pub fn cross_entropy_rows<B: Backend>(
@@ -95,21 +90,11 @@ pub fn cross_entropy_rows<B: Backend>(
     targets: &[i32],
     chunk: usize,
 ) -> Tensor<B, 1> {
-    let device = h.device();
-    let n = targets.len();
-    let mut parts = Vec::new();
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.max(1).min(n - start);
-        let logits = as_f32(
-            h.clone()
-                .narrow(0, start, len)
-                .matmul(w.clone().transpose()),
-        );
-        let t = targets_tensor::<B>(&targets[start..start + len], &device);
-        parts.push(log_softmax(logits, 1).gather(1, t).reshape([len]).neg());
-    }
+    let parts: Vec<_> = log_prob_chunks(&h, &w, targets, chunk)
+        .map(|(lp, t)| row_losses(lp, t))
+        .collect();
     if parts.is_empty() {
-        Tensor::zeros([0], &device)
+        Tensor::zeros([0], &h.device())
     } else {
         Tensor::cat(parts, 0)
     }
@@ -122,19 +107,11 @@ pub fn cross_entropy_rows_and_grad<B: Backend>(
     chunk: usize,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let device = h.device();
-    let n = targets.len();
-    let mut losses = Vec::new();
-    let mut grads = Vec::new();
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.max(1).min(n - start);
-        let logits = as_f32(
-            h.clone()
-                .narrow(0, start, len)
-                .matmul(w.clone().transpose()),
-        );
-        let t = targets_tensor::<B>(&targets[start..start + len], &device);
-        let lp = log_softmax(logits, 1);
-        losses.push(lp.clone().gather(1, t.clone()).reshape([len]).neg());
+    let (mut losses, mut grads) = (Vec::new(), Vec::new());
+    for (lp, t) in log_prob_chunks(&h, &w, targets, chunk) {
+        let len = t.dims()[0];
+        losses.push(row_losses(lp.clone(), t.clone()));
+        // softmax - onehot(target): subtract 1 at each target in place (no one-hot matrix).
         let g = lp.exp().scatter(
             1,
             t,
