@@ -270,6 +270,8 @@ fn dpo_learns_the_shipped_preferences() {
     let card = std::fs::read_to_string(out.join("adapter/README.md")).unwrap();
     assert!(card.contains("objective: dpo"), "{card}");
     assert!(card.contains("eval_rewards/accuracies"), "{card}");
+    // exp(DPO loss) is no perplexity: the card must not call it one.
+    assert!(!card.contains("perplexity"), "{card}");
 
     let out = tmp.path().join("orpo");
     let set_out = format!("output.dir={}", out.display());

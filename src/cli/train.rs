@@ -128,10 +128,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(e) = &outcome.final_eval {
-        println!(
-            "final eval loss {:.4} (perplexity {:.2}) over {} tokens",
-            e.loss, e.perplexity, e.tokens
-        );
+        match setup
+            .preference_objective()
+            .map(|_| setup.recipe().train.objective)
+        {
+            // exp of a preference loss means nothing; the perplexity is the chosen completions'.
+            Some(obj) => println!(
+                "final eval loss {:.4} ({obj}); chosen completions' perplexity {:.2} over {} tokens",
+                e.loss, e.perplexity, e.tokens
+            ),
+            None => println!(
+                "final eval loss {:.4} (perplexity {:.2}) over {} tokens",
+                e.loss, e.perplexity, e.tokens
+            ),
+        }
     }
     println!("{}", setup.output_dir.display());
     // Last, for the person at the terminal (stdout's last line stays the folder, for scripts).

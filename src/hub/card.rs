@@ -212,11 +212,16 @@ pub fn render(info: &CardInfo) -> String {
         if let Some(l) = s.final_train_loss {
             body.push_str(&format!("- final training loss: {l:.4}\n"));
         }
-        if let Some(l) = s.final_eval_loss {
-            body.push_str(&format!(
+        match s.final_eval_loss {
+            // A preference loss has no perplexity: exp(loss) would mislead.
+            Some(l) if !s.preference_metrics.is_empty() => {
+                body.push_str(&format!("- final evaluation loss: {l:.4}\n"));
+            }
+            Some(l) => body.push_str(&format!(
                 "- final evaluation loss: {l:.4} (perplexity {:.2})\n",
                 l.exp()
-            ));
+            )),
+            None => {}
         }
         for (name, v) in &s.preference_metrics {
             body.push_str(&format!("- {name}: {v:.4}\n"));

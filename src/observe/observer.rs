@@ -131,8 +131,14 @@ impl RunObserver {
             }
             tb.flush();
         }
+        // For preference pairs the perplexity is the chosen completions', not exp(loss).
+        let ppl = if r.objective.is_empty() {
+            "perplexity"
+        } else {
+            "chosen perplexity"
+        };
         tracing::info!(
-            "eval at step {}: loss {:.4} perplexity {:.2}{}",
+            "eval at step {}: loss {:.4} {ppl} {:.2}{}",
             r.step,
             r.eval_loss,
             r.eval_perplexity,
