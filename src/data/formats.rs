@@ -199,44 +199,14 @@ pub fn parse_example(
                     )));
                 }
             };
-            let mut messages = Vec::with_capacity(list.len());
-            for (i, m) in list.iter().enumerate() {
-                let field = |key: &str| -> Result<String, DataError> {
-                    match m.get(name(key)) {
-                        Some(Value::String(s)) => Ok(s.clone()),
-                        _ => Err(bad(format!(
-                            "message {i} of '{}' has no string '{}'",
-                            name(list_key),
-                            name(key)
-                        ))),
-                    }
-                };
-                let given = field(role_key)?;
-                let role = normalise_role(&given, roles).ok_or_else(|| {
-                    bad(format!(
-                        "message {i} of '{}' has {} '{given}', which no chat template renders; \
-                         allowed: {} (also human, gpt, bot, model); map other names in the \
-                         source with `roles: {{{given}: assistant}}`",
-                        name(list_key),
-                        name(role_key),
-                        ROLES.join(", ")
-                    ))
-                })?;
-                let extra = m
-                    .as_object()
-                    .map(|o| {
-                        o.iter()
-                            .filter(|(k, _)| **k != name(role_key) && **k != name(content_key))
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                messages.push(Message {
-                    role,
-                    content: field(content_key)?,
-                    extra,
-                });
-            }
+            let messages = parse_messages(
+                list,
+                &name(list_key),
+                &name(role_key),
+                &name(content_key),
+                roles,
+            )
+            .map_err(bad)?;
             if !messages.iter().any(|m| m.role == "assistant") {
                 return Err(bad(
                     "conversation has no assistant message to train on".into()
@@ -294,6 +264,51 @@ pub fn parse_example(
             Ok(Example::Tokens { input_ids, labels })
         }
     }
+}
+
+/// A list of chat messages from a row: `list_key`, `role_key` and `content_key` are the
+/// row's own names (after `fields`). A role no chat template renders is an error naming the
+/// allowed ones; other fields of a message (tool calls, ...) are kept for the template.
+pub(super) fn parse_messages(
+    list: &[Value],
+    list_key: &str,
+    role_key: &str,
+    content_key: &str,
+    roles: &RoleMap,
+) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let field = |key: &str| -> Result<String, String> {
+            match m.get(key) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(format!("message {i} of '{list_key}' has no string '{key}'")),
+            }
+        };
+        let given = field(role_key)?;
+        let role = normalise_role(&given, roles).ok_or_else(|| {
+            format!(
+                "message {i} of '{list_key}' has {role_key} '{given}', which no chat template \
+                 renders; allowed: {} (also human, gpt, bot, model); map other names in the \
+                 source with `roles: {{{given}: assistant}}`",
+                ROLES.join(", ")
+            )
+        })?;
+        let extra = m
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| *k != role_key && *k != content_key)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.push(Message {
+            role,
+            content: field(content_key)?,
+            extra,
+        });
+    }
+    Ok(messages)
 }
 
 /// The canonical role of a dataset's role name: the source's own `roles` mapping first, then

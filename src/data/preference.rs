@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::error::DataError;
-use super::formats::{FieldMap, Message, RoleMap, normalise_role};
+use super::formats::{FieldMap, Message, RoleMap, parse_messages};
 use super::source::Row;
 use super::tokenize::Tokenization;
 
@@ -176,27 +176,7 @@ fn messages(
 ) -> Result<Vec<Message>, String> {
     let role_key = fields.get("role").map_or("role", String::as_str);
     let content_key = fields.get("content").map_or("content", String::as_str);
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let get = |k: &str| m.get(k).and_then(Value::as_str);
-            let (Some(role), Some(content)) = (get(role_key), get(content_key)) else {
-                return Err(format!(
-                    "message {i} of '{key}' needs string '{role_key}' and '{content_key}' fields"
-                ));
-            };
-            let role = normalise_role(role, roles).ok_or_else(|| {
-                format!(
-                    "message {i} of '{key}' has role '{role}', which no chat template renders; map it with `roles:` in the recipe"
-                )
-            })?;
-            Ok(Message {
-                role,
-                content: content.to_string(),
-                extra: Default::default(),
-            })
-        })
-        .collect()
+    parse_messages(list, key, role_key, content_key, roles)
 }
 
 /// Make the prompt explicit: given, or the shared beginning of the two completions (TRL's
