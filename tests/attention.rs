@@ -11,6 +11,10 @@ use burn::tensor::{Distribution, Tensor};
 use burnish::backend::Cpu;
 use burnish::model::kernels::{AttentionMask, Kernels, MASK_VALUE, generic};
 
+mod common;
+
+use common::assert_close_to_scale;
+
 type A = Autodiff<Cpu>;
 
 fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Cpu, D> {
@@ -24,19 +28,7 @@ fn close<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>, what: &str) {
         a.into_data().to_vec::<f32>().unwrap(),
         b.into_data().to_vec::<f32>().unwrap(),
     );
-    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0.0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        );
-    assert!(
-        diff <= 1e-5 * scale,
-        "{what}: max diff {diff} (scale {scale})"
-    );
+    assert_close_to_scale(&a, &b, 1e-5, what);
 }
 
 /// The dense reference on the autodiff backend: `q: [b, s, h, d]`, `k`, `v: [b, t, kvh, d]`.

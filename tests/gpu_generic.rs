@@ -42,19 +42,7 @@ fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Cpu, D> {
 fn close<B1: Backend, B2: Backend, const D: usize>(a: Tensor<B1, D>, b: Tensor<B2, D>, what: &str) {
     let ((sa, a), (sb, b)) = (host(a), host(b));
     assert_eq!(sa, sb, "{what}: shapes");
-    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0.0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        );
-    assert!(
-        diff <= 1e-4 * scale,
-        "{what}: max diff {diff} (scale {scale})"
-    );
+    assert_close_to_scale(&a, &b, 1e-4, what);
 }
 
 #[test]

@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -375,28 +374,6 @@ fn metrics_without_timing(out: &Path) -> Vec<String> {
         .lines()
         .map(|l| timing.replace_all(l, "").into_owned())
         .collect()
-}
-
-fn wait_for_step(out: &Path, step: u64, child: &mut std::process::Child) {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
-            let last = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|v| v["step"].as_u64())
-                .max()
-                .unwrap_or(0);
-            if last >= step {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("run ended before step {step}: {status}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "timeout");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// A DPO run killed by SIGKILL mid-way and resumed ends with the uninterrupted run's metrics

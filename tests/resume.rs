@@ -6,7 +6,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -128,32 +127,6 @@ fn spawn_train(recipe: &Path, extra: &[&str]) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// Wait until metrics.jsonl shows step >= `step`.
-fn wait_for_step(out: &Path, step: u64, child: &mut std::process::Child) {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
-            let last = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|v| v["step"].as_u64())
-                .max()
-                .unwrap_or(0);
-            if last >= step {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("run ended before step {step}: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timeout waiting for step {step}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn kill(child: &std::process::Child, sig: &str) {

@@ -78,6 +78,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0f32, f32::max)
 }
 
+/// `a` equals `b` within `rel` times `b`'s largest magnitude (at least 1); a NaN anywhere in
+/// the difference fails.
+pub fn assert_close_to_scale(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
+    assert!(
+        diff <= rel * scale,
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
+
 /// Run the burnish binary with `args`; returns the process output.
 pub fn burnish(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_burnish"))
@@ -259,4 +278,31 @@ pub fn train_demo(out: &Path, max_steps: usize, extra: &[&str]) -> Series {
     let o = burnish(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     metrics(out).0
+}
+
+/// Wait until a run's metrics.jsonl shows step >= `step` (panics if the run ends first or
+/// after two minutes).
+pub fn wait_for_step(out: &Path, step: u64, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
+            let last = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["step"].as_u64())
+                .max()
+                .unwrap_or(0);
+            if last >= step {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("run ended before step {step}: {status}");
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "timeout waiting for step {step}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
