@@ -165,11 +165,16 @@ pub trait CheckpointLayer: Kernels {
 
 impl CheckpointLayer for burn::backend::Flex {}
 
-#[cfg(feature = "cuda")]
-impl CheckpointLayer for burn::backend::Cuda {}
-
-#[cfg(feature = "wgpu-tests")]
-impl CheckpointLayer for burn::backend::Wgpu {}
+#[cfg(feature = "cube")]
+impl<R, F, I, BT> CheckpointLayer for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    R::Server: burn_cubecl::cubecl::server::ComputeServer,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+}
 
 /// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
 /// factors of the seven projections (the input again where a projection has no adapter).

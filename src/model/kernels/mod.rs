@@ -7,6 +7,8 @@
 //! in custom backward steps that keep only what the backward needs.
 
 pub(crate) mod autodiff;
+#[cfg(feature = "cube")]
+mod cube;
 pub mod dropout;
 pub mod fastmath;
 mod flex;
@@ -208,9 +210,3 @@ pub trait Kernels: Backend {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl Kernels for burn::backend::Cuda {}
-
-/// The wgpu runtime, for testing the composed kernels on a CubeCL backend without a GPU.
-#[cfg(feature = "wgpu-tests")]
-impl Kernels for burn::backend::Wgpu {}

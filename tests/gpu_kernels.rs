@@ -1,10 +1,11 @@
-//! The composed kernels every GPU backend runs (`impl Kernels for Cuda` uses them as they are)
-//! on a real CubeCL runtime without a GPU: Burn's wgpu backend over Mesa's software Vulkan
-//! driver (lavapipe), in f32, against the Flex kernels on the same inputs. wgpu shares Burn's
-//! CubeCL tensor ops with CUDA (both are `CubeBackend`s), so the blockwise attention's masking
-//! and reshapes, the loss, the norms and the LoRA step with its dropout are checked on that
-//! code path. Run with `cargo test --features wgpu-tests --test gpu_generic` (`.ci/run` installs
-//! `mesa-vulkan-drivers` and runs it).
+//! The GPU kernels on a real CubeCL runtime without a GPU: Burn's wgpu backend over Mesa's
+//! software Vulkan driver (lavapipe), in f32, against the Flex kernels on the same inputs.
+//! wgpu and CUDA are both `CubeBackend`s, so this is the code CUDA runs: burnish's own CubeCL
+//! kernels (RMSNorm, SwiGLU, RoPE and the cross-entropy's softmax, `src/model/kernels/cube`),
+//! and the composed ops (blockwise attention, the LoRA step with its dropout). Runs in
+//! `cargo test --features wgpu-tests`; without a Vulkan driver these tests say so on stderr
+//! and pass, unless `BURNISH_REQUIRE_VULKAN=1` (set by `.ci/run` where it installed the
+//! driver), which makes a missing driver a failure.
 //!
 //! Tolerance: 1e-4 of the largest magnitude (the GPU-style kernels sum in other orders and
 //! tiles; the same computations in f32 agree to ~1e-6 on the CPU).
@@ -24,6 +25,30 @@ use burnish::model::{HostBatch, Model, ModelFolder};
 use common::*;
 
 type G = Wgpu;
+
+/// Whether the wgpu runtime has a device here (see the module docs for what happens if not).
+fn gpu() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        let probe = std::panic::catch_unwind(|| {
+            Tensor::<G, 1>::zeros([1], &Default::default()).into_data()
+        });
+        match (probe.is_ok(), std::env::var_os("BURNISH_REQUIRE_VULKAN").is_some()) {
+            (true, _) => true,
+            (false, true) => panic!(
+                "BURNISH_REQUIRE_VULKAN is set but wgpu found no device: install Debian's \
+                 mesa-vulkan-drivers and libvulkan1"
+            ),
+            (false, false) => {
+                eprintln!(
+                    "SKIPPED: no Vulkan device for the GPU kernel tests (install Debian's \
+                     mesa-vulkan-drivers and libvulkan1 to run them)"
+                );
+                false
+            }
+        }
+    })
+}
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
     let d = t.into_data().convert::<f32>();
@@ -47,6 +72,9 @@ fn close<B1: Backend, B2: Backend, const D: usize>(a: Tensor<B1, D>, b: Tensor<B
 
 #[test]
 fn blockwise_attention_on_a_cubecl_runtime() {
+    if !gpu() {
+        return;
+    }
     let seg = |lengths: &[usize], pad: usize| -> Vec<i32> {
         let mut r: Vec<i32> = lengths
             .iter()
@@ -75,7 +103,10 @@ fn blockwise_attention_on_a_cubecl_runtime() {
 }
 
 #[test]
-fn loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
+fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
+    if !gpu() {
+        return;
+    }
     let (h, w) = (rand([37, 24], 5), rand([301, 24], 6));
     let targets: Vec<i32> = (0..37).map(|i| i * 53 % 301).collect();
     let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 16);
@@ -168,6 +199,85 @@ fn loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
     close(db2, db1, "lora dB");
 }
 
+/// burnish's CubeCL kernels (what `G::` dispatches to) against the Flex kernels, on shapes
+/// that exercise the row striding (rows wider than a cube's 256 units, widths not a multiple
+/// of it), a grid of many cubes, strided inputs, several loss chunks and an empty batch.
+#[test]
+fn cubecl_kernels_equal_the_cpu_kernels() {
+    if !gpu() {
+        return;
+    }
+    for (rows, dim) in [(300, 896), (5, 100), (1, 1)] {
+        let (x, nw, gr) = (rand([rows, dim], 21), rand([dim], 22), rand([rows, dim], 23));
+        close(
+            G::rms_norm(to(&x), to(&nw), 1e-6),
+            Cpu::rms_norm(x.clone(), nw.clone(), 1e-6),
+            &format!("rms_norm {rows}x{dim}"),
+        );
+        close(
+            G::rms_norm_backward(to(&x), to(&nw), 1e-6, to(&gr)),
+            Cpu::rms_norm_backward(x.clone(), nw.clone(), 1e-6, gr.clone()),
+            &format!("rms_norm backward {rows}x{dim}"),
+        );
+    }
+    // A transposed (strided) input goes through the same kernel.
+    let xt = rand([896, 40], 24);
+    let nw = rand([896], 25);
+    close(
+        G::rms_norm(to::<G, 2>(&xt).transpose(), to(&nw), 1e-5),
+        Cpu::rms_norm(xt.clone().transpose(), nw.clone(), 1e-5),
+        "rms_norm of a transposed input",
+    );
+
+    let (ga, up, gr) = (rand([300, 600], 26), rand([300, 600], 27), rand([300, 600], 28));
+    close(G::swiglu(to(&ga), to(&up)), Cpu::swiglu(ga.clone(), up.clone()), "swiglu");
+    let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), gr.clone());
+    let (a2, b2) = G::swiglu_backward(to(&ga), to(&up), to(&gr));
+    close(a2, a1, "swiglu dgate");
+    close(b2, b1, "swiglu dup");
+
+    let xr = rand([2, 37, 5, 64], 29);
+    let angles = rand([2, 37, 1, 32], 30);
+    let cos = Tensor::cat(vec![angles.clone().cos(), angles.clone().cos()], 3);
+    let sin = Tensor::cat(vec![angles.clone().sin(), angles.sin()], 3);
+    close(
+        G::rope(to(&xr), &to(&cos), &to(&sin)),
+        Cpu::rope(xr.clone(), &cos, &sin),
+        "rope",
+    );
+    // The backward pass is the rope with -sin (what the autodiff wrapper calls).
+    let neg = sin.clone().neg();
+    close(
+        G::rope(to(&xr), &to(&cos), &to(&neg)),
+        Cpu::rope(xr, &cos, &neg),
+        "rope with -sin",
+    );
+
+    let (h, w) = (rand([70, 24], 31), rand([1000, 24], 32));
+    let targets: Vec<i32> = (0..70).map(|i| i * 389 % 1000).collect();
+    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 32);
+    let (l2, g2) = G::cross_entropy_sum_and_grad(to(&h), to(&w), &targets, 32);
+    close(l2, l1, "cross-entropy sum");
+    close(g2, g1, "cross-entropy gradient");
+    let (r1, rg1) = Cpu::cross_entropy_rows_and_grad(h.clone(), w.clone(), &targets, 32);
+    let (r2, rg2) = G::cross_entropy_rows_and_grad(to(&h), to(&w), &targets, 32);
+    close(r2, r1.clone(), "cross-entropy rows");
+    close(rg2, rg1, "cross-entropy rows gradient");
+    close(
+        G::cross_entropy_rows(to(&h), to(&w), &targets, 32),
+        r1,
+        "cross-entropy rows without gradient",
+    );
+    close(
+        G::cross_entropy_sum(to(&h), to(&w), &targets, 70),
+        Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, 70),
+        "cross-entropy sum without gradient, one chunk",
+    );
+    let (l0, g0) = G::cross_entropy_sum_and_grad(to(&Tensor::zeros([0, 24], &Default::default())), to(&w), &[], 32);
+    assert_eq!(host(l0).1, vec![0.0], "empty batch loss");
+    assert_eq!(host(g0).0, vec![0, 24], "empty batch gradient shape");
+}
+
 /// Loss and LoRA factor gradients of a whole fixture model (GQA, q/k/v bias, dropout 0.1,
 /// packed and padded rows) under autodiff: what a CUDA training step computes.
 fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
@@ -214,6 +324,9 @@ fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
 
 #[test]
 fn a_training_step_on_a_cubecl_runtime_equals_the_cpu() {
+    if !gpu() {
+        return;
+    }
     let (l_cpu, g_cpu) = model_loss_and_grads::<Autodiff<Cpu>>(&Default::default());
     let (l_gpu, g_gpu) = model_loss_and_grads::<Autodiff<G>>(&Default::default());
     assert!(

@@ -1,0 +1,203 @@
+//! burnish's CubeCL kernels, for every CubeCL runtime: CUDA in production, Burn's wgpu runtime
+//! over Mesa's software Vulkan driver in the tests (`tests/gpu_kernels.rs`), so the code CUDA
+//! runs is checked on machines without a GPU. Each kernel replaces a chain of composed ops
+//! with one launch: RMSNorm, SwiGLU and RoPE (forward and backward), and the vocabulary
+//! softmax of the chunked cross-entropy. Matmuls stay Burn's (tensor-core GEMMs on CUDA);
+//! what is not overridden here is the composed op of [`super::generic`].
+//!
+//! Why Burn's fusion is off for `cuda`: these kernels already fuse the elementwise chains
+//! fusion would, and a kernel of our own under fusion needs every input resolved out of the
+//! fusion stream (a flush per call) or a registered custom operation per kernel; on the plain
+//! `CubeBackend` the kernels run as they are, on CUDA and on wgpu alike.
+
+mod elementwise;
+mod loss;
+mod rows;
+
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::cubecl::server::ComputeServer;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+use super::Kernels;
+use super::generic::cast_to;
+
+/// A new contiguous tensor of `like`'s shape and dtype.
+fn output_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        like.meta.shape().clone(),
+        like.dtype,
+    )
+}
+
+/// A cube of `units` units per row, for `rows` rows (the grid may hold a few more cubes:
+/// kernels stop those at once).
+fn launch_rows<R: Runtime>(client: &ComputeClient<R>, rows: usize, units: u32) -> (CubeCount, CubeDim) {
+    let count = cubecl::calculate_cube_count_elemwise(
+        client,
+        rows * units as usize,
+        CubeDim::new_1d(units),
+    );
+    (count, CubeDim::new_1d(units))
+}
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+fn prim<R, F, I, BT, const D: usize>(t: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    into_contiguous(t.into_primitive().tensor())
+}
+
+fn int_prim<R, F, I, BT>(t: Tensor<Cube<R, F, I, BT>, 1, Int>) -> IntTensor<Cube<R, F, I, BT>>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    into_contiguous(t.into_primitive())
+}
+
+fn float<R, F, I, BT, const D: usize>(t: FloatTensor<Cube<R, F, I, BT>>) -> Tensor<Cube<R, F, I, BT>, D>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The chunked cross-entropy with the fused softmax kernel: per chunk, the logits (Burn's
+/// matmul), then one kernel for the losses and `softmax - onehot`, then `dlogits w`.
+fn cross_entropy<R, F, I, BT>(
+    h: Tensor<Cube<R, F, I, BT>, 2>,
+    w: Tensor<Cube<R, F, I, BT>, 2>,
+    targets: &[i32],
+    chunk: usize,
+    with_grad: bool,
+) -> (Tensor<Cube<R, F, I, BT>, 1>, Option<Tensor<Cube<R, F, I, BT>, 2>>)
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let (n, device, dtype) = (targets.len(), h.device(), h.dtype());
+    if n == 0 {
+        let grad = with_grad.then(|| Tensor::zeros(h.dims(), (&device, dtype)));
+        return (Tensor::zeros([0], &device), grad);
+    }
+    let all_targets =
+        Tensor::<Cube<R, F, I, BT>, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
+    let (mut losses, mut grads) = (Vec::new(), Vec::new());
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.max(1).min(n - start);
+        let logits = h.clone().narrow(0, start, len).matmul(w.clone().transpose());
+        let t = int_prim(all_targets.clone().narrow(0, start, len));
+        let (rows, g) = loss::softmax_cross_entropy(prim(logits), t, with_grad.then_some(dtype));
+        losses.push(float::<R, F, I, BT, 1>(rows));
+        if let Some(g) = g {
+            grads.push(float::<R, F, I, BT, 2>(g).matmul(w.clone()));
+        }
+    }
+    let grad = with_grad.then(|| Tensor::cat(grads, 0));
+    (Tensor::cat(losses, 0), grad)
+}
+
+fn total<B: burn::tensor::backend::Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
+    if rows.dims()[0] == 0 {
+        Tensor::zeros([1], &rows.device())
+    } else {
+        rows.sum()
+    }
+}
+
+impl<R, F, I, BT> Kernels for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn cross_entropy_sum(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
+        total(cross_entropy(h, w, targets, chunk, false).0)
+    }
+
+    fn cross_entropy_sum_and_grad(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
+        let dims = h.dims();
+        let (rows, grad) = cross_entropy(h, w, targets, chunk, true);
+        let grad = grad.unwrap_or_else(|| Tensor::zeros(dims, &rows.device()));
+        (total(rows), grad)
+    }
+
+    fn cross_entropy_rows(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
+        cross_entropy(h, w, targets, chunk, false).0
+    }
+
+    fn cross_entropy_rows_and_grad(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
+        let dims = h.dims();
+        let (rows, grad) = cross_entropy(h, w, targets, chunk, true);
+        let grad = grad.unwrap_or_else(|| Tensor::zeros(dims, &rows.device()));
+        (rows, grad)
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        let w = cast_to(w, x.dtype());
+        float(rows::rms_norm(prim(x), prim(w), eps))
+    }
+
+    fn rms_norm_backward(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64, grad: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let dtype = x.dtype();
+        let (w, grad) = (cast_to(w, dtype), cast_to(grad, dtype));
+        float(rows::rms_norm_backward(prim(x), prim(w), eps, prim(grad)))
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: &Tensor<Self, 4>, sin: &Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let dtype = x.dtype();
+        let (cos, sin) = (cast_to(cos.clone(), dtype), cast_to(sin.clone(), dtype));
+        float(elementwise::rope(prim(x), prim(cos), prim(sin)))
+    }
+
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let up = cast_to(up, gate.dtype());
+        float(elementwise::swiglu(prim(gate), prim(up)))
+    }
+
+    fn swiglu_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let dtype = gate.dtype();
+        let (up, grad) = (cast_to(up, dtype), cast_to(grad, dtype));
+        let (dg, du) = elementwise::swiglu_backward(prim(gate), prim(up), prim(grad));
+        (float(dg), float(du))
+    }
+}
