@@ -33,7 +33,10 @@ fn gpu() -> bool {
         let probe = std::panic::catch_unwind(|| {
             Tensor::<G, 1>::zeros([1], &Default::default()).into_data()
         });
-        match (probe.is_ok(), std::env::var_os("BURNISH_REQUIRE_VULKAN").is_some()) {
+        match (
+            probe.is_ok(),
+            std::env::var_os("BURNISH_REQUIRE_VULKAN").is_some(),
+        ) {
             (true, _) => true,
             (false, true) => panic!(
                 "BURNISH_REQUIRE_VULKAN is set but wgpu found no device: install Debian's \
@@ -199,6 +202,65 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
     close(db2, db1, "lora dB");
 }
 
+/// The CubeCL flash attention (forward with log-sum-exp, dQ, dK/dV) against Flex's: grouped
+/// and plain heads, head dims 16 and 64, causal packed segments with padding (queries that
+/// see nothing), bidirectional, a key cache longer than the queries, lengths that are not a
+/// multiple of the 32-row tiles.
+#[test]
+fn cubecl_flash_attention_equals_the_cpu_kernel() {
+    if !gpu() {
+        return;
+    }
+    let seg = |lengths: &[usize], pad: usize| -> Vec<i32> {
+        let mut r: Vec<i32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
+            .collect();
+        r.extend(std::iter::repeat_n(-1, pad));
+        r
+    };
+    let packed = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
+    let cases = [
+        (
+            "causal packed, GQA 6/2, d 16",
+            packed.clone(),
+            [2, 150, 6, 2, 16],
+        ),
+        ("causal packed, MHA 4/4, d 64", packed, [2, 150, 4, 4, 64]),
+        (
+            "bidirectional segments, GQA 4/1, d 64",
+            AttentionMask::new(&[seg(&[33, 30], 3)], 66, false),
+            [1, 66, 4, 1, 64],
+        ),
+        (
+            "3 new queries over a 70-key cache",
+            AttentionMask::incremental(2, 67, 3),
+            [2, 3, 4, 2, 16],
+        ),
+    ];
+    for (i, (what, mask, [b, s, nh, nkv, d])) in cases.into_iter().enumerate() {
+        let t = mask.keys();
+        let seed = 40 + 4 * i as u64;
+        let q = rand([b, s, nh, d], seed);
+        let (k, v) = (
+            rand([b, t, nkv, d], seed + 1),
+            rand([b, t, nkv, d], seed + 2),
+        );
+        let g = rand([b, s, nh, d], seed + 3);
+        let (o1, l1) = Cpu::attention_forward(q.clone(), k.clone(), v.clone(), &mask);
+        let (o2, l2) = G::attention_forward(to(&q), to(&k), to(&v), &mask);
+        close(o2.clone(), o1.clone(), &format!("{what}: output"));
+        close(l2.clone(), l1.clone(), &format!("{what}: log-sum-exp"));
+        let want =
+            Cpu::attention_backward(q.clone(), k.clone(), v.clone(), o1, l1, g.clone(), &mask);
+        let got = G::attention_backward(to(&q), to(&k), to(&v), o2, l2, to(&g), &mask);
+        close(got.0, want.0, &format!("{what}: dq"));
+        close(got.1, want.1, &format!("{what}: dk"));
+        close(got.2, want.2, &format!("{what}: dv"));
+    }
+}
+
 /// burnish's CubeCL kernels (what `G::` dispatches to) against the Flex kernels, on shapes
 /// that exercise the row striding (rows wider than a cube's 256 units, widths not a multiple
 /// of it), a grid of many cubes, strided inputs, several loss chunks and an empty batch.
@@ -208,7 +270,11 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         return;
     }
     for (rows, dim) in [(300, 896), (5, 100), (1, 1)] {
-        let (x, nw, gr) = (rand([rows, dim], 21), rand([dim], 22), rand([rows, dim], 23));
+        let (x, nw, gr) = (
+            rand([rows, dim], 21),
+            rand([dim], 22),
+            rand([rows, dim], 23),
+        );
         close(
             G::rms_norm(to(&x), to(&nw), 1e-6),
             Cpu::rms_norm(x.clone(), nw.clone(), 1e-6),
@@ -229,8 +295,16 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         "rms_norm of a transposed input",
     );
 
-    let (ga, up, gr) = (rand([300, 600], 26), rand([300, 600], 27), rand([300, 600], 28));
-    close(G::swiglu(to(&ga), to(&up)), Cpu::swiglu(ga.clone(), up.clone()), "swiglu");
+    let (ga, up, gr) = (
+        rand([300, 600], 26),
+        rand([300, 600], 27),
+        rand([300, 600], 28),
+    );
+    close(
+        G::swiglu(to(&ga), to(&up)),
+        Cpu::swiglu(ga.clone(), up.clone()),
+        "swiglu",
+    );
     let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), gr.clone());
     let (a2, b2) = G::swiglu_backward(to(&ga), to(&up), to(&gr));
     close(a2, a1, "swiglu dgate");
@@ -273,7 +347,12 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, 70),
         "cross-entropy sum without gradient, one chunk",
     );
-    let (l0, g0) = G::cross_entropy_sum_and_grad(to(&Tensor::zeros([0, 24], &Default::default())), to(&w), &[], 32);
+    let (l0, g0) = G::cross_entropy_sum_and_grad(
+        to(&Tensor::zeros([0, 24], &Default::default())),
+        to(&w),
+        &[],
+        32,
+    );
     assert_eq!(host(l0).1, vec![0.0], "empty batch loss");
     assert_eq!(host(g0).0, vec![0, 24], "empty batch gradient shape");
 }

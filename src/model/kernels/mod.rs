@@ -209,4 +209,3 @@ pub trait Kernels: Backend {
         generic::swiglu_backward(gate, up, grad)
     }
 }
-

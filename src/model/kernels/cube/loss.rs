@@ -99,12 +99,20 @@ pub fn softmax_cross_entropy<R: CubeRuntime>(
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [rows, vocab] = logits.meta.shape().dims::<2>();
     let (client, device) = (logits.client.clone(), logits.device.clone());
-    let losses =
-        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([rows]), DType::F32);
+    let losses = empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([rows]),
+        DType::F32,
+    );
     // Without a gradient the kernel still takes a tensor argument: a one-element stand-in.
     let grad = match grad_dtype {
-        Some(d) => empty_device_contiguous_dtype(client.clone(), device, Shape::new([rows, vocab]), d),
-        None => empty_device_contiguous_dtype(client.clone(), device, Shape::new([1, 1]), logits.dtype),
+        Some(d) => {
+            empty_device_contiguous_dtype(client.clone(), device, Shape::new([rows, vocab]), d)
+        }
+        None => {
+            empty_device_contiguous_dtype(client.clone(), device, Shape::new([1, 1]), logits.dtype)
+        }
     };
     let (count, dim) = launch_rows(&client, rows, UNITS);
     let dtypes = [logits.dtype.into(), grad.dtype.into(), targets.dtype.into()];

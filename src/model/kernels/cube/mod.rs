@@ -10,6 +10,7 @@
 //! fusion stream (a flush per call) or a registered custom operation per kernel; on the plain
 //! `CubeBackend` the kernels run as they are, on CUDA and on wgpu alike.
 
+mod attention;
 mod elementwise;
 mod loss;
 mod rows;
@@ -23,8 +24,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::Kernels;
 use super::generic::cast_to;
+use super::{AttentionMask, Kernels};
 
 /// A new contiguous tensor of `like`'s shape and dtype.
 fn output_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
@@ -38,7 +39,11 @@ fn output_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
 
 /// A cube of `units` units per row, for `rows` rows (the grid may hold a few more cubes:
 /// kernels stop those at once).
-fn launch_rows<R: Runtime>(client: &ComputeClient<R>, rows: usize, units: u32) -> (CubeCount, CubeDim) {
+fn launch_rows<R: Runtime>(
+    client: &ComputeClient<R>,
+    rows: usize,
+    units: u32,
+) -> (CubeCount, CubeDim) {
     let count = cubecl::calculate_cube_count_elemwise(
         client,
         rows * units as usize,
@@ -71,7 +76,9 @@ where
     into_contiguous(t.into_primitive())
 }
 
-fn float<R, F, I, BT, const D: usize>(t: FloatTensor<Cube<R, F, I, BT>>) -> Tensor<Cube<R, F, I, BT>, D>
+fn float<R, F, I, BT, const D: usize>(
+    t: FloatTensor<Cube<R, F, I, BT>>,
+) -> Tensor<Cube<R, F, I, BT>, D>
 where
     R: CubeRuntime,
     R::Server: ComputeServer,
@@ -90,7 +97,10 @@ fn cross_entropy<R, F, I, BT>(
     targets: &[i32],
     chunk: usize,
     with_grad: bool,
-) -> (Tensor<Cube<R, F, I, BT>, 1>, Option<Tensor<Cube<R, F, I, BT>, 2>>)
+) -> (
+    Tensor<Cube<R, F, I, BT>, 1>,
+    Option<Tensor<Cube<R, F, I, BT>, 2>>,
+)
 where
     R: CubeRuntime,
     R::Server: ComputeServer,
@@ -103,12 +113,17 @@ where
         let grad = with_grad.then(|| Tensor::zeros(h.dims(), (&device, dtype)));
         return (Tensor::zeros([0], &device), grad);
     }
-    let all_targets =
-        Tensor::<Cube<R, F, I, BT>, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
+    let all_targets = Tensor::<Cube<R, F, I, BT>, 1, Int>::from_data(
+        TensorData::new(targets.to_vec(), [n]),
+        &device,
+    );
     let (mut losses, mut grads) = (Vec::new(), Vec::new());
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.max(1).min(n - start);
-        let logits = h.clone().narrow(0, start, len).matmul(w.clone().transpose());
+        let logits = h
+            .clone()
+            .narrow(0, start, len)
+            .matmul(w.clone().transpose());
         let t = int_prim(all_targets.clone().narrow(0, start, len));
         let (rows, g) = loss::softmax_cross_entropy(prim(logits), t, with_grad.then_some(dtype));
         losses.push(float::<R, F, I, BT, 1>(rows));
@@ -118,6 +133,48 @@ where
     }
     let grad = with_grad.then(|| Tensor::cat(grads, 0));
     (Tensor::cat(losses, 0), grad)
+}
+
+/// Each query's visible key range `[b, s, 2]` and each query block's union `[b, blocks, 2]`
+/// (every key for a block holding a query that sees none), as int tensors for the attention
+/// kernels.
+fn mask_tensors<R, F, I, BT>(
+    mask: &AttentionMask,
+    device: &burn::tensor::Device<Cube<R, F, I, BT>>,
+) -> (IntTensor<Cube<R, F, I, BT>>, IntTensor<Cube<R, F, I, BT>>)
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let (b, s, t) = (mask.batch(), mask.queries(), mask.keys());
+    let nqb = s.div_ceil(attention::BLOCK);
+    let mut ranges = Vec::with_capacity(b * s * 2);
+    let mut blocks = Vec::with_capacity(b * nqb * 2);
+    for bi in 0..b {
+        for i in 0..s {
+            let r = mask.range(bi, i);
+            ranges.extend([r.start as i32, r.end as i32]);
+        }
+        for qb in 0..nqb {
+            let rows = qb * attention::BLOCK..(qb * attention::BLOCK + attention::BLOCK).min(s);
+            let keys = if rows.clone().any(|i| mask.is_empty_row(bi, i)) {
+                0..t
+            } else {
+                mask.block_keys(bi, rows).unwrap_or(0..0)
+            };
+            blocks.extend([keys.start as i32, keys.end as i32]);
+        }
+    }
+    let int = |data: Vec<i32>, shape: [usize; 3]| {
+        into_contiguous(
+            Tensor::<Cube<R, F, I, BT>, 3, Int>::from_data(TensorData::new(data, shape), device)
+                .into_primitive(),
+        )
+    };
+    (int(ranges, [b, s, 2]), int(blocks, [b, nqb, 2]))
 }
 
 fn total<B: burn::tensor::backend::Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -136,7 +193,12 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    fn cross_entropy_sum(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
+    fn cross_entropy_sum(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Self, 1> {
         total(cross_entropy(h, w, targets, chunk, false).0)
     }
 
@@ -152,7 +214,12 @@ where
         (total(rows), grad)
     }
 
-    fn cross_entropy_rows(h: Tensor<Self, 2>, w: Tensor<Self, 2>, targets: &[i32], chunk: usize) -> Tensor<Self, 1> {
+    fn cross_entropy_rows(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        targets: &[i32],
+        chunk: usize,
+    ) -> Tensor<Self, 1> {
         cross_entropy(h, w, targets, chunk, false).0
     }
 
@@ -168,12 +235,61 @@ where
         (rows, grad)
     }
 
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: &AttentionMask,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
+        let dtype = q.dtype();
+        let (k, v) = (cast_to(k, dtype), cast_to(v, dtype));
+        let (ranges, blocks) = mask_tensors::<R, F, I, BT>(mask, &q.device());
+        let (out, lse) = attention::forward(prim(q), prim(k), prim(v), ranges, blocks);
+        (float(out), float(lse))
+    }
+
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
+        grad: Tensor<Self, 4>,
+        mask: &AttentionMask,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
+        let (k, v) = (cast_to(k, q_dtype), cast_to(v, q_dtype));
+        let (out, grad) = (cast_to(out, q_dtype), cast_to(grad, q_dtype));
+        let lse = cast_to(lse, burn::tensor::DType::F32);
+        let (ranges, blocks) = mask_tensors::<R, F, I, BT>(mask, &q.device());
+        let (dq, dk, dv) = attention::backward(
+            prim(q),
+            prim(k),
+            prim(v),
+            prim(out),
+            prim(lse),
+            prim(grad),
+            ranges,
+            blocks,
+        );
+        (
+            float(dq),
+            cast_to(float(dk), k_dtype),
+            cast_to(float(dv), v_dtype),
+        )
+    }
+
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
         let w = cast_to(w, x.dtype());
         float(rows::rms_norm(prim(x), prim(w), eps))
     }
 
-    fn rms_norm_backward(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64, grad: Tensor<Self, 2>) -> Tensor<Self, 2> {
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 1>,
+        eps: f64,
+        grad: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
         let dtype = x.dtype();
         let (w, grad) = (cast_to(w, dtype), cast_to(grad, dtype));
         float(rows::rms_norm_backward(prim(x), prim(w), eps, prim(grad)))
