@@ -347,6 +347,94 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, 70),
         "cross-entropy sum without gradient, one chunk",
     );
+    // The LoRA step with dropout drawn on the device: the same mask as the host's (odd and
+    // wide rows, a split preference batch), forward and backward.
+    for (n, width, out) in [(14, 25, 40), (9, 600, 33)] {
+        let (xl, wl, bias) = (
+            rand([n, width], 33),
+            rand([out, width], 34),
+            rand([out], 35),
+        );
+        let (la, lb) = (rand([4, width], 36), rand([out, 4], 37));
+        let drop = Dropout {
+            p: 0.3,
+            key: 11,
+            first_row: 1,
+            row_stride: 2,
+            split: Some((1, 4)),
+            seq: 7,
+        };
+        let cpu_lora = Some((la.clone(), lb.clone(), 1.5));
+        let gpu_lora = Some((to(&la), to(&lb), 1.5));
+        let (y1, xa1) = Cpu::lora_linear_forward(
+            xl.clone(),
+            wl.clone(),
+            Some(bias.clone()),
+            cpu_lora.clone(),
+            Some(&drop),
+        );
+        let (y2, xa2) = G::lora_linear_forward(
+            to(&xl),
+            to(&wl),
+            Some(to(&bias)),
+            gpu_lora.clone(),
+            Some(&drop),
+        );
+        close(
+            y2,
+            y1,
+            &format!("lora forward, device dropout, width {width}"),
+        );
+        let gy = rand([n, out], 38);
+        let (dx1, d1) = Cpu::lora_linear_backward(
+            xl.clone(),
+            xa1,
+            wl.clone(),
+            cpu_lora,
+            Some(&drop),
+            gy.clone(),
+            true,
+        );
+        let (dx2, d2) =
+            G::lora_linear_backward(to(&xl), xa2, to(&wl), gpu_lora, Some(&drop), to(&gy), true);
+        close(
+            dx2.unwrap(),
+            dx1.unwrap(),
+            &format!("lora dx, device dropout, width {width}"),
+        );
+        let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
+        close(da2, da1, &format!("lora dA, device dropout, width {width}"));
+        close(db2, db1, &format!("lora dB, device dropout, width {width}"));
+    }
+
+    // QLoRA: the quantized weight goes to Burn's quantized matmul as it is; the result is the
+    // composed path's, which dequantizes a dense copy first.
+    let scheme = burnish::model::quant::QuantSpec {
+        bits: 4,
+        block_size: 32,
+    }
+    .scheme();
+    let (xq, wq) = (rand([10, 64], 39), rand([48, 64], 40));
+    let (la, lb) = (rand([4, 64], 41), rand([48, 4], 42));
+    let wq = G::quantize_weight(to(&wq), &scheme);
+    let lora = Some((to(&la), to(&lb), 2.0));
+    let (y1, xa1) =
+        generic::lora_linear_forward::<G>(to(&xq), wq.clone(), None, lora.clone(), None);
+    let (y2, xa2) = G::lora_linear_forward(to(&xq), wq.clone(), None, lora.clone(), None);
+    close(y2, y1, "qlora forward");
+    let gy = rand([10, 48], 43);
+    let (dx1, _) = generic::lora_linear_backward::<G>(
+        to(&xq),
+        xa1,
+        wq.clone(),
+        lora.clone(),
+        None,
+        to(&gy),
+        true,
+    );
+    let (dx2, _) = G::lora_linear_backward(to(&xq), xa2, wq, lora, None, to(&gy), true);
+    close(dx2.unwrap(), dx1.unwrap(), "qlora dx");
+
     let (l0, g0) = G::cross_entropy_sum_and_grad(
         to(&Tensor::zeros([0, 24], &Default::default())),
         to(&w),

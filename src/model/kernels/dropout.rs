@@ -72,13 +72,14 @@ impl Dropout {
     }
 
     /// 24-bit threshold: an element is zeroed when its 24-bit draw is below it.
-    fn threshold(&self) -> u32 {
+    pub fn threshold(&self) -> u32 {
         (self.p * (1u64 << 24) as f64).round() as u32
     }
 
-    /// The key of token row `r` (`batch_row * seq + pos` of this input).
+    /// The key of token row `r` (`batch_row * seq + pos` of this input); element pair `j` of
+    /// the row draws from `mix64(row_key ^ j)` (what the GPU kernel hashes too).
     #[inline(always)]
-    fn row_key(&self, r: usize) -> u64 {
+    pub fn row_key(&self, r: usize) -> u64 {
         let seq = self.seq.max(1);
         let (b, base) = match self.split {
             Some((local, global)) if r / seq >= local => (r / seq - local, global),

@@ -11,6 +11,7 @@
 //! `CubeBackend` the kernels run as they are, on CUDA and on wgpu alike.
 
 mod attention;
+mod dropout;
 mod elementwise;
 mod loss;
 mod rows;
@@ -24,8 +25,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::generic::cast_to;
-use super::{AttentionMask, Kernels};
+use super::generic::{
+    LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with,
+};
+use super::{AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
 
 /// A new contiguous tensor of `like`'s shape and dtype.
 fn output_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
@@ -177,6 +180,54 @@ where
     (int(ranges, [b, s, 2]), int(blocks, [b, nqb, 2]))
 }
 
+/// The LoRA step's dropout on the device: one key per token row goes up, the mask is drawn in
+/// the kernel.
+fn dropped<R, F, I, BT>(
+    x: Tensor<Cube<R, F, I, BT>, 2>,
+    dropout: Option<&Dropout>,
+) -> Tensor<Cube<R, F, I, BT>, 2>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let Some(d) = dropout else {
+        return as_f32(x);
+    };
+    let n = x.dims()[0];
+    let keys: Vec<i32> = (0..n)
+        .flat_map(|r| {
+            let k = d.row_key(r);
+            [(k >> 32) as u32 as i32, k as u32 as i32]
+        })
+        .collect();
+    let keys =
+        Tensor::<Cube<R, F, I, BT>, 2, Int>::from_data(TensorData::new(keys, [n, 2]), &x.device());
+    float(dropout::dropped(
+        prim(x),
+        into_contiguous(keys.into_primitive()),
+        d,
+    ))
+}
+
+/// The LoRA step's matmuls take a quantized weight as it is: Burn's CubeCL matmul reads the
+/// quantized blocks itself, so no dense copy of the weight is made.
+fn linear_ops<R, F, I, BT>() -> LinearOps<Cube<R, F, I, BT>>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    LinearOps {
+        weight: |w, _| w,
+        dropped: dropped::<R, F, I, BT>,
+    }
+}
+
 fn total<B: burn::tensor::backend::Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
     if rows.dims()[0] == 0 {
         Tensor::zeros([1], &rows.device())
@@ -277,6 +328,28 @@ where
             cast_to(float(dk), k_dtype),
             cast_to(float(dv), v_dtype),
         )
+    }
+
+    fn lora_linear_forward(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
+    ) -> (Tensor<Self, 2>, Option<Tensor<Self, 2>>) {
+        lora_linear_forward_with(&linear_ops(), x, w, bias, lora, dropout)
+    }
+
+    fn lora_linear_backward(
+        x: Tensor<Self, 2>,
+        xa: Option<Tensor<Self, 2>>,
+        w: Tensor<Self, 2>,
+        lora: Option<LoraFactors<Self>>,
+        dropout: Option<&Dropout>,
+        grad: Tensor<Self, 2>,
+        need_dx: bool,
+    ) -> LinearGrads<Self> {
+        lora_linear_backward_with(&linear_ops(), x, xa, w, lora, dropout, grad, need_dx)
     }
 
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {

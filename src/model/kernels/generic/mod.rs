@@ -180,6 +180,25 @@ fn dropped<B: Backend>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 
     }
 }
 
+/// How the LoRA step reads a frozen weight and applies its dropout: the composed versions
+/// here, or a backend's own kernels around the same matmuls.
+pub struct LinearOps<B: Backend> {
+    /// `w` as `matmul` takes it for inputs of the given dtype.
+    pub weight: fn(Tensor<B, 2>, DType) -> Tensor<B, 2>,
+    /// `scale * mask * x` in f32 (`x` in f32 without a dropout).
+    pub dropped: fn(Tensor<B, 2>, Option<&Dropout>) -> Tensor<B, 2>,
+}
+
+impl<B: Backend> LinearOps<B> {
+    /// A dense copy of a quantized weight per call; the mask drawn on the host.
+    pub fn composed() -> Self {
+        Self {
+            weight: dense::<B, 2>,
+            dropped: dropped::<B>,
+        }
+    }
+}
+
 #[allow(clippy::type_complexity)]
 pub fn lora_linear_forward<B: Backend>(
     x: Tensor<B, 2>,
@@ -188,7 +207,19 @@ pub fn lora_linear_forward<B: Backend>(
     lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
     dropout: Option<&Dropout>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-    let w = dense(w, x.dtype());
+    lora_linear_forward_with(&LinearOps::composed(), x, w, bias, lora, dropout)
+}
+
+#[allow(clippy::type_complexity)]
+pub fn lora_linear_forward_with<B: Backend>(
+    ops: &LinearOps<B>,
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+    dropout: Option<&Dropout>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let w = (ops.weight)(w, x.dtype());
     let mut y = x.clone().matmul(w.transpose());
     if let Some(b) = bias {
         y = y + b.unsqueeze::<2>();
@@ -197,7 +228,7 @@ pub fn lora_linear_forward<B: Backend>(
         return (y, None);
     };
     let dtype = x.dtype();
-    let xa = dropped(x, dropout).matmul(a.transpose());
+    let xa = (ops.dropped)(x, dropout).matmul(a.transpose());
     let d = cast_to(xa.clone().matmul(b.transpose()) * scaling, dtype);
     (y + d, Some(xa))
 }
@@ -212,20 +243,34 @@ pub fn lora_linear_backward<B: Backend>(
     grad: Tensor<B, 2>,
     need_dx: bool,
 ) -> (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
+    let ops = LinearOps::composed();
+    lora_linear_backward_with(&ops, x, xa, w, lora, dropout, grad, need_dx)
+}
+
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub fn lora_linear_backward_with<B: Backend>(
+    ops: &LinearOps<B>,
+    x: Tensor<B, 2>,
+    xa: Option<Tensor<B, 2>>,
+    w: Tensor<B, 2>,
+    lora: Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>,
+    dropout: Option<&Dropout>,
+    grad: Tensor<B, 2>,
+    need_dx: bool,
+) -> (Option<Tensor<B, 2>>, Option<(Tensor<B, 2>, Tensor<B, 2>)>) {
     let dtype = x.dtype();
-    let w = dense(w, dtype);
-    let mut dx = need_dx.then(|| grad.clone().matmul(w));
+    let mut dx = need_dx.then(|| grad.clone().matmul((ops.weight)(w, dtype)));
     let mut dlora = None;
     if let (Some((a, b, scaling)), Some(xa)) = (lora, xa) {
         let g32 = as_f32(grad);
         let dxa = g32.clone().matmul(b) * scaling;
         let db = g32.transpose().matmul(xa) * scaling;
-        let da = dxa.clone().transpose().matmul(dropped(x, dropout));
+        let da = dxa.clone().transpose().matmul((ops.dropped)(x, dropout));
         if let Some(d) = dx.take() {
             // Through the dropout: the same mask again, as the derivative of `mask * x`.
             let through = dxa.matmul(a);
             let through = match dropout {
-                Some(_) => dropped(through, dropout),
+                Some(_) => (ops.dropped)(through, dropout),
                 None => through,
             };
             dx = Some(d + cast_to(through, dtype));
