@@ -319,12 +319,11 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         Cpu::rope(xr.clone(), &cos, &sin),
         "rope",
     );
-    // The backward pass is the rope with -sin (what the autodiff wrapper calls).
-    let neg = sin.clone().neg();
+    // The backward pass: the rope with -sin, in one kernel.
     close(
-        G::rope(to(&xr), &to(&cos), &to(&neg)),
-        Cpu::rope(xr, &cos, &neg),
-        "rope with -sin",
+        G::rope_backward(to(&xr), &to(&cos), &to(&sin)),
+        Cpu::rope(xr, &cos, &sin.clone().neg()),
+        "rope backward",
     );
 
     let (h, w) = (rand([70, 24], 31), rand([1000, 24], 32));

@@ -15,7 +15,7 @@ use crate::model::quant::QuantSpec;
 /// What the estimate assumes, for `plan` to print.
 pub const ASSUMPTIONS: &str = "one micro-batch of the longest row; CPU: f32 weights and \
 activations, two 64-row attention blocks per thread, ~40 MB for the program itself; CUDA: \
-bf16 weights and activations, f32 adapters, logits and attention statistics, allocator \
+bf16 weights, activations and logits, f32 adapters and attention statistics, allocator \
 caching not counted";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,16 +109,18 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     // projection's input.
     let backward = tokens * (3 * i + 2 * h) * a + tokens * i * 4;
     // Attention scratch: per CPU thread, a 64-row block's scores and their gradient over all
-    // keys; the composed path's tiles are a few `heads x 128 x 128` f32 blocks.
+    // keys; the CubeCL kernels keep only `D = rowsum(dO * O)` (f32 per head and token) and
+    // the mask's key ranges.
     let attention = if on_gpu {
-        w.micro_batch as u64 * nh * 128 * 128 * 4 * 6
+        tokens * nh * 4 + tokens * 8
     } else {
         w.threads.max(1) as u64 * 64 * w.seq_len as u64 * 4 * 2
     };
-    // The loss: one chunk of f32 logits (three on the composed path: log-softmax, exp and
-    // the gradient), and the gradient with respect to the trained rows' hidden states.
-    let chunk = w.loss_chunk_rows.min(tokens as usize) as u64 * c.vocab_size as u64 * 4;
-    let loss = if on_gpu { 3 * chunk } else { chunk } + tokens * h * 4;
+    // The loss: one chunk of logits (f32 on the CPU; on CUDA the matmul's output and the
+    // fused kernel's gradient, both in the model dtype), and the gradient with respect to the
+    // trained rows' hidden states.
+    let rows = w.loss_chunk_rows.min(tokens as usize) as u64 * c.vocab_size as u64;
+    let loss = if on_gpu { 2 * rows * a } else { rows * 4 } + tokens * h * 4;
     let program = if on_gpu { 0 } else { CPU_PROGRAM_BYTES };
     let workspace = backward.max(attention) + loss + program;
     MemoryEstimate {

@@ -150,7 +150,7 @@ impl<B: Kernels> Backward<B, 1> for Rope {
             let cos: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(c));
             let sin: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(sn));
             // The transpose of a rotation by theta is the rotation by -theta.
-            grads.register::<B>(parent.id, prim(B::rope(grad, &cos, &sin.neg())));
+            grads.register::<B>(parent.id, prim(B::rope_backward(grad, &cos, &sin)));
         }
     }
 }

@@ -118,6 +118,16 @@ pub trait Kernels: Backend {
         generic::rope(x, cos, sin)
     }
 
+    /// Gradient of [`Kernels::rope`] with respect to `x`: the rotation by the opposite angle,
+    /// `rope(grad, cos, -sin)` (the tables' two halves are equal).
+    fn rope_backward(
+        grad: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        Self::rope(grad, cos, &sin.clone().neg())
+    }
+
     /// Scaled dot-product attention: `q: [b, s, heads, d]`, `k`, `v: [b, t, kv_heads, d]`
     /// (grouped-query: each kv head serves `heads / kv_heads` query heads, without copies),
     /// `mask` saying which keys each query sees. Returns `[b, s, heads, d]`.

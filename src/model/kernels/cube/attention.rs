@@ -9,8 +9,9 @@
 //! query), `dQ` (the same grid; it also writes `D = rowsum(dO * O)`), and `dK`/`dV` (a cube
 //! per key block of one kv head, a unit per key, looping over the query blocks that can see
 //! it). Scores, softmax statistics and accumulators are f32 whatever the model dtype. Units
-//! do the dot products themselves (no tensor-core MMA yet): what this buys over the composed
-//! version is memory and launches, not peak FLOP/s.
+//! do the dot products themselves (no tensor-core MMA yet), over the head dim unrolled on CUDA so
+//! rows stay in registers: what this buys over the composed version is memory and launches,
+//! not peak FLOP/s.
 //!
 //! Queries that see no key (padding) follow the composed version: the output is the mean of
 //! every value (a uniform softmax), `lse = ln t`, no gradient to q or k, `dO / t` to every v.
@@ -54,8 +55,15 @@ fn load_tile<F: Float>(
 
 /// `sum_c a[c] * tile[row * d + c]`.
 #[cube]
-fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, row: usize, #[comptime] d: usize) -> f32 {
+fn dot_row(
+    a: &Array<f32>,
+    tile: &SharedMemory<f32>,
+    row: usize,
+    #[comptime] d: usize,
+    #[comptime] unroll: bool,
+) -> f32 {
     let mut acc = 0.0f32;
+    #[unroll(unroll)]
     for c in 0..d {
         acc += a[c] * tile[row * d + c];
     }
@@ -74,6 +82,7 @@ fn forward_kernel<F: Float, I: Int>(
     lse: &mut Tensor<f32>,
     scale: f32,
     #[comptime] d: usize,
+    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads, t) = (q.shape(1), q.shape(2), k.shape(1));
@@ -91,12 +100,14 @@ fn forward_kernel<F: Float, I: Int>(
     let mut acc = Array::<f32>::new(d);
     let mut lo = 0usize.runtime();
     let mut hi = 0usize.runtime();
+    #[unroll(unroll)]
     for c in 0..d {
         acc[c] = 0.0f32;
         qrow[c] = 0.0f32;
     }
     if valid {
         let qbase = bi * q.stride(0) + i * q.stride(1) + h * q.stride(2);
+        #[unroll(unroll)]
         for c in 0..d {
             qrow[c] = f32::cast_from(q[qbase + c * q.stride(3)]) * scale;
         }
@@ -123,6 +134,7 @@ fn forward_kernel<F: Float, I: Int>(
             // Sees nothing: the plain sum of every value, divided by t below.
             for r in 0..BLOCK {
                 if c0 + r < bhi {
+                    #[unroll(unroll)]
                     for c in 0..d {
                         acc[c] += vs[r * d + c];
                     }
@@ -134,7 +146,7 @@ fn forward_kernel<F: Float, I: Int>(
                 let j = c0 + r;
                 let mut sc = f32::new(-3.0e38);
                 if j >= lo && j < hi {
-                    sc = dot_row(&qrow, &ks, r, d);
+                    sc = dot_row(&qrow, &ks, r, d, unroll);
                     top = f32::max(top, sc);
                 }
                 scores[r] = sc;
@@ -142,6 +154,7 @@ fn forward_kernel<F: Float, I: Int>(
             // Online softmax: what was summed under the old maximum is rescaled once per tile.
             let alpha = f32::exp(m - top);
             l *= alpha;
+            #[unroll(unroll)]
             for c in 0..d {
                 acc[c] *= alpha;
             }
@@ -150,6 +163,7 @@ fn forward_kernel<F: Float, I: Int>(
                 if j >= lo && j < hi {
                     let p = f32::exp(scores[r] - top);
                     l += p;
+                    #[unroll(unroll)]
                     for c in 0..d {
                         acc[c] += p * vs[r * d + c];
                     }
@@ -168,6 +182,7 @@ fn forward_kernel<F: Float, I: Int>(
             norm = 1.0f32 / l;
             stat = m + f32::ln(l);
         }
+        #[unroll(unroll)]
         for c in 0..d {
             out[obase + c * out.stride(3)] = F::cast_from(acc[c] * norm);
         }
@@ -190,6 +205,7 @@ fn dq_kernel<F: Float, I: Int>(
     delta: &mut Tensor<f32>,
     scale: f32,
     #[comptime] d: usize,
+    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads) = (q.shape(1), q.shape(2));
@@ -206,6 +222,7 @@ fn dq_kernel<F: Float, I: Int>(
     let mut qrow = Array::<f32>::new(d);
     let mut grow = Array::<f32>::new(d);
     let mut acc = Array::<f32>::new(d);
+    #[unroll(unroll)]
     for c in 0..d {
         qrow[c] = 0.0f32;
         grow[c] = 0.0f32;
@@ -220,6 +237,7 @@ fn dq_kernel<F: Float, I: Int>(
         let qbase = bi * q.stride(0) + i * q.stride(1) + h * q.stride(2);
         let obase = bi * out.stride(0) + i * out.stride(1) + h * out.stride(2);
         let gbase = bi * grad.stride(0) + i * grad.stride(1) + h * grad.stride(2);
+        #[unroll(unroll)]
         for c in 0..d {
             qrow[c] = f32::cast_from(q[qbase + c * q.stride(3)]) * scale;
             let g = f32::cast_from(grad[gbase + c * grad.stride(3)]);
@@ -247,8 +265,9 @@ fn dq_kernel<F: Float, I: Int>(
             for r in 0..BLOCK {
                 let j = c0 + r;
                 if j >= lo && j < hi {
-                    let p = f32::exp(dot_row(&qrow, &ks, r, d) - stat);
-                    let ds = p * (dot_row(&grow, &vs, r, d) - dsum) * scale;
+                    let p = f32::exp(dot_row(&qrow, &ks, r, d, unroll) - stat);
+                    let ds = p * (dot_row(&grow, &vs, r, d, unroll) - dsum) * scale;
+                    #[unroll(unroll)]
                     for c in 0..d {
                         acc[c] += ds * ks[r * d + c];
                     }
@@ -260,6 +279,7 @@ fn dq_kernel<F: Float, I: Int>(
     }
     if valid {
         let base = bi * dq.stride(0) + i * dq.stride(1) + h * dq.stride(2);
+        #[unroll(unroll)]
         for c in 0..d {
             dq[base + c * dq.stride(3)] = F::cast_from(acc[c]);
         }
@@ -281,6 +301,7 @@ fn dkv_kernel<F: Float, I: Int>(
     dv: &mut Tensor<F>,
     scale: f32,
     #[comptime] d: usize,
+    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads, t, kv_heads) = (q.shape(1), q.shape(2), k.shape(1), k.shape(2));
@@ -299,6 +320,7 @@ fn dkv_kernel<F: Float, I: Int>(
     let mut vrow = Array::<f32>::new(d);
     let mut dkr = Array::<f32>::new(d);
     let mut dvr = Array::<f32>::new(d);
+    #[unroll(unroll)]
     for c in 0..d {
         krow[c] = 0.0f32;
         vrow[c] = 0.0f32;
@@ -308,6 +330,7 @@ fn dkv_kernel<F: Float, I: Int>(
     if valid {
         let kbase = bi * k.stride(0) + j * k.stride(1) + g * k.stride(2);
         let vbase = bi * v.stride(0) + j * v.stride(1) + g * v.stride(2);
+        #[unroll(unroll)]
         for c in 0..d {
             krow[c] = f32::cast_from(k[kbase + c * k.stride(3)]) * scale;
             vrow[c] = f32::cast_from(v[vbase + c * v.stride(3)]);
@@ -355,12 +378,14 @@ fn dkv_kernel<F: Float, I: Int>(
                         let (lo, hi) = (los[r] as usize, his[r] as usize);
                         if first + r < s {
                             if lo == hi {
+                                #[unroll(unroll)]
                                 for c in 0..d {
                                     dvr[c] += gs[r * d + c] * inv_t;
                                 }
                             } else if j >= lo && j < hi {
-                                let p = f32::exp(dot_row(&krow, &qs, r, d) - stats[r]);
-                                let dsc = p * (dot_row(&vrow, &gs, r, d) - dsums[r]);
+                                let p = f32::exp(dot_row(&krow, &qs, r, d, unroll) - stats[r]);
+                                let dsc = p * (dot_row(&vrow, &gs, r, d, unroll) - dsums[r]);
+                                #[unroll(unroll)]
                                 for c in 0..d {
                                     dvr[c] += p * gs[r * d + c];
                                     dkr[c] += dsc * qs[r * d + c];
@@ -376,11 +401,20 @@ fn dkv_kernel<F: Float, I: Int>(
     if valid {
         let kbase = bi * dk.stride(0) + j * dk.stride(1) + g * dk.stride(2);
         let vbase = bi * dv.stride(0) + j * dv.stride(1) + g * dv.stride(2);
+        #[unroll(unroll)]
         for c in 0..d {
             dk[kbase + c * dk.stride(3)] = F::cast_from(dkr[c] * scale);
             dv[vbase + c * dv.stride(3)] = F::cast_from(dvr[c]);
         }
     }
+}
+
+/// Whether the loops over the head dim are unrolled (rows in registers, not local memory).
+/// Always on CUDA; on wgpu only for small heads, because Mesa's software driver takes minutes
+/// to compile the unrolled shaders (the tests' 64-wide heads: 417 s against 34 s). Unrolling
+/// changes code generation, not results: the tests run both forms.
+fn unroll<R: CubeRuntime>(client: &ComputeClient<R>, d: usize) -> bool {
+    !R::name(client).starts_with("wgpu") || d <= 16
 }
 
 /// The grid and cube of a kernel with a cube per `BLOCK` rows of `n` rows of each of `groups`.
@@ -432,6 +466,7 @@ pub fn forward<R: CubeRuntime>(
         lse.clone().into_tensor_arg(),
         1.0 / (d as f32).sqrt(),
         d,
+        unroll::<R>(&client, d),
         dtypes,
     );
     (out, lse)
@@ -473,6 +508,7 @@ pub fn backward<R: CubeRuntime>(
         delta.clone().into_tensor_arg(),
         scale,
         d,
+        unroll::<R>(&client, d),
         dtypes,
     );
     let (count, dim) = grid(b * kv_heads, t);
@@ -492,6 +528,7 @@ pub fn backward<R: CubeRuntime>(
         dv.clone().into_tensor_arg(),
         scale,
         d,
+        unroll::<R>(&client, d),
         dtypes,
     );
     (dq, dk, dv)

@@ -28,7 +28,7 @@ fn swiglu_kernel<F: Float>(
     if row >= rows as usize {
         terminate!();
     }
-    let r = row as usize;
+    let r = row;
     let (gb, ub, ob) = (r * gate.stride(0), r * up.stride(0), r * out.stride(0));
     let mut j = UNIT_POS_X as usize;
     while j < gate.shape(1) {
@@ -52,7 +52,7 @@ fn swiglu_backward_kernel<F: Float>(
     if row >= rows as usize {
         terminate!();
     }
-    let r = row as usize;
+    let r = row;
     let (gb, ub, db) = (r * gate.stride(0), r * up.stride(0), r * grad.stride(0));
     let (ogb, oub) = (r * dgate.stride(0), r * dup.stride(0));
     let mut j = UNIT_POS_X as usize;
@@ -69,8 +69,8 @@ fn swiglu_backward_kernel<F: Float>(
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x: [b, s, heads, d]`, tables `[b, s, 1, d]`; a cube
-/// per token, its units over `heads * d`.
+/// `x * cos + rotate_half(x) * sin` for `x: [b, s, heads, d]`, tables `[b, s, 1, d]` (with
+/// `-sin` when `inverse`: the backward pass); a cube per token, its units over `heads * d`.
 #[cube(launch)]
 fn rope_kernel<F: Float>(
     x: &Tensor<F>,
@@ -78,6 +78,7 @@ fn rope_kernel<F: Float>(
     sin: &Tensor<F>,
     out: &mut Tensor<F>,
     tokens: u32,
+    #[comptime] inverse: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let token = CUBE_POS;
@@ -85,7 +86,7 @@ fn rope_kernel<F: Float>(
         terminate!();
     }
     let seq = x.shape(1);
-    let (b, s) = (token as usize / seq, token as usize % seq);
+    let (b, s) = (token / seq, token % seq);
     let (heads, d) = (x.shape(2), x.shape(3));
     let half = d / 2;
     let xb = b * x.stride(0) + s * x.stride(1);
@@ -103,7 +104,10 @@ fn rope_kernel<F: Float>(
             rotated = x[xh + (k - half) * x.stride(3)];
         }
         let c = cos[cb + k * cos.stride(3)];
-        let sn = sin[sb + k * sin.stride(3)];
+        let mut sn = sin[sb + k * sin.stride(3)];
+        if comptime![inverse] {
+            sn = -sn;
+        }
         out[ob + h * out.stride(2) + k * out.stride(3)] = v * c + rotated * sn;
         e += CUBE_DIM_X as usize;
     }
@@ -153,11 +157,13 @@ pub fn swiglu_backward<R: CubeRuntime>(
     (dgate, dup)
 }
 
-/// Rotary embedding of `x: [b, s, heads, d]` with `cos`/`sin` `[b, s, 1, d]`.
+/// Rotary embedding of `x: [b, s, heads, d]` with `cos`/`sin` `[b, s, 1, d]`, or its inverse
+/// (the gradient of the embedding).
 pub fn rope<R: CubeRuntime>(
     x: CubeTensor<R>,
     cos: CubeTensor<R>,
     sin: CubeTensor<R>,
+    inverse: bool,
 ) -> CubeTensor<R> {
     let out = output_like(&x);
     let shape = x.meta.shape();
@@ -173,6 +179,7 @@ pub fn rope<R: CubeRuntime>(
         sin.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         tokens as u32,
+        inverse,
         dtype.into(),
     );
     out

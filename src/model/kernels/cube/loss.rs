@@ -47,7 +47,7 @@ fn softmax_ce_kernel<F: Float, G: Float, I: Int>(
     if row >= rows as usize {
         terminate!();
     }
-    let r = row as usize;
+    let r = row;
     let vocab = logits.shape(1);
     let lb = r * logits.stride(0);
     let step = CUBE_DIM_X as usize;

@@ -56,6 +56,9 @@ fn launch_rows<R: Runtime>(
 }
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+type Pair<T> = (T, T);
+/// Per-row losses and, when asked for, the gradient with respect to the hidden states.
+type LossesAndGrad<B> = (Tensor<B, 1>, Option<Tensor<B, 2>>);
 
 fn prim<R, F, I, BT, const D: usize>(t: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
 where
@@ -100,10 +103,7 @@ fn cross_entropy<R, F, I, BT>(
     targets: &[i32],
     chunk: usize,
     with_grad: bool,
-) -> (
-    Tensor<Cube<R, F, I, BT>, 1>,
-    Option<Tensor<Cube<R, F, I, BT>, 2>>,
-)
+) -> LossesAndGrad<Cube<R, F, I, BT>>
 where
     R: CubeRuntime,
     R::Server: ComputeServer,
@@ -144,7 +144,7 @@ where
 fn mask_tensors<R, F, I, BT>(
     mask: &AttentionMask,
     device: &burn::tensor::Device<Cube<R, F, I, BT>>,
-) -> (IntTensor<Cube<R, F, I, BT>>, IntTensor<Cube<R, F, I, BT>>)
+) -> Pair<IntTensor<Cube<R, F, I, BT>>>
 where
     R: CubeRuntime,
     R::Server: ComputeServer,
@@ -371,7 +371,17 @@ where
     fn rope(x: Tensor<Self, 4>, cos: &Tensor<Self, 4>, sin: &Tensor<Self, 4>) -> Tensor<Self, 4> {
         let dtype = x.dtype();
         let (cos, sin) = (cast_to(cos.clone(), dtype), cast_to(sin.clone(), dtype));
-        float(elementwise::rope(prim(x), prim(cos), prim(sin)))
+        float(elementwise::rope(prim(x), prim(cos), prim(sin), false))
+    }
+
+    fn rope_backward(
+        grad: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        let dtype = grad.dtype();
+        let (cos, sin) = (cast_to(cos.clone(), dtype), cast_to(sin.clone(), dtype));
+        float(elementwise::rope(prim(grad), prim(cos), prim(sin), true))
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {

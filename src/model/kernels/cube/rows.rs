@@ -45,7 +45,7 @@ fn rms_norm_kernel<F: Float>(
         terminate!();
     }
     let dim = x.shape(1);
-    let (xb, ob) = (row as usize * x.stride(0), row as usize * out.stride(0));
+    let (xb, ob) = (row * x.stride(0), row * out.stride(0));
     let step = CUBE_DIM_X as usize;
 
     let mut sums = SharedMemory::<f32>::new(ROW_UNITS as usize);
@@ -84,11 +84,7 @@ fn rms_norm_backward_kernel<F: Float>(
         terminate!();
     }
     let dim = x.shape(1);
-    let (xb, gb, ob) = (
-        row as usize * x.stride(0),
-        row as usize * grad.stride(0),
-        row as usize * dx.stride(0),
-    );
+    let (xb, gb, ob) = (row * x.stride(0), row * grad.stride(0), row * dx.stride(0));
     let step = CUBE_DIM_X as usize;
 
     // One pass for both sums: sum x^2 (the norm) and sum g w x (the projection onto x).
