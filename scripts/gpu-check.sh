@@ -16,6 +16,8 @@
 # Env: OUT (default /tmp/gpu-check), BUDGET seconds (default 420), PYTHON (default python3),
 # BIGSEQ (the 7B 4-bit run's sequence length, default 8192: issue 16 asks for it),
 # DRY_RUN=1 runs every phase on the CPU at the small shape (checks the script without a GPU).
+# The burnish rows run burnish's CubeCL kernels; one more row runs the same binary on Burn's
+# composed ops (BURNISH_GPU_KERNELS=composed) to show what the kernels buy.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-.device/burnish-cuda.xz}
@@ -112,7 +114,18 @@ if left 120; then
   bench_pair $BIGSHAPE $BIGSEQ --quant-bits 4 --gradient-checkpointing -- "${extra[@]}" --gradient-checkpointing
 fi
 
-# 4. One summary.
+# 4. What burnish's CubeCL kernels buy: the 0.5B shape at the second length again, on Burn's
+#    composed ops (BURNISH_GPU_KERNELS=composed), in the same sitting.
+: > "$OUT/composed.jsonl"
+CSEQ=$(echo $SEQS | cut -d' ' -f2)
+if left 90; then
+  log "bench $SMALL $CSEQ, composed ops"
+  peak "composed-$SMALL-$CSEQ" env BURNISH_GPU_KERNELS=composed timeout 300 "$BIN" -q bench --device $DEVICE \
+    --shape "$SMALL" --seq-len "$CSEQ" --steps 3 --warmup 1 --json >> "$OUT/composed.jsonl" 2>> "$OUT/log.txt" \
+    || log "burnish composed $SMALL $CSEQ failed"
+fi
+
+# 5. One summary.
 "$PY" - "$OUT" "$BUDGET" "$START" <<'PY'
 import json, os, sys, time
 out, budget, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -148,19 +161,20 @@ def flops_per_token(shape, seq):
     params = layers * (h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * i) + vocab * h
     return 6 * params + 6 * layers * seq * nh * hd
 rows = []
-for l in open(f"{out}/bench.jsonl"):
+lines = [(l, None) for l in open(f"{out}/bench.jsonl")] + [(l, "burnish-composed") for l in open(f"{out}/composed.jsonl")]
+for l, label in lines:
     try:
         r = json.loads(l)
     except ValueError:
         continue
-    who = "burnish" if "median_step_s" in r and "framework" not in r else r.get("framework", "pytorch")
+    who = label or ("burnish" if "median_step_s" in r and "framework" not in r else r.get("framework", "pytorch"))
     shape, seq = r.get("shape"), r.get("seq_len")
     tps = r.get("tokens_per_s")
     row = {"who": who, "shape": shape, "seq_len": seq, "tokens_per_s": tps,
-           "peak_mib": peaks.get(f"{'burnish' if who == 'burnish' else 'pytorch'}-{shape}-{seq}",
+           "peak_mib": peaks.get(f"{ {'burnish': 'burnish', 'burnish-composed': 'composed'}.get(who, 'pytorch')}-{shape}-{seq}",
                                  (r.get("peak_rss_bytes") or r.get("peak_bytes") or 0) / 2**20),
            "quantize": r.get("quantize")}
-    if who == "burnish" and tps and shape in SHAPES:
+    if who.startswith("burnish") and tps and shape in SHAPES:
         row["mfu_vs_790_tflops"] = tps * flops_per_token(shape, seq) / 790e12
     rows.append(row)
 summary["benchmarks"] = rows

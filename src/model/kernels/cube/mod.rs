@@ -26,9 +26,21 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::generic::{
-    LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with,
+    self, LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with,
 };
 use super::{AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
+
+/// `BURNISH_GPU_KERNELS=composed` runs Burn's composed ops (the generic kernels) instead of
+/// these: to measure what the kernels buy (`scripts/gpu-check.sh` does, in one sitting), and
+/// as a way around a kernel that misbehaves on some GPU.
+fn composed() -> bool {
+    static COMPOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COMPOSED.get_or_init(|| std::env::var("BURNISH_GPU_KERNELS").is_ok_and(|v| v == "composed"))
+}
+
+/// The widest head the attention kernels take: two `32 x d` f32 tiles must fit the 48 KiB of
+/// shared memory a CUDA block gets without opting in. Wider heads use the composed version.
+const MAX_HEAD_DIM: usize = 128;
 
 /// A new contiguous tensor of `like`'s shape and dtype.
 fn output_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
@@ -250,6 +262,9 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> Tensor<Self, 1> {
+        if composed() {
+            return generic::cross_entropy_sum(h, w, targets, chunk);
+        }
         total(cross_entropy(h, w, targets, chunk, false).0)
     }
 
@@ -259,6 +274,9 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
+        if composed() {
+            return generic::cross_entropy_sum_and_grad(h, w, targets, chunk);
+        }
         let dims = h.dims();
         let (rows, grad) = cross_entropy(h, w, targets, chunk, true);
         let grad = grad.unwrap_or_else(|| Tensor::zeros(dims, &rows.device()));
@@ -271,6 +289,9 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> Tensor<Self, 1> {
+        if composed() {
+            return generic::cross_entropy_rows(h, w, targets, chunk);
+        }
         cross_entropy(h, w, targets, chunk, false).0
     }
 
@@ -280,6 +301,9 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
+        if composed() {
+            return generic::cross_entropy_rows_and_grad(h, w, targets, chunk);
+        }
         let dims = h.dims();
         let (rows, grad) = cross_entropy(h, w, targets, chunk, true);
         let grad = grad.unwrap_or_else(|| Tensor::zeros(dims, &rows.device()));
@@ -292,6 +316,9 @@ where
         v: Tensor<Self, 4>,
         mask: &AttentionMask,
     ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
+        if composed() || q.dims()[3] > MAX_HEAD_DIM {
+            return generic::attention::forward(q, k, v, mask);
+        }
         let dtype = q.dtype();
         let (k, v) = (cast_to(k, dtype), cast_to(v, dtype));
         let (ranges, blocks) = mask_tensors::<R, F, I, BT>(mask, &q.device());
@@ -308,6 +335,9 @@ where
         grad: Tensor<Self, 4>,
         mask: &AttentionMask,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        if composed() || q.dims()[3] > MAX_HEAD_DIM {
+            return generic::attention::backward(q, k, v, out, lse, grad, mask);
+        }
         let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
         let (k, v) = (cast_to(k, q_dtype), cast_to(v, q_dtype));
         let (out, grad) = (cast_to(out, q_dtype), cast_to(grad, q_dtype));
@@ -337,6 +367,9 @@ where
         lora: Option<LoraFactors<Self>>,
         dropout: Option<&Dropout>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 2>>) {
+        if composed() {
+            return generic::lora_linear_forward(x, w, bias, lora, dropout);
+        }
         lora_linear_forward_with(&linear_ops(), x, w, bias, lora, dropout)
     }
 
@@ -349,10 +382,16 @@ where
         grad: Tensor<Self, 2>,
         need_dx: bool,
     ) -> LinearGrads<Self> {
+        if composed() {
+            return generic::lora_linear_backward(x, xa, w, lora, dropout, grad, need_dx);
+        }
         lora_linear_backward_with(&linear_ops(), x, xa, w, lora, dropout, grad, need_dx)
     }
 
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        if composed() {
+            return generic::rms_norm(x, w, eps);
+        }
         let w = cast_to(w, x.dtype());
         float(rows::rms_norm(prim(x), prim(w), eps))
     }
@@ -363,12 +402,18 @@ where
         eps: f64,
         grad: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
+        if composed() {
+            return generic::rms_norm_backward(x, w, eps, grad);
+        }
         let dtype = x.dtype();
         let (w, grad) = (cast_to(w, dtype), cast_to(grad, dtype));
         float(rows::rms_norm_backward(prim(x), prim(w), eps, prim(grad)))
     }
 
     fn rope(x: Tensor<Self, 4>, cos: &Tensor<Self, 4>, sin: &Tensor<Self, 4>) -> Tensor<Self, 4> {
+        if composed() {
+            return generic::rope(x, cos, sin);
+        }
         let dtype = x.dtype();
         let (cos, sin) = (cast_to(cos.clone(), dtype), cast_to(sin.clone(), dtype));
         float(elementwise::rope(prim(x), prim(cos), prim(sin), false))
@@ -379,12 +424,18 @@ where
         cos: &Tensor<Self, 4>,
         sin: &Tensor<Self, 4>,
     ) -> Tensor<Self, 4> {
+        if composed() {
+            return generic::rope(grad, cos, &sin.clone().neg());
+        }
         let dtype = grad.dtype();
         let (cos, sin) = (cast_to(cos.clone(), dtype), cast_to(sin.clone(), dtype));
         float(elementwise::rope(prim(grad), prim(cos), prim(sin), true))
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if composed() {
+            return generic::swiglu(gate, up);
+        }
         let up = cast_to(up, gate.dtype());
         float(elementwise::swiglu(prim(gate), prim(up)))
     }
@@ -394,6 +445,9 @@ where
         up: Tensor<Self, 2>,
         grad: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        if composed() {
+            return generic::swiglu_backward(gate, up, grad);
+        }
         let dtype = gate.dtype();
         let (up, grad) = (cast_to(up, dtype), cast_to(grad, dtype));
         let (dg, du) = elementwise::swiglu_backward(prim(gate), prim(up), prim(grad));
