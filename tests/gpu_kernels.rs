@@ -67,6 +67,17 @@ fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Cpu, D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
 }
 
+/// Key segments of packed rows of `lengths`, then `pad` padding positions.
+fn seg(lengths: &[usize], pad: usize) -> Vec<i32> {
+    let mut r: Vec<i32> = lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
+        .collect();
+    r.extend(std::iter::repeat_n(-1, pad));
+    r
+}
+
 fn close<B1: Backend, B2: Backend, const D: usize>(a: Tensor<B1, D>, b: Tensor<B2, D>, what: &str) {
     let ((sa, a), (sb, b)) = (host(a), host(b));
     assert_eq!(sa, sb, "{what}: shapes");
@@ -78,15 +89,6 @@ fn blockwise_attention_on_a_cubecl_runtime() {
     if !gpu() {
         return;
     }
-    let seg = |lengths: &[usize], pad: usize| -> Vec<i32> {
-        let mut r: Vec<i32> = lengths
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
-            .collect();
-        r.extend(std::iter::repeat_n(-1, pad));
-        r
-    };
     let mask = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
     let (q, k, v) = (
         rand([2, 150, 6, 16], 1),
@@ -211,15 +213,6 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
     if !gpu() {
         return;
     }
-    let seg = |lengths: &[usize], pad: usize| -> Vec<i32> {
-        let mut r: Vec<i32> = lengths
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
-            .collect();
-        r.extend(std::iter::repeat_n(-1, pad));
-        r
-    };
     let packed = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
     let cases = [
         (

@@ -26,7 +26,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::generic::{
-    self, LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with,
+    self, LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with, total,
 };
 use super::{AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
 
@@ -240,14 +240,6 @@ where
     }
 }
 
-fn total<B: burn::tensor::backend::Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
-    if rows.dims()[0] == 0 {
-        Tensor::zeros([1], &rows.device())
-    } else {
-        rows.sum()
-    }
-}
-
 impl<R, F, I, BT> Kernels for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -262,10 +254,7 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> Tensor<Self, 1> {
-        if composed() {
-            return generic::cross_entropy_sum(h, w, targets, chunk);
-        }
-        total(cross_entropy(h, w, targets, chunk, false).0)
+        total(Self::cross_entropy_rows(h, w, targets, chunk))
     }
 
     fn cross_entropy_sum_and_grad(
@@ -274,12 +263,7 @@ where
         targets: &[i32],
         chunk: usize,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
-        if composed() {
-            return generic::cross_entropy_sum_and_grad(h, w, targets, chunk);
-        }
-        let dims = h.dims();
-        let (rows, grad) = cross_entropy(h, w, targets, chunk, true);
-        let grad = grad.unwrap_or_else(|| Tensor::zeros(dims, &rows.device()));
+        let (rows, grad) = Self::cross_entropy_rows_and_grad(h, w, targets, chunk);
         (total(rows), grad)
     }
 

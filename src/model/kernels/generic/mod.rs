@@ -57,7 +57,7 @@ fn row_losses<B: Backend>(lp: Tensor<B, 2>, t: Tensor<B, 2, Int>) -> Tensor<B, 1
 }
 
 /// A 1-element total of per-row losses (0 without rows).
-fn total<B: Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
+pub fn total<B: Backend>(rows: Tensor<B, 1>) -> Tensor<B, 1> {
     if rows.dims()[0] == 0 {
         Tensor::zeros([1], &rows.device())
     } else {
