@@ -16,7 +16,7 @@ mod elementwise;
 mod loss;
 mod rows;
 
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::cubecl::server::ComputeServer;
 use burn_cubecl::kernel::into_contiguous;
@@ -67,71 +67,60 @@ fn launch_rows<R: Runtime>(
     (count, CubeDim::new_1d(units))
 }
 
-type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+/// A CubeCL backend, whose float and int tensors are the kernels' `CubeTensor`s: the bounds
+/// of `CubeBackend` written once for the helpers below.
+trait Cube:
+    Backend<
+        FloatTensorPrimitive = CubeTensor<Self::Runtime>,
+        IntTensorPrimitive = CubeTensor<Self::Runtime>,
+    >
+{
+    type Runtime: CubeRuntime;
+}
+
+impl<R, F, I, BT> Cube for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    type Runtime = R;
+}
+
 type Pair<T> = (T, T);
 /// Per-row losses and, when asked for, the gradient with respect to the hidden states.
 type LossesAndGrad<B> = (Tensor<B, 1>, Option<Tensor<B, 2>>);
 
-fn prim<R, F, I, BT, const D: usize>(t: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+fn prim<B: Cube, const D: usize>(t: Tensor<B, D>) -> CubeTensor<B::Runtime> {
     into_contiguous(t.into_primitive().tensor())
 }
 
-fn int_prim<R, F, I, BT>(t: Tensor<Cube<R, F, I, BT>, 1, Int>) -> IntTensor<Cube<R, F, I, BT>>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+fn int_prim<B: Cube>(t: Tensor<B, 1, Int>) -> CubeTensor<B::Runtime> {
     into_contiguous(t.into_primitive())
 }
 
-fn float<R, F, I, BT, const D: usize>(
-    t: FloatTensor<Cube<R, F, I, BT>>,
-) -> Tensor<Cube<R, F, I, BT>, D>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+fn float<B: Cube, const D: usize>(t: CubeTensor<B::Runtime>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The chunked cross-entropy with the fused softmax kernel: per chunk, the logits (Burn's
 /// matmul), then one kernel for the losses and `softmax - onehot`, then `dlogits w`.
-fn cross_entropy<R, F, I, BT>(
-    h: Tensor<Cube<R, F, I, BT>, 2>,
-    w: Tensor<Cube<R, F, I, BT>, 2>,
+fn cross_entropy<B: Cube>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
     targets: &[i32],
     chunk: usize,
     with_grad: bool,
-) -> LossesAndGrad<Cube<R, F, I, BT>>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+) -> LossesAndGrad<B> {
     let (n, device, dtype) = (targets.len(), h.device(), h.dtype());
     if n == 0 {
         let grad = with_grad.then(|| Tensor::zeros(h.dims(), (&device, dtype)));
         return (Tensor::zeros([0], &device), grad);
     }
-    let all_targets = Tensor::<Cube<R, F, I, BT>, 1, Int>::from_data(
-        TensorData::new(targets.to_vec(), [n]),
-        &device,
-    );
+    let all_targets =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
     let (mut losses, mut grads) = (Vec::new(), Vec::new());
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.max(1).min(n - start);
@@ -141,9 +130,9 @@ where
             .matmul(w.clone().transpose());
         let t = int_prim(all_targets.clone().narrow(0, start, len));
         let (rows, g) = loss::softmax_cross_entropy(prim(logits), t, with_grad.then_some(dtype));
-        losses.push(float::<R, F, I, BT, 1>(rows));
+        losses.push(float::<B, 1>(rows));
         if let Some(g) = g {
-            grads.push(float::<R, F, I, BT, 2>(g).matmul(w.clone()));
+            grads.push(float::<B, 2>(g).matmul(w.clone()));
         }
     }
     let grad = with_grad.then(|| Tensor::cat(grads, 0));
@@ -153,17 +142,10 @@ where
 /// Each query's visible key range `[b, s, 2]` and each query block's union `[b, blocks, 2]`
 /// (every key for a block holding a query that sees none), as int tensors for the attention
 /// kernels.
-fn mask_tensors<R, F, I, BT>(
+fn mask_tensors<B: Cube>(
     mask: &AttentionMask,
-    device: &burn::tensor::Device<Cube<R, F, I, BT>>,
-) -> Pair<IntTensor<Cube<R, F, I, BT>>>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+    device: &burn::tensor::Device<B>,
+) -> Pair<CubeTensor<B::Runtime>> {
     let (b, s, t) = (mask.batch(), mask.queries(), mask.keys());
     let nqb = s.div_ceil(attention::BLOCK);
     let mut ranges = Vec::with_capacity(b * s * 2);
@@ -185,8 +167,7 @@ where
     }
     let int = |data: Vec<i32>, shape: [usize; 3]| {
         into_contiguous(
-            Tensor::<Cube<R, F, I, BT>, 3, Int>::from_data(TensorData::new(data, shape), device)
-                .into_primitive(),
+            Tensor::<B, 3, Int>::from_data(TensorData::new(data, shape), device).into_primitive(),
         )
     };
     (int(ranges, [b, s, 2]), int(blocks, [b, nqb, 2]))
@@ -194,17 +175,7 @@ where
 
 /// The LoRA step's dropout on the device: one key per token row goes up, the mask is drawn in
 /// the kernel.
-fn dropped<R, F, I, BT>(
-    x: Tensor<Cube<R, F, I, BT>, 2>,
-    dropout: Option<&Dropout>,
-) -> Tensor<Cube<R, F, I, BT>, 2>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+fn dropped<B: Cube>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
     let Some(d) = dropout else {
         return as_f32(x);
     };
@@ -215,8 +186,7 @@ where
             [(k >> 32) as u32 as i32, k as u32 as i32]
         })
         .collect();
-    let keys =
-        Tensor::<Cube<R, F, I, BT>, 2, Int>::from_data(TensorData::new(keys, [n, 2]), &x.device());
+    let keys = Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [n, 2]), &x.device());
     float(dropout::dropped(
         prim(x),
         into_contiguous(keys.into_primitive()),
@@ -226,17 +196,10 @@ where
 
 /// The LoRA step's matmuls take a quantized weight as it is: Burn's CubeCL matmul reads the
 /// quantized blocks itself, so no dense copy of the weight is made.
-fn linear_ops<R, F, I, BT>() -> LinearOps<Cube<R, F, I, BT>>
-where
-    R: CubeRuntime,
-    R::Server: ComputeServer,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
-{
+fn linear_ops<B: Cube>() -> LinearOps<B> {
     LinearOps {
         weight: |w, _| w,
-        dropped: dropped::<R, F, I, BT>,
+        dropped: dropped::<B>,
     }
 }
 
@@ -305,7 +268,7 @@ where
         }
         let dtype = q.dtype();
         let (k, v) = (cast_to(k, dtype), cast_to(v, dtype));
-        let (ranges, blocks) = mask_tensors::<R, F, I, BT>(mask, &q.device());
+        let (ranges, blocks) = mask_tensors::<Self>(mask, &q.device());
         let (out, lse) = attention::forward(prim(q), prim(k), prim(v), ranges, blocks);
         (float(out), float(lse))
     }
@@ -326,7 +289,7 @@ where
         let (k, v) = (cast_to(k, q_dtype), cast_to(v, q_dtype));
         let (out, grad) = (cast_to(out, q_dtype), cast_to(grad, q_dtype));
         let lse = cast_to(lse, burn::tensor::DType::F32);
-        let (ranges, blocks) = mask_tensors::<R, F, I, BT>(mask, &q.device());
+        let (ranges, blocks) = mask_tensors::<Self>(mask, &q.device());
         let (dq, dk, dv) = attention::backward(
             prim(q),
             prim(k),
