@@ -19,7 +19,9 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use burnish::backend::Cpu;
 use burnish::lora::attach::{attach, factor_tensors, init_factors};
 use burnish::lora::{InitKind, LoraSettings, TargetSpec};
-use burnish::model::kernels::{AttentionMask, Dropout, DropoutSeed, Kernels, generic};
+use burnish::model::kernels::{
+    AttentionMask, Dropout, DropoutSeed, Kernels, LinearGrads, LoraFactors, generic,
+};
 use burnish::model::loss::{Targets, cross_entropy_sum};
 use burnish::model::{HostBatch, Model, ModelFolder};
 use common::*;
@@ -150,8 +152,6 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
     close(a2, a1, "swiglu dgate");
     close(b2, b1, "swiglu dup");
 
-    let (xl, wl, bias) = (rand([14, 24], 14), rand([40, 24], 15), rand([40], 16));
-    let (la, lb) = (rand([4, 24], 17), rand([40, 4], 18));
     let drop = Dropout {
         p: 0.3,
         key: 7,
@@ -162,6 +162,50 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
         split: Some((1, 4)),
         seq: 7,
     };
+    lora_with_dropout(
+        [14, 24, 40],
+        14,
+        &drop,
+        generic::lora_linear_forward::<G>,
+        generic::lora_linear_backward::<G>,
+        "composed lora with dropout",
+    );
+}
+
+type LoraForward = fn(
+    Tensor<G, 2>,
+    Tensor<G, 2>,
+    Option<Tensor<G, 1>>,
+    Option<LoraFactors<G>>,
+    Option<&Dropout>,
+) -> (Tensor<G, 2>, Option<Tensor<G, 2>>);
+type LoraBackward = fn(
+    Tensor<G, 2>,
+    Option<Tensor<G, 2>>,
+    Tensor<G, 2>,
+    Option<LoraFactors<G>>,
+    Option<&Dropout>,
+    Tensor<G, 2>,
+    bool,
+) -> LinearGrads<G>;
+
+/// A LoRA step (`n x width -> out`, r = 4, bias, dropout `drop`) on the GPU by `forward` and
+/// `backward` against the Flex kernels: output, dx, dA and dB. Inputs come from seeds
+/// `seed..seed + 6`.
+fn lora_with_dropout(
+    [n, width, out]: [usize; 3],
+    seed: u64,
+    drop: &Dropout,
+    forward: LoraForward,
+    backward: LoraBackward,
+    what: &str,
+) {
+    let (xl, wl, bias) = (
+        rand([n, width], seed),
+        rand([out, width], seed + 1),
+        rand([out], seed + 2),
+    );
+    let (la, lb) = (rand([4, width], seed + 3), rand([out, 4], seed + 4));
     let cpu_lora = Some((la.clone(), lb.clone(), 1.5));
     let gpu_lora = Some((to(&la), to(&lb), 1.5));
     let (y1, xa1) = Cpu::lora_linear_forward(
@@ -169,39 +213,23 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
         wl.clone(),
         Some(bias.clone()),
         cpu_lora.clone(),
-        Some(&drop),
+        Some(drop),
     );
-    let (y2, xa2) = generic::lora_linear_forward::<G>(
+    let (y2, xa2) = forward(
         to(&xl),
         to(&wl),
         Some(to(&bias)),
         gpu_lora.clone(),
-        Some(&drop),
+        Some(drop),
     );
-    close(y2, y1, "lora forward with dropout");
-    let gy = rand([14, 40], 19);
-    let (dx1, d1) = Cpu::lora_linear_backward(
-        xl.clone(),
-        xa1,
-        wl.clone(),
-        cpu_lora,
-        Some(&drop),
-        gy.clone(),
-        true,
-    );
-    let (dx2, d2) = generic::lora_linear_backward::<G>(
-        to(&xl),
-        xa2,
-        to(&wl),
-        gpu_lora,
-        Some(&drop),
-        to(&gy),
-        true,
-    );
-    close(dx2.unwrap(), dx1.unwrap(), "lora dx with dropout");
+    close(y2, y1, &format!("{what}: forward"));
+    let gy = rand([n, out], seed + 5);
+    let (dx2, d2) = backward(to(&xl), xa2, to(&wl), gpu_lora, Some(drop), to(&gy), true);
+    let (dx1, d1) = Cpu::lora_linear_backward(xl, xa1, wl, cpu_lora, Some(drop), gy, true);
+    close(dx2.unwrap(), dx1.unwrap(), &format!("{what}: dx"));
     let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
-    close(da2, da1, "lora dA");
-    close(db2, db1, "lora dB");
+    close(da2, da1, &format!("{what}: dA"));
+    close(db2, db1, &format!("{what}: dB"));
 }
 
 /// The CubeCL flash attention (forward with log-sum-exp, dQ, dK/dV) against Flex's: grouped
@@ -342,12 +370,6 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
     // The LoRA step with dropout drawn on the device: the same mask as the host's (odd and
     // wide rows, a split preference batch), forward and backward.
     for (n, width, out) in [(14, 25, 40), (9, 600, 33)] {
-        let (xl, wl, bias) = (
-            rand([n, width], 33),
-            rand([out, width], 34),
-            rand([out], 35),
-        );
-        let (la, lb) = (rand([4, width], 36), rand([out, 4], 37));
         let drop = Dropout {
             p: 0.3,
             key: 11,
@@ -356,47 +378,14 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
             split: Some((1, 4)),
             seq: 7,
         };
-        let cpu_lora = Some((la.clone(), lb.clone(), 1.5));
-        let gpu_lora = Some((to(&la), to(&lb), 1.5));
-        let (y1, xa1) = Cpu::lora_linear_forward(
-            xl.clone(),
-            wl.clone(),
-            Some(bias.clone()),
-            cpu_lora.clone(),
-            Some(&drop),
+        lora_with_dropout(
+            [n, width, out],
+            33,
+            &drop,
+            G::lora_linear_forward,
+            G::lora_linear_backward,
+            &format!("lora, device dropout, width {width}"),
         );
-        let (y2, xa2) = G::lora_linear_forward(
-            to(&xl),
-            to(&wl),
-            Some(to(&bias)),
-            gpu_lora.clone(),
-            Some(&drop),
-        );
-        close(
-            y2,
-            y1,
-            &format!("lora forward, device dropout, width {width}"),
-        );
-        let gy = rand([n, out], 38);
-        let (dx1, d1) = Cpu::lora_linear_backward(
-            xl.clone(),
-            xa1,
-            wl.clone(),
-            cpu_lora,
-            Some(&drop),
-            gy.clone(),
-            true,
-        );
-        let (dx2, d2) =
-            G::lora_linear_backward(to(&xl), xa2, to(&wl), gpu_lora, Some(&drop), to(&gy), true);
-        close(
-            dx2.unwrap(),
-            dx1.unwrap(),
-            &format!("lora dx, device dropout, width {width}"),
-        );
-        let ((da1, db1), (da2, db2)) = (d1.unwrap(), d2.unwrap());
-        close(da2, da1, &format!("lora dA, device dropout, width {width}"));
-        close(db2, db1, &format!("lora dB, device dropout, width {width}"));
     }
 
     // QLoRA: the quantized weight goes to Burn's quantized matmul as it is; the result is the
