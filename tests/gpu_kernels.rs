@@ -368,11 +368,16 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         "cross-entropy sum without gradient, one chunk",
     );
     // The LoRA step with dropout drawn on the device: the same mask as the host's (odd and
-    // wide rows, a split preference batch), forward and backward.
-    for (n, width, out) in [(14, 25, 40), (9, 600, 33)] {
+    // wide rows, a split preference batch), forward and backward; two streams of one layout
+    // (the second reuses the uploaded position hashes, its key's high half set).
+    for (n, width, out, key) in [
+        (14, 25, 40, 11),
+        (9, 600, 33, 11),
+        (9, 600, 33, 0xDEAD_BEEF_0000_0011),
+    ] {
         let drop = Dropout {
             p: 0.3,
-            key: 11,
+            key,
             first_row: 1,
             row_stride: 2,
             split: Some((1, 4)),
@@ -384,7 +389,7 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
             &drop,
             G::lora_linear_forward,
             G::lora_linear_backward,
-            &format!("lora, device dropout, width {width}"),
+            &format!("lora, device dropout, width {width}, key {key:#x}"),
         );
     }
 

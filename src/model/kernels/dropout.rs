@@ -80,6 +80,14 @@ impl Dropout {
     /// the row draws from `mix64(row_key ^ j)` (what the GPU kernel hashes too).
     #[inline(always)]
     pub fn row_key(&self, r: usize) -> u64 {
+        mix64(self.key ^ self.position_hash(r))
+    }
+
+    /// The part of [`Self::row_key`] that depends on where token row `r` sits in the
+    /// micro-batch but not on the stream: the same for every layer and projection of a
+    /// forward, so the GPU uploads these once per batch and hashes each stream's key in.
+    #[inline(always)]
+    pub fn position_hash(&self, r: usize) -> u64 {
         let seq = self.seq.max(1);
         let (b, base) = match self.split {
             Some((local, global)) if r / seq >= local => (r / seq - local, global),
@@ -87,7 +95,13 @@ impl Dropout {
         };
         let row = (base + self.first_row + b * self.row_stride.max(1)) as u64;
         let pos = (r % seq) as u64;
-        mix64(self.key ^ mix64((row << 32) ^ pos))
+        mix64((row << 32) ^ pos)
+    }
+
+    /// What [`Self::position_hash`] depends on besides the row: two dropouts with equal
+    /// layouts draw their masks from the same position hashes.
+    pub fn layout(&self) -> (usize, usize, Option<(usize, usize)>, usize) {
+        (self.first_row, self.row_stride, self.split, self.seq)
     }
 
     /// Write `scale * mask * x` of token row `r` (`x` and `out` of the input's width) and

@@ -1,6 +1,7 @@
 //! LoRA dropout drawn on the device: `scale * mask * x` in f32, the mask from the same
 //! counter-based hash as the host kernels ([`Dropout::apply_row`]), so CPU and GPU runs drop
-//! the same elements and nothing is uploaded but one 64-bit key per token row. The composed
+//! the same elements. What goes up is one 64-bit position hash per token row, once per batch
+//! (`resident.rs`): each projection's stream key is hashed in by the kernel. The composed
 //! version draws the `[tokens, width]` mask on the host and uploads it for every projection's
 //! forward, backward and recomputation.
 //!
@@ -73,8 +74,10 @@ fn mix64(z: U64) -> U64 {
 #[allow(clippy::too_many_arguments)]
 fn dropout_kernel<F: Float, I: Int>(
     x: &Tensor<F>,
-    row_keys: &Tensor<I>,
+    positions: &Tensor<I>,
     out: &mut Tensor<f32>,
+    key_hi: u32,
+    key_lo: u32,
     threshold: u32,
     scale: f32,
     rows: u32,
@@ -86,10 +89,12 @@ fn dropout_kernel<F: Float, I: Int>(
     }
     let width = x.shape(1);
     let (xb, ob) = (row * x.stride(0), row * out.stride(0));
-    let key = U64 {
-        hi: u32::cast_from(row_keys[row * row_keys.stride(0)]),
-        lo: u32::cast_from(row_keys[row * row_keys.stride(0) + row_keys.stride(1)]),
-    };
+    // Dropout::row_key: mix64(stream key ^ position hash).
+    let at = row * positions.stride(0);
+    let key = mix64(U64 {
+        hi: key_hi ^ u32::cast_from(positions[at]),
+        lo: key_lo ^ u32::cast_from(positions[at + positions.stride(1)]),
+    });
     // Two elements per hash: element 2j draws the low half's top 24 bits, 2j + 1 the high's.
     let mut pair = UNIT_POS_X as usize;
     while pair * 2 < width {
@@ -114,26 +119,28 @@ fn dropout_kernel<F: Float, I: Int>(
     }
 }
 
-/// `scale * mask * x` (f32) for `x: [n, width]` under `dropout`; `row_keys: [n, 2]` holds each
-/// row's [`Dropout::row_key`] as (high, low) 32-bit halves.
+/// `scale * mask * x` (f32) for `x: [n, width]` under `dropout`; `positions: [n, 2]` holds
+/// each row's [`Dropout::position_hash`] as (high, low) 32-bit halves.
 pub fn dropped<R: CubeRuntime>(
     x: CubeTensor<R>,
-    row_keys: CubeTensor<R>,
+    positions: CubeTensor<R>,
     dropout: &Dropout,
 ) -> CubeTensor<R> {
     let shape = x.meta.shape().clone();
     let rows = shape[0];
     let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32);
     let (count, dim) = launch_rows(&x.client, rows, UNITS);
-    let dtypes = [x.dtype.into(), row_keys.dtype.into()];
+    let dtypes = [x.dtype.into(), positions.dtype.into()];
     let client = x.client.clone();
     dropout_kernel::launch::<R>(
         &client,
         count,
         dim,
         x.into_tensor_arg(),
-        row_keys.into_tensor_arg(),
+        positions.into_tensor_arg(),
         out.clone().into_tensor_arg(),
+        (dropout.key >> 32) as u32,
+        dropout.key as u32,
         dropout.threshold(),
         dropout.scale(),
         rows as u32,

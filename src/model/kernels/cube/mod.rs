@@ -14,6 +14,7 @@ mod attention;
 mod dropout;
 mod elementwise;
 mod loss;
+mod resident;
 mod rows;
 
 use burn::tensor::backend::Backend;
@@ -141,8 +142,15 @@ fn cross_entropy<B: Cube>(
 
 /// Each query's visible key range `[b, s, 2]` and each query block's union `[b, blocks, 2]`
 /// (every key for a block holding a query that sees none), as int tensors for the attention
-/// kernels.
+/// kernels; uploaded once per mask and device (`resident.rs`).
 fn mask_tensors<B: Cube>(
+    mask: &AttentionMask,
+    device: &burn::tensor::Device<B>,
+) -> Pair<CubeTensor<B::Runtime>> {
+    resident::cached(mask, device, || upload_mask::<B>(mask, device))
+}
+
+fn upload_mask<B: Cube>(
     mask: &AttentionMask,
     device: &burn::tensor::Device<B>,
 ) -> Pair<CubeTensor<B::Runtime>> {
@@ -173,25 +181,24 @@ fn mask_tensors<B: Cube>(
     (int(ranges, [b, s, 2]), int(blocks, [b, nqb, 2]))
 }
 
-/// The LoRA step's dropout on the device: one key per token row goes up, the mask is drawn in
-/// the kernel.
+/// The LoRA step's dropout on the device: the mask is drawn in the kernel from each token
+/// row's position hash, uploaded once per batch layout and device (`resident.rs`).
 fn dropped<B: Cube>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
     let Some(d) = dropout else {
         return as_f32(x);
     };
-    let n = x.dims()[0];
-    let keys: Vec<i32> = (0..n)
-        .flat_map(|r| {
-            let k = d.row_key(r);
-            [(k >> 32) as u32 as i32, k as u32 as i32]
-        })
-        .collect();
-    let keys = Tensor::<B, 2, Int>::from_data(TensorData::new(keys, [n, 2]), &x.device());
-    float(dropout::dropped(
-        prim(x),
-        into_contiguous(keys.into_primitive()),
-        d,
-    ))
+    let (n, device) = (x.dims()[0], x.device());
+    let positions = resident::cached(&(d.layout(), n), &device, || {
+        let hashes: Vec<i32> = (0..n)
+            .flat_map(|r| {
+                let h = d.position_hash(r);
+                [(h >> 32) as u32 as i32, h as u32 as i32]
+            })
+            .collect();
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(hashes, [n, 2]), &device);
+        into_contiguous(t.into_primitive())
+    });
+    float(dropout::dropped(prim(x), positions, d))
 }
 
 /// The LoRA step's matmuls take a quantized weight as it is: Burn's CubeCL matmul reads the
