@@ -1,11 +1,11 @@
 //! Device copies of the small host-side tables one batch's forward and backward share: the
 //! attention mask's key ranges and the dropout's per-token position hashes. Every layer's
 //! attention (forward, backward and any recomputation) and every projection's dropout would
-//! otherwise build and upload the same table again: for a 24-layer model about 50 mask uploads
-//! and 300 dropout uploads per step, each a host-to-device copy and an allocation between
-//! kernel launches. The tables are uploaded once per batch and device and reused.
+//! otherwise build and upload the same table again: for a 24-layer model about 100 mask
+//! tensors and 500 dropout tables per step, each a host-to-device copy and an allocation
+//! between kernel launches. The tables are uploaded once per batch and device and reused.
 //!
-//! The cache is keyed by the table's content (an [`AttentionMask`] compares its ranges, with a
+//! The cache is keyed by the table's content (an [`AttentionMask`](crate::model::kernels::AttentionMask) compares its ranges, with a
 //! pointer check first as it shares them behind an `Arc`), never by an address, so a stale
 //! entry can never be returned for another batch; it holds the few most recent tables.
 
