@@ -5,9 +5,10 @@
 //! tensors and 500 dropout tables per step, each a host-to-device copy and an allocation
 //! between kernel launches. The tables are uploaded once per batch and device and reused.
 //!
-//! The cache is keyed by the table's content (an [`AttentionMask`](crate::model::kernels::AttentionMask) compares its ranges, with a
-//! pointer check first as it shares them behind an `Arc`), never by an address, so a stale
-//! entry can never be returned for another batch; it holds the few most recent tables.
+//! The cache is keyed by the table's content (an
+//! [`AttentionMask`](crate::model::kernels::AttentionMask) compares its ranges, with a pointer
+//! check first as it shares them behind an `Arc`), never by an address, so a stale entry can
+//! never be returned for another batch; it holds the few most recent tables.
 
 use std::any::Any;
 use std::sync::Mutex;
