@@ -13,9 +13,10 @@
 use std::any::Any;
 use std::sync::Mutex;
 
-/// Tables kept: a training step's mask and dropout table, an evaluation's, and room for
-/// preference batches (chosen and rejected rows share a table) and data-parallel devices.
-const CAPACITY: usize = 8;
+/// Tables kept: per device, a training step's mask and dropout table and an evaluation's,
+/// for up to 8 data-parallel devices in one process. Fewer would make such a run evict its
+/// own tables every layer (back to one upload per call); each table is a few KB.
+const CAPACITY: usize = 32;
 
 type Entry = Box<dyn Any + Send>;
 
