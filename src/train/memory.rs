@@ -9,12 +9,14 @@
 use serde::Serialize;
 
 use crate::model::ModelConfig;
+use crate::model::kernels::cpu_attention_splits_per_head;
 use crate::model::params::LINEAR_MODULES;
 use crate::model::quant::QuantSpec;
 
 /// What the estimate assumes, for `plan` to print.
 pub const ASSUMPTIONS: &str = "one micro-batch of the longest row; CPU: f32 weights and \
-activations, two 64-row attention blocks per thread, ~40 MB for the program itself; CUDA: \
+activations, two 64-row attention blocks per thread (and each query head's dK/dV when the \
+backward splits per head), ~40 MB for the program itself; CUDA: \
 bf16 weights, activations and logits, f32 adapters and attention statistics, allocator \
 caching not counted";
 
@@ -109,12 +111,17 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     // projection's input.
     let backward = tokens * (3 * i + 2 * h) * a + tokens * i * 4;
     // Attention scratch: per CPU thread, a 64-row block's scores and their gradient over all
-    // keys; the CubeCL kernels keep only `D = rowsum(dO * O)` (f32 per head and token) and
-    // the mask's key ranges.
+    // keys, and when the backward splits per query head, each head's f32 dK and dV; the
+    // CubeCL kernels keep only `D = rowsum(dO * O)` (f32 per head and token) and the mask's
+    // key ranges.
     let attention = if on_gpu {
         tokens * nh * 4 + tokens * 8
     } else {
-        w.threads.max(1) as u64 * 64 * w.seq_len as u64 * 4 * 2
+        let threads = w.threads.max(1);
+        let per_head =
+            cpu_attention_splits_per_head(w.micro_batch, c.num_kv_heads, c.num_heads, threads);
+        let dkv = if per_head { tokens * qd * 4 * 2 } else { 0 };
+        threads as u64 * 64 * w.seq_len as u64 * 4 * 2 + dkv
     };
     // The loss: one chunk of logits (f32 on the CPU; on CUDA the matmul's output and the
     // fused kernel's gradient, both in the model dtype), and the gradient with respect to the

@@ -23,6 +23,9 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 pub use dropout::{Dropout, DropoutSeed};
 pub use mask::AttentionMask;
 
+/// Whether the CPU attention backward keeps per-query-head dK/dV buffers (for `plan`).
+pub(crate) use flex::splits_per_head as cpu_attention_splits_per_head;
+
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
 pub const MASK_VALUE: f32 = -1.0e30;
 

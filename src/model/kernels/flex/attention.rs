@@ -167,6 +167,37 @@ pub(super) fn forward(
     (tensor(out, [b, s, nh, d]), tensor(lse, [b, nh, s]))
 }
 
+/// How the backward splits its work into parallel tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Split {
+    /// One task per (batch row, kv head): it owns that head's dK/dV rows and its query
+    /// heads' dQ, so nothing is added up afterwards.
+    KvHead,
+    /// One task per (batch row, query head), each with dK/dV rows of its own, summed per kv
+    /// head at the end, at the cost of `heads / kv heads` times the dK/dV memory while the
+    /// sum is pending (see [`splits_per_head`]).
+    Head,
+}
+
+/// Whether the attention backward of `batch` rows runs one task per query head: when there
+/// are fewer than two (batch row, kv head) pairs per thread. Qwen2.5 has 2 kv heads, so at
+/// batch 1 the per-kv-head split keeps only 2 cores busy on any machine; even on 2 threads
+/// the finer split balances better (BENCHMARKS.md: 0.5B at 2,048 tokens, attention backward
+/// 5.35 -> 4.66 s per step, the same peak memory).
+pub(crate) fn splits_per_head(batch: usize, kv_heads: usize, heads: usize, threads: usize) -> bool {
+    kv_heads < heads && batch * kv_heads < 2 * threads
+}
+
+impl Split {
+    fn for_shape(batch: usize, kv_heads: usize, heads: usize) -> Self {
+        if splits_per_head(batch, kv_heads, heads, rayon::current_num_threads()) {
+            Split::Head
+        } else {
+            Split::KvHead
+        }
+    }
+}
+
 /// Gradients with respect to q, k and v.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
@@ -178,175 +209,349 @@ pub(super) fn backward(
     grad: Tensor<Flex, 4>,
     mask: &AttentionMask,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let [b, _, nh, _] = q.dims();
+    let nkv = k.dims()[2];
+    backward_split(q, k, v, out, lse, grad, mask, Split::for_shape(b, nkv, nh))
+}
+
+/// The inputs of the backward, as host buffers, and their shape.
+struct Saved<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: &'a [f32],
+    lse: &'a [f32],
+    grad: &'a [f32],
+    mask: &'a AttentionMask,
+    /// Queries, keys, query heads, kv heads, head dim.
+    s: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+}
+
+/// Where one task's dK and dV go: key `j`'s row at `dk + j * stride` and `dv + j * stride`.
+#[derive(Clone, Copy)]
+struct KvRows {
+    dk: SharedMut,
+    dv: SharedMut,
+    stride: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_split(
+    q: Tensor<Flex, 4>,
+    k: Tensor<Flex, 4>,
+    v: Tensor<Flex, 4>,
+    out: Tensor<Flex, 4>,
+    lse: Tensor<Flex, 3>,
+    grad: Tensor<Flex, 4>,
+    mask: &AttentionMask,
+    split: Split,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let _span = span(Region::AttentionBackward);
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
-    let scale = 1.0 / (d as f32).sqrt();
     let (q, k, v, o, l, g) = (flex(q), flex(k), flex(v), flex(out), flex(lse), flex(grad));
-    let (qs, ks, vs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
-    let (os, ls, gs) = (o.storage::<f32>(), l.storage::<f32>(), g.storage::<f32>());
-    let mut dq = vec![0f32; qs.len()];
-    let mut dk = vec![0f32; ks.len()];
-    let mut dv = vec![0f32; vs.len()];
-    let (dqp, dkp, dvp) = (
-        SharedMut(dq.as_mut_ptr()),
-        SharedMut(dk.as_mut_ptr()),
-        SharedMut(dv.as_mut_ptr()),
-    );
-    // One task per (batch row, kv head): it owns that kv head's dk/dv and its query heads' dq.
-    (0..b * nkv).into_par_iter().for_each(|task| {
-        let (bi, kvh) = (task / nkv, task % nkv);
-        let (dqp, dkp, dvp) = (dqp, dkp, dvp);
-        let mut p = vec![0f32; QUERY_BLOCK.min(s) * t];
-        let mut ds = vec![0f32; QUERY_BLOCK.min(s) * t];
-        let mut empty_grad = vec![0f32; d];
-        let mut any_empty = false;
-        for head in kvh * rep..(kvh + 1) * rep {
-            let at = |i: usize| (bi * s * nh + head) * d + i * nh * d;
-            for r0 in (0..s).step_by(QUERY_BLOCK) {
-                let r1 = (r0 + QUERY_BLOCK).min(s);
-                let rows = r1 - r0;
-                for i in (r0..r1).filter(|&i| mask.is_empty_row(bi, i)) {
-                    // A query that sees nothing averaged every value: each gets dO / t.
-                    any_empty = true;
-                    for (e, x) in empty_grad.iter_mut().zip(&gs[at(i)..at(i) + d]) {
-                        *e += x;
+    let saved = Saved {
+        q: q.storage::<f32>(),
+        k: k.storage::<f32>(),
+        v: v.storage::<f32>(),
+        out: o.storage::<f32>(),
+        lse: l.storage::<f32>(),
+        grad: g.storage::<f32>(),
+        mask,
+        s,
+        t,
+        nh,
+        nkv,
+        d,
+    };
+    let mut dq = vec![0f32; saved.q.len()];
+    let mut dk = vec![0f32; saved.k.len()];
+    let mut dv = vec![0f32; saved.v.len()];
+    let dqp = SharedMut(dq.as_mut_ptr());
+    match split {
+        Split::KvHead => {
+            let (dkp, dvp) = (SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+            (0..b * nkv).into_par_iter().for_each(|task| {
+                // Whole-struct captures: a closure capturing the raw pointer field alone
+                // would not be Sync.
+                let (dkp, dvp) = (dkp, dvp);
+                let (bi, kvh) = (task / nkv, task % nkv);
+                let at = ((bi * t) * nkv + kvh) * d;
+                // SAFETY: dk/dv rows of (bi, kvh) belong to this task alone.
+                let rows = unsafe {
+                    KvRows {
+                        dk: SharedMut(dkp.0.add(at)),
+                        dv: SharedMut(dvp.0.add(at)),
+                        stride: nkv * d,
                     }
-                }
-                let Some(keys) = mask.block_keys(bi, r0..r1) else {
-                    continue;
                 };
-                let (lo, e) = (keys.start, keys.len());
-                let (p, ds) = (&mut p[..rows * e], &mut ds[..rows * e]);
-                // SAFETY: this task writes only dk/dv at (bi, kvh) and dq at (bi, heads of
-                // kvh); GEMM extents (rows r0..r1, keys lo..lo + e <= t) stay inside the buffers
-                // and the block scratch. dk/dv start at zero, so their products accumulate.
-                unsafe {
-                    let kb = ks.as_ptr().add(((bi * t + lo) * nkv + kvh) * d);
-                    let vb = vs.as_ptr().add(((bi * t + lo) * nkv + kvh) * d);
-                    let dkb = dkp.0.add(((bi * t + lo) * nkv + kvh) * d);
-                    let dvb = dvp.0.add(((bi * t + lo) * nkv + kvh) * d);
-                    let qb = qs.as_ptr().add(at(r0));
-                    let gb = gs.as_ptr().add(at(r0));
-                    // P = exp(scale Q K^T - lse), drawn again from the saved statistics.
-                    gemm_with(
-                        gemm::Parallelism::None,
-                        rows,
-                        e,
-                        d,
-                        p.as_mut_ptr(),
-                        e,
-                        false,
-                        qb,
-                        nh * d,
-                        1,
-                        kb,
-                        1,
-                        nkv * d,
-                        scale,
-                    );
-                    for (i, row) in p.chunks_mut(e).enumerate() {
-                        let range = mask.range(bi, r0 + i);
-                        if range.is_empty() {
-                            row.fill(0.0);
-                        } else {
-                            let l = ls[(bi * nh + head) * s + r0 + i];
-                            probs_range(row, range.start - lo, range.end - lo, l);
+                backward_task(&saved, bi, kvh * rep..(kvh + 1) * rep, dqp, rows);
+            });
+        }
+        Split::Head => {
+            // Each query head's dK/dV `[b, heads, t, d]`, then their sums per kv head.
+            let mut hk = vec![0f32; b * nh * t * d];
+            let mut hv = vec![0f32; b * nh * t * d];
+            let (hkp, hvp) = (SharedMut(hk.as_mut_ptr()), SharedMut(hv.as_mut_ptr()));
+            (0..b * nh).into_par_iter().for_each(|task| {
+                let (hkp, hvp) = (hkp, hvp);
+                let (bi, head) = (task / nh, task % nh);
+                // SAFETY: the `[t, d]` block of (bi, head) belongs to this task alone.
+                let rows = unsafe {
+                    KvRows {
+                        dk: SharedMut(hkp.0.add(task * t * d)),
+                        dv: SharedMut(hvp.0.add(task * t * d)),
+                        stride: d,
+                    }
+                };
+                backward_task(&saved, bi, head..head + 1, dqp, rows);
+            });
+            let sum = |dst: &mut [f32], per_head: &[f32]| {
+                dst.par_chunks_mut(nkv * d)
+                    .enumerate()
+                    .for_each(|(row, kv_row)| {
+                        let (bi, j) = (row / t, row % t);
+                        for (kvh, out) in kv_row.chunks_mut(d).enumerate() {
+                            for head in kvh * rep..(kvh + 1) * rep {
+                                let src = &per_head[((bi * nh + head) * t + j) * d..][..d];
+                                out.iter_mut().zip(src).for_each(|(o, x)| *o += x);
+                            }
                         }
-                    }
-                    // dV += P^T dO
-                    gemm_with(
-                        gemm::Parallelism::None,
-                        e,
-                        d,
-                        rows,
-                        dvb,
-                        nkv * d,
-                        true,
-                        p.as_ptr(),
-                        1,
-                        e,
-                        gb,
-                        nh * d,
-                        1,
-                        1.0,
-                    );
-                    // dP = dO V^T
-                    gemm_with(
-                        gemm::Parallelism::None,
-                        rows,
-                        e,
-                        d,
-                        ds.as_mut_ptr(),
-                        e,
-                        false,
-                        gb,
-                        nh * d,
-                        1,
-                        vb,
-                        1,
-                        nkv * d,
-                        1.0,
-                    );
-                    // dS = scale P (dP - dO . O)
-                    for (i, (drow, prow)) in ds.chunks_mut(e).zip(p.chunks(e)).enumerate() {
-                        let r = at(r0 + i);
-                        let dsum = dot(&gs[r..r + d], &os[r..r + d]);
-                        softmax_grad_row(drow, prow, dsum, scale);
-                    }
-                    // dQ = dS K
-                    gemm_with(
-                        gemm::Parallelism::None,
-                        rows,
-                        d,
-                        e,
-                        dqp.0.add(at(r0)),
-                        nh * d,
-                        false,
-                        ds.as_ptr(),
-                        e,
-                        1,
-                        kb,
-                        nkv * d,
-                        1,
-                        1.0,
-                    );
-                    // dK += dS^T Q
-                    gemm_with(
-                        gemm::Parallelism::None,
-                        e,
-                        d,
-                        rows,
-                        dkb,
-                        nkv * d,
-                        true,
-                        ds.as_ptr(),
-                        1,
-                        e,
-                        qb,
-                        nh * d,
-                        1,
-                        1.0,
-                    );
-                }
-            }
+                    });
+            };
+            sum(&mut dk, &hk);
+            sum(&mut dv, &hv);
         }
-        if any_empty {
-            for j in 0..t {
-                // SAFETY: dv at (bi, kvh) belongs to this task.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(dvp.0.add(((bi * t + j) * nkv + kvh) * d), d)
-                };
-                for (x, e) in row.iter_mut().zip(&empty_grad) {
-                    *x += e / t as f32;
-                }
-            }
-        }
-    });
+    }
     (
         tensor(dq, [b, s, nh, d]),
         tensor(dk, [b, t, nkv, d]),
         tensor(dv, [b, t, nkv, d]),
     )
+}
+
+/// The gradients of batch row `bi`'s query heads `heads` (all of one kv head): their dQ, and
+/// their contributions to the kv head's dK and dV, accumulated into `kv` (zero on entry).
+fn backward_task(x: &Saved, bi: usize, heads: std::ops::Range<usize>, dqp: SharedMut, kv: KvRows) {
+    let Saved {
+        s, t, nh, nkv, d, ..
+    } = *x;
+    let (qs, ks, vs, os, ls, gs, mask) = (x.q, x.k, x.v, x.out, x.lse, x.grad, x.mask);
+    let kvh = heads.start / (nh / nkv);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut p = vec![0f32; QUERY_BLOCK.min(s) * t];
+    let mut ds = vec![0f32; QUERY_BLOCK.min(s) * t];
+    let mut empty_grad = vec![0f32; d];
+    let mut any_empty = false;
+    for head in heads {
+        let at = |i: usize| (bi * s * nh + head) * d + i * nh * d;
+        for r0 in (0..s).step_by(QUERY_BLOCK) {
+            let r1 = (r0 + QUERY_BLOCK).min(s);
+            let rows = r1 - r0;
+            for i in (r0..r1).filter(|&i| mask.is_empty_row(bi, i)) {
+                // A query that sees nothing averaged every value: each gets dO / t.
+                any_empty = true;
+                for (e, x) in empty_grad.iter_mut().zip(&gs[at(i)..at(i) + d]) {
+                    *e += x;
+                }
+            }
+            let Some(keys) = mask.block_keys(bi, r0..r1) else {
+                continue;
+            };
+            let (lo, e) = (keys.start, keys.len());
+            let (p, ds) = (&mut p[..rows * e], &mut ds[..rows * e]);
+            // SAFETY: this task writes only its `kv` rows and dq at (bi, its heads); GEMM
+            // extents (rows r0..r1, keys lo..lo + e <= t) stay inside the buffers and the
+            // block scratch. dk/dv start at zero, so their products accumulate.
+            unsafe {
+                let kb = ks.as_ptr().add(((bi * t + lo) * nkv + kvh) * d);
+                let vb = vs.as_ptr().add(((bi * t + lo) * nkv + kvh) * d);
+                let dkb = kv.dk.0.add(lo * kv.stride);
+                let dvb = kv.dv.0.add(lo * kv.stride);
+                let qb = qs.as_ptr().add(at(r0));
+                let gb = gs.as_ptr().add(at(r0));
+                // P = exp(scale Q K^T - lse), drawn again from the saved statistics.
+                gemm_with(
+                    gemm::Parallelism::None,
+                    rows,
+                    e,
+                    d,
+                    p.as_mut_ptr(),
+                    e,
+                    false,
+                    qb,
+                    nh * d,
+                    1,
+                    kb,
+                    1,
+                    nkv * d,
+                    scale,
+                );
+                for (i, row) in p.chunks_mut(e).enumerate() {
+                    let range = mask.range(bi, r0 + i);
+                    if range.is_empty() {
+                        row.fill(0.0);
+                    } else {
+                        let l = ls[(bi * nh + head) * s + r0 + i];
+                        probs_range(row, range.start - lo, range.end - lo, l);
+                    }
+                }
+                // dV += P^T dO
+                gemm_with(
+                    gemm::Parallelism::None,
+                    e,
+                    d,
+                    rows,
+                    dvb,
+                    kv.stride,
+                    true,
+                    p.as_ptr(),
+                    1,
+                    e,
+                    gb,
+                    nh * d,
+                    1,
+                    1.0,
+                );
+                // dP = dO V^T
+                gemm_with(
+                    gemm::Parallelism::None,
+                    rows,
+                    e,
+                    d,
+                    ds.as_mut_ptr(),
+                    e,
+                    false,
+                    gb,
+                    nh * d,
+                    1,
+                    vb,
+                    1,
+                    nkv * d,
+                    1.0,
+                );
+                // dS = scale P (dP - dO . O)
+                for (i, (drow, prow)) in ds.chunks_mut(e).zip(p.chunks(e)).enumerate() {
+                    let r = at(r0 + i);
+                    let dsum = dot(&gs[r..r + d], &os[r..r + d]);
+                    softmax_grad_row(drow, prow, dsum, scale);
+                }
+                // dQ = dS K
+                gemm_with(
+                    gemm::Parallelism::None,
+                    rows,
+                    d,
+                    e,
+                    dqp.0.add(at(r0)),
+                    nh * d,
+                    false,
+                    ds.as_ptr(),
+                    e,
+                    1,
+                    kb,
+                    nkv * d,
+                    1,
+                    1.0,
+                );
+                // dK += dS^T Q
+                gemm_with(
+                    gemm::Parallelism::None,
+                    e,
+                    d,
+                    rows,
+                    dkb,
+                    kv.stride,
+                    true,
+                    ds.as_ptr(),
+                    1,
+                    e,
+                    qb,
+                    nh * d,
+                    1,
+                    1.0,
+                );
+            }
+        }
+    }
+    if any_empty {
+        for j in 0..t {
+            // SAFETY: the `kv` rows belong to this task.
+            let row = unsafe { std::slice::from_raw_parts_mut(kv.dv.0.add(j * kv.stride), d) };
+            for (x, e) in row.iter_mut().zip(&empty_grad) {
+                *x += e / t as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::mask::PAD_SEGMENT;
+    use burn::tensor::TensorData;
+
+    fn tensor_of<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Flex, D> {
+        // A fixed pseudo-random fill (splitmix64), values in [-1, 1).
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let h = crate::rng::mix64(seed ^ (i << 8));
+                (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, shape), &Default::default())
+    }
+
+    /// Both splits of the backward give the same gradients (only the order of the dK/dV sums
+    /// differs): grouped-query heads, two packed examples and padding in one row, a second
+    /// row unpacked, 70 queries (a partial second block).
+    #[test]
+    fn per_head_split_equals_per_kv_head_split() {
+        let (b, s, nh, nkv, d) = (2, 70, 6, 2, 16);
+        let mut packed = vec![0; 30];
+        packed.extend(vec![1; 30]);
+        packed.extend(vec![PAD_SEGMENT; 10]);
+        let mask = AttentionMask::new(&[packed, vec![0; s]], s, true);
+        let q = tensor_of([b, s, nh, d], 1);
+        let k = tensor_of([b, s, nkv, d], 2);
+        let v = tensor_of([b, s, nkv, d], 3);
+        let grad = tensor_of([b, s, nh, d], 4);
+        let (out, lse) = forward(q.clone(), k.clone(), v.clone(), &mask);
+        let run = |split: Split| {
+            backward_split(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                out.clone(),
+                lse.clone(),
+                grad.clone(),
+                &mask,
+                split,
+            )
+        };
+        let (a, h) = (run(Split::KvHead), run(Split::Head));
+        for (name, x, y) in [("dq", a.0, h.0), ("dk", a.1, h.1), ("dv", a.2, h.2)] {
+            let values = |t: Tensor<Flex, 4>| t.into_data().to_vec::<f32>().expect("f32 data");
+            let (x, y) = (values(x), values(y));
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = x
+                .iter()
+                .zip(&y)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            // Tolerance: f32 sums of up to 3 heads in another order, 1e-5 of the largest value.
+            assert!(
+                scale > 0.1,
+                "{name}: gradients too small to compare ({scale})"
+            );
+            assert!(
+                diff <= 1e-5 * scale,
+                "{name}: max diff {diff} (scale {scale})"
+            );
+        }
+    }
 }

@@ -9,6 +9,8 @@ mod lora;
 mod loss;
 mod rows;
 
+pub(crate) use attention::splits_per_head;
+
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
