@@ -169,7 +169,7 @@ pub(super) fn forward(
 
 /// How the backward splits its work into parallel tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Split {
+enum Split {
     /// One task per (batch row, kv head): it owns that head's dK/dV rows and its query
     /// heads' dQ, so nothing is added up afterwards.
     KvHead,
@@ -239,8 +239,9 @@ struct KvRows {
     stride: usize,
 }
 
+/// [`backward`] with the given split of the work.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_split(
+fn backward_split(
     q: Tensor<Flex, 4>,
     k: Tensor<Flex, 4>,
     v: Tensor<Flex, 4>,
