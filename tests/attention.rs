@@ -13,7 +13,7 @@ use burnish::model::kernels::{AttentionMask, Kernels, MASK_VALUE, generic};
 
 mod common;
 
-use common::assert_close_to_scale;
+use common::{assert_close_to_scale, segments};
 
 type A = Autodiff<Cpu>;
 
@@ -46,17 +46,6 @@ fn dense(q: Tensor<A, 4>, k: Tensor<A, 4>, v: Tensor<A, 4>, mask: &AttentionMask
     let hidden = mask.dense::<A>(&Default::default()).expand([b, nh, s, t]);
     let p = softmax(scores.mask_fill(hidden, MASK_VALUE), 3);
     p.matmul(repeat(v)).swap_dims(1, 2)
-}
-
-/// Segment ids of a row: packed examples of the given lengths, then padding.
-fn row(lengths: &[usize], pad: usize) -> Vec<i32> {
-    let mut r: Vec<i32> = lengths
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
-        .collect();
-    r.extend(std::iter::repeat_n(-1, pad));
-    r
 }
 
 fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64) {
@@ -137,11 +126,11 @@ fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64
 #[test]
 fn blockwise_attention_equals_the_dense_formula() {
     // 150 keys: three 64-row Flex blocks and two 128-wide composed tiles.
-    let packed = vec![row(&[40, 70, 25], 15), row(&[120], 30)];
+    let packed = vec![segments(&[40, 70, 25], 15), segments(&[120], 30)];
     check(6, 2, &packed, 150, 10);
     check(4, 4, &packed, 150, 20);
     // One example per row, no padding, and a row that is all padding.
-    check(4, 2, &[row(&[150], 0), row(&[], 150)], 150, 30);
+    check(4, 2, &[segments(&[150], 0), segments(&[], 150)], 150, 30);
 }
 
 #[test]
@@ -156,7 +145,7 @@ fn incremental_queries_after_a_cache() {
 /// taken for a masked key.
 #[test]
 fn nan_propagates() {
-    let mask = AttentionMask::new(&[row(&[20], 0)], 20, true);
+    let mask = AttentionMask::new(&[segments(&[20], 0)], 20, true);
     let q = rand([1, 20, 2, 8], 50);
     let mut data = q.into_data().to_vec::<f32>().unwrap();
     data[3 * 16] = f32::NAN;

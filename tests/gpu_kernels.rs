@@ -69,17 +69,6 @@ fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Cpu, D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
 }
 
-/// Key segments of packed rows of `lengths`, then `pad` padding positions.
-fn seg(lengths: &[usize], pad: usize) -> Vec<i32> {
-    let mut r: Vec<i32> = lengths
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
-        .collect();
-    r.extend(std::iter::repeat_n(-1, pad));
-    r
-}
-
 fn close<B1: Backend, B2: Backend, const D: usize>(a: Tensor<B1, D>, b: Tensor<B2, D>, what: &str) {
     let ((sa, a), (sb, b)) = (host(a), host(b));
     assert_eq!(sa, sb, "{what}: shapes");
@@ -91,7 +80,11 @@ fn blockwise_attention_on_a_cubecl_runtime() {
     if !gpu() {
         return;
     }
-    let mask = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
+    let mask = AttentionMask::new(
+        &[segments(&[40, 70, 25], 15), segments(&[120], 30)],
+        150,
+        true,
+    );
     let (q, k, v) = (
         rand([2, 150, 6, 16], 1),
         rand([2, 150, 2, 16], 2),
@@ -241,7 +234,11 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
     if !gpu() {
         return;
     }
-    let packed = AttentionMask::new(&[seg(&[40, 70, 25], 15), seg(&[120], 30)], 150, true);
+    let packed = AttentionMask::new(
+        &[segments(&[40, 70, 25], 15), segments(&[120], 30)],
+        150,
+        true,
+    );
     let cases = [
         (
             "causal packed, GQA 6/2, d 16",
@@ -251,7 +248,7 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
         ("causal packed, MHA 4/4, d 64", packed, [2, 150, 4, 4, 64]),
         (
             "bidirectional segments, GQA 4/1, d 64",
-            AttentionMask::new(&[seg(&[33, 30], 3)], 66, false),
+            AttentionMask::new(&[segments(&[33, 30], 3)], 66, false),
             [1, 66, 4, 1, 64],
         ),
         (

@@ -306,3 +306,15 @@ pub fn wait_for_step(out: &Path, step: u64, child: &mut std::process::Child) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// Segment ids of an attention row: packed examples of the given lengths, then `pad`
+/// padding positions (segment -1).
+pub fn segments(lengths: &[usize], pad: usize) -> Vec<i32> {
+    let mut r: Vec<i32> = lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
+        .collect();
+    r.extend(std::iter::repeat_n(-1, pad));
+    r
+}
