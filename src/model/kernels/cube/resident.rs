@@ -29,23 +29,22 @@ where
     D: PartialEq + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
-    let found = {
+    {
         // A panic elsewhere while the lock was held leaves the list itself intact.
         let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
-        let at = tables.iter().position(|e| {
+        let hit = tables.iter().position(|e| {
             e.downcast_ref::<(K, D, V)>()
                 .is_some_and(|(k, d, _)| k == key && d == device)
         });
-        at.map(|i| {
+        if let Some(i) = hit {
             // Most recently used last, so eviction takes the oldest.
             let entry = tables.remove(i);
             let value = entry.downcast_ref::<(K, D, V)>().map(|(_, _, v)| v.clone());
             tables.push(entry);
-            value
-        })
-    };
-    if let Some(Some(value)) = found {
-        return value;
+            if let Some(value) = value {
+                return value;
+            }
+        }
     }
     // Made outside the lock: uploading may wait on the device.
     let value = make();
