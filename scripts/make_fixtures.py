@@ -138,6 +138,14 @@ VARIANTS = {
         original_max_position_embeddings=64)), torch.float32, None),
     "mistral": ("MistralConfig", dict(tie_word_embeddings=False, sliding_window=None), torch.float32, None),
     "qwen3": ("Qwen3Config", dict(tie_word_embeddings=True, head_dim=32), torch.float32, None),
+    # Sliding-window attention narrower than the 12-token golden rows: every layer (Mistral),
+    # and only the layers from max_window_layers on (Qwen2, written out as layer_types).
+    "mistral-swa": ("MistralConfig", dict(tie_word_embeddings=True, sliding_window=5), torch.float32, None),
+    "qwen2-swa": ("Qwen2Config", dict(tie_word_embeddings=True, use_sliding_window=True, sliding_window=4,
+                                      max_window_layers=1), torch.float32, None),
+    # YaRN as Qwen2.5's model card writes it (legacy `type` key), stretched from 8 positions.
+    "qwen2-yarn": ("Qwen2Config", dict(tie_word_embeddings=True, rope_theta=1e6, rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=8)), torch.float32, None),
 }
 
 CLASSES = {
@@ -310,6 +318,7 @@ LORA_CASES = {
     "qwen2-bf16": ("qwen2-bf16", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
     "llama-gqa": ("llama-gqa", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
     "qwen3": ("qwen3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
+    "qwen2-swa": ("qwen2-swa", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
     "patterns": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules="all-linear",
                                     rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
@@ -729,6 +738,7 @@ def make_generation():
         ("qwen2-tied-merged", lambda: transformers.AutoModelForCausalLM.from_pretrained(os.path.join(FIX, "lora", "qwen2-tied", "merged"), dtype=torch.float32)),
         ("llama-gqa", lambda: load_model("llama-gqa")),
         ("qwen3", lambda: load_model("qwen3")),
+        ("mistral-swa", lambda: load_model("mistral-swa")),
     ]
     for name, make in runs:
         model = make().eval()
@@ -740,9 +750,38 @@ def make_generation():
     write_json(out("golden", "generation.json"), {"versions": versions(), "cases": cases})
 
 
+# YaRN parameter sets: defaults, explicit attention_factor and betas, DeepSeek-style mscale
+# pair, no truncation, and mscale without mscale_all_dim (ignored).
+YARN_CASES = [
+    dict(factor=4.0, original_max_position_embeddings=32768),
+    dict(factor=8.0, original_max_position_embeddings=4096, attention_factor=0.9, beta_fast=16, beta_slow=2),
+    dict(factor=40.0, original_max_position_embeddings=4096, mscale=1.0, mscale_all_dim=0.707),
+    dict(factor=4.0, original_max_position_embeddings=2048, truncate=False),
+    dict(factor=2.0, original_max_position_embeddings=16384, mscale=0.5),
+]
+
+
+def make_rope():
+    """transformers' YaRN inverse frequencies and cos/sin scale for several parameter sets."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    cases = []
+    for i, params in enumerate(YARN_CASES):
+        head_dim = 64 if i % 2 == 0 else 128
+        cfg = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=head_dim * 4,
+                   intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                   vocab_size=16, max_position_embeddings=32768,
+                   rope_scaling=dict(rope_type="yarn", **params), rope_theta=1e6 if i % 2 == 0 else 1e4)
+        config = transformers.Qwen2Config(**{k: v for k, v in cfg.items() if k != "architectures"})
+        inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+        cases.append({"config": cfg, "inv_freq": inv_freq.tolist(), "attention_factor": attention_factor})
+    write_json(out("golden", "rope-yarn.json"), {"versions": versions(), "cases": cases})
+    print("rope: yarn", len(cases), "cases")
+
+
 PARTS = {
     "tokenizer": make_tokenizer,
     "models": make_models,
+    "rope": make_rope,
     "configs": make_configs,
     "lora": make_lora,
     "parquet": make_parquet,

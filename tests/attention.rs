@@ -49,10 +49,12 @@ fn dense(q: Tensor<A, 4>, k: Tensor<A, 4>, v: Tensor<A, 4>, mask: &AttentionMask
 }
 
 fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64) {
-    let (b, t, d) = (segments.len(), segments[0].len(), 16);
-    let s = queries;
+    check_mask(nh, nkv, &AttentionMask::new(segments, queries, true), seed);
+}
+
+fn check_mask(nh: usize, nkv: usize, mask: &AttentionMask, seed: u64) {
+    let (b, s, t, d) = (mask.batch(), mask.queries(), mask.keys(), 16);
     let what = format!("heads {nh}/{nkv}, {b}x{s} queries over {t} keys");
-    let mask = AttentionMask::new(segments, s, true);
     let (q, k, v) = (
         rand([b, s, nh, d], seed),
         rand([b, t, nkv, d], seed + 1),
@@ -62,7 +64,7 @@ fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64
     // Reference output and gradients.
     let track = |x: &Tensor<Cpu, 4>| Tensor::<A, 4>::from_inner(x.clone()).require_grad();
     let (qa, ka, va) = (track(&q), track(&k), track(&v));
-    let want = dense(qa.clone(), ka.clone(), va.clone(), &mask);
+    let want = dense(qa.clone(), ka.clone(), va.clone(), mask);
     let grads = (want.clone() * Tensor::<A, 4>::from_inner(g.clone()))
         .sum()
         .backward();
@@ -77,26 +79,18 @@ fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64
     for (name, (out, lse)) in [
         (
             "flex",
-            Cpu::attention_forward(q.clone(), k.clone(), v.clone(), &mask),
+            Cpu::attention_forward(q.clone(), k.clone(), v.clone(), mask),
         ),
         (
             "generic",
-            generic::attention::forward(q.clone(), k.clone(), v.clone(), &mask),
+            generic::attention::forward(q.clone(), k.clone(), v.clone(), mask),
         ),
     ] {
         close(out.clone(), want.clone(), &format!("{what}: {name} output"));
         let got = if name == "flex" {
-            Cpu::attention_backward(q.clone(), k.clone(), v.clone(), out, lse, g.clone(), &mask)
+            Cpu::attention_backward(q.clone(), k.clone(), v.clone(), out, lse, g.clone(), mask)
         } else {
-            generic::attention::backward(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                out,
-                lse,
-                g.clone(),
-                &mask,
-            )
+            generic::attention::backward(q.clone(), k.clone(), v.clone(), out, lse, g.clone(), mask)
         };
         for (got, (want, n)) in [got.0, got.1, got.2]
             .into_iter()
@@ -108,7 +102,7 @@ fn check(nh: usize, nkv: usize, segments: &[Vec<i32>], queries: usize, seed: u64
 
     // The autodiff node (what training runs) gives the same gradients.
     let (qa, ka, va) = (track(&q), track(&k), track(&v));
-    let out = <A as Kernels>::attention(qa.clone(), ka.clone(), va.clone(), &mask);
+    let out = <A as Kernels>::attention(qa.clone(), ka.clone(), va.clone(), mask);
     close(out.clone().inner(), want, &format!("{what}: node output"));
     let grads = (out * Tensor::<A, 4>::from_inner(g)).sum().backward();
     for (x, (want, n)) in [qa, ka, va]
@@ -131,6 +125,23 @@ fn blockwise_attention_equals_the_dense_formula() {
     check(4, 4, &packed, 150, 20);
     // One example per row, no padding, and a row that is all padding.
     check(4, 2, &[segments(&[150], 0), segments(&[], 150)], 150, 30);
+}
+
+/// Sliding windows (Mistral, Qwen2's sliding layers): windows shorter and longer than a
+/// 64-query block, over packed examples, padding and queries after a cache.
+#[test]
+fn sliding_window_attention_equals_the_dense_formula() {
+    let packed = vec![segments(&[40, 70, 25], 15), segments(&[120], 30)];
+    for (width, seed) in [(1, 60), (17, 61), (90, 62)] {
+        check_mask(
+            6,
+            2,
+            &AttentionMask::new(&packed, 150, true).windowed(width),
+            seed,
+        );
+    }
+    let cached = AttentionMask::new(&[vec![0; 145]], 5, true).windowed(33);
+    check_mask(4, 2, &cached, 63);
 }
 
 #[test]

@@ -91,15 +91,23 @@ fn blockwise_attention_on_a_cubecl_runtime() {
         rand([2, 150, 2, 16], 3),
     );
     let g = rand([2, 150, 6, 16], 4);
-    let (o1, l1) = Cpu::attention_forward(q.clone(), k.clone(), v.clone(), &mask);
-    let (o2, l2) = generic::attention::forward::<G>(to(&q), to(&k), to(&v), &mask);
-    close(o2.clone(), o1.clone(), "attention output");
-    close(l2.clone(), l1.clone(), "attention log-sum-exp");
-    let want = Cpu::attention_backward(q.clone(), k.clone(), v.clone(), o1, l1, g.clone(), &mask);
-    let got = generic::attention::backward::<G>(to(&q), to(&k), to(&v), o2, l2, to(&g), &mask);
-    close(got.0, want.0, "attention dq");
-    close(got.1, want.1, "attention dk");
-    close(got.2, want.2, "attention dv");
+    // The full causal mask, and a sliding window shorter than a tile (Mistral's layers).
+    for (mask, what) in [(mask.windowed(23), "windowed "), (mask, "")] {
+        let (o1, l1) = Cpu::attention_forward(q.clone(), k.clone(), v.clone(), &mask);
+        let (o2, l2) = generic::attention::forward::<G>(to(&q), to(&k), to(&v), &mask);
+        close(o2.clone(), o1.clone(), &format!("{what}attention output"));
+        close(
+            l2.clone(),
+            l1.clone(),
+            &format!("{what}attention log-sum-exp"),
+        );
+        let want =
+            Cpu::attention_backward(q.clone(), k.clone(), v.clone(), o1, l1, g.clone(), &mask);
+        let got = generic::attention::backward::<G>(to(&q), to(&k), to(&v), o2, l2, to(&g), &mask);
+        close(got.0, want.0, &format!("{what}attention dq"));
+        close(got.1, want.1, &format!("{what}attention dk"));
+        close(got.2, want.2, &format!("{what}attention dv"));
+    }
 }
 
 #[test]
@@ -244,6 +252,11 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
             "causal packed, GQA 6/2, d 16",
             packed.clone(),
             [2, 150, 6, 2, 16],
+        ),
+        (
+            "sliding window of 23 over packed rows, GQA 6/2, d 64",
+            packed.windowed(23),
+            [2, 150, 6, 2, 64],
         ),
         ("causal packed, MHA 4/4, d 64", packed, [2, 150, 4, 4, 64]),
         (

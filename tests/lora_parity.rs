@@ -31,6 +31,7 @@ fn logits_with_peft_adapters_match_peft() {
         "qwen2-tied",
         "llama-gqa",
         "qwen3",
+        "qwen2-swa",
         "rslora",
         "patterns",
         "layers",
@@ -51,7 +52,7 @@ fn logits_with_peft_adapters_match_peft() {
 /// PEFT gradient of that tensor: 1e-5.
 #[test]
 fn first_backward_gradients_match_peft() {
-    for case in ["qwen2-tied", "llama-gqa", "qwen3", "patterns"] {
+    for case in ["qwen2-tied", "llama-gqa", "qwen3", "qwen2-swa", "patterns"] {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
         let mut model = folder

@@ -118,6 +118,46 @@ fn unsupported_architecture_lists_supported_ones() {
 }
 
 #[test]
+fn bad_sliding_window_settings_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&model_dir("qwen2-swa"), tmp.path());
+    let cfg_path = tmp.path().join("config.json");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    for (key, value, needles) in [
+        (
+            "layer_types",
+            serde_json::json!(["sliding_attention"]),
+            &[
+                "config.json",
+                "layer_types has 1 entries",
+                "num_hidden_layers is 2",
+            ][..],
+        ),
+        (
+            "layer_types",
+            serde_json::json!(["full_attention", "chunked_attention"]),
+            &["layer_types[1]", "chunked_attention"][..],
+        ),
+        (
+            "sliding_window",
+            serde_json::json!(0),
+            &["sliding_window must be > 0"][..],
+        ),
+        (
+            "sliding_window",
+            serde_json::json!(-4),
+            &["config.json", "key `sliding_window`", "line 1"][..],
+        ),
+    ] {
+        let mut bad = cfg.clone();
+        bad[key] = value;
+        fs::write(&cfg_path, bad.to_string()).unwrap();
+        assert_user_error(&eval_on(tmp.path()), needles);
+    }
+}
+
+#[test]
 fn not_a_model_folder_and_bad_data() {
     let tmp = tempfile::tempdir().unwrap();
     assert_user_error(&eval_on(tmp.path()), &["config.json"]);

@@ -66,5 +66,18 @@ fn inspect_reports_fixture_models() {
             "f32"
         };
         assert_eq!(v["disk_dtype"], disk, "{variant}");
+        // The sliding layers transformers would use (see scripts/make_fixtures.py).
+        let window = match variant {
+            "mistral-swa" => serde_json::json!({"width": 5, "layers": [0, 1]}),
+            "qwen2-swa" => serde_json::json!({"width": 4, "layers": [1]}),
+            _ => serde_json::Value::Null,
+        };
+        assert_eq!(v["sliding_window"], window, "{variant}");
     }
+    let out = burnish(&["inspect", model_dir("qwen2-swa").to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("sliding window of 4 keys in 1 of 2 layers"),
+        "{}",
+        stdout(&out)
+    );
 }

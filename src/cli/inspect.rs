@@ -55,6 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "qkv_bias": config.qkv_bias,
             "qk_norm": config.qk_norm,
             "rope_theta": config.rope_theta,
+            "sliding_window": config.sliding_window.as_ref().map(|w| json!({
+                "width": w.width,
+                "layers": sliding_layers(&w.layers),
+            })),
             "config_dtype": config.dtype,
             "disk_dtype": disk_dtype,
             "parameters": params,
@@ -90,6 +94,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
         println!("rope theta       {}", config.rope_theta);
+        match &config.sliding_window {
+            Some(w) => {
+                let n = sliding_layers(&w.layers).len();
+                let which = if n == config.num_layers {
+                    "every layer".to_string()
+                } else {
+                    format!("{n} of {} layers, full in the rest", config.num_layers)
+                };
+                println!(
+                    "attention        sliding window of {} keys in {which}",
+                    w.width
+                )
+            }
+            None => println!("attention        full (no sliding window)"),
+        }
         match &disk_dtype {
             Some(d) => println!("dtype on disk    {d}"),
             None => println!(
@@ -100,6 +119,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("parameters       {}", group_digits(params));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Indices of the layers that slide.
+fn sliding_layers(layers: &[bool]) -> Vec<usize> {
+    (0..layers.len()).filter(|&i| layers[i]).collect()
 }
 
 /// 494032768 -> "494,032,768".

@@ -32,7 +32,15 @@ impl GenerationStats {
 /// Last-position logits (f32, host) of a forward over `ids` appended to the cache.
 fn step_logits<B: ModelBackend>(model: &Model<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
     let past = cache.len;
-    let ctx = incremental_context::<B>(&model.rope, 1, past, ids.len(), model.dtype, &model.device);
+    let ctx = incremental_context::<B>(
+        &model.rope,
+        model.config.sliding_window.as_ref(),
+        1,
+        past,
+        ids.len(),
+        model.dtype,
+        &model.device,
+    );
     let batch = crate::model::HostBatch::from_rows(&[ids.to_vec()], 0);
     let hidden = model
         .net

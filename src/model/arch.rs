@@ -11,11 +11,12 @@ use super::error::ModelError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Qwen1.5, Qwen2, Qwen2.5: bias on q/k/v only.
+    /// Qwen1.5, Qwen2, Qwen2.5: bias on q/k/v only; sliding window only with
+    /// `use_sliding_window`.
     Qwen2,
     /// Llama 2/3, Yi, DeepSeek-LLM: optional `attention_bias` (q/k/v/o), `mlp_bias`, rope scaling.
     Llama,
-    /// Mistral: Llama-shaped, no biases; sliding window is not applied (full attention).
+    /// Mistral: Llama-shaped, no biases; every layer slides unless `sliding_window` is null.
     Mistral,
     /// Qwen3: per-head RMSNorm on q and k, explicit `head_dim`, optional `attention_bias`.
     Qwen3,

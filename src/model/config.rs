@@ -67,7 +67,20 @@ pub struct HfConfig {
     pub eos_token_id: Option<TokenIds>,
     pub pad_token_id: Option<TokenIds>,
     pub use_sliding_window: Option<bool>,
-    pub sliding_window: Option<serde_json::Value>,
+    /// Absent (`None`) and `null` (`Some(None)`) differ: Mistral's default window is 4096.
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<usize>>,
+    pub max_window_layers: Option<usize>,
+    pub layer_types: Option<Vec<String>>,
+}
+
+/// A field that is present, possibly as `null`, as distinct from one left out.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// How rotary frequencies are rescaled for long context.
@@ -115,6 +128,16 @@ pub struct ModelConfig {
     pub dtype: Option<String>,
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
+    /// Layers that attend through a sliding window, as transformers applies it.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// Sliding-window attention: a query at index `i` sees keys `j` with `i - width < j <= i`
+/// (transformers' `sliding_window_overlay`), in the layers marked `true`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    pub width: usize,
+    pub layers: Vec<bool>,
 }
 
 impl ModelConfig {
@@ -127,9 +150,18 @@ impl ModelConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let raw: HfConfig = serde_json::from_str(text).map_err(|e| ModelError::Config {
-            path: None,
-            message: e.to_string(),
+        // The key's path too: serde_json alone names only the line and column.
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: HfConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ModelError::Config {
+                path: None,
+                message: if key == "." {
+                    e.inner().to_string()
+                } else {
+                    format!("key `{key}`: {}", e.inner())
+                },
+            }
         })?;
         Self::from_hf(&raw)
     }
@@ -166,11 +198,7 @@ impl ModelConfig {
                 "hidden_act '{act}' is not supported (only 'silu', as in every supported family)"
             )));
         }
-        if raw.use_sliding_window == Some(true) {
-            return Err(invalid(
-                "use_sliding_window: true is not supported; burnish uses full attention".into(),
-            ));
-        }
+        let sliding_window = sliding_window(raw, architecture).map_err(invalid)?;
         let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         let rope_theta = raw
             .rope_theta
@@ -210,6 +238,7 @@ impl ModelConfig {
                 .bos_token_id
                 .as_ref()
                 .and_then(|b| b.to_vec().first().copied()),
+            sliding_window,
         })
     }
 
@@ -222,6 +251,66 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }
+}
+
+/// Transformers' default window where a config turns it on without a width.
+const DEFAULT_SLIDING_WINDOW: usize = 4096;
+/// Qwen2/Qwen3's default count of leading full-attention layers.
+const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
+
+/// Which layers slide, and by how much, the way transformers reads it: Mistral slides every
+/// layer unless `sliding_window` is `null`; Qwen2 and Qwen3 only with `use_sliding_window`,
+/// in the layers `layer_types` names (by default those from `max_window_layers` on); Llama
+/// never.
+fn sliding_window(raw: &HfConfig, arch: Architecture) -> Result<Option<SlidingWindow>, String> {
+    let width = |w: Option<Option<usize>>| w.unwrap_or(Some(DEFAULT_SLIDING_WINDOW));
+    let layers = raw.num_hidden_layers;
+    let (width, sliding) = match arch {
+        Architecture::Llama => return Ok(None),
+        Architecture::Mistral => (width(raw.sliding_window), vec![true; layers]),
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            if raw.use_sliding_window != Some(true) {
+                return Ok(None);
+            }
+            let sliding = match &raw.layer_types {
+                Some(types) => layer_types(types, layers)?,
+                None => {
+                    let first = raw.max_window_layers.unwrap_or(DEFAULT_MAX_WINDOW_LAYERS);
+                    (0..layers).map(|i| i >= first).collect()
+                }
+            };
+            (width(raw.sliding_window), sliding)
+        }
+    };
+    match width {
+        None => Ok(None),
+        Some(0) => Err("sliding_window must be > 0 (or null for full attention)".into()),
+        Some(_) if !sliding.contains(&true) => Ok(None),
+        Some(width) => Ok(Some(SlidingWindow {
+            width,
+            layers: sliding,
+        })),
+    }
+}
+
+fn layer_types(types: &[String], layers: usize) -> Result<Vec<bool>, String> {
+    if types.len() != layers {
+        return Err(format!(
+            "layer_types has {} entries but num_hidden_layers is {layers}",
+            types.len()
+        ));
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(format!(
+                "layer_types[{i}] is '{other}'; supported: full_attention, sliding_attention"
+            )),
+        })
+        .collect()
 }
 
 fn parse_rope_scaling(p: &RopeParameters) -> Result<RopeScaling, String> {
@@ -246,5 +335,75 @@ fn parse_rope_scaling(p: &RopeParameters) -> Result<RopeScaling, String> {
         other => Err(format!(
             "rope scaling type '{other}' is not supported (supported: default, linear, llama3)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(arch: &str, extra: serde_json::Value) -> Result<Option<SlidingWindow>, ModelError> {
+        let mut cfg = serde_json::json!({
+            "architectures": [arch], "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 3, "num_attention_heads": 2, "vocab_size": 10
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            cfg[k] = v.clone();
+        }
+        ModelConfig::from_json(&cfg.to_string()).map(|c| c.sliding_window)
+    }
+
+    fn slides(width: usize, layers: &[bool]) -> Option<SlidingWindow> {
+        Some(SlidingWindow {
+            width,
+            layers: layers.to_vec(),
+        })
+    }
+
+    /// The defaults of transformers' configuration classes (5.x): MistralConfig's window is
+    /// 4096 unless set to null; Qwen2Config/Qwen3Config slide only with use_sliding_window,
+    /// from layer max_window_layers (28) on, or where layer_types says.
+    #[test]
+    fn sliding_window_is_read_as_transformers_reads_it() {
+        let m = "MistralForCausalLM";
+        assert_eq!(
+            window(m, serde_json::json!({})).unwrap(),
+            slides(4096, &[true; 3])
+        );
+        let null = serde_json::json!({"sliding_window": null});
+        assert_eq!(window(m, null.clone()).unwrap(), None);
+        let w = serde_json::json!({"sliding_window": 7});
+        assert_eq!(window(m, w.clone()).unwrap(), slides(7, &[true; 3]));
+        let q = "Qwen2ForCausalLM";
+        assert_eq!(window(q, w).unwrap(), None);
+        let on = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"use_sliding_window": true});
+            for (k, x) in extra.as_object().into_iter().flatten() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        // 28 full layers by default: a 3-layer model never slides.
+        assert_eq!(window(q, on(serde_json::json!({}))).unwrap(), None);
+        let from1 = on(serde_json::json!({"max_window_layers": 1, "sliding_window": 5}));
+        assert_eq!(window(q, from1).unwrap(), slides(5, &[false, true, true]));
+        let types = on(serde_json::json!({
+            "max_window_layers": 1,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]
+        }));
+        assert_eq!(
+            window("Qwen3ForCausalLM", types).unwrap(),
+            slides(4096, &[true, false, true])
+        );
+        assert_eq!(window(q, on(null)).unwrap(), None);
+        assert_eq!(
+            window("LlamaForCausalLM", serde_json::json!({"sliding_window": 4})).unwrap(),
+            None
+        );
+        let zero = window(m, serde_json::json!({"sliding_window": 0})).unwrap_err();
+        assert!(
+            zero.to_string().contains("sliding_window must be > 0"),
+            "{zero}"
+        );
     }
 }

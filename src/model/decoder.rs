@@ -3,6 +3,8 @@
 //! Module and field names follow the HF tensor names (`self_attn.q_proj`, `input_layernorm`).
 //! This file does no I/O.
 
+use std::borrow::Cow;
+
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
@@ -61,7 +63,25 @@ pub struct AttentionContext<B: Backend> {
     /// `[batch, seq, 1, head_dim]`, in the activation dtype.
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
+    /// The keys of full-attention layers.
     pub mask: AttentionMask,
+    /// The keys of sliding-window layers, and which layers those are (`None`: none slides).
+    pub sliding: Option<(AttentionMask, Vec<bool>)>,
+}
+
+impl<B: Backend> AttentionContext<B> {
+    /// The context layer `layer` attends with: its window's keys where it slides.
+    pub fn for_layer(&self, layer: usize) -> Cow<'_, Self> {
+        match &self.sliding {
+            Some((mask, layers)) if layers.get(layer) == Some(&true) => Cow::Owned(Self {
+                cos: self.cos.clone(),
+                sin: self.sin.clone(),
+                mask: mask.clone(),
+                sliding: None,
+            }),
+            _ => Cow::Borrowed(self),
+        }
+    }
 }
 
 /// Keys and values of earlier positions, preallocated to the maximum length.
@@ -268,6 +288,8 @@ impl<B: ModelBackend> CausalLm<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
             let dropout = train.map(|&seed| LayerDropout { seed, layer: i });
+            let ctx = ctx.for_layer(i);
+            let ctx = ctx.as_ref();
             x = match layer_cache {
                 None if train.is_some() && self.gradient_checkpointing => {
                     B::checkpointed_layer(layer, x, ctx, dropout.as_ref())

@@ -7,6 +7,7 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
+use super::config::SlidingWindow;
 use super::decoder::AttentionContext;
 use super::kernels::AttentionMask;
 use super::rope::RopeFrequencies;
@@ -61,18 +62,22 @@ impl HostBatch {
         )
     }
 
-    /// Rotary tables and the packed/padded causal mask for this batch.
+    /// Rotary tables and the packed/padded causal mask for this batch (and its windowed form
+    /// where some layers slide).
     pub fn context<B: Backend>(
         &self,
         rope: &RopeFrequencies,
+        window: Option<&SlidingWindow>,
         dtype: DType,
         device: &B::Device,
     ) -> AttentionContext<B> {
         let (cos, sin) = rope.tables::<B>(&self.positions, device);
+        let mask = AttentionMask::new(&self.segments, self.seq_len(), true);
         AttentionContext {
             cos: cast(cos, dtype),
             sin: cast(sin, dtype),
-            mask: AttentionMask::new(&self.segments, self.seq_len(), true),
+            sliding: sliding(&mask, window),
+            mask,
         }
     }
 }
@@ -80,6 +85,7 @@ impl HostBatch {
 /// Context for `seq` new tokens after `past` cached ones (single-example rows, no padding).
 pub fn incremental_context<B: Backend>(
     rope: &RopeFrequencies,
+    window: Option<&SlidingWindow>,
     batch: usize,
     past: usize,
     seq: usize,
@@ -90,11 +96,23 @@ pub fn incremental_context<B: Backend>(
         .map(|_| (past as i64..(past + seq) as i64).collect())
         .collect();
     let (cos, sin) = rope.tables::<B>(&positions, device);
+    let mask = AttentionMask::incremental(batch, past, seq);
     AttentionContext {
         cos: cast(cos, dtype),
         sin: cast(sin, dtype),
-        mask: AttentionMask::incremental(batch, past, seq),
+        sliding: sliding(&mask, window),
+        mask,
     }
+}
+
+/// The sliding layers' mask: only worth building when the window hides some key.
+fn sliding(
+    mask: &AttentionMask,
+    window: Option<&SlidingWindow>,
+) -> Option<(AttentionMask, Vec<bool>)> {
+    window
+        .filter(|w| w.width < mask.keys())
+        .map(|w| (mask.windowed(w.width), w.layers.clone()))
 }
 
 fn cast<B: Backend>(t: Tensor<B, 4>, dtype: DType) -> Tensor<B, 4> {

@@ -147,7 +147,12 @@ impl<B: Backend> Model<B> {
 impl<B: ModelBackend> Model<B> {
     /// Logits `[batch, seq, vocab]` in f32, no dropout.
     pub fn logits(&self, batch: &HostBatch) -> Tensor<B, 3> {
-        let ctx = batch.context::<B>(&self.rope, self.dtype, &self.device);
+        let ctx = batch.context::<B>(
+            &self.rope,
+            self.config.sliding_window.as_ref(),
+            self.dtype,
+            &self.device,
+        );
         self.net.logits(batch.ids_tensor(&self.device), &ctx)
     }
 
@@ -158,7 +163,12 @@ impl<B: ModelBackend> Model<B> {
         batch: &HostBatch,
         train: Option<&kernels::DropoutSeed>,
     ) -> Tensor<B, 3> {
-        let ctx = batch.context::<B>(&self.rope, self.dtype, &self.device);
+        let ctx = batch.context::<B>(
+            &self.rope,
+            self.config.sliding_window.as_ref(),
+            self.dtype,
+            &self.device,
+        );
         self.net
             .hidden_states(batch.ids_tensor(&self.device), &ctx, None, train)
     }

@@ -201,6 +201,7 @@ impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
             cos: Tensor::from_primitive(TensorPrimitive::Float(cos)),
             sin: Tensor::from_primitive(TensorPrimitive::Float(sin)),
             mask,
+            sliding: None,
         };
         let x = Tensor::from_primitive(TensorPrimitive::Float(x));
         let (dx, factors) = layer_backward(&layer, x, &ctx, dropout.as_ref(), grad);
@@ -236,6 +237,7 @@ impl<B: Kernels, C: CheckpointStrategy> CheckpointLayer for Autodiff<B, C> {
             cos: inner(&ctx.cos),
             sin: inner(&ctx.sin),
             mask: ctx.mask.clone(),
+            sliding: None,
         };
         let xi = inner(&x);
         let y = inner_layer.forward(xi.clone(), &ctx_i, None, dropout);

@@ -15,7 +15,7 @@ pub fn model_dir(variant: &str) -> PathBuf {
     fixtures().join("models").join(variant)
 }
 
-pub const VARIANTS: [&str; 7] = [
+pub const VARIANTS: [&str; 9] = [
     "qwen2-tied",
     "qwen2-untied",
     "qwen2-mha",
@@ -23,6 +23,8 @@ pub const VARIANTS: [&str; 7] = [
     "llama-gqa",
     "mistral",
     "qwen3",
+    "mistral-swa",
+    "qwen2-swa",
 ];
 
 /// A golden tensor: shape and values as f32 (or i64 for ids).

@@ -74,6 +74,35 @@ impl AttentionMask {
         Self::new(&vec![vec![0; past + queries]; batch], queries, true)
     }
 
+    /// The same causal mask narrowed to a sliding window of `width` keys: query index `i`
+    /// keeps keys `j` with `i - width < j` (transformers' `sliding_window_overlay`). A packed
+    /// example starts at its own first key, so the window never reaches into the one before.
+    pub fn windowed(&self, width: usize) -> Self {
+        let queries = self.queries();
+        let first = self.keys - queries;
+        let ranges = self
+            .ranges
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &(lo, hi))| {
+                        let floor = (first + i + 1).saturating_sub(width) as u32;
+                        if lo == hi {
+                            (lo, hi)
+                        } else {
+                            (lo.max(floor), hi)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            ranges: Arc::new(ranges),
+            keys: self.keys,
+        }
+    }
+
     pub fn batch(&self) -> usize {
         self.ranges.len()
     }
@@ -168,5 +197,11 @@ mod tests {
             m.hidden(3..5, 2..6),
             vec![true, false, true, true, true, false, false, true]
         );
+        // A window of 2: each query sees itself and the key before, within its example.
+        let w = m.windowed(2);
+        let r: Vec<_> = (0..7).map(|i| w.range(0, i)).collect();
+        assert_eq!(r, vec![0..1, 0..2, 1..3, 3..4, 3..5, 0..0, 0..0]);
+        let inc = AttentionMask::incremental(1, 4, 2).windowed(3);
+        assert_eq!((inc.range(0, 0), inc.range(0, 1)), (2..5, 3..6));
     }
 }
