@@ -319,6 +319,7 @@ LORA_CASES = {
     "llama-gqa": ("llama-gqa", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
     "qwen3": ("qwen3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "qwen2-swa": ("qwen2-swa", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
+    "qwen2-yarn": ("qwen2-yarn", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
     "patterns": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules="all-linear",
                                     rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},

@@ -32,6 +32,7 @@ fn logits_with_peft_adapters_match_peft() {
         "llama-gqa",
         "qwen3",
         "qwen2-swa",
+        "qwen2-yarn",
         "rslora",
         "patterns",
         "layers",
@@ -52,7 +53,14 @@ fn logits_with_peft_adapters_match_peft() {
 /// PEFT gradient of that tensor: 1e-5.
 #[test]
 fn first_backward_gradients_match_peft() {
-    for case in ["qwen2-tied", "llama-gqa", "qwen3", "qwen2-swa", "patterns"] {
+    for case in [
+        "qwen2-tied",
+        "llama-gqa",
+        "qwen3",
+        "qwen2-swa",
+        "qwen2-yarn",
+        "patterns",
+    ] {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
         let mut model = folder

@@ -19,6 +19,37 @@ fn golden_ids(g: &Golden) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// YaRN's inverse frequencies and cos/sin factor against transformers'
+/// `_compute_yarn_parameters` for several parameter sets (scripts/make_fixtures.py, `rope`):
+/// both compute in f32, so within 2 ulp; the factor is f64 on both sides.
+#[test]
+fn yarn_frequencies_match_transformers() {
+    let golden = read_json(&fixtures().join("golden/rope-yarn.json"));
+    for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
+        let config = burnish::model::config::ModelConfig::from_json(&case["config"].to_string())
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        let rope = burnish::model::rope::RopeFrequencies::new(&config);
+        let want: Vec<f64> = case["inv_freq"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(rope.inv_freq().len(), want.len(), "case {i}");
+        for (j, (&got, &want)) in rope.inv_freq().iter().zip(&want).enumerate() {
+            let err = (got as f64 - want).abs() / want.abs();
+            assert!(err <= 2.5e-7, "case {i} inv_freq[{j}]: {got} vs {want}");
+        }
+        let factor = case["attention_factor"].as_f64().unwrap();
+        let got = config.rope_scaling.attention_factor();
+        assert!(
+            (got - factor).abs() <= 1e-12,
+            "case {i}: factor {got} vs {factor}"
+        );
+        assert_eq!(rope.scale(), factor as f32, "case {i}: cos/sin scale");
+    }
+}
+
 #[test]
 fn logits_match_transformers_for_every_variant() {
     for variant in VARIANTS {

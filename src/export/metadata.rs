@@ -97,6 +97,34 @@ pub fn model_keys(
             kv.push((k("rope.scaling.type"), Value::Str("linear".into())));
             kv.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
         }
+        // llama.cpp's converter writes the optional YaRN keys only where the config has them.
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            attention_factor,
+            beta_fast,
+            beta_slow,
+            ..
+        } => {
+            kv.push((k("rope.scaling.type"), Value::Str("yarn".into())));
+            kv.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
+            kv.push((
+                k("rope.scaling.original_context_length"),
+                Value::U32(u32_of(
+                    "original_max_position_embeddings",
+                    *original_max_position_embeddings,
+                )?),
+            ));
+            for (key, value) in [
+                ("rope.scaling.yarn_attn_factor", attention_factor),
+                ("rope.scaling.yarn_beta_fast", beta_fast),
+                ("rope.scaling.yarn_beta_slow", beta_slow),
+            ] {
+                if let Some(v) = value {
+                    kv.push((k(key), Value::F32(*v as f32)));
+                }
+            }
+        }
         // Carried by the `rope_freqs.weight` tensor (see `rope_freq_factors`).
         RopeScaling::Llama3 { .. } if arch == "llama" => {}
         RopeScaling::Llama3 { .. } => {
@@ -181,5 +209,50 @@ mod tests {
         assert_eq!(size_label(7_615_616_512), "7.6B");
         assert_eq!(size_label(140_000), "140K");
         assert_eq!(size_label(5_300), "5.3K");
+    }
+
+    /// The YaRN keys llama.cpp's converter writes for a Qwen2.5 long-context config: type,
+    /// factor and original length always, the optional ones only where the config has them.
+    #[test]
+    fn yarn_keys_follow_the_converter() {
+        let keys = |scaling: &str| {
+            let text = format!(
+                r#"{{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "vocab_size": 32, "rope_scaling": {scaling}}}"#
+            );
+            let config = ModelConfig::from_json(&text).unwrap();
+            let info = Describe {
+                name: "t",
+                license: None,
+                parameters: 1,
+            };
+            model_keys(&config, ExportType::F16, &info)
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| k.contains("rope.scaling"))
+                .collect::<Vec<_>>()
+        };
+        let s = |k: &str| format!("qwen2.rope.scaling.{k}");
+        assert_eq!(
+            keys(r#"{"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}"#),
+            vec![
+                (s("type"), Value::Str("yarn".into())),
+                (s("factor"), Value::F32(4.0)),
+                (s("original_context_length"), Value::U32(32768)),
+            ]
+        );
+        let full = keys(
+            r#"{"rope_type": "yarn", "factor": 8, "original_max_position_embeddings": 4096,
+            "attention_factor": 0.5, "beta_fast": 16, "beta_slow": 2, "mscale": 1}"#,
+        );
+        assert_eq!(
+            full[3..],
+            [
+                (s("yarn_attn_factor"), Value::F32(0.5)),
+                (s("yarn_beta_fast"), Value::F32(16.0)),
+                (s("yarn_beta_slow"), Value::F32(2.0)),
+            ]
+        );
     }
 }

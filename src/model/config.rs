@@ -20,6 +20,12 @@ pub struct RopeParameters {
     pub low_freq_factor: Option<f64>,
     pub high_freq_factor: Option<f64>,
     pub original_max_position_embeddings: Option<usize>,
+    pub attention_factor: Option<f64>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub truncate: Option<bool>,
 }
 
 /// `eos_token_id` may be one id or a list of ids.
@@ -63,6 +69,9 @@ pub struct HfConfig {
     pub torch_dtype: Option<String>,
     pub dtype: Option<String>,
     pub max_position_embeddings: Option<usize>,
+    /// Top-level pretraining length (Phi-3 style); transformers prefers it to the one in
+    /// `rope_scaling`.
+    pub original_max_position_embeddings: Option<usize>,
     pub bos_token_id: Option<TokenIds>,
     pub eos_token_id: Option<TokenIds>,
     pub pad_token_id: Option<TokenIds>,
@@ -98,6 +107,52 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// YaRN (Peng et al. 2023; Qwen2.5's and Qwen3's long-context setting): frequencies blended
+    /// between interpolated and original by a ramp over the dimensions, cos/sin scaled by an
+    /// attention factor. The optional fields are kept as the config gives them (the GGUF
+    /// export writes only those); [`RopeScaling::yarn_attention_factor`] derives the rest.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        attention_factor: Option<f64>,
+        beta_fast: Option<f64>,
+        beta_slow: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        truncate: bool,
+    },
+}
+
+impl RopeScaling {
+    /// The factor YaRN multiplies cos and sin by (1 for every other scaling), as transformers'
+    /// `_compute_yarn_parameters` derives it when the config does not give it.
+    pub fn attention_factor(&self) -> f64 {
+        let RopeScaling::Yarn {
+            factor,
+            attention_factor,
+            mscale,
+            mscale_all_dim,
+            ..
+        } = self
+        else {
+            return 1.0;
+        };
+        let get_mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        match (attention_factor, mscale, mscale_all_dim) {
+            (Some(a), _, _) => *a,
+            // Python truthiness: both present and non-zero.
+            (None, Some(m), Some(all)) if *m != 0.0 && *all != 0.0 => {
+                get_mscale(*factor, *m) / get_mscale(*factor, *all)
+            }
+            _ => get_mscale(*factor, 1.0),
+        }
+    }
 }
 
 /// Everything the decoder needs, resolved from `config.json` with each family's defaults.
@@ -206,7 +261,15 @@ impl ModelConfig {
             .unwrap_or(defaults.rope_theta);
         let rope_scaling = match params {
             None => RopeScaling::None,
-            Some(p) => parse_rope_scaling(p).map_err(invalid)?,
+            Some(p) => {
+                // transformers' standardize_rope_params: a top-level value wins, then the one
+                // in the rope parameters, then max_position_embeddings.
+                let original = raw
+                    .original_max_position_embeddings
+                    .or(p.original_max_position_embeddings)
+                    .or(raw.max_position_embeddings);
+                parse_rope_scaling(p, original).map_err(invalid)?
+            }
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let dtype = raw.dtype.clone().or_else(|| raw.torch_dtype.clone());
@@ -313,7 +376,7 @@ fn layer_types(types: &[String], layers: usize) -> Result<Vec<bool>, String> {
         .collect()
 }
 
-fn parse_rope_scaling(p: &RopeParameters) -> Result<RopeScaling, String> {
+fn parse_rope_scaling(p: &RopeParameters, original: Option<usize>) -> Result<RopeScaling, String> {
     let kind = p
         .rope_type
         .as_deref()
@@ -330,10 +393,22 @@ fn parse_rope_scaling(p: &RopeParameters) -> Result<RopeScaling, String> {
             factor: factor()?,
             low_freq_factor: p.low_freq_factor.unwrap_or(1.0),
             high_freq_factor: p.high_freq_factor.unwrap_or(4.0),
-            original_max_position_embeddings: p.original_max_position_embeddings.unwrap_or(8192),
+            original_max_position_embeddings: original.unwrap_or(8192),
+        }),
+        "yarn" => Ok(RopeScaling::Yarn {
+            factor: factor()?,
+            original_max_position_embeddings: original.ok_or(
+                "rope scaling 'yarn' needs original_max_position_embeddings (or max_position_embeddings)",
+            )?,
+            attention_factor: p.attention_factor,
+            beta_fast: p.beta_fast,
+            beta_slow: p.beta_slow,
+            mscale: p.mscale,
+            mscale_all_dim: p.mscale_all_dim,
+            truncate: p.truncate.unwrap_or(true),
         }),
         other => Err(format!(
-            "rope scaling type '{other}' is not supported (supported: default, linear, llama3)"
+            "rope scaling type '{other}' is not supported (supported: default, linear, llama3, yarn)"
         )),
     }
 }

@@ -11,6 +11,8 @@ use super::config::{ModelConfig, RopeScaling};
 #[derive(Debug, Clone)]
 pub struct RopeFrequencies {
     inv_freq: Vec<f32>,
+    /// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
+    scale: f32,
 }
 
 impl RopeFrequencies {
@@ -58,8 +60,52 @@ impl RopeFrequencies {
                     };
                 }
             }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                let beta = |b: &Option<f64>, default| b.filter(|&b| b != 0.0).unwrap_or(default);
+                let (low, high) = yarn_correction_range(
+                    beta(beta_fast, 32.0),
+                    beta(beta_slow, 1.0),
+                    dim,
+                    config.rope_theta,
+                    *original_max_position_embeddings,
+                    *truncate,
+                );
+                let factor = *factor as f32;
+                let (low, span) = (
+                    low as f32,
+                    if low == high { 0.001 } else { high - low } as f32,
+                );
+                for (i, f) in inv_freq.iter_mut().enumerate() {
+                    // f32 throughout, as transformers' tensors; `f` is 1 / pos_freq already.
+                    let pos_freq = base.powf((2 * i) as f32 / dim as f32);
+                    let interpolation = 1.0 / (factor * pos_freq);
+                    let ramp = ((i as f32 - low) / span).clamp(0.0, 1.0);
+                    let extrapolation_share = 1.0 - ramp;
+                    *f = interpolation * (1.0 - extrapolation_share) + *f * extrapolation_share;
+                }
+            }
         }
-        Self { inv_freq }
+        Self {
+            inv_freq,
+            scale: config.rope_scaling.attention_factor() as f32,
+        }
+    }
+
+    /// The inverse frequencies (`head_dim / 2`).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// What cos and sin are multiplied by.
+    pub fn scale(&self) -> f32 {
+        self.scale
     }
 
     pub fn head_dim(&self) -> usize {
@@ -85,8 +131,8 @@ impl RopeFrequencies {
                 for &f in &self.inv_freq {
                     // f32 product, as transformers' `inv_freq @ position_ids` in float32.
                     let angle = f * p as f32;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * self.scale);
+                    sin.push(angle.sin() * self.scale);
                 }
                 cos.extend_from_within(start..start + half);
                 sin.extend_from_within(start..start + half);
@@ -98,4 +144,25 @@ impl RopeFrequencies {
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
+}
+
+/// The dimensions between which YaRN ramps from interpolated to original frequencies, in f64
+/// as transformers' `find_correction_range` computes them.
+fn yarn_correction_range(
+    beta_fast: f64,
+    beta_slow: f64,
+    dim: usize,
+    base: f64,
+    original: usize,
+    truncate: bool,
+) -> (f64, f64) {
+    let d = dim as f64;
+    let correction_dim = |rotations: f64| {
+        d * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    (low.max(0.0), high.min(d - 1.0))
 }

@@ -15,7 +15,7 @@ pub fn model_dir(variant: &str) -> PathBuf {
     fixtures().join("models").join(variant)
 }
 
-pub const VARIANTS: [&str; 9] = [
+pub const VARIANTS: [&str; 10] = [
     "qwen2-tied",
     "qwen2-untied",
     "qwen2-mha",
@@ -25,6 +25,7 @@ pub const VARIANTS: [&str; 9] = [
     "qwen3",
     "mistral-swa",
     "qwen2-swa",
+    "qwen2-yarn",
 ];
 
 /// A golden tensor: shape and values as f32 (or i64 for ids).
