@@ -36,6 +36,9 @@ pub struct Args {
     /// LoRA dropout probability on the adapters' inputs (as `lora.dropout`).
     #[arg(long, default_value_t = 0.0, value_parser = super::flags::probability)]
     pub dropout: f64,
+    /// Sliding-window attention of this many keys in every layer (Mistral 7B v0.1: 4096).
+    #[arg(long, value_parser = super::flags::positive)]
+    pub sliding_window: Option<usize>,
     /// Also report the time per step spent in each CPU kernel (forward, backward, loss).
     #[arg(long)]
     pub profile: bool,
@@ -61,6 +64,7 @@ impl BackendJob for Job<'_> {
             quantize: a.quant.spec()?,
             gradient_checkpointing: a.gradient_checkpointing,
             dropout: a.dropout,
+            sliding_window: a.sliding_window,
             profile: a.profile,
         };
         run::<B>(&spec, &device, if on_gpu { "cuda" } else { "cpu" })
@@ -73,7 +77,7 @@ pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} {}x{} r={} quantize={} dropout={} checkpointing={}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB (estimate {:.2} GB), RSS after warm-up {:.2} GB -> end {:.2} GB",
+            "{} {} {}x{} r={} quantize={} dropout={} checkpointing={}{}: median {:.3} s/step, {:.0} tokens/s, peak RSS {:.2} GB (estimate {:.2} GB), RSS after warm-up {:.2} GB -> end {:.2} GB",
             r.shape,
             r.device,
             r.batch,
@@ -82,6 +86,8 @@ pub fn run_cli(args: Args) -> anyhow::Result<ExitCode> {
             r.quantize,
             r.dropout,
             r.gradient_checkpointing,
+            r.sliding_window
+                .map_or(String::new(), |w| format!(" window={w}")),
             r.median_step_s,
             r.tokens_per_s,
             r.peak_rss_bytes as f64 / 1e9,

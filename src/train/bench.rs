@@ -21,6 +21,7 @@ use crate::data::batch::TokenizedExample;
 use crate::lora::attach::{attach, init_factors};
 use crate::lora::settings::trainable_parameters;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
+use crate::model::config::SlidingWindow;
 use crate::model::kernels::profile;
 use crate::model::load::RandomWeights;
 use crate::model::loss::loss_chunk_rows;
@@ -64,6 +65,8 @@ pub struct BenchResult {
     pub gradient_checkpointing: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
+    /// Keys each query sees in every layer (`--sliding-window`); `None`: full causal attention.
+    pub sliding_window: Option<usize>,
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
@@ -126,6 +129,8 @@ pub struct BenchSpec {
     pub gradient_checkpointing: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
+    /// Sliding-window attention of this width in every layer (as Mistral 7B v0.1's 4096).
+    pub sliding_window: Option<usize>,
     /// Time each host kernel over the timed steps (see `kernels::profile`).
     pub profile: bool,
 }
@@ -136,12 +141,16 @@ pub fn run<B: TrainBackend>(
     device: &B::Device,
     device_name: &str,
 ) -> anyhow::Result<BenchResult> {
-    let config = shape_config(&spec.shape).ok_or_else(|| {
+    let mut config = shape_config(&spec.shape).ok_or_else(|| {
         crate::error::user(format!(
             "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)",
             spec.shape
         ))
     })?;
+    config.sliding_window = spec.sliding_window.map(|width| SlidingWindow {
+        width,
+        layers: vec![true; config.num_layers],
+    });
     // The loader and the step are train's own; only the weights and the rows are synthetic.
     let source = RandomWeights { seed: 1, std: 0.02 };
     let net = load_for_training::<B>(&config, &source, spec.dtype, spec.quantize.as_ref(), device)?;
@@ -269,6 +278,7 @@ pub fn run<B: TrainBackend>(
         ),
         gradient_checkpointing: spec.gradient_checkpointing,
         dropout: spec.dropout,
+        sliding_window: spec.sliding_window,
         rank: spec.rank,
         steps: spec.steps,
         median_step_s: median,
