@@ -181,3 +181,33 @@ fn shipped_recipes_are_valid() {
         "expected the demo and the Qwen2.5 recipes, found {n}"
     );
 }
+
+/// Examples longer than the base's max_position_embeddings are named before training when the
+/// config sets no rope scaling (positions past it are extrapolated); with YaRN they are not.
+#[test]
+fn examples_past_the_context_are_warned_of_without_rope_scaling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = tmp.path().join("long.jsonl");
+    let long: Vec<u32> = (0..600).map(|i| 3 + i % 900).collect();
+    let text = format!(
+        "{}\n{}\n",
+        serde_json::json!({ "input_ids": long }),
+        serde_json::json!({ "input_ids": [5, 6, 7] })
+    );
+    std::fs::write(&rows, text).unwrap();
+    for (variant, warned) in [("qwen2-tied", true), ("qwen2-yarn", false)] {
+        let recipe = format!(
+            "model: {{base: {}}}\ndata:\n  seq_len: 1024\n  train:\n    - {{path: {}, format: pretokenized}}\n",
+            model_dir(variant).display(),
+            rows.display()
+        );
+        let o = validate(tmp.path(), &recipe, &[]);
+        assert!(o.status.success(), "{variant}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(
+            err.contains("the longest example has 600 tokens, more than the 512 positions"),
+            warned,
+            "{variant}: {err}"
+        );
+    }
+}

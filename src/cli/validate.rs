@@ -50,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let data = prepare(&plan, tokenizer.as_ref()).context("checking the dataset sample")?;
+    crate::train::setup::warn_past_context(&folder.config, &data);
     println!(
         "ok: {} (model {}, {} sample rows tokenized: {} examples, {} trained tokens)",
         args.recipe.display(),

@@ -117,6 +117,17 @@ struct Tokenized {
 }
 
 impl PreparedData {
+    /// The longest example, in tokens (positions restart at 0 in every packed example).
+    pub fn longest_example(&self) -> usize {
+        let rows = self.train.iter().chain(&self.validation);
+        let row_max = rows
+            .flat_map(|r| r.positions.iter().map(|&p| p as usize + 1))
+            .max()
+            .unwrap_or(0);
+        let pairs = self.train_pairs.iter().chain(&self.validation_pairs);
+        row_max.max(pairs.map(PreferencePair::longest).max().unwrap_or(0))
+    }
+
     /// Whether this is preference data (pairs rather than rows).
     pub fn is_preference(&self) -> bool {
         !self.train_pairs.is_empty()

@@ -146,6 +146,23 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
 }
 
 /// Preference objectives train on preference pairs, SFT on single examples.
+/// Positions past `max_position_embeddings` without rope scaling are extrapolated, which
+/// transformers allows silently; the user should hear of it before a long run.
+pub fn warn_past_context(config: &ModelConfig, data: &PreparedData) {
+    let longest = data.longest_example();
+    let trained = config.max_position_embeddings;
+    if longest > trained && config.rope_scaling == crate::model::config::RopeScaling::None {
+        tracing::warn!(
+            "the longest example has {longest} tokens, more than the {trained} positions the \
+             model was made for (max_position_embeddings in its config.json), which sets no \
+             rope_scaling: positions past {trained} are extrapolated. To extend the context, \
+             train from a copy of the model folder whose config.json sets rope_scaling as the \
+             model card says (Qwen2.5: {{\"type\": \"yarn\", \"factor\": 4.0, \
+             \"original_max_position_embeddings\": 32768}}); else lower data.seq_len"
+        );
+    }
+}
+
 fn check_objective_data(loaded: &LoadedRecipe, data: &PreparedData) -> anyhow::Result<()> {
     let objective = loaded.recipe.train.objective;
     let preference = objective != Objective::Sft;
@@ -204,6 +221,7 @@ impl RunSetup {
         let data = prepare(&plan, tokenizer.as_ref()).context("preparing the dataset")?;
         let t = &loaded.recipe.train;
         check_objective_data(&loaded, &data)?;
+        warn_past_context(&folder.config, &data);
         let counts = step_counts(
             data.train_len(),
             t.micro_batch_size,
