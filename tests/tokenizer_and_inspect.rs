@@ -73,10 +73,25 @@ fn inspect_reports_fixture_models() {
             _ => serde_json::Value::Null,
         };
         assert_eq!(v["sliding_window"], window, "{variant}");
+        // transformers: factor 4 gives cos/sin 0.1 ln 4 + 1 (scripts/make_fixtures.py).
+        let scaling = match variant {
+            "qwen2-yarn" => serde_json::json!({"type": "yarn", "factor": 4.0,
+                "original_max_position_embeddings": 8, "attention_factor": 0.1 * 4f64.ln() + 1.0}),
+            "llama-gqa" => serde_json::json!({"type": "llama3", "factor": 8.0,
+                "original_max_position_embeddings": 64}),
+            _ => serde_json::Value::Null,
+        };
+        assert_eq!(v["rope_scaling"], scaling, "{variant}");
     }
     let out = burnish(&["inspect", model_dir("qwen2-swa").to_str().unwrap()]);
     assert!(
         stdout(&out).contains("sliding window of 4 keys in 1 of 2 layers"),
+        "{}",
+        stdout(&out)
+    );
+    let out = burnish(&["inspect", model_dir("qwen2-yarn").to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("yarn, x4 from 8 positions, cos/sin x1.1386"),
         "{}",
         stdout(&out)
     );

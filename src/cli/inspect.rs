@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 
+use crate::model::config::RopeScaling;
 use crate::model::{ModelConfig, WeightFiles};
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "qkv_bias": config.qkv_bias,
             "qk_norm": config.qk_norm,
             "rope_theta": config.rope_theta,
+            "rope_scaling": rope_scaling_json(&config.rope_scaling),
             "sliding_window": config.sliding_window.as_ref().map(|w| json!({
                 "width": w.width,
                 "layers": sliding_layers(&w.layers),
@@ -94,6 +96,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
         println!("rope theta       {}", config.rope_theta);
+        println!(
+            "rope scaling     {}",
+            rope_scaling_text(&config.rope_scaling)
+        );
         match &config.sliding_window {
             Some(w) => {
                 let n = sliding_layers(&w.layers).len();
@@ -119,6 +125,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("parameters       {}", group_digits(params));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scaling as applied (YaRN's cos/sin factor derived), or null.
+fn rope_scaling_json(scaling: &RopeScaling) -> serde_json::Value {
+    match scaling {
+        RopeScaling::None => serde_json::Value::Null,
+        RopeScaling::Linear { factor } => json!({"type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => json!({
+            "type": "llama3",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => json!({
+            "type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "attention_factor": scaling.attention_factor(),
+        }),
+    }
+}
+
+fn rope_scaling_text(scaling: &RopeScaling) -> String {
+    match scaling {
+        RopeScaling::None => "none".into(),
+        RopeScaling::Linear { factor } => format!("linear, x{factor}"),
+        RopeScaling::Llama3 {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => format!("llama3, x{factor} from {original_max_position_embeddings} positions"),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => format!(
+            "yarn, x{factor} from {original_max_position_embeddings} positions, cos/sin x{:.4}",
+            scaling.attention_factor()
+        ),
+    }
 }
 
 /// Indices of the layers that slide.
