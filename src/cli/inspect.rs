@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("rope theta       {}", config.rope_theta);
         println!(
             "rope scaling     {}",
-            rope_scaling_text(&config.rope_scaling)
+            rope_scaling_text(&rope_scaling_json(&config.rope_scaling))
         );
         match &config.sliding_window {
             Some(w) => {
@@ -154,24 +154,19 @@ fn rope_scaling_json(scaling: &RopeScaling) -> serde_json::Value {
     }
 }
 
-fn rope_scaling_text(scaling: &RopeScaling) -> String {
-    match scaling {
-        RopeScaling::None => "none".into(),
-        RopeScaling::Linear { factor } => format!("linear, x{factor}"),
-        RopeScaling::Llama3 {
-            factor,
-            original_max_position_embeddings,
-            ..
-        } => format!("llama3, x{factor} from {original_max_position_embeddings} positions"),
-        RopeScaling::Yarn {
-            factor,
-            original_max_position_embeddings,
-            ..
-        } => format!(
-            "yarn, x{factor} from {original_max_position_embeddings} positions, cos/sin x{:.4}",
-            scaling.attention_factor()
-        ),
+/// One line of [`rope_scaling_json`]: `yarn, x4 from 32768 positions, cos/sin x1.1386`.
+fn rope_scaling_text(v: &serde_json::Value) -> String {
+    let Some(kind) = v["type"].as_str() else {
+        return "none".into();
+    };
+    let mut text = format!("{kind}, x{}", v["factor"].as_f64().unwrap_or(1.0));
+    if let Some(n) = v["original_max_position_embeddings"].as_u64() {
+        text += &format!(" from {n} positions");
     }
+    if let Some(a) = v["attention_factor"].as_f64() {
+        text += &format!(", cos/sin x{a:.4}");
+    }
+    text
 }
 
 /// Indices of the layers that slide.

@@ -110,7 +110,7 @@ pub enum RopeScaling {
     /// YaRN (Peng et al. 2023; Qwen2.5's and Qwen3's long-context setting): frequencies blended
     /// between interpolated and original by a ramp over the dimensions, cos/sin scaled by an
     /// attention factor. The optional fields are kept as the config gives them (the GGUF
-    /// export writes only those); [`RopeScaling::yarn_attention_factor`] derives the rest.
+    /// export writes only those); [`RopeScaling::attention_factor`] derives the rest.
     Yarn {
         factor: f64,
         original_max_position_embeddings: usize,
