@@ -146,6 +146,14 @@ VARIANTS = {
     # YaRN as Qwen2.5's model card writes it (legacy `type` key), stretched from 8 positions.
     "qwen2-yarn": ("Qwen2Config", dict(tie_word_embeddings=True, rope_theta=1e6, rope_scaling=dict(
         type="yarn", factor=4.0, original_max_position_embeddings=8)), torch.float32, None),
+    # Gemma 3 text: a sliding layer (window 4, local RoPE base) then a full one with linear RoPE
+    # scaling, and query_pre_attn_scalar unlike head_dim (16), so every Gemma rule shows.
+    "gemma3": ("Gemma3TextConfig", dict(
+        tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+        rope_parameters={"full_attention": dict(rope_type="linear", factor=2.0, rope_theta=1e6),
+                         "sliding_attention": dict(rope_type="default", rope_theta=1e4)}),
+        torch.float32, None),
 }
 
 CLASSES = {
@@ -153,6 +161,7 @@ CLASSES = {
     "LlamaConfig": "LlamaForCausalLM",
     "MistralConfig": "MistralForCausalLM",
     "Qwen3Config": "Qwen3ForCausalLM",
+    "Gemma3TextConfig": "Gemma3ForCausalLM",
 }
 
 
@@ -194,6 +203,25 @@ def make_models():
         model.to(save_dtype).save_pretrained(path, **kwargs)
         # Golden values come from the saved files, read back as transformers reads them.
         golden_for(name)
+    make_gemma3_legacy()
+
+
+def make_gemma3_legacy():
+    """The gemma3 fixture's config in the form released Gemma 3 checkpoints use (rope_theta,
+    rope_local_base_freq, rope_scaling, sliding_window_pattern, no layer_types), checked to mean
+    the same to transformers as the rope_parameters/layer_types form it saves."""
+    with open(os.path.join(FIX, "models", "gemma3", "config.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    dropped = ("rope_parameters", "layer_types", "_sliding_window_pattern")
+    legacy = {k: v for k, v in saved.items() if k not in dropped}
+    legacy.update(rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2,
+                  rope_scaling=dict(rope_type="linear", factor=2.0))
+    a = transformers.Gemma3TextConfig.from_dict(saved)
+    b = transformers.Gemma3TextConfig.from_dict(legacy)
+    assert a.rope_parameters == b.rope_parameters, (a.rope_parameters, b.rope_parameters)
+    assert a.layer_types == b.layer_types, (a.layer_types, b.layer_types)
+    write_json(out("configs", "gemma3-legacy.json"), legacy)
+    print("configs: gemma3-legacy matches", a.rope_parameters, a.layer_types)
 
 
 def golden_for(name):
@@ -320,6 +348,7 @@ LORA_CASES = {
     "qwen3": ("qwen3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "qwen2-swa": ("qwen2-swa", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "qwen2-yarn": ("qwen2-yarn", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
+    "gemma3": ("gemma3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
     "patterns": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules="all-linear",
                                     rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
@@ -444,6 +473,62 @@ QWEN3_END_NEW = """            {%- endfor %}
         {%- endgeneration %}
         {{- '\\n' }}"""
 
+# Gemma 3's chat template as google/gemma-3-1b-it ships it: no system role (a system message is
+# folded into the first user turn), "model" for the assistant, contents trimmed.
+GEMMA3_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+GEMMA3_CONTENT_OLD = """    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}"""
+GEMMA3_CONTENT_NEW = """    {%- if message['content'] is string and role == 'model' -%}
+        {%- generation -%}
+        {{ message['content'] | trim }}{{ '<end_of_turn>' }}
+        {%- endgeneration -%}
+    {%- elif message['content'] is string -%}
+        {{ message['content'] | trim }}"""
+GEMMA3_END_OLD = """    {{ '<end_of_turn>\n' }}
+{%- endfor -%}"""
+GEMMA3_END_NEW = """    {{ '\n' if role == 'model' and message['content'] is string else '<end_of_turn>\n' }}
+{%- endfor -%}"""
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}],
     [{"role": "system", "content": "You are a concise math tutor."},
@@ -503,6 +588,15 @@ def make_templates():
         "add_bos_token": False, "bos_token": None, "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>", "unk_token": None, "tokenizer_class": "Qwen2Tokenizer"})
 
+    # Gemma 3's template over the same tokenizer.json (its special tokens are plain text here,
+    # split alike by both sides); <|endoftext|> stands in for <bos>.
+    gemma = os.path.join(FIX, "tokenizer-gemma3")
+    os.makedirs(gemma, exist_ok=True)
+    write_json(os.path.join(gemma, "tokenizer_config.json"), {
+        "add_bos_token": True, "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "tokenizer_class": "Qwen2Tokenizer",
+        "chat_template": GEMMA3_TEMPLATE})
+
     with open(os.path.join(tok_dir, "tokenizer_config.json"), encoding="utf-8") as f:
         q3_template = json.load(f)["chat_template"]
     q25_marked = q25_template.replace(QWEN25_ASSISTANT_BRANCH, QWEN25_ASSISTANT_BRANCH_MARKED)
@@ -510,8 +604,13 @@ def make_templates():
     q3_marked = q3_template.replace(QWEN3_ASSISTANT_OLD, QWEN3_ASSISTANT_NEW).replace(QWEN3_END_OLD, QWEN3_END_NEW)
     assert q3_marked.count("generation %}") == 2, "Qwen3 template patch did not apply"
 
+    gemma_marked = GEMMA3_TEMPLATE.replace(GEMMA3_CONTENT_OLD, GEMMA3_CONTENT_NEW).replace(
+        GEMMA3_END_OLD, GEMMA3_END_NEW)
+    assert gemma_marked.count("generation -%}") == 2 and GEMMA3_END_NEW in gemma_marked
+
     cases = {}
-    for name, folder, marked in [("qwen2.5", q25, q25_marked), ("qwen3", tok_dir, q3_marked)]:
+    for name, folder, marked in [("qwen2.5", q25, q25_marked), ("qwen3", tok_dir, q3_marked),
+                                 ("gemma3", gemma, gemma_marked)]:
         tok = AutoTokenizer.from_pretrained(tokenizer_folder(folder))
         out_cases = []
         convs = [("messages", c) for c in CONVERSATIONS]
@@ -634,6 +733,18 @@ def make_train_parity():
     model.save_pretrained(os.path.join(FIX, "lora", "parity-case2-final"))
     relative_base(os.path.join(FIX, "lora", "parity-case2-final"), "qwen2-tied")
     results["case2"] = {"losses": losses, "grad_norms": norms, "steps": 4}
+
+    # Case 3: case 1 on Gemma 3, from the gemma3 PEFT adapter (random A and B).
+    model = peft.PeftModel.from_pretrained(load_model("gemma3"), os.path.join(FIX, "lora", "gemma3", "adapter"),
+                                           is_trainable=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.0)
+    losses = []
+    for step in range(5):
+        opt.zero_grad()
+        losses.append(token_mean_window_loss(model, [rows]))
+        opt.step()
+    results["case3"] = {"losses": losses, "steps": 5, "base": "gemma3"}
     write_json(out("golden", "train-parity.json"), results)
     print("train parity:", results["case1"]["losses"], results["case2"]["losses"])
 
@@ -740,6 +851,7 @@ def make_generation():
         ("llama-gqa", lambda: load_model("llama-gqa")),
         ("qwen3", lambda: load_model("qwen3")),
         ("mistral-swa", lambda: load_model("mistral-swa")),
+        ("gemma3", lambda: load_model("gemma3")),
     ]
     for name, make in runs:
         model = make().eval()

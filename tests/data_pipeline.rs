@@ -1,5 +1,5 @@
 //! The data pipeline against transformers (scripts/make_fixtures.py, part templates): chat
-//! template text and ids, which tokens are trained, the classic Alpaca prompt, EOS = pad;
+//! template text and ids (Qwen2.5, Qwen3 and Gemma 3 templates), which tokens are trained, the classic Alpaca prompt, EOS = pad;
 //! and packing equivalence, truncation counts and located dataset errors.
 
 mod common;
@@ -31,6 +31,7 @@ fn tokenizer_for(name: &str) -> TokenizerBundle {
     let dir = tokenizer_folder(match name {
         "qwen2.5" => "tokenizer-qwen2.5",
         "qwen3" => "tokenizer",
+        "gemma3" => "tokenizer-gemma3",
         _ => "tokenizer-base",
     });
     TokenizerBundle::from_dir(dir.path()).unwrap()
@@ -42,10 +43,15 @@ fn chat_templates_render_and_mask_like_transformers() {
     for (name, cases) in golden["templates"].as_object().unwrap() {
         let tok = tokenizer_for(name);
         let tz = Tokenization::new(Some(&tok), None, false, None).unwrap();
-        assert_eq!(tz.end_of_turn(), Some("<|im_end|>"));
+        let marker = if name == "gemma3" {
+            "<end_of_turn>"
+        } else {
+            "<|im_end|>"
+        };
+        assert_eq!(tz.end_of_turn(), Some(marker));
         let template = burnish::data::template::ChatTemplate::new(
             tok.chat_template.as_deref().unwrap(),
-            None,
+            tok.bos_token(),
             tok.eos_token(),
         )
         .unwrap();

@@ -20,7 +20,7 @@ use burnish::backend::Cpu;
 use burnish::lora::attach::{attach, factor_tensors, init_factors};
 use burnish::lora::{InitKind, LoraSettings, TargetSpec};
 use burnish::model::kernels::{
-    AttentionMask, Dropout, DropoutSeed, Kernels, LinearGrads, LoraFactors, generic,
+    Activation, AttentionMask, Dropout, DropoutSeed, Kernels, LinearGrads, LoraFactors, generic,
 };
 use burnish::model::loss::{Targets, cross_entropy_sum};
 use burnish::model::{HostBatch, Model, ModelFolder};
@@ -143,15 +143,17 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
         "rope",
     );
     let (ga, up) = (rand([13, 32], 12), rand([13, 32], 13));
-    close(
-        generic::swiglu::<G>(to(&ga), to(&up)),
-        Cpu::swiglu(ga.clone(), up.clone()),
-        "swiglu",
-    );
-    let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), gr.clone());
-    let (a2, b2) = generic::swiglu_backward::<G>(to(&ga), to(&up), to(&gr));
-    close(a2, a1, "swiglu dgate");
-    close(b2, b1, "swiglu dup");
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        close(
+            generic::glu::<G>(to(&ga), to(&up), act),
+            Cpu::glu(ga.clone(), up.clone(), act),
+            &format!("{act:?} glu"),
+        );
+        let (a1, b1) = Cpu::glu_backward(ga.clone(), up.clone(), act, gr.clone());
+        let (a2, b2) = generic::glu_backward::<G>(to(&ga), to(&up), act, to(&gr));
+        close(a2, a1, &format!("{act:?} glu dgate"));
+        close(b2, b1, &format!("{act:?} glu dup"));
+    }
 
     let drop = Dropout {
         p: 0.3,
@@ -331,15 +333,17 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         rand([300, 600], 27),
         rand([300, 600], 28),
     );
-    close(
-        G::swiglu(to(&ga), to(&up)),
-        Cpu::swiglu(ga.clone(), up.clone()),
-        "swiglu",
-    );
-    let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), gr.clone());
-    let (a2, b2) = G::swiglu_backward(to(&ga), to(&up), to(&gr));
-    close(a2, a1, "swiglu dgate");
-    close(b2, b1, "swiglu dup");
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        close(
+            G::glu(to(&ga), to(&up), act),
+            Cpu::glu(ga.clone(), up.clone(), act),
+            &format!("{act:?} glu"),
+        );
+        let (a1, b1) = Cpu::glu_backward(ga.clone(), up.clone(), act, gr.clone());
+        let (a2, b2) = G::glu_backward(to(&ga), to(&up), act, to(&gr));
+        close(a2, a1, &format!("{act:?} glu dgate"));
+        close(b2, b1, &format!("{act:?} glu dup"));
+    }
 
     let xr = rand([2, 37, 5, 64], 29);
     let angles = rand([2, 37, 1, 32], 30);

@@ -5,7 +5,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burnish::backend::Cpu;
-use burnish::model::kernels::{Kernels, generic};
+use burnish::model::kernels::{Activation, Kernels, generic};
 
 type T<const D: usize> = Tensor<Cpu, D>;
 
@@ -59,7 +59,7 @@ fn cross_entropy_kernel_matches_composition() {
 }
 
 #[test]
-fn norm_rope_swiglu_and_lora_linear_match_composition() {
+fn norm_rope_glu_and_lora_linear_match_composition() {
     let x = rand([13, 32], 9);
     let w = rand([32], 10);
     close(
@@ -88,16 +88,18 @@ fn norm_rope_swiglu_and_lora_linear_match_composition() {
     );
 
     let (ga, up) = (rand([13, 32], 14), rand([13, 32], 15));
-    close(
-        Cpu::swiglu(ga.clone(), up.clone()),
-        generic::swiglu(ga.clone(), up.clone()),
-        1e-5,
-        "swiglu",
-    );
-    let (a1, b1) = Cpu::swiglu_backward(ga.clone(), up.clone(), g.clone());
-    let (a2, b2) = generic::swiglu_backward(ga, up, g);
-    close(a1, a2, 1e-5, "swiglu dgate");
-    close(b1, b2, 1e-5, "swiglu dup");
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        close(
+            Cpu::glu(ga.clone(), up.clone(), act),
+            generic::glu(ga.clone(), up.clone(), act),
+            1e-5,
+            &format!("{act:?} glu"),
+        );
+        let (a1, b1) = Cpu::glu_backward(ga.clone(), up.clone(), act, g.clone());
+        let (a2, b2) = generic::glu_backward(ga.clone(), up.clone(), act, g.clone());
+        close(a1, a2, 1e-5, &format!("{act:?} glu dgate"));
+        close(b1, b2, 1e-5, &format!("{act:?} glu dup"));
+    }
 
     let (xl, wl, bias) = (rand([11, 24], 16), rand([40, 24], 17), rand([40], 18));
     let (la, lb) = (rand([4, 24], 19), rand([40, 4], 20));

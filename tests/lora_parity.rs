@@ -33,6 +33,7 @@ fn logits_with_peft_adapters_match_peft() {
         "qwen3",
         "qwen2-swa",
         "qwen2-yarn",
+        "gemma3",
         "rslora",
         "patterns",
         "layers",
@@ -59,6 +60,7 @@ fn first_backward_gradients_match_peft() {
         "qwen3",
         "qwen2-swa",
         "qwen2-yarn",
+        "gemma3",
         "patterns",
     ] {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));

@@ -178,3 +178,64 @@ fn not_a_model_folder_and_bad_data() {
     ]);
     assert_user_error(&out, &["bad.jsonl:2", "input_ids"]);
 }
+
+/// Gemma options burnish does not compute are refused by name, never trained wrongly; an
+/// image-text Gemma 3 checkpoint is told which Gemma 3 models are supported.
+#[test]
+fn unsupported_gemma_settings_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&model_dir("gemma3"), tmp.path());
+    let cfg_path = tmp.path().join("config.json");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    for (key, value, needles) in [
+        (
+            "final_logit_softcapping",
+            serde_json::json!(30.0),
+            &["config.json", "final_logit_softcapping is 30"][..],
+        ),
+        (
+            "attn_logit_softcapping",
+            serde_json::json!(50.0),
+            &["attn_logit_softcapping is 50", "soft-capping"][..],
+        ),
+        (
+            "use_bidirectional_attention",
+            serde_json::json!(true),
+            &["use_bidirectional_attention"][..],
+        ),
+        (
+            "hidden_activation",
+            serde_json::json!("relu"),
+            &["hidden_activation 'relu'", "gelu_pytorch_tanh"][..],
+        ),
+        (
+            "sliding_window",
+            serde_json::Value::Null,
+            &["sliding_window is null"][..],
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "linear", "factor": 2.0}}),
+            &["sliding_attention", "'linear'"][..],
+        ),
+        (
+            "architectures",
+            serde_json::json!(["Gemma3ForConditionalGeneration"]),
+            &[
+                "Gemma3ForConditionalGeneration",
+                "gemma-3-270m",
+                "gemma-3-1b",
+            ][..],
+        ),
+    ] {
+        let mut bad = cfg.clone();
+        bad[key] = value;
+        if key == "architectures" {
+            bad["model_type"] = "gemma3".into();
+        }
+        fs::write(&cfg_path, bad.to_string()).unwrap();
+        assert_user_error(&eval_on(tmp.path()), needles);
+    }
+}

@@ -66,7 +66,7 @@ fn logits_match_transformers_for_every_variant() {
 
 #[test]
 fn padded_rows_equal_unpadded_rows() {
-    for variant in ["qwen2-tied", "llama-gqa", "qwen3"] {
+    for variant in ["qwen2-tied", "llama-gqa", "qwen3", "gemma3"] {
         let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
         let folder = ModelFolder::open(&model_dir(variant)).unwrap();
         let model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
@@ -152,4 +152,17 @@ fn eval_loss_matches_transformers() {
             "{variant}: perplexity {ppl}"
         );
     }
+}
+
+/// Released Gemma 3 configs write `rope_theta`, `rope_local_base_freq`, `rope_scaling` and
+/// `sliding_window_pattern`; transformers 5 saves `rope_parameters` per layer type and
+/// `layer_types`. scripts/make_fixtures.py checks that transformers reads the two files alike;
+/// so must burnish.
+#[test]
+fn gemma3_legacy_config_reads_like_the_saved_one() {
+    use burnish::model::ModelConfig;
+    let saved = ModelConfig::from_file(&model_dir("gemma3").join("config.json")).unwrap();
+    let legacy = ModelConfig::from_file(&fixtures().join("configs/gemma3-legacy.json")).unwrap();
+    assert_eq!(saved, legacy);
+    assert_eq!(saved.sliding_rope_theta, Some(1e4));
 }

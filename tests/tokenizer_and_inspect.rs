@@ -70,8 +70,29 @@ fn inspect_reports_fixture_models() {
         let window = match variant {
             "mistral-swa" => serde_json::json!({"width": 5, "layers": [0, 1]}),
             "qwen2-swa" => serde_json::json!({"width": 4, "layers": [1]}),
+            "gemma3" => serde_json::json!({"width": 4, "layers": [0]}),
             _ => serde_json::Value::Null,
         };
+        // Gemma 3's own rules (scripts/make_fixtures.py): GELU-tanh gating, scores scaled by
+        // query_pre_attn_scalar^-1/2 (24), sliding layers on an unscaled base of 10,000.
+        let (act, scale, local) = match variant {
+            "gemma3" => (
+                "gelu_pytorch_tanh",
+                1.0 / 24f64.sqrt(),
+                serde_json::json!(1e4),
+            ),
+            _ => (
+                "silu",
+                1.0 / (v["head_dim"].as_f64().unwrap()).sqrt(),
+                serde_json::Value::Null,
+            ),
+        };
+        assert_eq!(v["activation"], act, "{variant}");
+        assert!(
+            (v["attention_scale"].as_f64().unwrap() - scale).abs() < 1e-12,
+            "{variant}"
+        );
+        assert_eq!(v["sliding_rope_theta"], local, "{variant}");
         assert_eq!(v["sliding_window"], window, "{variant}");
         // transformers: factor 4 gives cos/sin 0.1 ln 4 + 1 (scripts/make_fixtures.py).
         let scaling = match variant {
@@ -79,6 +100,7 @@ fn inspect_reports_fixture_models() {
                 "original_max_position_embeddings": 8, "attention_factor": 0.1 * 4f64.ln() + 1.0}),
             "llama-gqa" => serde_json::json!({"type": "llama3", "factor": 8.0,
                 "original_max_position_embeddings": 64}),
+            "gemma3" => serde_json::json!({"type": "linear", "factor": 2.0}),
             _ => serde_json::Value::Null,
         };
         assert_eq!(v["rope_scaling"], scaling, "{variant}");

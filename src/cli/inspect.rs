@@ -55,7 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "tie_word_embeddings": config.tie_word_embeddings,
             "qkv_bias": config.qkv_bias,
             "qk_norm": config.qk_norm,
+            "activation": config.activation.hf_name(),
+            "attention_scale": config.attention_scale(),
             "rope_theta": config.rope_theta,
+            "sliding_rope_theta": config.sliding_rope_theta,
             "rope_scaling": rope_scaling_json(&config.rope_scaling),
             "sliding_window": config.sliding_window.as_ref().map(|w| json!({
                 "width": w.width,
@@ -95,7 +98,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "untied (separate lm_head)"
             }
         );
-        println!("rope theta       {}", config.rope_theta);
+        println!("mlp              {}-gated", config.activation.hf_name());
+        if let Some(q) = config.query_pre_attn_scalar {
+            println!("attention scale  1/sqrt({q}) (query_pre_attn_scalar)");
+        }
+        match config.sliding_rope_theta {
+            Some(local) => println!(
+                "rope theta       {} (sliding-window layers: {local}, unscaled)",
+                config.rope_theta
+            ),
+            None => println!("rope theta       {}", config.rope_theta),
+        }
         println!(
             "rope scaling     {}",
             rope_scaling_text(&rope_scaling_json(&config.rope_scaling))

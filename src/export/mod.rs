@@ -147,6 +147,15 @@ pub fn export(req: &ExportRequest<'_>) -> Result<ExportReport, ExportError> {
     let start = Instant::now();
     let folder = ModelFolder::open(req.model_dir)?;
     let config = &folder.config;
+    if config.architecture == crate::model::arch::Architecture::Gemma3 {
+        return Err(ExportError::Unsupported {
+            what: "a Gemma 3 model".into(),
+            why: "not built yet (llama.cpp's gemma3 graph takes norms as 1 + w and its own keys); \
+                  merge the adapter (`burnish merge`) and convert the merged folder with \
+                  llama.cpp's convert_hf_to_gguf.py"
+                .into(),
+        });
+    }
     let files = folder.weights()?;
     files.validate(config)?;
     let tokenizer = vocab::tokenizer_keys(req.model_dir, config)?;

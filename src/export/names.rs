@@ -15,6 +15,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen2 => "qwen2",
         Architecture::Llama | Architecture::Mistral => "llama",
         Architecture::Qwen3 => "qwen3",
+        Architecture::Gemma3 => "gemma3",
     }
 }
 

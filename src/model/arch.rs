@@ -1,8 +1,9 @@
 //! The supported architectures, selected from `config.json` (`architectures`, then
 //! `model_type`), and the few ways in which they differ.
 //!
-//! All four share one decoder (RMSNorm, RoPE in `rotate_half` layout, grouped-query attention,
-//! SwiGLU MLP); this table is the only place that knows their differences.
+//! All share one decoder (RMSNorm, RoPE in `rotate_half` layout, grouped-query attention, a
+//! gated MLP); this table and the family defaults in `config.rs` are the only places that know
+//! their differences.
 
 use std::fmt;
 
@@ -20,6 +21,11 @@ pub enum Architecture {
     Mistral,
     /// Qwen3: per-head RMSNorm on q and k, explicit `head_dim`, optional `attention_bias`.
     Qwen3,
+    /// Gemma 3 text models (`gemma-3-270m`, `gemma-3-1b`): Qwen3's q/k norms plus norms
+    /// scaling by `1 + weight`, a norm after attention and around the MLP, GELU (tanh) gating,
+    /// embeddings scaled by `sqrt(hidden_size)`, scores by `query_pre_attn_scalar^-1/2`, and
+    /// sliding-window layers with their own RoPE base.
+    Gemma3,
 }
 
 /// Per-family defaults for fields that `config.json` may leave out.
@@ -29,6 +35,7 @@ pub struct FamilyDefaults {
     pub qkv_bias: bool,
     pub o_bias_follows_attention_bias: bool,
     pub qk_norm: bool,
+    pub tie_word_embeddings: bool,
 }
 
 const TABLE: &[(Architecture, &str, &str)] = &[
@@ -36,6 +43,7 @@ const TABLE: &[(Architecture, &str, &str)] = &[
     (Architecture::Llama, "LlamaForCausalLM", "llama"),
     (Architecture::Mistral, "MistralForCausalLM", "mistral"),
     (Architecture::Qwen3, "Qwen3ForCausalLM", "qwen3"),
+    (Architecture::Gemma3, "Gemma3ForCausalLM", "gemma3_text"),
 ];
 
 impl Architecture {
@@ -51,15 +59,22 @@ impl Architecture {
             .and_then(|t| TABLE.iter().find(|(_, _, model_type)| *model_type == t));
         match from_class.or(from_type) {
             Some((arch, _, _)) => Ok(*arch),
-            None => Err(ModelError::UnsupportedArchitecture {
-                found: config
+            None => {
+                let found = config
                     .architectures
                     .as_ref()
                     .map(|a| a.join(", "))
                     .or_else(|| config.model_type.clone())
-                    .unwrap_or_else(|| "(none given)".into()),
-                supported: Self::supported_names(),
-            }),
+                    .unwrap_or_else(|| "(none given)".into());
+                let mut supported = Self::supported_names();
+                if found.contains("Gemma3ForConditionalGeneration") || found == "gemma3" {
+                    supported.push_str(
+                        " (Gemma 3 4B, 12B and 27B are image-text models; the text-only \
+                         Gemma3ForCausalLM checkpoints, gemma-3-270m and gemma-3-1b, are supported)",
+                    );
+                }
+                Err(ModelError::UnsupportedArchitecture { found, supported })
+            }
         }
     }
 
@@ -96,6 +111,7 @@ impl Architecture {
                 qkv_bias: true,
                 o_bias_follows_attention_bias: false,
                 qk_norm: false,
+                tie_word_embeddings: false,
             },
             Architecture::Llama | Architecture::Mistral => FamilyDefaults {
                 rope_theta: 10_000.0,
@@ -103,6 +119,7 @@ impl Architecture {
                 qkv_bias: false,
                 o_bias_follows_attention_bias: true,
                 qk_norm: false,
+                tie_word_embeddings: false,
             },
             Architecture::Qwen3 => FamilyDefaults {
                 rope_theta: 1_000_000.0,
@@ -110,6 +127,15 @@ impl Architecture {
                 qkv_bias: false,
                 o_bias_follows_attention_bias: true,
                 qk_norm: true,
+                tie_word_embeddings: false,
+            },
+            Architecture::Gemma3 => FamilyDefaults {
+                rope_theta: 1_000_000.0,
+                rms_norm_eps: 1e-6,
+                qkv_bias: false,
+                o_bias_follows_attention_bias: true,
+                qk_norm: true,
+                tie_word_embeddings: true,
             },
         }
     }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::arch::Architecture;
 use super::error::ModelError;
+use super::kernels::Activation;
 
 /// Rotary-embedding parameters as transformers 5 writes them (`rope_parameters`) or as released
 /// checkpoints write them (`rope_scaling`, with `type` or `rope_type`).
@@ -26,6 +27,24 @@ pub struct RopeParameters {
     pub mscale: Option<f64>,
     pub mscale_all_dim: Option<f64>,
     pub truncate: Option<bool>,
+}
+
+/// `rope_parameters` is one set of parameters, or (Gemma 3 in transformers 5) one per layer type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+// Read once per config; boxing would only add indirection.
+#[allow(clippy::large_enum_variant)]
+pub enum RopeField {
+    PerLayerType(PerLayerTypeRope),
+    Flat(RopeParameters),
+}
+
+/// Rotary parameters of full-attention and of sliding-window layers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerLayerTypeRope {
+    pub full_attention: Option<RopeParameters>,
+    pub sliding_attention: Option<RopeParameters>,
 }
 
 /// `eos_token_id` may be one id or a list of ids.
@@ -60,12 +79,24 @@ pub struct HfConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
-    pub rope_parameters: Option<RopeParameters>,
+    pub rope_parameters: Option<RopeField>,
     pub rope_scaling: Option<RopeParameters>,
+    /// Gemma 3: the RoPE base of sliding-window layers (legacy configs).
+    pub rope_local_base_freq: Option<f64>,
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
     pub mlp_bias: Option<bool>,
     pub hidden_act: Option<String>,
+    /// Gemma's name for `hidden_act`.
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-1/2`.
+    pub query_pre_attn_scalar: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub use_bidirectional_attention: Option<bool>,
+    /// Gemma 3: every `n`-th layer attends fully, the others slide (older configs; newer ones
+    /// write `layer_types`). transformers reads this key only, not `_sliding_window_pattern`.
+    pub sliding_window_pattern: Option<usize>,
     pub torch_dtype: Option<String>,
     pub dtype: Option<String>,
     pub max_position_embeddings: Option<usize>,
@@ -185,6 +216,20 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// Layers that attend through a sliding window, as transformers applies it.
     pub sliding_window: Option<SlidingWindow>,
+    /// The gated MLP's activation.
+    pub activation: Activation,
+    /// Gemma: RMSNorm weights are stored as `w` and scale by `1 + w`.
+    pub norm_weight_offset: f64,
+    /// Gemma: token embeddings are multiplied by `sqrt(hidden_size)`.
+    pub embed_scale: Option<f64>,
+    /// Gemma 2/3: a norm on the attention output (`post_attention_layernorm`) and around the
+    /// MLP (`pre_feedforward_layernorm`, `post_feedforward_layernorm`), instead of Llama's one
+    /// pre-MLP `post_attention_layernorm`.
+    pub sandwich_norms: bool,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` (default `head_dim^-1/2`).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 3: sliding-window layers use default RoPE with this base (and no scaling).
+    pub sliding_rope_theta: Option<f64>,
 }
 
 /// Sliding-window attention: a query at index `i` sees keys `j` with `i - width < j <= i`
@@ -246,18 +291,23 @@ impl ModelConfig {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(format!("head_dim {head_dim} must be even and > 0")));
         }
-        if let Some(act) = &raw.hidden_act
-            && act != "silu"
-        {
-            return Err(invalid(format!(
-                "hidden_act '{act}' is not supported (only 'silu', as in every supported family)"
-            )));
+        let gemma = architecture == Architecture::Gemma3;
+        let activation = activation(raw, gemma).map_err(invalid)?;
+        if gemma {
+            refuse_unsupported_gemma(raw).map_err(invalid)?;
         }
         let sliding_window = sliding_window(raw, architecture).map_err(invalid)?;
-        let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let (full_params, sliding_params) = match &raw.rope_parameters {
+            Some(RopeField::PerLayerType(p)) => {
+                (p.full_attention.as_ref(), p.sliding_attention.as_ref())
+            }
+            Some(RopeField::Flat(p)) => (Some(p), None),
+            None => (None, None),
+        };
+        let params = full_params.or(raw.rope_scaling.as_ref());
         let rope_theta = raw
             .rope_theta
-            .or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .or(full_params.and_then(|p| p.rope_theta))
             .unwrap_or(defaults.rope_theta);
         let rope_scaling = match params {
             None => RopeScaling::None,
@@ -270,6 +320,11 @@ impl ModelConfig {
                     .or(raw.max_position_embeddings);
                 parse_rope_scaling(p, original).map_err(invalid)?
             }
+        };
+        let sliding_rope_theta = if gemma {
+            Some(sliding_rope_theta(raw, sliding_params).map_err(invalid)?)
+        } else {
+            None
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let dtype = raw.dtype.clone().or_else(|| raw.torch_dtype.clone());
@@ -285,7 +340,9 @@ impl ModelConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(defaults.tie_word_embeddings),
             qkv_bias: defaults.qkv_bias || attention_bias,
             o_bias: defaults.o_bias_follows_attention_bias && attention_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
@@ -302,7 +359,25 @@ impl ModelConfig {
                 .as_ref()
                 .and_then(|b| b.to_vec().first().copied()),
             sliding_window,
+            activation,
+            norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+            embed_scale: gemma.then(|| (raw.hidden_size as f64).sqrt()),
+            sandwich_norms: gemma,
+            query_pre_attn_scalar: if gemma {
+                Some(raw.query_pre_attn_scalar.unwrap_or(256.0))
+            } else {
+                None
+            },
+            sliding_rope_theta,
         })
+    }
+
+    /// What attention scores are multiplied by before the softmax.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// Width of the concatenated query heads.
@@ -318,6 +393,10 @@ impl ModelConfig {
 
 /// Transformers' default window where a config turns it on without a width.
 const DEFAULT_SLIDING_WINDOW: usize = 4096;
+/// Gemma3TextConfig's default: one full-attention layer in six.
+const DEFAULT_GEMMA3_PATTERN: usize = 6;
+/// Gemma3TextConfig's default RoPE base of sliding-window layers.
+const DEFAULT_GEMMA3_LOCAL_THETA: f64 = 10_000.0;
 /// Qwen2/Qwen3's default count of leading full-attention layers.
 const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
 
@@ -331,6 +410,26 @@ fn sliding_window(raw: &HfConfig, arch: Architecture) -> Result<Option<SlidingWi
     let (width, sliding) = match arch {
         Architecture::Llama => return Ok(None),
         Architecture::Mistral => (width(raw.sliding_window), vec![true; layers]),
+        Architecture::Gemma3 => {
+            // Gemma3TextConfig: layer_types, else every `sliding_window_pattern`-th layer (6)
+            // attends fully.
+            let sliding = match &raw.layer_types {
+                Some(types) => layer_types(types, layers)?,
+                None => {
+                    let pattern = raw.sliding_window_pattern.unwrap_or(DEFAULT_GEMMA3_PATTERN);
+                    if pattern == 0 {
+                        return Err("sliding_window_pattern must be > 0".into());
+                    }
+                    (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+                }
+            };
+            if raw.sliding_window == Some(None) && sliding.contains(&true) {
+                return Err(
+                    "sliding_window is null but layer_types has sliding layers (Gemma 3 needs a width)".into(),
+                );
+            }
+            (width(raw.sliding_window), sliding)
+        }
         Architecture::Qwen2 | Architecture::Qwen3 => {
             if raw.use_sliding_window != Some(true) {
                 return Ok(None);
@@ -354,6 +453,65 @@ fn sliding_window(raw: &HfConfig, arch: Architecture) -> Result<Option<SlidingWi
             layers: sliding,
         })),
     }
+}
+
+/// The MLP activation: `hidden_act` (Gemma: `hidden_activation`), SiLU (Gemma: GELU-tanh) when
+/// absent.
+fn activation(raw: &HfConfig, gemma: bool) -> Result<Activation, String> {
+    let (key, name) = if gemma {
+        ("hidden_activation", raw.hidden_activation.as_deref())
+    } else {
+        ("hidden_act", raw.hidden_act.as_deref())
+    };
+    let Some(name) = name else {
+        return Ok(if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        });
+    };
+    Activation::from_hf(name).ok_or_else(|| {
+        format!("{key} '{name}' is not supported (supported: silu, gelu_pytorch_tanh, gelu_new)")
+    })
+}
+
+/// Gemma options released text checkpoints leave off, which burnish does not compute: refused
+/// rather than trained wrongly.
+fn refuse_unsupported_gemma(raw: &HfConfig) -> Result<(), String> {
+    for (key, value) in [
+        ("attn_logit_softcapping", raw.attn_logit_softcapping),
+        ("final_logit_softcapping", raw.final_logit_softcapping),
+    ] {
+        if let Some(v) = value {
+            return Err(format!(
+                "{key} is {v}; burnish does not apply logit soft-capping (Gemma 3 sets it to null)"
+            ));
+        }
+    }
+    if raw.use_bidirectional_attention == Some(true) {
+        return Err(
+            "use_bidirectional_attention is true (an embedding model); burnish trains causal language models".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Gemma 3's sliding-window layers: default RoPE with their own base (`rope_parameters`'
+/// `sliding_attention`, else `rope_local_base_freq`, else 10,000).
+fn sliding_rope_theta(raw: &HfConfig, params: Option<&RopeParameters>) -> Result<f64, String> {
+    if let Some(p) = params {
+        let kind = p.rope_type.as_deref().or(p.legacy_type.as_deref());
+        if !matches!(kind, None | Some("default")) {
+            return Err(format!(
+                "rope_parameters.sliding_attention has rope_type '{}'; only 'default' is supported there",
+                kind.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(params
+        .and_then(|p| p.rope_theta)
+        .or(raw.rope_local_base_freq)
+        .unwrap_or(DEFAULT_GEMMA3_LOCAL_THETA))
 }
 
 fn layer_types(types: &[String], layers: usize) -> Result<Vec<bool>, String> {

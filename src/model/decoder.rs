@@ -1,5 +1,6 @@
-//! The decoder shared by Qwen2, Llama, Mistral and Qwen3: token embedding, pre-norm layers of
-//! grouped-query self-attention and a SwiGLU MLP, final RMSNorm, tied or separate `lm_head`.
+//! The decoder shared by Qwen2, Llama, Mistral, Qwen3 and Gemma 3: token embedding (scaled, in
+//! Gemma), pre-norm layers of grouped-query self-attention and a gated MLP (Gemma adds a norm
+//! after each), final RMSNorm, tied or separate `lm_head`.
 //! Module and field names follow the HF tensor names (`self_attn.q_proj`, `input_layernorm`).
 //! This file does no I/O.
 
@@ -10,7 +11,7 @@ use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use super::ModelBackend;
 use super::config::ModelConfig;
-use super::kernels::{AttentionMask, Dropout, DropoutSeed, Kernels};
+use super::kernels::{Activation, AttentionMask, Dropout, DropoutSeed, Kernels};
 use super::norm::RmsNorm;
 use super::params::LINEAR_MODULES;
 use super::recompute::Saved;
@@ -34,13 +35,19 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: LoraLinear<B>,
     pub up_proj: LoraLinear<B>,
     pub down_proj: LoraLinear<B>,
+    #[module(skip)]
+    pub act: Activation,
 }
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
     pub input_layernorm: RmsNorm<B>,
     pub self_attn: Attention<B>,
+    /// The pre-MLP norm (Llama, Qwen) or, with the two norms below (Gemma), the norm of the
+    /// attention output before the residual sum.
     pub post_attention_layernorm: RmsNorm<B>,
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
     pub mlp: Mlp<B>,
 }
 
@@ -52,6 +59,9 @@ pub struct CausalLm<B: Backend> {
     pub norm: RmsNorm<B>,
     /// `[vocab, hidden]`; `None` when tied to `embed_tokens`.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// What looked-up embeddings are multiplied by (Gemma: `sqrt(hidden_size)`).
+    #[module(skip)]
+    pub embed_scale: Option<f64>,
     /// In training, keep only each layer's input and recompute the rest in the backward pass
     /// (`train.gradient_checkpointing`).
     pub gradient_checkpointing: bool,
@@ -65,20 +75,37 @@ pub struct AttentionContext<B: Backend> {
     pub sin: Tensor<B, 4>,
     /// The keys of full-attention layers.
     pub mask: AttentionMask,
-    /// The keys of sliding-window layers, and which layers those are (`None`: none slides).
-    pub sliding: Option<(AttentionMask, Vec<bool>)>,
+    /// What sliding-window layers attend with instead (`None`: the same as the others).
+    pub sliding: Option<SlidingContext<B>>,
+}
+
+/// The keys and rotary tables of sliding-window layers, where they differ from the others'.
+#[derive(Clone)]
+pub struct SlidingContext<B: Backend> {
+    /// Which layers slide.
+    pub layers: Vec<bool>,
+    /// Their keys (`None`: the window hides no key in this batch).
+    pub mask: Option<AttentionMask>,
+    /// Their `cos` and `sin` (`None`: the same as the other layers'; Gemma 3 has its own).
+    pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 impl<B: Backend> AttentionContext<B> {
-    /// The context layer `layer` attends with: its window's keys where it slides.
+    /// The context layer `layer` attends with: its window's keys and tables where it slides.
     pub fn for_layer(&self, layer: usize) -> Cow<'_, Self> {
         match &self.sliding {
-            Some((mask, layers)) if layers.get(layer) == Some(&true) => Cow::Owned(Self {
-                cos: self.cos.clone(),
-                sin: self.sin.clone(),
-                mask: mask.clone(),
-                sliding: None,
-            }),
+            Some(sl) if sl.layers.get(layer) == Some(&true) => {
+                let (cos, sin) = sl
+                    .rope
+                    .clone()
+                    .unwrap_or_else(|| (self.cos.clone(), self.sin.clone()));
+                Cow::Owned(Self {
+                    cos,
+                    sin,
+                    mask: sl.mask.clone().unwrap_or_else(|| self.mask.clone()),
+                    sliding: None,
+                })
+            }
             _ => Cow::Borrowed(self),
         }
     }
@@ -245,15 +272,40 @@ impl<B: Kernels> DecoderLayer<B> {
         };
         let att = att.reshape([rows, nh * hd]);
         let o = project(3, att.clone(), &mut saved);
-        let h = x2.clone() + o;
         let ln2 = &self.post_attention_layernorm;
-        let n2 = B::rms_norm(h.clone(), ln2.weight.val(), ln2.eps);
+        // Gemma normalises the attention output and the MLP output before each residual sum,
+        // and the MLP input with a norm of its own.
+        let (h, n2) = match &self.pre_feedforward_layernorm {
+            Some(pre) => {
+                let h = x2.clone() + B::rms_norm(o.clone(), ln2.weight.val(), ln2.eps);
+                let n2 = B::rms_norm(h.clone(), pre.weight.val(), pre.eps);
+                (h, n2)
+            }
+            None => {
+                let h = x2.clone() + o.clone();
+                let n2 = B::rms_norm(h.clone(), ln2.weight.val(), ln2.eps);
+                (h, n2)
+            }
+        };
         let gate = project(4, n2.clone(), &mut saved);
         let up = project(5, n2.clone(), &mut saved);
-        let act = B::swiglu(gate.clone(), up.clone());
+        let act = B::glu(gate.clone(), up.clone(), self.mlp.act);
         let down = project(6, act.clone(), &mut saved);
-        let y = (h.clone() + down).reshape([batch, seq, hidden]);
+        let mlp_out = match &self.post_feedforward_layernorm {
+            Some(post) => {
+                let normed = B::rms_norm(down.clone(), post.weight.val(), post.eps);
+                if let Some(sv) = saved.as_deref_mut() {
+                    sv.down = Some(down);
+                }
+                normed
+            }
+            None => down,
+        };
+        let y = (h.clone() + mlp_out).reshape([batch, seq, hidden]);
         if let Some(sv) = saved {
+            if self.pre_feedforward_layernorm.is_some() {
+                sv.o = Some(o);
+            }
             sv.x = Some(x2);
             sv.n1 = Some(n1);
             sv.q_pre = q_pre;
@@ -284,6 +336,11 @@ impl<B: ModelBackend> CausalLm<B> {
         let mut x = embed
             .select(0, input_ids.reshape([batch * seq]))
             .reshape([batch, seq, hidden]);
+        if let Some(scale) = self.embed_scale {
+            // transformers casts the scale to the weights' dtype first (sqrt(640) is 25.25 in
+            // bf16, not 25.298).
+            x = x.mul_scalar(round_to(scale, self.embed_tokens.val().dtype()));
+        }
         let start = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
@@ -343,5 +400,14 @@ impl<B: Backend> CausalLm<B> {
         let i = LINEAR_MODULES.iter().position(|m| *m == module)?;
         let [q, k, v, o, g, u, d] = self.layers.get_mut(layer)?.projections_mut();
         [q, k, v, o, g, u, d].into_iter().nth(i)
+    }
+}
+
+/// `value` rounded to `dtype`'s precision, as a PyTorch scalar tensor cast to it.
+fn round_to(value: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(value).to_f64(),
+        DType::F16 => half::f16::from_f64(value).to_f64(),
+        _ => value as f32 as f64,
     }
 }

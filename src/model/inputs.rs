@@ -8,7 +8,7 @@
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::config::SlidingWindow;
-use super::decoder::AttentionContext;
+use super::decoder::{AttentionContext, SlidingContext};
 use super::kernels::AttentionMask;
 use super::rope::RopeFrequencies;
 
@@ -76,7 +76,7 @@ impl HostBatch {
         AttentionContext {
             cos: cast(cos, dtype),
             sin: cast(sin, dtype),
-            sliding: sliding(&mask, window),
+            sliding: sliding(&mask, window, rope, &self.positions, dtype, device),
             mask,
         }
     }
@@ -100,19 +100,32 @@ pub fn incremental_context<B: Backend>(
     AttentionContext {
         cos: cast(cos, dtype),
         sin: cast(sin, dtype),
-        sliding: sliding(&mask, window),
+        sliding: sliding(&mask, window, rope, &positions, dtype, device),
         mask,
     }
 }
 
-/// The sliding layers' mask: only worth building when the window hides some key.
-fn sliding(
+/// What the sliding layers attend with: their mask, only worth building when the window hides
+/// some key, and their own rotary tables where the model has them.
+fn sliding<B: Backend>(
     mask: &AttentionMask,
     window: Option<&SlidingWindow>,
-) -> Option<(AttentionMask, Vec<bool>)> {
-    window
-        .filter(|w| w.width < mask.keys())
-        .map(|w| (mask.windowed(w.width), w.layers.clone()))
+    rope: &RopeFrequencies,
+    positions: &[Vec<i64>],
+    dtype: DType,
+    device: &B::Device,
+) -> Option<SlidingContext<B>> {
+    let window = window?;
+    let keys = (window.width < mask.keys()).then(|| mask.windowed(window.width));
+    let tables = rope.sliding().map(|r| {
+        let (cos, sin) = r.tables::<B>(positions, device);
+        (cast(cos, dtype), cast(sin, dtype))
+    });
+    (keys.is_some() || tables.is_some()).then(|| SlidingContext {
+        layers: window.layers.clone(),
+        mask: keys,
+        rope: tables,
+    })
 }
 
 fn cast<B: Backend>(t: Tensor<B, 4>, dtype: DType) -> Tensor<B, 4> {

@@ -88,9 +88,34 @@ pub fn load_model_with<B: Backend>(
     let frozen2 = |name: &str| -> Result<Param<Tensor<B, 2>>, ModelError> {
         Ok(Param::from_tensor(t2(name)?).set_require_grad(false))
     };
-    let norm = |name: &str| -> Result<RmsNorm<B>, ModelError> {
-        Ok(RmsNorm::new(t1(name)?, config.rms_norm_eps))
+    // Gemma's norms scale by `1 + w`: the offset is added here, once, in f32 as transformers
+    // adds it. `factor` folds a constant into a norm that only feeds a linear map.
+    let norm_scaled = |name: &str, factor: f64| -> Result<RmsNorm<B>, ModelError> {
+        if config.norm_weight_offset == 0.0 && factor == 1.0 {
+            return Ok(RmsNorm::new(t1(name)?, config.rms_norm_eps));
+        }
+        let data = load(name)?.convert_dtype(DType::F32);
+        let shape = data.shape.clone();
+        let values: Vec<f32> = data
+            .to_vec()
+            .map_err(|e| ModelError::Backend(format!("{name}: {e:?}")))?;
+        let values: Vec<f32> = values
+            .iter()
+            .map(|&w| ((w as f64 + config.norm_weight_offset) * factor) as f32)
+            .collect();
+        let data = TensorData::new(values, shape).convert_dtype(dtype);
+        Ok(RmsNorm::new(
+            Tensor::from_data(data, (device, dtype)),
+            config.rms_norm_eps,
+        ))
     };
+    let norm = |name: &str| norm_scaled(name, 1.0);
+    // Scores are `q.k * attention_scale`; the kernels scale by `head_dim^-1/2`, so a different
+    // scale (Gemma's `query_pre_attn_scalar`) is folded into the query norm, which feeds RoPE
+    // (a rotation) and the scores only.
+    let query_factor = config
+        .query_pre_attn_scalar
+        .map_or(1.0, |q| (config.head_dim as f64 / q).sqrt());
     let linear = |prefix: &str, module: &str| -> Result<LoraLinear<B>, ModelError> {
         let base = format!("{prefix}.{}.{module}", ModelConfig::linear_parent(module));
         let has_bias = config.linear_shape(module).is_some_and(|s| s.bias);
@@ -102,6 +127,14 @@ pub fn load_model_with<B: Backend>(
         };
         Ok(LoraLinear::frozen(weight, bias))
     };
+    let sandwich = |name: &str| -> Result<Option<RmsNorm<B>>, ModelError> {
+        config.sandwich_norms.then(|| norm(name)).transpose()
+    };
+    if !config.qk_norm && query_factor != 1.0 {
+        return Err(ModelError::Backend(
+            "query_pre_attn_scalar needs the per-head query norm to fold into".into(),
+        ));
+    }
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
@@ -116,7 +149,10 @@ pub fn load_model_with<B: Backend>(
         };
         let (q_norm, k_norm) = if config.qk_norm {
             (
-                Some(norm(&format!("{p}.self_attn.q_norm.weight"))?),
+                Some(norm_scaled(
+                    &format!("{p}.self_attn.q_norm.weight"),
+                    query_factor,
+                )?),
                 Some(norm(&format!("{p}.self_attn.k_norm.weight"))?),
             )
         } else {
@@ -137,11 +173,16 @@ pub fn load_model_with<B: Backend>(
             gate_proj: next()?,
             up_proj: next()?,
             down_proj: next()?,
+            act: config.activation,
         };
         layers.push(DecoderLayer {
             input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
             self_attn,
             post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+            pre_feedforward_layernorm: sandwich(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+            post_feedforward_layernorm: sandwich(&format!(
+                "{p}.post_feedforward_layernorm.weight"
+            ))?,
             mlp,
         });
     }
@@ -155,5 +196,6 @@ pub fn load_model_with<B: Backend>(
             Some(frozen2("lm_head.weight")?)
         },
         gradient_checkpointing: false,
+        embed_scale: config.embed_scale,
     })
 }

@@ -100,6 +100,11 @@ impl ModelConfig {
                 format!("{p}.post_attention_layernorm.weight"),
                 vec![self.hidden_size],
             ));
+            if self.sandwich_norms {
+                for norm in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                    out.push(t(format!("{p}.{norm}.weight"), vec![self.hidden_size]));
+                }
+            }
         }
         out.push(t("model.norm.weight".into(), vec![self.hidden_size]));
         if !self.tie_word_embeddings {

@@ -44,9 +44,13 @@ pub struct Saved<B: Backend> {
     pub k_pre: Option<Tensor<B, 2>>,
     pub attention: Option<SavedAttention<B>>,
     pub att: Option<Tensor<B, 2>>,
+    /// The attention's output projection and the MLP's down projection, where a norm follows
+    /// them (Gemma).
+    pub o: Option<Tensor<B, 2>>,
+    pub down: Option<Tensor<B, 2>>,
     pub h: Option<Tensor<B, 2>>,
     pub n2: Option<Tensor<B, 2>>,
-    /// gate, up and `swiglu(gate, up)`.
+    /// gate, up and `glu(gate, up)`.
     pub mlp: Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)>,
     pub dropouts: [Option<Dropout>; 7],
 }
@@ -61,6 +65,8 @@ impl<B: Backend> Default for Saved<B> {
             k_pre: None,
             attention: None,
             att: None,
+            o: None,
+            down: None,
             h: None,
             n2: None,
             mlp: None,
@@ -97,16 +103,27 @@ pub fn layer_backward<B: Kernels>(
     );
     let gy = grad.reshape([rows, hidden]);
 
-    // y = h + down(swiglu(gate(n2), up(n2))), n2 = rms(h)
-    let (g_act, d_down) = pd.backward(act, xa_d, dr_d.as_ref(), gy.clone());
-    let (g_gate, g_up) = B::swiglu_backward(gate, up, g_act);
+    // y = h + down(glu(gate(n2), up(n2))), n2 = rms(h); Gemma: y = h + rms(down(...)).
+    let g_down = match (&layer.post_feedforward_layernorm, sv.down) {
+        (Some(post), Some(down)) => {
+            B::rms_norm_backward(down, post.weight.val(), post.eps, gy.clone())
+        }
+        _ => gy.clone(),
+    };
+    let (g_act, d_down) = pd.backward(act, xa_d, dr_d.as_ref(), g_down);
+    let (g_gate, g_up) = B::glu_backward(gate, up, layer.mlp.act, g_act);
     let (g_n2a, d_gate) = pg.backward(n2.clone(), xa_g, dr_g.as_ref(), g_gate);
     let (g_n2b, d_up) = pu.backward(n2, xa_u, dr_u.as_ref(), g_up);
     let ln2 = &layer.post_attention_layernorm;
-    let g_h = gy + B::rms_norm_backward(h, ln2.weight.val(), ln2.eps, g_n2a + g_n2b);
+    let pre_mlp = layer.pre_feedforward_layernorm.as_ref().unwrap_or(ln2);
+    let g_h = gy + B::rms_norm_backward(h, pre_mlp.weight.val(), pre_mlp.eps, g_n2a + g_n2b);
 
-    // h = x + o(attention(rope(q), rope(k), v)), q/k/v of n1 = rms(x)
-    let (g_att, d_o) = po.backward(sv.att.expect(FILLED), xa_o, dr_o.as_ref(), g_h.clone());
+    // h = x + o(attention(rope(q), rope(k), v)), q/k/v of n1 = rms(x); Gemma: x + rms(o(...)).
+    let g_o = match (&layer.pre_feedforward_layernorm, sv.o) {
+        (Some(_), Some(o)) => B::rms_norm_backward(o, ln2.weight.val(), ln2.eps, g_h.clone()),
+        _ => g_h.clone(),
+    };
+    let (g_att, d_o) = po.backward(sv.att.expect(FILLED), xa_o, dr_o.as_ref(), g_o);
     let (g_qr, g_kr, g_v) = B::attention_backward(
         qr,
         kr,

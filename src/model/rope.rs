@@ -13,17 +13,31 @@ pub struct RopeFrequencies {
     inv_freq: Vec<f32>,
     /// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
     scale: f32,
+    /// The frequencies of sliding-window layers, where they differ (Gemma 3's local base).
+    sliding: Option<Box<RopeFrequencies>>,
 }
 
 impl RopeFrequencies {
     pub fn new(config: &ModelConfig) -> Self {
-        let dim = config.head_dim;
-        let base = config.rope_theta as f32;
+        let mut rope = Self::with(config.head_dim, config.rope_theta, &config.rope_scaling);
+        rope.sliding = config
+            .sliding_rope_theta
+            .map(|theta| Box::new(Self::with(config.head_dim, theta, &RopeScaling::None)));
+        rope
+    }
+
+    /// The frequencies sliding-window layers rotate by, where they differ from the others.
+    pub fn sliding(&self) -> Option<&RopeFrequencies> {
+        self.sliding.as_deref()
+    }
+
+    fn with(dim: usize, theta: f64, scaling: &RopeScaling) -> Self {
+        let base = theta as f32;
         // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), all in f32.
         let mut inv_freq: Vec<f32> = (0..dim / 2)
             .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
             .collect();
-        match &config.rope_scaling {
+        match scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => {
                 for f in &mut inv_freq {
@@ -73,7 +87,7 @@ impl RopeFrequencies {
                     beta(beta_fast, 32.0),
                     beta(beta_slow, 1.0),
                     dim,
-                    config.rope_theta,
+                    theta,
                     *original_max_position_embeddings,
                     *truncate,
                 );
@@ -94,7 +108,8 @@ impl RopeFrequencies {
         }
         Self {
             inv_freq,
-            scale: config.rope_scaling.attention_factor() as f32,
+            scale: scaling.attention_factor() as f32,
+            sliding: None,
         }
     }
 

@@ -14,7 +14,7 @@ use burn::tensor::backend::{Backend, BackendTypes};
 use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{AttentionMask, Dropout, Kernels, LoraFactors};
+use super::{Activation, AttentionMask, Dropout, Kernels, LoraFactors};
 use crate::model::quant::is_quantized;
 
 pub(crate) type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
@@ -88,18 +88,19 @@ impl<B: Kernels> Backward<B, 1> for CrossEntropyRows {
 }
 
 #[derive(Debug)]
-struct SwiGlu;
+struct Glu;
 
-impl<B: Kernels> Backward<B, 2> for SwiGlu {
-    type State = (Prim<B>, Prim<B>);
+impl<B: Kernels> Backward<B, 2> for Glu {
+    type State = (Prim<B>, Prim<B>, Activation);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad: Tensor<B, 2> =
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-        let (g, u) = ops.state;
-        let (dg, du) = B::swiglu_backward(
+        let (g, u, act) = ops.state;
+        let (dg, du) = B::glu_backward(
             Tensor::from_primitive(TensorPrimitive::Float(g)),
             Tensor::from_primitive(TensorPrimitive::Float(u)),
+            act,
             grad,
         );
         let [pg, pu] = ops.parents;
@@ -423,19 +424,19 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         }
     }
 
-    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+    fn glu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>, act: Activation) -> Tensor<Self, 2> {
         let (ga, ua) = (
             gate.clone().into_primitive().tensor(),
             up.clone().into_primitive().tensor(),
         );
         let (gi, ui) = (inner(&gate), inner(&up));
-        let out = B::swiglu(gi.clone(), ui.clone());
-        match SwiGlu
+        let out = B::glu(gi.clone(), ui.clone(), act);
+        match Glu
             .prepare::<C>([ga.node.clone(), ua.node.clone()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => wrap(prep.finish((prim(gi), prim(ui)), prim(out))),
+            OpsKind::Tracked(prep) => wrap(prep.finish((prim(gi), prim(ui), act), prim(out))),
             OpsKind::UnTracked(prep) => wrap(prep.finish(prim(out))),
         }
     }

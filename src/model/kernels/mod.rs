@@ -1,7 +1,7 @@
 //! The fused operations of the forward and backward pass, behind one trait of operations so
 //! each backend can bring its own: the vocabulary projection's cross-entropy (chunked, the
 //! logits never kept), blockwise attention (the residual is the output and a per-row
-//! log-sum-exp, never the probabilities), RoPE, RMSNorm, SwiGLU and the LoRA linear layer
+//! log-sum-exp, never the probabilities), RoPE, RMSNorm, the gated MLP activation (SwiGLU, GeGLU) and the LoRA linear layer
 //! with its dropout. The default methods are compositions of Burn tensor ops in [`generic`]
 //! (what CUDA runs); Flex has multi-threaded, vectorised host kernels; `Autodiff` wraps them
 //! in custom backward steps that keep only what the backward needs.
@@ -25,6 +25,35 @@ pub use mask::AttentionMask;
 
 /// Whether the CPU attention backward keeps per-query-head dK/dV buffers (for `plan`).
 pub(crate) use flex::splits_per_head as cpu_attention_splits_per_head;
+
+/// The activation of a gated MLP's gate: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// SiLU (SwiGLU: Llama, Qwen, Mistral).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (GeGLU: Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The activation a `config.json` names (`hidden_act` or Gemma's `hidden_activation`).
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "silu" | "swish" => Some(Activation::Silu),
+            // transformers' PytorchGELUTanh and NewGELUActivation compute the same formula.
+            "gelu_pytorch_tanh" | "gelu_new" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        }
+    }
+}
 
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
 pub const MASK_VALUE: f32 = -1.0e30;
@@ -208,17 +237,18 @@ pub trait Kernels: Backend {
         generic::lora_linear_backward(x, xa, w, lora, dropout, grad, need_dx)
     }
 
-    /// `silu(gate) * up`.
-    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        generic::swiglu(gate, up)
+    /// The gated MLP's activation `act(gate) * up`.
+    fn glu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>, act: Activation) -> Tensor<Self, 2> {
+        generic::glu(gate, up, act)
     }
 
-    /// Gradients of `silu(gate) * up` for the output gradient `grad`.
-    fn swiglu_backward(
+    /// Gradients of `act(gate) * up` for the output gradient `grad`.
+    fn glu_backward(
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
+        act: Activation,
         grad: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
-        generic::swiglu_backward(gate, up, grad)
+        generic::glu_backward(gate, up, act, grad)
     }
 }

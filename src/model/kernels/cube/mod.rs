@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 use super::generic::{
     self, LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with, total,
 };
-use super::{AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
+use super::{Activation, AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
 
 /// `BURNISH_GPU_KERNELS=composed` runs Burn's composed ops (the generic kernels) instead of
 /// these: to measure what the kernels buy (`scripts/gpu-check.sh` does, in one sitting), and
@@ -386,21 +386,23 @@ where
         float(elementwise::rope(prim(grad), prim(cos), prim(sin), true))
     }
 
-    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if composed() {
-            return generic::swiglu(gate, up);
+    /// SwiGLU in one kernel; GeGLU (Gemma) as Burn's composition of element-wise ops.
+    fn glu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>, act: Activation) -> Tensor<Self, 2> {
+        if composed() || act != Activation::Silu {
+            return generic::glu(gate, up, act);
         }
         let up = cast_to(up, gate.dtype());
         float(elementwise::swiglu(prim(gate), prim(up)))
     }
 
-    fn swiglu_backward(
+    fn glu_backward(
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
+        act: Activation,
         grad: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
-        if composed() {
-            return generic::swiglu_backward(gate, up, grad);
+        if composed() || act != Activation::Silu {
+            return generic::glu_backward(gate, up, act, grad);
         }
         let dtype = gate.dtype();
         let (up, grad) = (cast_to(up, dtype), cast_to(grad, dtype));

@@ -15,7 +15,7 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
-use super::{AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors, generic};
+use super::{Activation, AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors, generic};
 
 /// The tensor's values as a contiguous f32 buffer (a view when it already is one).
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
@@ -234,21 +234,22 @@ impl Kernels for Flex {
         lora::lora_linear_backward(x, xa, w, lora, dropout, grad, need_dx)
     }
 
-    fn swiglu(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+    fn glu(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>, act: Activation) -> Tensor<Flex, 2> {
         if !all_f32(&[&gate, &up]) {
-            return generic::swiglu(gate, up);
+            return generic::glu(gate, up, act);
         }
-        rows::swiglu(gate, up)
+        rows::glu(gate, up, act)
     }
 
-    fn swiglu_backward(
+    fn glu_backward(
         gate: Tensor<Flex, 2>,
         up: Tensor<Flex, 2>,
+        act: Activation,
         grad: Tensor<Flex, 2>,
     ) -> (Tensor<Flex, 2>, Tensor<Flex, 2>) {
         if !all_f32(&[&gate, &up, &grad]) {
-            return generic::swiglu_backward(gate, up, grad);
+            return generic::glu_backward(gate, up, act, grad);
         }
-        rows::swiglu_backward(gate, up, grad)
+        rows::glu_backward(gate, up, act, grad)
     }
 }

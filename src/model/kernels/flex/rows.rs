@@ -1,4 +1,4 @@
-//! Row-parallel host kernels of the element-wise steps: RMSNorm, RoPE and SwiGLU, forward and
+//! Row-parallel host kernels of the element-wise steps: RMSNorm, RoPE and the gated activation (SwiGLU, GeGLU), forward and
 //! backward, each one pass over contiguous f32 rows, compiled per vector width.
 
 use std::mem::MaybeUninit;
@@ -7,7 +7,9 @@ use burn::backend::Flex;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
+use super::super::Activation;
 use super::super::fastmath::{dot, dot3, exp};
+use super::super::generic::{GELU_TANH_C, GELU_TANH_K};
 use super::super::profile::{Region, span};
 use super::super::simd::multiversion;
 use super::{flex, tensor};
@@ -51,29 +53,60 @@ multiversion! {
     }
 }
 
+/// `tanh(u)` from one exponential: `1 - 2 / (e^(2u) + 1)` (saturates to +-1, never NaN).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
 multiversion! {
-    /// `silu(g) * u`, element-wise, into an output that need not be initialised.
-    fn swiglu_chunk(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            o.write(g / (1.0 + exp(-g)) * u);
+    /// `act(g) * u`, element-wise, into an output that need not be initialised.
+    fn glu_chunk(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], act: Activation) {
+        match act {
+            Activation::Silu => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    o.write(g / (1.0 + exp(-g)) * u);
+                }
+            }
+            Activation::GeluTanh => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    let t = tanh(GELU_TANH_K * (g + GELU_TANH_C * g * g * g));
+                    o.write(0.5 * g * (1.0 + t) * u);
+                }
+            }
         }
     }
 }
 
 multiversion! {
-    /// SwiGLU backward, element-wise: `dg = d u silu'(g)`, `du = d silu(g)`.
-    fn swiglu_grad_chunk(
+    /// Gated-activation backward, element-wise: `dg = d u act'(g)`, `du = d act(g)`.
+    fn glu_grad_chunk(
         dg: &mut [MaybeUninit<f32>],
         du: &mut [MaybeUninit<f32>],
         g: &[f32],
         u: &[f32],
         d: &[f32],
+        act: Activation,
     ) {
-        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
-            let sig = 1.0 / (1.0 + exp(-g));
-            let silu = g * sig;
-            dg.write(d * u * (sig + silu * (1.0 - sig)));
-            du.write(d * silu);
+        let items = dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d);
+        match act {
+            Activation::Silu => {
+                for ((((dg, du), &g), &u), &d) in items {
+                    let sig = 1.0 / (1.0 + exp(-g));
+                    let silu = g * sig;
+                    dg.write(d * u * (sig + silu * (1.0 - sig)));
+                    du.write(d * silu);
+                }
+            }
+            Activation::GeluTanh => {
+                for ((((dg, du), &g), &u), &d) in items {
+                    let t = tanh(GELU_TANH_K * (g + GELU_TANH_C * g * g * g));
+                    let half = 0.5 * (1.0 + t);
+                    let inner = GELU_TANH_K * (1.0 + 3.0 * GELU_TANH_C * g * g);
+                    dg.write(d * u * (half + 0.5 * g * (1.0 - t * t) * inner));
+                    du.write(d * g * half);
+                }
+            }
         }
     }
 }
@@ -128,30 +161,31 @@ pub(super) fn rope(
     tensor(out, [b, s, h, d])
 }
 
-/// `silu(gate) * up` over f32 buffers.
-pub(super) fn swiglu(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+/// `act(gate) * up` over f32 buffers.
+pub(super) fn glu(gate: Tensor<Flex, 2>, up: Tensor<Flex, 2>, act: Activation) -> Tensor<Flex, 2> {
     let _span = span(Region::Swiglu);
     let dims = gate.dims();
     let g = flex(gate);
     let u = flex(up);
     let (gs, us) = (g.storage::<f32>(), u.storage::<f32>());
     let n = gs.len();
-    assert_eq!(us.len(), n, "swiglu: gate and up differ in size");
+    assert_eq!(us.len(), n, "glu: gate and up differ in size");
     let mut out = Vec::with_capacity(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_mut(4096)
         .zip(gs.par_chunks(4096).zip(us.par_chunks(4096)))
-        .for_each(|(o, (g, u))| swiglu_chunk(o, g, u));
+        .for_each(|(o, (g, u))| glu_chunk(o, g, u, act));
     // SAFETY: the chunks of `gs` and `us` (both n long) pair with every chunk of the n
-    // outputs, and `swiglu_chunk` writes each element of its chunk.
+    // outputs, and `glu_chunk` writes each element of its chunk.
     unsafe { out.set_len(n) };
     tensor(out, dims)
 }
 
-/// Gradients of `silu(gate) * up` over f32 buffers.
-pub(super) fn swiglu_backward(
+/// Gradients of `act(gate) * up` over f32 buffers.
+pub(super) fn glu_backward(
     gate: Tensor<Flex, 2>,
     up: Tensor<Flex, 2>,
+    act: Activation,
     grad: Tensor<Flex, 2>,
 ) -> (Tensor<Flex, 2>, Tensor<Flex, 2>) {
     let _span = span(Region::SwigluBackward);
@@ -159,10 +193,7 @@ pub(super) fn swiglu_backward(
     let (g, u, d) = (flex(gate), flex(up), flex(grad));
     let (gs, us, ds) = (g.storage::<f32>(), u.storage::<f32>(), d.storage::<f32>());
     let n = gs.len();
-    assert!(
-        us.len() == n && ds.len() == n,
-        "swiglu backward: sizes differ"
-    );
+    assert!(us.len() == n && ds.len() == n, "glu backward: sizes differ");
     let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
     dg.spare_capacity_mut()[..n]
         .par_chunks_mut(4096)
@@ -172,8 +203,8 @@ pub(super) fn swiglu_backward(
                 .zip(us.par_chunks(4096))
                 .zip(ds.par_chunks(4096)),
         )
-        .for_each(|((dg, du), ((g, u), d))| swiglu_grad_chunk(dg, du, g, u, d));
-    // SAFETY: as in `swiglu`: equal-length inputs, every output element written.
+        .for_each(|((dg, du), ((g, u), d))| glu_grad_chunk(dg, du, g, u, d, act));
+    // SAFETY: as in `glu`: equal-length inputs, every output element written.
     unsafe {
         dg.set_len(n);
         du.set_len(n);

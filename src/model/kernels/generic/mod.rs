@@ -7,6 +7,7 @@ pub mod attention;
 use burn::tensor::activation::{log_softmax, sigmoid, silu};
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 
+use super::Activation;
 use super::dropout::Dropout;
 use crate::model::quant::dense;
 
@@ -280,18 +281,50 @@ pub fn lora_linear_backward_with<B: Backend>(
     (dx, dlora)
 }
 
-pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
-    silu(gate) * up
+/// `sqrt(2 / pi)` and the cubic coefficient of GELU's tanh approximation.
+pub const GELU_TANH_K: f32 = 0.797_884_6;
+pub const GELU_TANH_C: f32 = 0.044_715;
+
+pub fn glu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>, act: Activation) -> Tensor<B, 2> {
+    match act {
+        Activation::Silu => silu(gate) * up,
+        Activation::GeluTanh => {
+            // 0.5 g (1 + tanh(k (g + c g^3))), as torch's gelu(approximate="tanh").
+            let cube = gate.clone() * gate.clone() * gate.clone();
+            let t = (gate.clone() + cube * GELU_TANH_C)
+                .mul_scalar(GELU_TANH_K)
+                .tanh();
+            gate * (t + 1.0) * 0.5 * up
+        }
+    }
 }
 
-pub fn swiglu_backward<B: Backend>(
+pub fn glu_backward<B: Backend>(
     gate: Tensor<B, 2>,
     up: Tensor<B, 2>,
+    act: Activation,
     grad: Tensor<B, 2>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    // d/dg [g sigmoid(g)] = sigmoid(g) + g sigmoid(g) (1 - sigmoid(g)).
-    let sig = sigmoid(gate.clone());
-    let silu = gate * sig.clone();
-    let dsilu = sig.clone() + silu.clone() * (sig.neg() + 1.0);
-    (grad.clone() * up * dsilu, grad * silu)
+    let (a, da) = match act {
+        Activation::Silu => {
+            // d/dg [g sigmoid(g)] = sigmoid(g) + g sigmoid(g) (1 - sigmoid(g)).
+            let sig = sigmoid(gate.clone());
+            let silu = gate * sig.clone();
+            let dsilu = sig.clone() + silu.clone() * (sig.neg() + 1.0);
+            (silu, dsilu)
+        }
+        Activation::GeluTanh => {
+            // d/dg = 0.5 (1 + t) + 0.5 g (1 - t^2) k (1 + 3 c g^2).
+            let g2 = gate.clone() * gate.clone();
+            let t = ((g2.clone() * GELU_TANH_C + 1.0) * gate.clone())
+                .mul_scalar(GELU_TANH_K)
+                .tanh();
+            let half = (t.clone() + 1.0) * 0.5;
+            let inner = (g2 * (3.0 * GELU_TANH_C) + 1.0) * GELU_TANH_K;
+            let dgelu =
+                half.clone() + (t.clone() * t).neg().add_scalar(1.0) * inner * gate.clone() * 0.5;
+            (gate * half, dgelu)
+        }
+    };
+    (grad.clone() * up * da, grad * a)
 }
