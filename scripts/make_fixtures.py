@@ -252,8 +252,9 @@ def golden_for(name):
     save_file(tensors, out("golden", f"{name}.safetensors"))
     info = {"variant": name, "loss": loss, "loss_tokens": loss_tokens, "versions": versions(),
             "parameters": sum(p.numel() for p in model.parameters())}
-    if save_dtype == torch.bfloat16:
-        # The same model computed in bf16 end to end, for burnish's bf16 path.
+    if save_dtype == torch.bfloat16 or name == "gemma3":
+        # The same model computed in bf16 end to end, for burnish's bf16 path (Gemma: its own
+        # order of norm, weight and cast).
         mbf = load_model(name, torch.bfloat16)
         with torch.no_grad():
             info_bf16 = mbf(input_ids=ids).logits.float()

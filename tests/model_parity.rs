@@ -101,7 +101,17 @@ fn padded_rows_equal_unpadded_rows() {
 /// formula error, which shifts logits by O(1).
 #[test]
 fn bf16_weights_match_transformers_bf16() {
-    let variant = "qwen2-bf16";
+    for (variant, tol) in [("qwen2-bf16", 0.1), ("gemma3", GEMMA3_BF16_TOL)] {
+        bf16_logits_match(variant, tol);
+    }
+}
+
+/// Gemma 3 in bf16 against transformers in bf16 (weights cast from f32 by both). bf16 is coarse
+/// here: transformers' own bf16 logits are 0.17 from its f32 ones (largest logit 5.4). burnish
+/// is 0.10 from them; scaling the norm in bf16 after the cast, as Llama does, gave 0.16.
+const GEMMA3_BF16_TOL: f32 = 0.12;
+
+fn bf16_logits_match(variant: &str, tol: f32) {
     let golden = read_golden(&fixtures().join(format!("golden/{variant}.safetensors")));
     let golden_bf16 = read_golden(&fixtures().join(format!("golden/{variant}.bf16.safetensors")));
     let folder = ModelFolder::open(&model_dir(variant)).unwrap();
@@ -115,7 +125,8 @@ fn bf16_weights_match_transformers_bf16() {
         .to_vec::<f32>()
         .unwrap();
     let diff = max_abs_diff(&logits, &golden_bf16["logits_bf16"].f32);
-    assert!(diff <= 0.1, "bf16 max |logit diff| {diff}");
+    println!("{variant}: bf16 max |logit diff| {diff}");
+    assert!(diff <= tol, "{variant}: bf16 max |logit diff| {diff}");
 }
 
 #[test]

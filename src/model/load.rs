@@ -103,9 +103,12 @@ pub fn load_model_with<B: Backend>(
             .iter()
             .map(|&w| ((w as f64 + config.norm_weight_offset) * factor) as f32)
             .collect();
-        let data = TensorData::new(values, shape).convert_dtype(dtype);
+        // Kept in f32 whatever the model dtype: Gemma multiplies the normalised f32 values by
+        // `1 + w` in f32 and casts after (`rms_norm` follows a weight's dtype), and `1 + w`
+        // rounded to bf16 would lose most of `w`.
+        let data = TensorData::new(values, shape);
         Ok(RmsNorm::new(
-            Tensor::from_data(data, (device, dtype)),
+            Tensor::from_data(data, (device, DType::F32)),
             config.rms_norm_eps,
         ))
     };

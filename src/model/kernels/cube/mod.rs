@@ -18,7 +18,7 @@ mod resident;
 mod rows;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::cubecl::server::ComputeServer;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -346,7 +346,13 @@ where
         if composed() {
             return generic::rms_norm(x, w, eps);
         }
-        let w = cast_to(w, x.dtype());
+        let dtype = x.dtype();
+        if w.dtype() == DType::F32 && dtype != DType::F32 {
+            // Gemma's order: normalise and scale in f32, then cast (see `generic::rms_norm`).
+            let y = float(rows::rms_norm(prim(cast_to(x, DType::F32)), prim(w), eps));
+            return cast_to(y, dtype);
+        }
+        let w = cast_to(w, dtype);
         float(rows::rms_norm(prim(x), prim(w), eps))
     }
 

@@ -134,8 +134,14 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f64) -> Tenso
     let dtype = x.dtype();
     let x32 = as_f32(x);
     let variance = x32.clone().powi_scalar(2).mean_dim(1);
-    let normed = cast_to(x32 * (variance + eps).sqrt().recip(), dtype);
-    normed * w.unsqueeze::<2>()
+    let normed = x32 * (variance + eps).sqrt().recip();
+    if w.dtype() == DType::F32 {
+        // An f32 weight (Gemma's `1 + w`) scales before the cast, as Gemma's norm does.
+        cast_to(normed * w.unsqueeze::<2>(), dtype)
+    } else {
+        // Llama and Qwen cast the normalised values, then scale.
+        cast_to(normed, dtype) * w.unsqueeze::<2>()
+    }
 }
 
 pub fn rms_norm_backward<B: Backend>(
@@ -289,12 +295,15 @@ pub fn glu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>, act: Activation) ->
     match act {
         Activation::Silu => silu(gate) * up,
         Activation::GeluTanh => {
-            // 0.5 g (1 + tanh(k (g + c g^3))), as torch's gelu(approximate="tanh").
-            let cube = gate.clone() * gate.clone() * gate.clone();
-            let t = (gate.clone() + cube * GELU_TANH_C)
+            // 0.5 g (1 + tanh(k (g + c g^3))), as torch's gelu(approximate="tanh"): in f32,
+            // rounded once to the activation dtype, then times `up`.
+            let dtype = gate.dtype();
+            let g = as_f32(gate);
+            let cube = g.clone() * g.clone() * g.clone();
+            let t = (g.clone() + cube * GELU_TANH_C)
                 .mul_scalar(GELU_TANH_K)
                 .tanh();
-            gate * (t + 1.0) * 0.5 * up
+            cast_to(g * (t + 1.0) * 0.5, dtype) * up
         }
     }
 }
