@@ -35,6 +35,11 @@ SHAPES = {
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    # google/gemma-3-270m (Gemma3ForCausalLM; the same as `burnish bench --shape gemma-3-270m`).
+    "gemma-3-270m": dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=256, vocab_size=262144, tie_word_embeddings=True,
+                         query_pre_attn_scalar=256, sliding_window=512, sliding_window_pattern=6,
+                         rope_theta=1e6, rope_local_base_freq=1e4),
 }
 
 
@@ -100,10 +105,14 @@ def main():
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    config = transformers.Qwen2Config(rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
-                                      **SHAPES[args.shape])
+    if args.shape.startswith("gemma-3"):
+        config_cls, model_cls, shape = transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, {}
+    else:
+        config_cls, model_cls, shape = transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(rope_theta=1e6)
+    shape.update(SHAPES[args.shape])
+    config = config_cls(rms_norm_eps=1e-6, max_position_embeddings=32768, **shape)
     config._attn_implementation = args.attn
-    model = transformers.Qwen2ForCausalLM(config).to(dtype).to(args.device)
+    model = model_cls(config).to(dtype).to(args.device)
     bnb_version = None
     peak_rss_reset = None
     if args.quant == "nf4":

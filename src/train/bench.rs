@@ -47,6 +47,14 @@ pub fn shape_config(name: &str) -> Option<ModelConfig> {
             json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0})
         }
+        // google/gemma-3-270m's config.json: a 262k vocabulary, head_dim 256, one full-attention
+        // layer in six, the others sliding over 512 keys.
+        "gemma-3-270m" => {
+            json!({"architectures": ["Gemma3ForCausalLM"], "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 262144, "tie_word_embeddings": true,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 256,
+            "sliding_window": 512, "sliding_window_pattern": 6, "max_position_embeddings": 32768})
+        }
         _ => return None,
     };
     ModelConfig::from_json(&json.to_string()).ok()
@@ -143,7 +151,7 @@ pub fn run<B: TrainBackend>(
 ) -> anyhow::Result<BenchResult> {
     let mut config = shape_config(&spec.shape).ok_or_else(|| {
         crate::error::user(format!(
-            "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)",
+            "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, gemma-3-270m)",
             spec.shape
         ))
     })?;
