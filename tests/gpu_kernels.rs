@@ -448,9 +448,10 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
 /// Loss and LoRA factor gradients of a whole fixture model (GQA, q/k/v bias, dropout 0.1,
 /// packed and padded rows) under autodiff: what a CUDA training step computes.
 fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
+    variant: &str,
     device: &B::Device,
 ) -> (f32, Vec<Vec<f32>>) {
-    let folder = ModelFolder::open(&model_dir("qwen2-tied")).unwrap();
+    let folder = ModelFolder::open(&model_dir(variant)).unwrap();
     let mut m: Model<B> = folder.load_quantized(DType::F32, None, device).unwrap();
     let settings = LoraSettings {
         r: 4,
@@ -494,17 +495,23 @@ fn a_training_step_on_a_cubecl_runtime_equals_the_cpu() {
     if !gpu() {
         return;
     }
-    let (l_cpu, g_cpu) = model_loss_and_grads::<Autodiff<Cpu>>(&Default::default());
-    let (l_gpu, g_gpu) = model_loss_and_grads::<Autodiff<G>>(&Default::default());
-    assert!(
-        ((l_cpu - l_gpu) / l_cpu).abs() < 1e-4,
-        "loss {l_cpu} vs {l_gpu}"
-    );
-    assert_eq!(g_cpu.len(), g_gpu.len());
-    for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
-        let t = |v: &Vec<f32>| {
-            Tensor::<Cpu, 1>::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
-        };
-        close(t(b), t(a), &format!("factor gradient {i}"));
+    // Qwen2, and Gemma 3 (sliding layers with their own RoPE, sandwich norms, GeGLU).
+    for variant in ["qwen2-tied", "gemma3"] {
+        let (l_cpu, g_cpu) = model_loss_and_grads::<Autodiff<Cpu>>(variant, &Default::default());
+        let (l_gpu, g_gpu) = model_loss_and_grads::<Autodiff<G>>(variant, &Default::default());
+        assert!(
+            ((l_cpu - l_gpu) / l_cpu).abs() < 1e-4,
+            "{variant}: loss {l_cpu} vs {l_gpu}"
+        );
+        assert_eq!(g_cpu.len(), g_gpu.len());
+        for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
+            let t = |v: &Vec<f32>| {
+                Tensor::<Cpu, 1>::from_data(
+                    TensorData::new(v.clone(), [v.len()]),
+                    &Default::default(),
+                )
+            };
+            close(t(b), t(a), &format!("{variant}: factor gradient {i}"));
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! SwiGLU forward and backward and the rotary embedding, one kernel each: a cube per token
+//! The gated activation (SwiGLU, GeGLU) forward and backward and the rotary embedding, one
+//! kernel each: a cube per token
 //! row, its units striding over the row (coalesced reads; rows, not flat indices, so a pitched
 //! layout is read right). The composed versions launch 3-9 kernels and allocate every
 //! intermediate.
@@ -16,12 +17,26 @@ fn sigmoid(v: f32) -> f32 {
     1.0f32 / (1.0f32 + f32::exp(-v))
 }
 
+/// `tanh(u)` from one exponential (saturates to +-1: `exp` overflows to infinity).
+#[cube]
+fn tanh_exp(u: f32) -> f32 {
+    1.0f32 - 2.0f32 / (f32::exp(2.0f32 * u) + 1.0f32)
+}
+
+/// `tanh(k (g + c g^3))` of GELU's tanh approximation (constants of `generic::GELU_TANH_*`).
+#[cube]
+fn gelu_tanh_t(g: f32) -> f32 {
+    tanh_exp(0.797_884_6f32 * (g + 0.044_715f32 * g * g * g))
+}
+
+/// `act(gate) * up` per element, `act` SiLU or (`gelu`) GELU-tanh.
 #[cube(launch)]
-fn swiglu_kernel<F: Float>(
+fn glu_kernel<F: Float>(
     gate: &Tensor<F>,
     up: &Tensor<F>,
     out: &mut Tensor<F>,
     rows: u32,
+    #[comptime] gelu: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS;
@@ -33,19 +48,24 @@ fn swiglu_kernel<F: Float>(
     let mut j = UNIT_POS_X as usize;
     while j < gate.shape(1) {
         let g = f32::cast_from(gate[gb + j]);
-        out[ob + j] = F::cast_from(g * sigmoid(g) * f32::cast_from(up[ub + j]));
+        let mut a = g * sigmoid(g);
+        if comptime![gelu] {
+            a = 0.5f32 * g * (1.0f32 + gelu_tanh_t(g));
+        }
+        out[ob + j] = F::cast_from(a * f32::cast_from(up[ub + j]));
         j += CUBE_DIM_X as usize;
     }
 }
 
 #[cube(launch)]
-fn swiglu_backward_kernel<F: Float>(
+fn glu_backward_kernel<F: Float>(
     gate: &Tensor<F>,
     up: &Tensor<F>,
     grad: &Tensor<F>,
     dgate: &mut Tensor<F>,
     dup: &mut Tensor<F>,
     rows: u32,
+    #[comptime] gelu: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS;
@@ -60,11 +80,19 @@ fn swiglu_backward_kernel<F: Float>(
         let g = f32::cast_from(gate[gb + j]);
         let d = f32::cast_from(grad[db + j]);
         let s = sigmoid(g);
-        let silu = g * s;
+        let mut a = g * s;
         // d/dg [g sigmoid(g)] = sigmoid(g) + g sigmoid(g) (1 - sigmoid(g)).
-        let dsilu = s + silu * (1.0f32 - s);
-        dgate[ogb + j] = F::cast_from(d * f32::cast_from(up[ub + j]) * dsilu);
-        dup[oub + j] = F::cast_from(d * silu);
+        let mut da = s + a * (1.0f32 - s);
+        if comptime![gelu] {
+            // d/dg = 0.5 (1 + t) + 0.5 g (1 - t^2) k (1 + 3 c g^2).
+            let t = gelu_tanh_t(g);
+            let half = 0.5f32 * (1.0f32 + t);
+            a = g * half;
+            da = half
+                + 0.5f32 * g * (1.0f32 - t * t) * 0.797_884_6f32 * (1.0f32 + 0.134_145f32 * g * g);
+        }
+        dgate[ogb + j] = F::cast_from(d * f32::cast_from(up[ub + j]) * da);
+        dup[oub + j] = F::cast_from(d * a);
         j += CUBE_DIM_X as usize;
     }
 }
@@ -113,13 +141,13 @@ fn rope_kernel<F: Float>(
     }
 }
 
-/// `silu(gate) * up`.
-pub fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
+/// `act(gate) * up`: SiLU, or GELU-tanh with `gelu`.
+pub fn glu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>, gelu: bool) -> CubeTensor<R> {
     let out = output_like(&gate);
     let rows = gate.meta.shape()[0];
     let (count, dim) = launch_rows(&gate.client, rows, UNITS);
     let dtype = gate.dtype;
-    swiglu_kernel::launch::<R>(
+    glu_kernel::launch::<R>(
         &gate.client,
         count,
         dim,
@@ -127,22 +155,24 @@ pub fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTen
         up.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         rows as u32,
+        gelu,
         dtype.into(),
     );
     out
 }
 
-/// Gradients of [`swiglu`] with respect to `gate` and `up`.
-pub fn swiglu_backward<R: CubeRuntime>(
+/// Gradients of [`glu`] with respect to `gate` and `up`.
+pub fn glu_backward<R: CubeRuntime>(
     gate: CubeTensor<R>,
     up: CubeTensor<R>,
     grad: CubeTensor<R>,
+    gelu: bool,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (dgate, dup) = (output_like(&gate), output_like(&up));
     let rows = gate.meta.shape()[0];
     let (count, dim) = launch_rows(&gate.client, rows, UNITS);
     let dtype = gate.dtype;
-    swiglu_backward_kernel::launch::<R>(
+    glu_backward_kernel::launch::<R>(
         &gate.client,
         count,
         dim,
@@ -152,6 +182,7 @@ pub fn swiglu_backward<R: CubeRuntime>(
         dgate.clone().into_tensor_arg(),
         dup.clone().into_tensor_arg(),
         rows as u32,
+        gelu,
         dtype.into(),
     );
     (dgate, dup)

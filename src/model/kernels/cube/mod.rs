@@ -392,13 +392,13 @@ where
         float(elementwise::rope(prim(grad), prim(cos), prim(sin), true))
     }
 
-    /// SwiGLU in one kernel; GeGLU (Gemma) as Burn's composition of element-wise ops.
     fn glu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>, act: Activation) -> Tensor<Self, 2> {
-        if composed() || act != Activation::Silu {
+        if composed() {
             return generic::glu(gate, up, act);
         }
         let up = cast_to(up, gate.dtype());
-        float(elementwise::swiglu(prim(gate), prim(up)))
+        let gelu = act == Activation::GeluTanh;
+        float(elementwise::glu(prim(gate), prim(up), gelu))
     }
 
     fn glu_backward(
@@ -407,12 +407,13 @@ where
         act: Activation,
         grad: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
-        if composed() || act != Activation::Silu {
+        if composed() {
             return generic::glu_backward(gate, up, act, grad);
         }
         let dtype = gate.dtype();
         let (up, grad) = (cast_to(up, dtype), cast_to(grad, dtype));
-        let (dg, du) = elementwise::swiglu_backward(prim(gate), prim(up), prim(grad));
+        let gelu = act == Activation::GeluTanh;
+        let (dg, du) = elementwise::glu_backward(prim(gate), prim(up), prim(grad), gelu);
         (float(dg), float(du))
     }
 }
