@@ -82,9 +82,9 @@ log "bench $SMALL ${SEQS%% *}"
 bench_pair $SMALL "${SEQS%% *}"
 
 # 2. Correctness against goldens nobody here wrote: eval losses vs transformers (f32, bf16),
-#    and PEFT training parity.
+#    and PEFT training parity (gemma3: Gemma 3's norms, GeGLU and per-layer RoPE on the device).
 log "correctness"
-for v in qwen2-tied llama-gqa; do
+for v in qwen2-tied llama-gqa gemma3; do
   for dt in f32 bf16; do
     left 60 || break 2
     timeout 120 "$BIN" -q eval --model tests/fixtures/models/$v --data tests/fixtures/golden/$v.eval.jsonl \
@@ -131,7 +131,7 @@ import json, os, sys, time
 out, budget, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 summary = {"gpu": open(f"{out}/gpu.txt").read().strip(), "seconds": int(time.time()) - start, "budget_s": budget}
 evals = []
-for v in ("qwen2-tied", "llama-gqa"):
+for v in ("qwen2-tied", "llama-gqa", "gemma3"):
     want = json.load(open(f"tests/fixtures/golden/{v}.json"))["eval"]["loss"]
     for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
         try:
