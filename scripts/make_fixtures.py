@@ -746,6 +746,22 @@ def make_train_parity():
         losses.append(token_mean_window_loss(model, [rows]))
         opt.step()
     results["case3"] = {"losses": losses, "steps": 5, "base": "gemma3"}
+
+    # Case 4: LoRA+ with PEFT's own optimizer factory: B factors at 16x the learning rate, weight
+    # decay 0.01 in every group (loraplus_weight_decay), from PEFT's default init (B = 0).
+    from peft.optimizers import create_loraplus_optimizer
+    model = peft.PeftModel.from_pretrained(load_model("qwen2-tied"), init, is_trainable=True)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16.0,
+                                    loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
+    assert [len(g["params"]) for g in opt.param_groups] == [14, 0, 14, 0], [len(g["params"]) for g in opt.param_groups]
+    losses = []
+    for step in range(5):
+        opt.zero_grad()
+        losses.append(token_mean_window_loss(model, [rows]))
+        opt.step()
+    model.save_pretrained(os.path.join(FIX, "lora", "parity-loraplus"))
+    relative_base(os.path.join(FIX, "lora", "parity-loraplus"), "qwen2-tied")
+    results["case4"] = {"losses": losses, "steps": 5, "loraplus_lr_ratio": 16.0, "weight_decay": 0.01}
     write_json(out("golden", "train-parity.json"), results)
     print("train parity:", results["case1"]["losses"], results["case2"]["losses"])
 

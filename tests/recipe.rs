@@ -120,6 +120,24 @@ fn set_overrides_are_typed_and_validated() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // LoRA+: a positive ratio or null.
+    let o = validate(
+        tmp.path(),
+        GOOD,
+        &["--set", "train.optimizer.loraplus_lr_ratio=16"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = validate(
+        tmp.path(),
+        GOOD,
+        &["--set", "train.optimizer.loraplus_lr_ratio=0"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("train.optimizer.loraplus_lr_ratio: must be a positive number"),
+        "{}",
+        stderr(&o)
+    );
     let r = write_recipe(tmp.path(), "recipe.yaml", GOOD);
     let o = burnish(&[
         "plan",

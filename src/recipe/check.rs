@@ -295,7 +295,14 @@ impl Section for DataSection {
 }
 
 impl Section for OptimizerSection {
-    const FIELDS: &'static [&'static str] = &["name", "lr", "betas", "eps", "weight_decay"];
+    const FIELDS: &'static [&'static str] = &[
+        "name",
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "loraplus_lr_ratio",
+    ];
 }
 
 impl Section for SchedulerSection {

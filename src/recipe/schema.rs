@@ -183,6 +183,10 @@ pub struct OptimizerSection {
     pub betas: [f64; 2],
     pub eps: f64,
     pub weight_decay: f64,
+    /// LoRA+ (Hayou et al. 2024; PEFT's `create_loraplus_optimizer`): the `lora_B` factors
+    /// learn at `lr * loraplus_lr_ratio` (16 in the paper), the `lora_A` factors at `lr`.
+    /// Null: one learning rate for both.
+    pub loraplus_lr_ratio: Option<f64>,
 }
 
 impl Default for OptimizerSection {
@@ -193,6 +197,7 @@ impl Default for OptimizerSection {
             betas: [0.9, 0.999],
             eps: 1.0e-8,
             weight_decay: 0.0,
+            loraplus_lr_ratio: None,
         }
     }
 }

@@ -199,6 +199,14 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
         c.bad("train.optimizer.weight_decay", "must be zero or positive");
     }
+    if let Some(ratio) = o.loraplus_lr_ratio
+        && !(ratio > 0.0 && ratio.is_finite())
+    {
+        c.bad(
+            "train.optimizer.loraplus_lr_ratio",
+            "must be a positive number (16 in the LoRA+ paper) or null",
+        );
+    }
     let s = &t.scheduler;
     if !(0.0..1.0).contains(&s.warmup_ratio) {
         c.bad("train.scheduler.warmup_ratio", "must be in [0, 1)");

@@ -27,11 +27,14 @@ pub struct AdamW<B: Backend> {
     /// Optimizer steps taken (torch's per-parameter `step`; all parameters share it here).
     pub step: u64,
     pub moments: Vec<Moments<B>>,
+    /// Each parameter's learning rate as a multiple of the scheduled one (LoRA+ gives the
+    /// `B` factors their own, as a torch parameter group would).
+    pub lr_scales: Vec<f64>,
 }
 
 impl<B: Backend> AdamW<B> {
     pub fn new(config: AdamWConfig, shapes: &[[usize; 2]], device: &B::Device) -> Self {
-        let moments = shapes
+        let moments: Vec<Moments<B>> = shapes
             .iter()
             .map(|&s| Moments {
                 exp_avg: Tensor::zeros(s, device),
@@ -41,6 +44,7 @@ impl<B: Backend> AdamW<B> {
         Self {
             config,
             step: 0,
+            lr_scales: vec![1.0; moments.len()],
             moments,
         }
     }
@@ -57,12 +61,15 @@ impl<B: Backend> AdamW<B> {
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = lr / bias1;
         params
             .into_iter()
             .zip(grads)
             .zip(self.moments.iter_mut())
-            .map(|((p, g), m)| {
+            .zip(&self.lr_scales)
+            .map(|(((p, g), m), scale)| {
+                // Decay and step at the parameter's own rate, as torch does per group.
+                let lr = lr * scale;
+                let step_size = lr / bias1;
                 let p = if c.weight_decay != 0.0 {
                     p * (1.0 - lr * c.weight_decay)
                 } else {

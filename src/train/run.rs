@@ -373,6 +373,10 @@ fn load_trainable<B: TrainBackend>(
         .flat_map(|tm| [[tm.r, tm.in_features], [tm.out_features, tm.r]])
         .collect();
     let mut optimizer = AdamW::new(config, &shapes, device);
+    if let Some(ratio) = o.loraplus_lr_ratio {
+        // Factors come as [A, B] per target module (`factor_tensors`' order).
+        optimizer.lr_scales = setup.targets.iter().flat_map(|_| [1.0, ratio]).collect();
+    }
     if let Some(c) = resume {
         let state = checkpoint::read_optimizer(&c.dir)?;
         optimizer

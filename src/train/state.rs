@@ -75,7 +75,15 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("train.seed", json!(r.train.seed));
     put("train.micro_batch_size", json!(r.train.micro_batch_size));
     put("train.grad_accum", json!(r.train.grad_accum));
-    put("train.optimizer", json!(r.train.optimizer));
+    // Without LoRA+ the section reads as it did before the key existed, so older checkpoints
+    // still resume.
+    let mut optimizer = json!(r.train.optimizer);
+    if r.train.optimizer.loraplus_lr_ratio.is_none()
+        && let Some(o) = optimizer.as_object_mut()
+    {
+        o.remove("loraplus_lr_ratio");
+    }
+    put("train.optimizer", optimizer);
     put("train.scheduler", json!(r.train.scheduler));
     put("train.max_grad_norm", json!(r.train.max_grad_norm));
     // Only for preference runs, so SFT checkpoints written before objectives existed resume.
