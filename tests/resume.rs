@@ -364,8 +364,9 @@ fn finished_runs_stay_as_they_are_and_leftovers_go() {
     assert_tensorboard_without_repeats(&out3, "after a stale event file");
 }
 
-/// Gradient checkpointing with dropout: the recomputed layers draw the same masks, and a run
-/// killed and resumed ends with the uninterrupted run's adapter, checkpoints and metrics.
+/// Gradient checkpointing with dropout and NEFTune noise: the recomputed layers draw the same
+/// masks, and a run killed and resumed ends with the uninterrupted run's adapter, checkpoints
+/// and metrics.
 #[test]
 fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -375,7 +376,7 @@ fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
         let r = recipe(tmp.path(), out, &rows, steps, 8);
         let text = std::fs::read_to_string(&r).unwrap().replace(
             "  keep_last: 2\n",
-            "  keep_last: 2\n  gradient_checkpointing: true\n",
+            "  keep_last: 2\n  gradient_checkpointing: true\n  neftune_noise_alpha: 5.0\n",
         );
         std::fs::write(&r, text).unwrap();
         r

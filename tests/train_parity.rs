@@ -204,3 +204,51 @@ fn loraplus_matches_peft_loraplus_optimizer() {
         assert!(d <= 1e-5, "{k}: {d}");
     }
 }
+
+/// NEFTune: the noise moves the training losses a little (it is on the embeddings in the
+/// forward pass), is seeded, and alpha 0 is no noise at all; a negative alpha is refused.
+#[test]
+fn neftune_noise_is_small_seeded_and_off_at_zero() {
+    let golden = read_json(&fixtures().join("golden/train-parity.json"));
+    let want: Vec<f64> = golden["case1"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, alpha: &str| {
+        let out = tmp.path().join(name);
+        let extra = format!(
+            "  max_steps: 2\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {{name: adamw, lr: 1.0e-3, weight_decay: 0.0}}\n  max_grad_norm: null\n  neftune_noise_alpha: {alpha}"
+        );
+        let r = write_recipe(
+            tmp.path(),
+            &format!("{name}.yaml"),
+            &recipe("tests/fixtures/golden/train-parity-1.jsonl", &extra, &out),
+        );
+        let o = burnish(&["train", r.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        metrics(&out).0
+    };
+    let off = run("zero", "0.0");
+    for ((_, loss), w) in off.iter().zip(&want) {
+        assert!(((loss - w) / w).abs() <= 1e-5, "alpha 0: {loss} vs {w}");
+    }
+    let noisy = run("five", "5.0");
+    let rel = ((noisy[0].1 - want[0]) / want[0]).abs();
+    assert!(rel > 1e-6 && rel < 0.05, "first-step loss moved by {rel}");
+    assert_eq!(noisy, run("five-again", "5.0"), "the noise is seeded");
+    let o = burnish(&[
+        "validate",
+        tmp.path().join("five.yaml").to_str().unwrap(),
+        "--set",
+        "train.neftune_noise_alpha=-1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("train.neftune_noise_alpha"),
+        "{}",
+        stderr(&o)
+    );
+}

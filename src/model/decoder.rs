@@ -65,6 +65,9 @@ pub struct CausalLm<B: Backend> {
     /// In training, keep only each layer's input and recompute the rest in the backward pass
     /// (`train.gradient_checkpointing`).
     pub gradient_checkpointing: bool,
+    /// NEFTune's noise on the embeddings in training (`train.neftune_noise_alpha`).
+    #[module(skip)]
+    pub neftune_alpha: Option<f64>,
 }
 
 /// Per-forward inputs shared by every layer: rotary tables and which keys each query sees.
@@ -340,6 +343,15 @@ impl<B: ModelBackend> CausalLm<B> {
             // transformers casts the scale to the weights' dtype first (sqrt(640) is 25.25 in
             // bf16, not 25.298).
             x = x.mul_scalar(round_to(scale, self.embed_tokens.val().dtype()));
+        }
+        if let (Some(seed), Some(alpha)) = (train, self.neftune_alpha) {
+            // After the scale, as TRL's hook on the embedding module's output.
+            let noise = super::kernels::dropout::embedding_noise(seed, alpha, batch, seq, hidden);
+            let noise = Tensor::<B, 3>::from_data(
+                burn::tensor::TensorData::new(noise, [batch, seq, hidden]),
+                (&x.device(), DType::F32),
+            );
+            x = x.clone() + noise.cast(x.dtype());
         }
         let start = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {

@@ -199,6 +199,7 @@ pub fn load_model_with<B: Backend>(
             Some(frozen2("lm_head.weight")?)
         },
         gradient_checkpointing: false,
+        neftune_alpha: None,
         embed_scale: config.embed_scale,
     })
 }

@@ -325,6 +325,7 @@ impl Section for TrainSection {
         "device",
         "devices",
         "gradient_checkpointing",
+        "neftune_noise_alpha",
         "eval_every",
         "save_every",
         "keep_last",

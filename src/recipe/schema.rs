@@ -346,6 +346,10 @@ pub struct TrainSection {
     /// much less activation memory for about a third more compute (LoRA dropout included: the
     /// recomputed layers draw the same masks).
     pub gradient_checkpointing: bool,
+    /// NEFTune (Jain et al. 2023; TRL's `neftune_noise_alpha`): in training, uniform noise of
+    /// magnitude `alpha / sqrt(seq_len * hidden_size)` on the token embeddings (5 in the paper).
+    /// Null: none.
+    pub neftune_noise_alpha: Option<f64>,
     /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
     pub save_every: usize,
     /// Complete checkpoints to keep (the newest is never deleted).
@@ -369,6 +373,7 @@ impl Default for TrainSection {
             device: DeviceSpec::Auto,
             devices: None,
             gradient_checkpointing: false,
+            neftune_noise_alpha: None,
             eval_every: 100,
             save_every: 100,
             keep_last: 3,

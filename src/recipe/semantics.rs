@@ -199,6 +199,14 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
         c.bad("train.optimizer.weight_decay", "must be zero or positive");
     }
+    if let Some(alpha) = t.neftune_noise_alpha
+        && !(alpha >= 0.0 && alpha.is_finite())
+    {
+        c.bad(
+            "train.neftune_noise_alpha",
+            "must be zero or positive (5 in the NEFTune paper) or null",
+        );
+    }
     if let Some(ratio) = o.loraplus_lr_ratio
         && !(ratio > 0.0 && ratio.is_finite())
     {

@@ -359,6 +359,7 @@ fn load_trainable<B: TrainBackend>(
         attach(&mut model.net, tm, f, setup.lora.dropout, true, device);
     }
     model.net.gradient_checkpointing = t.gradient_checkpointing;
+    model.net.neftune_alpha = t.neftune_noise_alpha.filter(|&a| a > 0.0);
 
     let o = &t.optimizer;
     let config = AdamWConfig {

@@ -86,6 +86,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("train.optimizer", optimizer);
     put("train.scheduler", json!(r.train.scheduler));
     put("train.max_grad_norm", json!(r.train.max_grad_norm));
+    // Only when set, so checkpoints written before the key existed resume.
+    if let Some(alpha) = r.train.neftune_noise_alpha {
+        put("train.neftune_noise_alpha", json!(alpha));
+    }
     // Only for preference runs, so SFT checkpoints written before objectives existed resume.
     match r.train.objective {
         crate::recipe::Objective::Sft => {}

@@ -118,6 +118,20 @@ impl Dropout {
         }
     }
 
+    /// Uniform draws in `[-1, 1)` for token row `r`, from the same per-coordinate hashes as
+    /// the masks (two 24-bit draws per hash).
+    pub fn uniform_row(&self, r: usize, out: &mut [f32]) {
+        let rk = self.row_key(r);
+        let unit = 2.0 / (1u32 << 24) as f32;
+        for (j, pair) in out.chunks_mut(2).enumerate() {
+            let h = mix64(rk ^ j as u64);
+            let draws = [(h as u32) >> 8, ((h >> 32) as u32) >> 8];
+            for (o, d) in pair.iter_mut().zip(draws) {
+                *o = d as f32 * unit - 1.0;
+            }
+        }
+    }
+
     /// `scale * mask` for an `[n, width]` input, row-major (for the composed kernels).
     pub fn mask(&self, n: usize, width: usize) -> Vec<f32> {
         let ones = vec![1.0f32; width];
@@ -127,6 +141,30 @@ impl Dropout {
         }
         out
     }
+}
+
+/// NEFTune's noise for a `[batch, seq, hidden]` embedding output: uniform in
+/// `[-m, m)` with `m = alpha / sqrt(seq * hidden)` (transformers' `neftune_post_forward_hook`),
+/// each element a function of its token's place in the global batch (as dropout masks are), so
+/// data-parallel replicas and resumed runs draw the noise a single run draws.
+pub fn embedding_noise(
+    seed: &DropoutSeed,
+    alpha: f64,
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    // A stream no layer uses: layers index from 0 up.
+    let stream = seed.at(usize::MAX, 0, 0.0, seq);
+    let magnitude = (alpha / ((seq * hidden) as f64).sqrt()) as f32;
+    let mut out = vec![0f32; batch * seq * hidden];
+    for (r, row) in out.chunks_mut(hidden.max(1)).enumerate() {
+        stream.uniform_row(r, row);
+        for v in row.iter_mut() {
+            *v *= magnitude;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -172,5 +210,34 @@ mod tests {
         // The same tokens with more padding positions per row: unchanged where they overlap.
         let longer = Dropout { seq: 120, ..d }.mask(120, 300);
         assert_eq!(&longer[..100 * 300], &m[..100 * 300]);
+    }
+
+    /// NEFTune's noise: within +-alpha/sqrt(seq*hidden), uniform (mean 0, variance m^2/3),
+    /// and a replica's rows carry the noise of the same rows in the whole batch.
+    #[test]
+    fn embedding_noise_is_bounded_uniform_and_follows_rows() {
+        let seed = DropoutSeed::strided(7, 0, 1);
+        let (batch, seq, hidden) = (4, 50, 64);
+        let n = embedding_noise(&seed, 5.0, batch, seq, hidden);
+        let m = (5.0 / ((seq * hidden) as f64).sqrt()) as f32;
+        assert!(n.iter().all(|v| v.abs() <= m), "bound {m}");
+        let mean = n.iter().map(|&v| v as f64).sum::<f64>() / n.len() as f64;
+        let var = n.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n.len() as f64;
+        let m2 = (m as f64).powi(2);
+        assert!(mean.abs() < 0.02 * m as f64, "mean {mean}");
+        assert!(
+            (var / (m2 / 3.0) - 1.0).abs() < 0.03,
+            "variance {var} vs {}",
+            m2 / 3.0
+        );
+        // Replica 1 of 2 holds rows 1 and 3.
+        let shard = embedding_noise(&DropoutSeed::strided(7, 1, 2), 5.0, 2, seq, hidden);
+        let row = seq * hidden;
+        assert_eq!(&shard[..row], &n[row..2 * row]);
+        assert_eq!(&shard[row..], &n[3 * row..]);
+        assert_ne!(
+            embedding_noise(&DropoutSeed::strided(8, 0, 1), 5.0, 1, seq, hidden),
+            n[..row]
+        );
     }
 }
