@@ -799,14 +799,21 @@ def check_burnish_merge():
     `cargo build`), and their logits equal PEFT's merged model's. CI re-checks the structure."""
     import tempfile
     results = {}
-    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa"]:
+    import peft
+    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa", "gemma3"]:
         tmp = tempfile.mkdtemp()
         merged = os.path.join(tmp, "merged")
         run_burnish("merge", "--adapter", f"tests/fixtures/lora/{case}/adapter", "--out", merged)
         dtype = torch.bfloat16 if case == "qwen2-bf16" else torch.float32
         ours = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).eval()
-        peft_merged = transformers.AutoModelForCausalLM.from_pretrained(
-            os.path.join(FIX, "lora", case, "merged"), dtype=dtype).eval()
+        peft_dir = os.path.join(FIX, "lora", case, "merged")
+        if os.path.isdir(peft_dir):
+            peft_merged = transformers.AutoModelForCausalLM.from_pretrained(peft_dir, dtype=dtype).eval()
+        else:
+            # No merged folder kept for this case: PEFT merges in memory.
+            base_model = load_model(LORA_CASES[case][0], dtype)
+            adapter = os.path.join(FIX, "lora", case, "adapter")
+            peft_merged = peft.PeftModel.from_pretrained(base_model, adapter).merge_and_unload().eval()
         ids = golden_inputs(7)
         with torch.no_grad():
             a = ours(input_ids=ids).logits.float()
