@@ -23,6 +23,7 @@ pub enum Value {
     StrArray(Vec<String>),
     I32Array(Vec<i32>),
     F32Array(Vec<f32>),
+    BoolArray(Vec<bool>),
 }
 
 /// `gguf_type` ids.
@@ -123,6 +124,11 @@ impl<W: Write> GgufWriter<W> {
             Value::F32Array(items) => {
                 self.array_head(tag::F32, items.len())?;
                 let raw: Vec<u8> = items.iter().flat_map(|x| x.to_le_bytes()).collect();
+                self.bytes(&raw)
+            }
+            Value::BoolArray(items) => {
+                self.array_head(tag::BOOL, items.len())?;
+                let raw: Vec<u8> = items.iter().map(|&b| u8::from(b)).collect();
                 self.bytes(&raw)
             }
         }

@@ -135,6 +135,9 @@ pub fn model_keys(
         }
     }
     kv.push((k("rope.freq_base"), Value::F32(config.rope_theta as f32)));
+    if let Some(local) = config.sliding_rope_theta {
+        kv.push((k("rope.freq_base_swa"), Value::F32(local as f32)));
+    }
     kv.push((
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(config.rms_norm_eps as f32),
@@ -145,6 +148,22 @@ pub fn model_keys(
     kv.push((k("attention.key_length"), Value::U32(head_dim)));
     kv.push((k("attention.value_length"), Value::U32(head_dim)));
     kv.push(("general.file_type".into(), Value::U32(ftype.file_type())));
+    if arch == "gemma3"
+        && let Some(w) = &config.sliding_window
+    {
+        kv.push((
+            k("attention.sliding_window"),
+            Value::U32(u32_of("sliding_window", w.width)?),
+        ));
+        // llama.cpp assumes Gemma 3's five sliding layers to one full; any other layout is
+        // spelled out per layer (which it reads as an array of flags).
+        if w.layers != gemma3_default_layers(config.num_layers) {
+            kv.push((
+                k("attention.sliding_window_pattern"),
+                Value::BoolArray(w.layers.clone()),
+            ));
+        }
+    }
     if arch == "llama" {
         kv.push((
             k("vocab_size"),
@@ -155,6 +174,35 @@ pub fn model_keys(
     // GGML_QUANT_VERSION: the current k-quant and legacy block layouts.
     kv.push(("general.quantization_version".into(), Value::U32(2)));
     Ok(kv)
+}
+
+/// Gemma 3's sliding layers when `layer_types` is not given: all but every sixth.
+fn gemma3_default_layers(layers: usize) -> Vec<bool> {
+    (0..layers).map(|i| (i + 1) % 6 != 0).collect()
+}
+
+/// Refuse what llama.cpp would run differently from transformers. Its `gemma3` graph scales
+/// scores by `head_dim^-1/2` (the 62-layer 27B by `(hidden / heads)^-1/2`) and does not read
+/// `query_pre_attn_scalar`, and it has no GELU other than the tanh form Gemma uses.
+pub fn check_llama_cpp_can_run(config: &ModelConfig) -> Result<(), ExportError> {
+    if config.architecture != crate::model::arch::Architecture::Gemma3 {
+        return Ok(());
+    }
+    let derived = if config.num_layers == 62 {
+        (config.hidden_size / config.num_heads.max(1)) as f64
+    } else {
+        config.head_dim as f64
+    };
+    match config.query_pre_attn_scalar {
+        Some(q) if q != derived => Err(ExportError::Unsupported {
+            what: format!("this Gemma 3 model (query_pre_attn_scalar {q})"),
+            why: format!(
+                "llama.cpp's gemma3 graph scales attention by 1/sqrt({derived}) for a model of \
+                 this shape and reads no query_pre_attn_scalar, so it would compute another model"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Llama 3.1's rope scaling as llama.cpp takes it: a `rope_freqs.weight` tensor of per-frequency

@@ -103,9 +103,11 @@ fn plan(config: &ModelConfig, ty: ExportType) -> Result<Vec<Planned>, ExportErro
     }
     let permute = names::permutes_qk(config.architecture);
     for spec in config.expected_tensors() {
-        let name = names::gguf_name(&spec.name).ok_or_else(|| ExportError::Unsupported {
-            what: format!("tensor {}", spec.name),
-            why: "it has no llama.cpp name".into(),
+        let name = names::gguf_name(&spec.name, config.architecture).ok_or_else(|| {
+            ExportError::Unsupported {
+                what: format!("tensor {}", spec.name),
+                why: "it has no llama.cpp name".into(),
+            }
         })?;
         let cols = spec.shape.last().copied().unwrap_or(1);
         let kind = policy::TensorKind {
@@ -147,15 +149,7 @@ pub fn export(req: &ExportRequest<'_>) -> Result<ExportReport, ExportError> {
     let start = Instant::now();
     let folder = ModelFolder::open(req.model_dir)?;
     let config = &folder.config;
-    if config.architecture == crate::model::arch::Architecture::Gemma3 {
-        return Err(ExportError::Unsupported {
-            what: "a Gemma 3 model".into(),
-            why: "not built yet (llama.cpp's gemma3 graph takes norms as 1 + w and its own keys); \
-                  merge the adapter (`burnish merge`) and convert the merged folder with \
-                  llama.cpp's convert_hf_to_gguf.py"
-                .into(),
-        });
-    }
+    metadata::check_llama_cpp_can_run(config)?;
     let files = folder.weights()?;
     files.validate(config)?;
     let tokenizer = vocab::tokenizer_keys(req.model_dir, config)?;
@@ -264,14 +258,21 @@ fn tensor_values(
             dtype: format!("{:?}", raw.dtype),
         })?,
     };
-    Ok(match p.permute_heads {
+    let mut values = match p.permute_heads {
         Some(heads) => {
             let rows = raw.shape[0];
             let cols = raw.shape.get(1).copied().unwrap_or(1);
             names::permute_rows(&values, rows, cols, heads)
         }
         None => values,
-    })
+    };
+    // Gemma's norms scale by `1 + w`; llama.cpp's graph multiplies by the stored weight, so the
+    // converter stores `w + 1` (its `norm_shift`).
+    if config.norm_weight_offset != 0.0 && hf.ends_with("norm.weight") {
+        let shift = config.norm_weight_offset as f32;
+        values.iter_mut().for_each(|v| *v += shift);
+    }
+    Ok(values)
 }
 
 /// A stored tensor widened to f32 in parallel (exact for f16 and bf16).

@@ -25,7 +25,9 @@ pub fn permutes_qk(arch: Architecture) -> bool {
 }
 
 /// The GGUF name of a Hugging Face tensor, or None for a tensor llama.cpp does not take.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// `arch` matters for one name: Gemma's `post_attention_layernorm` normalises the attention
+/// output (llama.cpp's `post_attention_norm`), where Llama's is the pre-MLP `ffn_norm`.
+pub fn gguf_name(hf: &str, arch: Architecture) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -38,7 +40,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let (module, kind) = rest.rsplit_once('.')?;
     let short = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if arch == Architecture::Gemma3 => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -84,14 +89,17 @@ mod tests {
     #[test]
     fn names_follow_llama_cpp() {
         assert_eq!(
-            gguf_name("model.layers.12.self_attn.k_proj.bias").as_deref(),
+            gguf_name("model.layers.12.self_attn.k_proj.bias", Architecture::Qwen2).as_deref(),
             Some("blk.12.attn_k.bias")
         );
         assert_eq!(
-            gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(),
+            gguf_name("model.layers.0.mlp.down_proj.weight", Architecture::Qwen2).as_deref(),
             Some("blk.0.ffn_down.weight")
         );
-        assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            gguf_name("model.rotary_emb.inv_freq", Architecture::Qwen2),
+            None
+        );
         assert_eq!(layer_of("blk.7.attn_v.weight"), Some(7));
     }
 

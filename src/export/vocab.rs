@@ -161,7 +161,14 @@ pub fn tokenizer_keys(
     // A SentencePiece model is what the converter prefers when the folder has one.
     if dir.join("tokenizer.model").is_file() {
         let mut kv = Vec::new();
-        if let Some(b) = tc["add_prefix_space"].as_bool() {
+        // Gemma's SentencePiece model adds no dummy prefix; the converter always says so.
+        let gemma = config.architecture == crate::model::arch::Architecture::Gemma3;
+        let prefix = if gemma {
+            Some(false)
+        } else {
+            tc["add_prefix_space"].as_bool()
+        };
+        if let Some(b) = prefix {
             kv.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(b)));
         }
         kv.extend(super::spm::vocab_keys(
