@@ -687,6 +687,16 @@ def token_mean_window_loss(model, rows):
     return loss_value / total
 
 
+def optimizer_steps(model, opt, rows, steps):
+    """`steps` optimizer steps on one window of `rows`: the loss before each."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        losses.append(token_mean_window_loss(model, [rows]))
+        opt.step()
+    return losses
+
+
 def make_train_parity():
     import peft
     base_dir = os.path.join(FIX, "models", "qwen2-tied")
@@ -740,12 +750,7 @@ def make_train_parity():
                                            is_trainable=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
                             eps=1e-8, weight_decay=0.0)
-    losses = []
-    for step in range(5):
-        opt.zero_grad()
-        losses.append(token_mean_window_loss(model, [rows]))
-        opt.step()
-    results["case3"] = {"losses": losses, "steps": 5, "base": "gemma3"}
+    results["case3"] = {"losses": optimizer_steps(model, opt, rows, 5), "steps": 5, "base": "gemma3"}
 
     # Case 4: LoRA+ with PEFT's own optimizer factory: B factors at 16x the learning rate, weight
     # decay 0.01 in every group (loraplus_weight_decay), from PEFT's default init (B = 0).
@@ -754,11 +759,7 @@ def make_train_parity():
     opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16.0,
                                     loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
     assert [len(g["params"]) for g in opt.param_groups] == [14, 0, 14, 0], [len(g["params"]) for g in opt.param_groups]
-    losses = []
-    for step in range(5):
-        opt.zero_grad()
-        losses.append(token_mean_window_loss(model, [rows]))
-        opt.step()
+    losses = optimizer_steps(model, opt, rows, 5)
     model.save_pretrained(os.path.join(FIX, "lora", "parity-loraplus"))
     relative_base(os.path.join(FIX, "lora", "parity-loraplus"), "qwen2-tied")
     results["case4"] = {"losses": losses, "steps": 5, "loraplus_lr_ratio": 16.0, "weight_decay": 0.01}

@@ -24,20 +24,22 @@ fn base_of(case: &str) -> String {
     info["base"].as_str().unwrap().to_string()
 }
 
+/// PEFT adapters (scripts/make_fixtures.py, LORA_CASES) whose logits and first gradients are
+/// both checked: one per architecture and rope scaling, and rank/alpha patterns.
+const ADAPTERS: [&str; 7] = [
+    "qwen2-tied",
+    "llama-gqa",
+    "qwen3",
+    "qwen2-swa",
+    "qwen2-yarn",
+    "gemma3",
+    "patterns",
+];
+
 /// f32 logits with a PEFT adapter: same bound as the base model (summation order only).
 #[test]
 fn logits_with_peft_adapters_match_peft() {
-    for case in [
-        "qwen2-tied",
-        "llama-gqa",
-        "qwen3",
-        "qwen2-swa",
-        "qwen2-yarn",
-        "gemma3",
-        "rslora",
-        "patterns",
-        "layers",
-    ] {
+    for case in ADAPTERS.iter().chain(&["rslora", "layers"]) {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
         let mut model = folder.load::<Cpu>(DType::F32, &Default::default()).unwrap();
@@ -54,15 +56,7 @@ fn logits_with_peft_adapters_match_peft() {
 /// PEFT gradient of that tensor: 1e-5.
 #[test]
 fn first_backward_gradients_match_peft() {
-    for case in [
-        "qwen2-tied",
-        "llama-gqa",
-        "qwen3",
-        "qwen2-swa",
-        "qwen2-yarn",
-        "gemma3",
-        "patterns",
-    ] {
+    for case in ADAPTERS {
         let golden = read_golden(&fixtures().join(format!("golden/lora-{case}.safetensors")));
         let folder = ModelFolder::open(&model_dir(&base_of(case))).unwrap();
         let mut model = folder

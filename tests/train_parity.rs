@@ -47,6 +47,24 @@ logging: {{every: 1, tensorboard: false}}
     )
 }
 
+/// Write `text` as `<dir>/<name>.yaml` and train it; the per-step losses from its metrics.
+fn train(dir: &std::path::Path, name: &str, text: &str, out: &std::path::Path) -> Series {
+    let r = write_recipe(dir, &format!("{name}.yaml"), text);
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    metrics(out).0
+}
+
+/// Every step's loss within 1e-5 (relative) of PEFT's (`want`: a golden `losses` array).
+fn assert_losses(steps: &Series, want: &serde_json::Value) {
+    let want = want.as_array().unwrap();
+    assert_eq!(steps.len(), want.len());
+    for ((step, loss), w) in steps.iter().zip(want) {
+        let w = w.as_f64().unwrap();
+        assert!(((loss - w) / w).abs() <= 1e-5, "step {step}: {loss} vs {w}");
+    }
+}
+
 /// Losses: relative 1e-5 (the issue's bound); adapters after one step: 1e-6 absolute.
 #[test]
 fn five_steps_match_peft_and_adapter_after_step_one() {
@@ -54,20 +72,11 @@ fn five_steps_match_peft_and_adapter_after_step_one() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.0}\n  max_grad_norm: null";
-    let r = write_recipe(
-        tmp.path(),
-        "r.yaml",
-        &recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out),
+    let text = recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out);
+    assert_losses(
+        &train(tmp.path(), "r", &text, &out),
+        &golden["case1"]["losses"],
     );
-    let o = burnish(&["train", r.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (steps, _) = metrics(&out);
-    let want = golden["case1"]["losses"].as_array().unwrap();
-    assert_eq!(steps.len(), want.len());
-    for ((step, loss), w) in steps.iter().zip(want) {
-        let w = w.as_f64().unwrap();
-        assert!(((loss - w) / w).abs() <= 1e-5, "step {step}: {loss} vs {w}");
-    }
 
     // One step only: the adapter equals PEFT's after its first AdamW step.
     let out1 = tmp.path().join("run1");
@@ -150,26 +159,12 @@ fn gemma3_trains_like_peft() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.0}\n  max_grad_norm: null";
-    let r = write_recipe(
-        tmp.path(),
-        "r.yaml",
-        &recipe_on(
-            "gemma3",
-            "gemma3",
-            "tests/fixtures/golden/train-parity-1.jsonl",
-            extra,
-            &out,
-        ),
+    let data = "tests/fixtures/golden/train-parity-1.jsonl";
+    let text = recipe_on("gemma3", "gemma3", data, extra, &out);
+    assert_losses(
+        &train(tmp.path(), "r", &text, &out),
+        &golden["case3"]["losses"],
     );
-    let o = burnish(&["train", r.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (steps, _) = metrics(&out);
-    let want = golden["case3"]["losses"].as_array().unwrap();
-    assert_eq!(steps.len(), want.len());
-    for ((step, loss), w) in steps.iter().zip(want) {
-        let w = w.as_f64().unwrap();
-        assert!(((loss - w) / w).abs() <= 1e-5, "step {step}: {loss} vs {w}");
-    }
 }
 
 /// LoRA+ against PEFT's `create_loraplus_optimizer` (B factors at 16x the learning rate, weight
@@ -182,20 +177,8 @@ fn loraplus_matches_peft_loraplus_optimizer() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.01, loraplus_lr_ratio: 16}\n  max_grad_norm: null";
-    let r = write_recipe(
-        tmp.path(),
-        "r.yaml",
-        &recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out),
-    );
-    let o = burnish(&["train", r.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (steps, _) = metrics(&out);
-    let want = case["losses"].as_array().unwrap();
-    assert_eq!(steps.len(), want.len());
-    for ((step, loss), w) in steps.iter().zip(want) {
-        let w = w.as_f64().unwrap();
-        assert!(((loss - w) / w).abs() <= 1e-5, "step {step}: {loss} vs {w}");
-    }
+    let text = recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out);
+    assert_losses(&train(tmp.path(), "r", &text, &out), &case["losses"]);
     let ours = st_f32(&out.join("adapter/adapter_model.safetensors"));
     let peft = st_f32(&fixtures().join("lora/parity-loraplus/adapter_model.safetensors"));
     assert_eq!(ours.len(), peft.len());
@@ -222,14 +205,8 @@ fn neftune_noise_is_small_seeded_and_off_at_zero() {
         let extra = format!(
             "  max_steps: 2\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {{name: adamw, lr: 1.0e-3, weight_decay: 0.0}}\n  max_grad_norm: null\n  neftune_noise_alpha: {alpha}"
         );
-        let r = write_recipe(
-            tmp.path(),
-            &format!("{name}.yaml"),
-            &recipe("tests/fixtures/golden/train-parity-1.jsonl", &extra, &out),
-        );
-        let o = burnish(&["train", r.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        metrics(&out).0
+        let text = recipe("tests/fixtures/golden/train-parity-1.jsonl", &extra, &out);
+        train(tmp.path(), name, &text, &out)
     };
     let off = run("zero", "0.0");
     for ((_, loss), w) in off.iter().zip(&want) {

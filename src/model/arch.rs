@@ -2,7 +2,7 @@
 //! `model_type`), and the few ways in which they differ.
 //!
 //! All share one decoder (RMSNorm, RoPE in `rotate_half` layout, grouped-query attention, a
-//! gated MLP); this table and the family defaults in `config.rs` are the only places that know
+//! gated MLP); this table, its family defaults and `family.rs` are the only places that know
 //! their differences.
 
 use std::fmt;

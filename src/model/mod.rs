@@ -5,6 +5,7 @@ pub mod arch;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod family;
 pub mod inputs;
 pub mod kernels;
 pub mod load;
