@@ -5,7 +5,8 @@
 #   scripts/bench.sh [SHAPE ...]          (default: small qwen2.5-0.5b)
 #
 # Env: PYTHON (default ~/.cache/burnish-ref/venv/bin/python), ROUNDS (default 3), THREADS
-# (default 2), STEPS (default 5), BURNISH (default target/release/burnish, built if missing).
+# (default 2), STEPS (default 5), BURNISH (default target/release/burnish, built if missing),
+# DORA=1 (DoRA adapters on both sides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$HOME/.cache/burnish-ref/venv/bin/python}
@@ -13,13 +14,15 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 STEPS=${STEPS:-5}
 BURNISH=${BURNISH:-target/release/burnish}
+EXTRA=()
+[ "${DORA:-0}" = 1 ] && EXTRA=(--dora)
 [ -x "$BURNISH" ] || cargo build --release
 SHAPES=${*:-small qwen2.5-0.5b}
 OUT=$(mktemp -d)
 for shape in $SHAPES; do
   for round in $(seq "$ROUNDS"); do
-    RAYON_NUM_THREADS=$THREADS "$BURNISH" -q bench --shape "$shape" --device cpu --steps "$STEPS" --json >> "$OUT/burnish-$shape.jsonl"
-    "$PYTHON" scripts/bench_peft.py --shape "$shape" --threads "$THREADS" --steps "$STEPS" 2>/dev/null >> "$OUT/peft-$shape.jsonl"
+    RAYON_NUM_THREADS=$THREADS "$BURNISH" -q bench --shape "$shape" --device cpu --steps "$STEPS" "${EXTRA[@]}" --json >> "$OUT/burnish-$shape.jsonl"
+    "$PYTHON" scripts/bench_peft.py --shape "$shape" --threads "$THREADS" --steps "$STEPS" "${EXTRA[@]}" 2>/dev/null >> "$OUT/peft-$shape.jsonl"
   done
 done
 "$PYTHON" - "$OUT" $SHAPES <<'PY'

@@ -100,6 +100,7 @@ def main():
                     help="recompute each decoder layer in the backward pass (as burnish's flag)")
     ap.add_argument("--quant", default="none", choices=["none", "nf4"],
                     help="nf4: QLoRA, the frozen projections in bitsandbytes NF4 with blocks of 64")
+    ap.add_argument("--dora", action="store_true", help="DoRA adapters (use_dora, as burnish's --dora)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -119,7 +120,8 @@ def main():
         bnb_version = quantize_nf4(model, args.device, dtype)
         peak_rss_reset = reset_peak_rss()
     model = peft.get_peft_model(model, peft.LoraConfig(
-        r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGET_MODULES))
+        r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGET_MODULES,
+        use_dora=args.dora))
     model.train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -148,7 +150,7 @@ def main():
         "shape": args.shape, "device": args.device, "batch": args.batch, "seq_len": args.seq_len,
         "rank": args.rank, "threads": args.threads, "attn": args.attn,
         "quantize": f"nf4/{NF4_BLOCKSIZE}" if args.quant == "nf4" else "none",
-        "gradient_checkpointing": args.gradient_checkpointing,
+        "gradient_checkpointing": args.gradient_checkpointing, "dora": args.dora,
         "median_step_s": median, "tokens_per_s": args.batch * args.seq_len / median,
         "step_times_s": times, "loss_last": loss_value,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

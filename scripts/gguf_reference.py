@@ -208,6 +208,8 @@ def rel_error(x, y):
 # case: (fixture model, adapter under fixtures/lora or None)
 CASES = {
     "qwen2-tied+adapter": ("qwen2-tied", "qwen2-tied"),
+    # A DoRA adapter: each merged row rescaled to its magnitude before export.
+    "qwen2-tied+dora": ("qwen2-tied", "dora"),
     "qwen2-untied": ("qwen2-untied", None),
     "llama-gqa+adapter": ("llama-gqa", "llama-gqa"),
     "mistral": ("mistral", None),

@@ -351,6 +351,9 @@ LORA_CASES = {
     "qwen2-yarn": ("qwen2-yarn", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "gemma3": ("gemma3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
+    # DoRA on a base with q/k/v biases; its magnitudes are moved off their initial row norms
+    # (see make_lora), or the adapter would compute plain LoRA's output.
+    "dora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_dora=True), True),
     "patterns": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules="all-linear",
                                     rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 2},
                                     alpha_pattern={"v_proj": 32}), False),
@@ -379,6 +382,11 @@ def make_lora():
         # gradients (with B = 0 it would not).
         cfg = peft.LoraConfig(lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM", **kwargs)
         model = peft.get_peft_model(base, cfg)
+        if kwargs.get("use_dora"):
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_magnitude_vector" in name:
+                        p.mul_(0.5 + torch.rand(p.shape))
         path = os.path.join(FIX, "lora", case)
         shutil.rmtree(path, ignore_errors=True)
         model.save_pretrained(os.path.join(path, "adapter"))
@@ -763,6 +771,26 @@ def make_train_parity():
     model.save_pretrained(os.path.join(FIX, "lora", "parity-loraplus"))
     relative_base(os.path.join(FIX, "lora", "parity-loraplus"), "qwen2-tied")
     results["case4"] = {"losses": losses, "steps": 5, "loraplus_lr_ratio": 16.0, "weight_decay": 0.01}
+
+    # Case 5: DoRA from PEFT's default init (B = 0, so each magnitude starts at its base weight's
+    # row norms: PEFT computes them when the layer is created, burnish when it attaches the
+    # plain `init` adapter with lora.dora on), with LoRA+ (ratio 4: magnitudes are in B's group)
+    # and weight decay 0.01, 5 steps.
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=ALL7, use_dora=True,
+                          task_type="CAUSAL_LM")
+    model = peft.get_peft_model(load_model("qwen2-tied"), cfg)
+    res = set_peft_model_state_dict(model, load_file(os.path.join(init, "adapter_model.safetensors")))
+    assert not res.unexpected_keys, res.unexpected_keys
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=4.0,
+                                    loraplus_weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
+    assert [len(g["params"]) for g in opt.param_groups] == [14, 0, 28, 0], [len(g["params"]) for g in opt.param_groups]
+    losses = optimizer_steps(model, opt, rows, 5)
+    model.save_pretrained(os.path.join(FIX, "lora", "parity-dora"))
+    relative_base(os.path.join(FIX, "lora", "parity-dora"), "qwen2-tied")
+    results["case5"] = {"losses": losses, "steps": 5, "loraplus_lr_ratio": 4.0, "weight_decay": 0.01,
+                        "use_dora": True}
     write_json(out("golden", "train-parity.json"), results)
     print("train parity:", results["case1"]["losses"], results["case2"]["losses"])
 
@@ -801,7 +829,7 @@ def check_burnish_merge():
     import tempfile
     results = {}
     import peft
-    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa", "gemma3"]:
+    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa", "gemma3", "dora"]:
         tmp = tempfile.mkdtemp()
         merged = os.path.join(tmp, "merged")
         run_burnish("merge", "--adapter", f"tests/fixtures/lora/{case}/adapter", "--out", merged)

@@ -1,8 +1,8 @@
 //! Gradient checkpointing: the hand-written layer backward that recomputes each decoder layer
 //! gives the same loss and LoRA gradients as autodiff over the full graph, on every
 //! architecture variant (GQA and MHA, biases, Qwen3's q/k norms, untied heads), with a
-//! quantized base and with LoRA dropout (the recomputation draws the same masks); and a
-//! training run with it equals one without.
+//! quantized base, with LoRA dropout (the recomputation draws the same masks) and with DoRA
+//! (its own forward and backward); and a training run with it equals one without.
 //!
 //! Tolerance: both use the same kernels in the same order, so the loss is identical and the
 //! gradients differ only where autodiff sums a tensor's gradient contributions in another
@@ -25,12 +25,14 @@ use common::*;
 
 type Ad = Autodiff<Cpu>;
 
-/// Loss and the LoRA factor gradients (A then B of each targeted projection, layer by layer).
+/// Loss and the LoRA factor gradients (A, B and DoRA's magnitude of each targeted projection,
+/// layer by layer).
 fn loss_and_grads(
     variant: &str,
     checkpoint: bool,
     quant: Option<QuantSpec>,
     dropout: f64,
+    dora: bool,
 ) -> (f32, Vec<Vec<f32>>) {
     let folder = ModelFolder::open(&model_dir(variant)).unwrap();
     let mut m: Model<Ad> = folder
@@ -41,6 +43,7 @@ fn loss_and_grads(
         r: 4,
         alpha: 8.0,
         targets: TargetSpec::One("all-linear".into()),
+        dora,
         ..Default::default()
     };
     for t in settings.resolve(&m.config).unwrap() {
@@ -48,6 +51,12 @@ fn loss_and_grads(
         for (i, x) in f.b.iter_mut().enumerate() {
             *x = ((i % 11) as f32 - 5.0) * 0.02;
         }
+        // Magnitudes away from the row norms, so the rescaling is not the identity.
+        f.magnitude = dora.then(|| {
+            (0..t.out_features)
+                .map(|i| 0.3 + (i % 7) as f32 * 0.1)
+                .collect()
+        });
         attach(&mut m.net, &t, &f, dropout, true, &Default::default());
     }
     m.net.gradient_checkpointing = checkpoint;
@@ -76,7 +85,7 @@ fn loss_and_grads(
                 .projection(layer, module)
                 .and_then(|p| p.lora.as_ref())
             {
-                for p in [&l.a, &l.b] {
+                for p in [&l.a, &l.b].into_iter().chain(&l.magnitude) {
                     let g = p
                         .val()
                         .grad(&grads)
@@ -89,9 +98,9 @@ fn loss_and_grads(
     (value, out)
 }
 
-fn assert_same(variant: &str, quant: Option<QuantSpec>, dropout: f64) {
-    let (l0, g0) = loss_and_grads(variant, false, quant, dropout);
-    let (l1, g1) = loss_and_grads(variant, true, quant, dropout);
+fn assert_same(variant: &str, quant: Option<QuantSpec>, dropout: f64, dora: bool) {
+    let (l0, g0) = loss_and_grads(variant, false, quant, dropout, dora);
+    let (l1, g1) = loss_and_grads(variant, true, quant, dropout, dora);
     assert!(!g0.is_empty());
     assert_eq!(g0.len(), g1.len());
     assert!(
@@ -104,7 +113,7 @@ fn assert_same(variant: &str, quant: Option<QuantSpec>, dropout: f64) {
         worst = worst.max(max_abs_diff(a, b) / scale);
     }
     println!(
-        "{variant} (quantized: {}): max relative gradient difference {worst:.2e}",
+        "{variant} (quantized: {}, dropout {dropout}, DoRA: {dora}): max relative gradient difference {worst:.2e}",
         quant.is_some()
     );
     assert!(worst < 1e-5, "{variant}: gradients differ by {worst}");
@@ -113,7 +122,7 @@ fn assert_same(variant: &str, quant: Option<QuantSpec>, dropout: f64) {
 #[test]
 fn checkpointed_layers_give_the_same_gradients() {
     for variant in VARIANTS {
-        assert_same(variant, None, 0.0);
+        assert_same(variant, None, 0.0, false);
     }
     assert_same(
         "qwen2-tied",
@@ -122,14 +131,35 @@ fn checkpointed_layers_give_the_same_gradients() {
             block_size: 32,
         }),
         0.0,
+        false,
     );
     // Dropout: the same masks in the recomputed layers, so the same gradients.
-    assert_same("qwen2-tied", None, 0.3);
-    assert_same("qwen3", None, 0.3);
+    assert_same("qwen2-tied", None, 0.3, false);
+    assert_same("qwen3", None, 0.3, false);
     // And dropout changes them (the masks are really drawn).
-    let (l_plain, _) = loss_and_grads("qwen2-tied", false, None, 0.0);
-    let (l_drop, _) = loss_and_grads("qwen2-tied", false, None, 0.3);
+    let (l_plain, _) = loss_and_grads("qwen2-tied", false, None, 0.0, false);
+    let (l_drop, _) = loss_and_grads("qwen2-tied", false, None, 0.3, false);
     assert!((l_plain - l_drop).abs() > 1e-6, "{l_plain} vs {l_drop}");
+}
+
+/// DoRA's hand-written backward (`lora::dora::backward`) against autodiff over its forward:
+/// with and without dropout (where PEFT's base path keeps the undropped input), on a base with
+/// biases, on Qwen3, and on a 4-bit base (the row norms of the dequantized weight).
+#[test]
+fn checkpointed_dora_gives_the_same_gradients() {
+    assert_same("qwen2-tied", None, 0.0, true);
+    assert_same("qwen2-tied", None, 0.3, true);
+    assert_same("qwen3", None, 0.3, true);
+    let q4 = QuantSpec {
+        bits: 4,
+        block_size: 32,
+    };
+    assert_same("llama-gqa", Some(q4), 0.0, true);
+    // The magnitudes count: DoRA's loss is not LoRA's with the same factors.
+    let (l_lora, g_lora) = loss_and_grads("qwen2-tied", false, None, 0.0, false);
+    let (l_dora, g_dora) = loss_and_grads("qwen2-tied", false, None, 0.0, true);
+    assert!((l_lora - l_dora).abs() > 1e-4, "{l_lora} vs {l_dora}");
+    assert_eq!(g_dora.len(), g_lora.len() * 3 / 2);
 }
 
 #[test]

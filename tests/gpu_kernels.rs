@@ -446,9 +446,11 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
 }
 
 /// Loss and LoRA factor gradients of a whole fixture model (GQA, q/k/v bias, dropout 0.1,
-/// packed and padded rows) under autodiff: what a CUDA training step computes.
+/// packed and padded rows; with `dora`, DoRA magnitudes away from their row norms) under
+/// autodiff: what a CUDA training step computes.
 fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
     variant: &str,
+    dora: bool,
     device: &B::Device,
 ) -> (f32, Vec<Vec<f32>>) {
     let folder = ModelFolder::open(&model_dir(variant)).unwrap();
@@ -457,6 +459,7 @@ fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
         r: 4,
         alpha: 8.0,
         targets: TargetSpec::One("all-linear".into()),
+        dora,
         ..Default::default()
     };
     let targets = settings.resolve(&m.config).unwrap();
@@ -465,6 +468,11 @@ fn model_loss_and_grads<B: burnish::backend::TrainBackend>(
         for (i, x) in f.b.iter_mut().enumerate() {
             *x = ((i % 11) as f32 - 5.0) * 0.02;
         }
+        f.magnitude = dora.then(|| {
+            (0..t.out_features)
+                .map(|i| 0.3 + (i % 7) as f32 * 0.1)
+                .collect()
+        });
         attach(&mut m.net, t, &f, 0.1, true, device);
     }
     let vocab = folder.config.vocab_size as u32;
@@ -495,10 +503,17 @@ fn a_training_step_on_a_cubecl_runtime_equals_the_cpu() {
     if !gpu() {
         return;
     }
-    // Qwen2, and Gemma 3 (sliding layers with their own RoPE, sandwich norms, GeGLU).
-    for variant in ["qwen2-tied", "gemma3"] {
-        let (l_cpu, g_cpu) = model_loss_and_grads::<Autodiff<Cpu>>(variant, &Default::default());
-        let (l_gpu, g_gpu) = model_loss_and_grads::<Autodiff<G>>(variant, &Default::default());
+    // Qwen2, Gemma 3 (sliding layers with their own RoPE, sandwich norms, GeGLU), and Qwen2
+    // with DoRA.
+    for (variant, dora) in [
+        ("qwen2-tied", false),
+        ("gemma3", false),
+        ("qwen2-tied", true),
+    ] {
+        let (l_cpu, g_cpu) =
+            model_loss_and_grads::<Autodiff<Cpu>>(variant, dora, &Default::default());
+        let (l_gpu, g_gpu) =
+            model_loss_and_grads::<Autodiff<G>>(variant, dora, &Default::default());
         assert!(
             ((l_cpu - l_gpu) / l_cpu).abs() < 1e-4,
             "{variant}: loss {l_cpu} vs {l_gpu}"

@@ -1,11 +1,11 @@
 //! LoRA against PEFT: logits and first-backward gradients with PEFT-written adapters, rsLoRA,
-//! rank/alpha patterns, layers_to_transform, and the trainable-parameter count.
+//! DoRA, rank/alpha patterns, layers_to_transform, and the trainable-parameter count.
 
 mod common;
 
 use burn::tensor::DType;
 use burnish::backend::{Cpu, CpuTrain};
-use burnish::lora::peft::peft_key;
+use burnish::lora::peft::{magnitude_key, peft_key};
 use burnish::lora::settings::trainable_parameters;
 use burnish::lora::{LoraSettings, TargetSpec, apply_adapter};
 use burnish::model::loss::{Targets, cross_entropy_sum};
@@ -25,8 +25,9 @@ fn base_of(case: &str) -> String {
 }
 
 /// PEFT adapters (scripts/make_fixtures.py, LORA_CASES) whose logits and first gradients are
-/// both checked: one per architecture and rope scaling, and rank/alpha patterns.
-const ADAPTERS: [&str; 7] = [
+/// both checked: one per architecture and rope scaling, rank/alpha patterns, and DoRA (with
+/// magnitudes away from their initial row norms, on a base with q/k/v biases).
+const ADAPTERS: [&str; 8] = [
     "qwen2-tied",
     "llama-gqa",
     "qwen3",
@@ -34,6 +35,7 @@ const ADAPTERS: [&str; 7] = [
     "qwen2-yarn",
     "gemma3",
     "patterns",
+    "dora",
 ];
 
 /// f32 logits with a PEFT adapter: same bound as the base model (summation order only).
@@ -52,8 +54,8 @@ fn logits_with_peft_adapters_match_peft() {
     }
 }
 
-/// Gradients of the HF token-mean loss w.r.t. every lora_A / lora_B, relative to the largest
-/// PEFT gradient of that tensor: 1e-5.
+/// Gradients of the HF token-mean loss w.r.t. every lora_A / lora_B (and DoRA magnitude),
+/// relative to the largest PEFT gradient of that tensor: 1e-5.
 #[test]
 fn first_backward_gradients_match_peft() {
     for case in ADAPTERS {
@@ -90,8 +92,17 @@ fn first_backward_gradients_match_peft() {
                 .lora
                 .as_ref()
                 .unwrap();
-            for (is_a, param) in [(true, &lora.a), (false, &lora.b)] {
-                let key = format!("grad.{}", peft_key(t.layer, t.module, is_a));
+            let mut params = vec![
+                (peft_key(t.layer, t.module, true), &lora.a),
+                (peft_key(t.layer, t.module, false), &lora.b),
+            ];
+            if let Some(m) = &lora.magnitude {
+                // PEFT's parameter is the magnitude module's `weight`.
+                params.push((format!("{}.weight", magnitude_key(t.layer, t.module)), m));
+            }
+            assert_eq!(lora.magnitude.is_some(), case == "dora", "{case}");
+            for (name, param) in params {
+                let key = format!("grad.{name}");
                 let want = &golden[&key].f32;
                 let got = param
                     .val()
@@ -100,6 +111,7 @@ fn first_backward_gradients_match_peft() {
                     .into_data()
                     .to_vec::<f32>()
                     .unwrap();
+                assert_eq!(got.len(), want.len(), "{case} {key}");
                 let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 let diff = max_abs_diff(&got, want);
                 assert!(
@@ -109,7 +121,8 @@ fn first_backward_gradients_match_peft() {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 2 * targets.len());
+        let per_target = if case == "dora" { 3 } else { 2 };
+        assert_eq!(checked, per_target * targets.len());
         // Frozen weights get no gradient at all.
         let q = model.net.projection(0, "q_proj").unwrap();
         assert!(
@@ -134,7 +147,7 @@ fn trainable_parameter_counts_match_peft() {
     assert_eq!(n, 8_798_208);
     assert_eq!(n, want["trainable"].as_u64().unwrap());
     // The PEFT fixtures, including rank_pattern and layers_to_transform.
-    for case in ["qwen2-tied", "qwen3", "patterns", "layers"] {
+    for case in ["qwen2-tied", "qwen3", "patterns", "layers", "dora"] {
         let info = read_json(&fixtures().join(format!("golden/lora-{case}.json")));
         let cfg = ModelConfig::from_file(&model_dir(&base_of(case)).join("config.json")).unwrap();
         let adapter = burnish::lora::peft::read_adapter(

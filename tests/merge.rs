@@ -66,7 +66,8 @@ fn merge(adapter: &Path, base: Option<&Path>, out: &Path, extra: &[&str]) -> std
 
 #[test]
 fn f32_merge_equals_peft_and_stays_tied() {
-    for case in ["qwen2-tied", "llama-gqa"] {
+    // `dora`: each merged row rescaled to its magnitude, as PEFT's merge does.
+    for case in ["qwen2-tied", "llama-gqa", "dora"] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
         // No --base: the adapter's base_model_name_or_path (relative to the repo root) is used.
@@ -89,7 +90,7 @@ fn f32_merge_equals_peft_and_stays_tied() {
             peft.keys().collect::<Vec<_>>(),
             "{case}: tensor names"
         );
-        let base = tensors(&model_dir(case));
+        let base = tensors(&model_dir(if case == "dora" { "qwen2-tied" } else { case }));
         for (name, (dtype, shape, bytes)) in &ours {
             let (pd, ps, pb) = &peft[name];
             assert_eq!((dtype, shape), (pd, ps), "{case} {name}");
@@ -240,7 +241,6 @@ fn adapter_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 fn adapters_burnish_cannot_apply_are_refused_by_name() {
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Edit)> = vec![
-        ("use_dora", Box::new(|c| c["use_dora"] = true.into())),
         (
             "modules_to_save",
             Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"])),
@@ -275,6 +275,56 @@ fn adapters_burnish_cannot_apply_are_refused_by_name() {
         assert_eq!(o.status.code(), Some(2), "{field}: {}", stderr(&o));
         assert!(stderr(&o).contains(field), "{field}: {}", stderr(&o));
     }
+}
+
+/// A DoRA config whose weights lack the magnitudes, and DoRA weights under a plain LoRA
+/// config: both refused (exit 2), naming the tensor and the config key.
+#[test]
+fn dora_adapter_mismatches_are_named() {
+    let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
+    let eval = |adapter: &Path| {
+        burnish(&[
+            "eval",
+            "--model",
+            model_dir("qwen2-tied").to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let no_magnitudes = tmp.path().join("a");
+    adapter_with(&no_magnitudes, |c| c["use_dora"] = true.into());
+    let o = eval(&no_magnitudes);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing tensor base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector (the adapter uses DoRA)"),
+        "{}",
+        stderr(&o)
+    );
+    let not_dora = tmp.path().join("b");
+    copy_dir(&fixtures().join("lora/dora/adapter"), &not_dora);
+    let p = not_dora.join("adapter_config.json");
+    let text = fs::read_to_string(&p).unwrap();
+    fs::write(
+        &p,
+        text.replace("\"use_dora\": true", "\"use_dora\": false"),
+    )
+    .unwrap();
+    let o = eval(&not_dora);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("is a DoRA magnitude but adapter_config.json has no \"use_dora\": true"),
+        "{}",
+        stderr(&o)
+    );
+    // The fixture itself evaluates.
+    let o = eval(&fixtures().join("lora/dora/adapter"));
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

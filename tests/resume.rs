@@ -364,29 +364,28 @@ fn finished_runs_stay_as_they_are_and_leftovers_go() {
     assert_tensorboard_without_repeats(&out3, "after a stale event file");
 }
 
-/// Gradient checkpointing with dropout and NEFTune noise: the recomputed layers draw the same
-/// masks, and a run killed and resumed ends with the uninterrupted run's adapter, checkpoints
-/// and metrics.
-#[test]
-fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
+/// Train the `recipe` run with `edit` applied to its text, kill a copy at step 7 and resume it:
+/// the resumed run ends with the uninterrupted run's adapter, checkpoints and metrics.
+/// Returns the temporary folder and the resumed run's output folder.
+fn killed_and_resumed_matches(
+    what: &str,
+    edit: &dyn Fn(String) -> String,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let rows = pretokenized_rows(tmp.path(), 0x2545_F491_4F6C_DD1D);
     let steps = 24;
-    let with_ckpt = |out: &Path| -> std::path::PathBuf {
+    let with_edit = |out: &Path| -> std::path::PathBuf {
         let r = recipe(tmp.path(), out, &rows, steps, 8);
-        let text = std::fs::read_to_string(&r).unwrap().replace(
-            "  keep_last: 2\n",
-            "  keep_last: 2\n  gradient_checkpointing: true\n  neftune_noise_alpha: 5.0\n",
-        );
+        let text = edit(std::fs::read_to_string(&r).unwrap());
         std::fs::write(&r, text).unwrap();
         r
     };
     let ref_out = tmp.path().join("ref");
-    let o = burnish(&["train", with_ckpt(&ref_out).to_str().unwrap()]);
+    let o = burnish(&["train", with_edit(&ref_out).to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let out = tmp.path().join("killed");
-    let r = with_ckpt(&out);
+    let r = with_edit(&out);
     let mut child = spawn_train(&r, &[]);
     wait_for_step(&out, 7, &mut child);
     kill(&child, "-KILL");
@@ -398,5 +397,38 @@ fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
         std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
         std::fs::read(ref_out.join("adapter/adapter_model.safetensors")).unwrap()
     );
-    assert_same_checkpoints(&ref_out, &out, "checkpointing + dropout");
+    assert_same_checkpoints(&ref_out, &out, what);
+    (tmp, out)
+}
+
+/// Gradient checkpointing with dropout and NEFTune noise: the recomputed layers draw the same
+/// masks, and a run killed and resumed ends with the uninterrupted run's adapter, checkpoints
+/// and metrics.
+#[test]
+fn checkpointed_runs_with_dropout_resume_bit_for_bit() {
+    let _ = killed_and_resumed_matches("checkpointing + dropout", &|text| {
+        text.replace(
+            "  keep_last: 2\n",
+            "  keep_last: 2\n  gradient_checkpointing: true\n  neftune_noise_alpha: 5.0\n",
+        )
+    });
+}
+
+/// DoRA with dropout: the magnitudes and their AdamW moments are checkpointed and restored
+/// with the factors, and the resumed run is the uninterrupted one bit for bit.
+#[test]
+fn dora_runs_resume_bit_for_bit() {
+    let (_tmp, out) = killed_and_resumed_matches("DoRA + dropout", &|text| {
+        text.replace("targets: all-linear}", "targets: all-linear, dora: true}")
+    });
+    let cfg = read_json(&out.join("adapter/adapter_config.json"));
+    assert_eq!(cfg["use_dora"], serde_json::json!(true));
+    let tensors = st_f32(&out.join("adapter/adapter_model.safetensors"));
+    assert_eq!(
+        tensors
+            .keys()
+            .filter(|k| k.ends_with("lora_magnitude_vector"))
+            .count(),
+        14
+    );
 }

@@ -188,6 +188,56 @@ fn loraplus_matches_peft_loraplus_optimizer() {
     }
 }
 
+/// DoRA against PEFT (`use_dora`), 5 steps from the plain `init` adapter: burnish computes
+/// each magnitude's start (the base weight's row norms) when it attaches the adapter, as PEFT
+/// does when it creates the layer; LoRA+ at ratio 4 puts the magnitudes in B's group, as
+/// PEFT's `create_loraplus_optimizer` does with 1-D parameters; weight decay 0.01. Losses within
+/// 1e-5 relative; the final A, B and magnitudes within 1e-5.
+#[test]
+fn dora_trains_like_peft() {
+    let golden = read_json(&fixtures().join("golden/train-parity.json"));
+    let case = &golden["case5"];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.01, loraplus_lr_ratio: 4}\n  max_grad_norm: null";
+    let text = recipe("tests/fixtures/golden/train-parity-1.jsonl", extra, &out)
+        .replace("  dropout: 0.0\n", "  dropout: 0.0\n  dora: true\n");
+    assert_losses(&train(tmp.path(), "r", &text, &out), &case["losses"]);
+    let ours = st_f32(&out.join("adapter/adapter_model.safetensors"));
+    let peft = st_f32(&fixtures().join("lora/parity-dora/adapter_model.safetensors"));
+    assert_eq!(ours.len(), peft.len());
+    assert_eq!(
+        ours.keys()
+            .filter(|k| k.ends_with("lora_magnitude_vector"))
+            .count(),
+        14
+    );
+    for (k, v) in &ours {
+        let d = max_abs_diff(v, &peft[k]);
+        assert!(d <= 1e-5, "{k}: {d}");
+    }
+    let cfg = read_json(&out.join("adapter/adapter_config.json"));
+    assert_eq!(cfg["use_dora"], serde_json::json!(true));
+
+    // Continuing a DoRA adapter without lora.dora would drop its magnitudes: refused.
+    let out2 = tmp.path().join("run2");
+    let text = recipe_on(
+        "qwen2-tied",
+        "dora",
+        "tests/fixtures/golden/train-parity-1.jsonl",
+        extra,
+        &out2,
+    );
+    let r = write_recipe(tmp.path(), "r2.yaml", &text);
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is a DoRA adapter") && stderr(&o).contains("lora.dora: true"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// NEFTune: the noise moves the training losses a little (it is on the embeddings in the
 /// forward pass), is seeded, and alpha 0 is no noise at all; a negative alpha is refused.
 #[test]

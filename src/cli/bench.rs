@@ -36,6 +36,9 @@ pub struct Args {
     /// LoRA dropout probability on the adapters' inputs (as `lora.dropout`).
     #[arg(long, default_value_t = 0.0, value_parser = super::flags::probability)]
     pub dropout: f64,
+    /// DoRA adapters instead of plain LoRA (as `lora.dora: true`).
+    #[arg(long)]
+    pub dora: bool,
     /// Sliding-window attention of this many keys in every layer (Mistral 7B v0.1: 4096).
     #[arg(long, value_parser = super::flags::positive)]
     pub sliding_window: Option<usize>,
@@ -64,6 +67,7 @@ impl BackendJob for Job<'_> {
             quantize: a.quant.spec()?,
             gradient_checkpointing: a.gradient_checkpointing,
             dropout: a.dropout,
+            dora: a.dora,
             sliding_window: a.sliding_window,
             profile: a.profile,
         };

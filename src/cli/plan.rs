@@ -56,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             loss_chunk_rows: loss_chunk_rows(config.vocab_size),
             rank: r.lora.r,
             quant,
+            dora: r.lora.dora,
             gradient_checkpointing: r.train.gradient_checkpointing,
             threads: rayon::current_num_threads(),
         })
@@ -102,9 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dtype
     );
     println!(
-        "adapter      r={} alpha={} on {} modules: {} trainable parameters",
+        "adapter      r={} alpha={}{} on {} modules: {} trainable parameters",
         setup.lora.r,
         setup.lora.alpha,
+        if setup.lora.dora { " DoRA" } else { "" },
         setup.targets.len(),
         group_digits(trainable)
     );

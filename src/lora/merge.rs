@@ -143,7 +143,9 @@ pub fn non_finite_message(name: &str, count: usize, first: usize) -> String {
 }
 
 /// `Q(W) + scaling * B @ A` in f32, where `Q` is the quantization round trip of `quant` (the
-/// identity without one) and the delta is left out without an adapter.
+/// identity without one) and the delta is left out without an adapter. With DoRA's magnitude
+/// `m` each row is rescaled to it, `m / ||Q(W) + s B A||_row * (Q(W) + s B A)`, as PEFT's
+/// merge does.
 pub fn projection_weight(
     raw: &RawTensor<'_>,
     f: Option<&HostFactors>,
@@ -163,8 +165,19 @@ pub fn projection_weight(
         Tensor::<Cpu, 2>::from_data(TensorData::new(f.a.clone(), [f.r, f.in_features]), &device);
     let b =
         Tensor::<Cpu, 2>::from_data(TensorData::new(f.b.clone(), [f.out_features, f.r]), &device);
-    let delta = b.matmul(a).mul_scalar(f.scaling);
-    (w + delta).into_data().to_vec::<f32>().unwrap_or_default()
+    let merged = w + b.matmul(a).mul_scalar(f.scaling);
+    let merged = match &f.magnitude {
+        Some(m) => {
+            let m = Tensor::<Cpu, 2>::from_data(
+                TensorData::new(m.clone(), [f.out_features, 1]),
+                &device,
+            );
+            let norm = merged.clone().powi_scalar(2).sum_dim(1).sqrt();
+            merged * (m / norm)
+        }
+        None => merged,
+    };
+    merged.into_data().to_vec::<f32>().unwrap_or_default()
 }
 
 /// f32 values to little-endian bytes of `dtype` (round-to-nearest-even, as torch casts).

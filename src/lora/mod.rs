@@ -1,7 +1,9 @@
 //! LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") in PEFT's
-//! conventions: the adapted layer, target selection, PEFT adapter files and merging.
+//! conventions: the adapted layer, DoRA's magnitude-and-direction variant, target selection,
+//! PEFT adapter files and merging.
 
 pub mod attach;
+pub mod dora;
 pub mod error;
 pub mod layer;
 pub mod merge;
@@ -13,12 +15,10 @@ pub use settings::{InitKind, LoraSettings, TargetModule, TargetSpec};
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
-
 use crate::model::Model;
 
 /// Read the adapter in `dir`, check it against `model`, and attach it. Returns its modules.
-pub fn apply_adapter<B: Backend>(
+pub fn apply_adapter<B: crate::model::kernels::Kernels>(
     model: &mut Model<B>,
     dir: &Path,
     trainable: bool,

@@ -1,7 +1,8 @@
 //! PEFT's adapter files: `adapter_config.json` and `adapter_model.safetensors` with keys
 //! `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`, `A: [r, in]`,
-//! `B: [out, r]`, f32. Reading refuses what burnish cannot apply faithfully instead of loading
-//! part of an adapter.
+//! `B: [out, r]`, f32, and with DoRA (`"use_dora": true`) `...{module}.lora_magnitude_vector`,
+//! `[out]`. Reading refuses what burnish cannot apply faithfully instead of loading part of an
+//! adapter.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,25 @@ pub fn peft_key(layer: usize, module: &str, a: bool) -> String {
     )
 }
 
-/// Parse a PEFT key back into (layer, module, is_A).
-pub fn parse_peft_key(key: &str) -> Option<(usize, &'static str, bool)> {
+/// The PEFT key of a DoRA magnitude vector (`[out]`; PEFT keeps the name it had before the
+/// magnitude became a module, without `.weight`).
+pub fn magnitude_key(layer: usize, module: &str) -> String {
+    format!(
+        "base_model.model.{}.lora_magnitude_vector",
+        super::settings::module_name(layer, module)
+    )
+}
+
+/// Which tensor of a module's adapter a PEFT key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    A,
+    B,
+    Magnitude,
+}
+
+/// Parse a PEFT key back into (layer, module, part).
+pub fn parse_peft_key(key: &str) -> Option<(usize, &'static str, Part)> {
     let rest = key.strip_prefix("base_model.model.model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
@@ -38,15 +56,18 @@ pub fn parse_peft_key(key: &str) -> Option<(usize, &'static str, bool)> {
     if ModelConfig::linear_parent(module) != parent {
         return None;
     }
-    let a = match rest {
-        "lora_A.weight" => true,
-        "lora_B.weight" => false,
+    let part = match rest {
+        "lora_A.weight" => Part::A,
+        "lora_B.weight" => Part::B,
+        // The second form is what PEFT's in-memory state dict calls it.
+        "lora_magnitude_vector" | "lora_magnitude_vector.weight" => Part::Magnitude,
         _ => return None,
     };
-    Some((layer, module, a))
+    Some((layer, module, part))
 }
 
-/// One module's factors on the host: `a: [r, in]`, `b: [out, r]`, row-major f32.
+/// One module's factors on the host: `a: [r, in]`, `b: [out, r]`, row-major f32, and DoRA's
+/// magnitude `[out]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostFactors {
     pub r: usize,
@@ -55,6 +76,9 @@ pub struct HostFactors {
     pub a: Vec<f32>,
     pub b: Vec<f32>,
     pub scaling: f64,
+    /// DoRA's magnitude vector; `None` for plain LoRA (and for a DoRA adapter not yet
+    /// initialised: attaching it computes the base weight's row norms).
+    pub magnitude: Option<Vec<f32>>,
 }
 
 /// An adapter read from disk: its settings and factors per (layer, module).
@@ -79,7 +103,7 @@ pub fn write_adapter(
     dir: &Path,
     settings: &LoraSettings,
     targets: &[TargetModule],
-    factors: &[(TargetModule, Vec<f32>, Vec<f32>)],
+    factors: &[(TargetModule, HostFactors)],
     base_model: &str,
 ) -> Result<(), LoraError> {
     let io = |path: &Path| {
@@ -117,7 +141,7 @@ pub fn write_adapter(
         "revision": null,
         "target_modules": settings.target_module_names(targets),
         "task_type": "CAUSAL_LM",
-        "use_dora": false,
+        "use_dora": settings.dora,
         "use_rslora": settings.rslora,
     });
     let config_path = dir.join(CONFIG_FILE);
@@ -127,27 +151,35 @@ pub fn write_adapter(
     })?;
     std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
 
-    let names: Vec<(String, String)> = factors
+    let names: Vec<[String; 3]> = factors
         .iter()
-        .map(|(t, _, _)| {
-            (
+        .map(|(t, _)| {
+            [
                 peft_key(t.layer, t.module, true),
                 peft_key(t.layer, t.module, false),
-            )
+                magnitude_key(t.layer, t.module),
+            ]
         })
         .collect();
-    let mut tensors = Vec::with_capacity(factors.len() * 2);
-    for ((t, a, b), (name_a, name_b)) in factors.iter().zip(&names) {
+    let mut tensors = Vec::with_capacity(factors.len() * 3);
+    for ((t, f), [name_a, name_b, name_m]) in factors.iter().zip(&names) {
         tensors.push(F32Tensor {
             name: name_a,
             shape: vec![t.r, t.in_features],
-            values: a,
+            values: &f.a,
         });
         tensors.push(F32Tensor {
             name: name_b,
             shape: vec![t.out_features, t.r],
-            values: b,
+            values: &f.b,
         });
+        if let Some(m) = &f.magnitude {
+            tensors.push(F32Tensor {
+                name: name_m,
+                shape: vec![t.out_features],
+                values: m,
+            });
+        }
     }
     let weights_path = dir.join(WEIGHTS_FILE);
     // burnish's version goes into the tensor file's metadata: PEFT warns about any key of
@@ -185,11 +217,7 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
         }
     }
     // Fields whose non-default values change the math in ways burnish does not implement.
-    let neutral: [(&str, &str); 12] = [
-        (
-            "use_dora",
-            "DoRA adds a magnitude vector burnish does not apply",
-        ),
+    let neutral: [(&str, &str); 11] = [
         (
             "fan_in_fan_out",
             "transposed (Conv1D-style) base weights are not supported",
@@ -337,6 +365,10 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
             .get("use_rslora")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        dora: cfg
+            .get("use_dora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         init,
         layers_to_transform,
         rank_pattern,
@@ -345,8 +377,8 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
 }
 
 /// Read an adapter folder and check it against the base model's config: every tensor must be a
-/// LoRA factor of a targeted module with the right shape, and every targeted module must have
-/// both factors.
+/// LoRA factor (or DoRA magnitude) of a targeted module with the right shape, and every
+/// targeted module must have both factors (and, with `use_dora`, its magnitude).
 pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, LoraError> {
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|source| LoraError::Io {
@@ -380,16 +412,22 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
         message: format!("not a valid safetensors file ({e}); it may be truncated or corrupt"),
     })?;
     let mut problems = Vec::new();
-    // (layer, module, is A) -> (shape, values)
-    type Found = BTreeMap<(usize, &'static str, bool), (Vec<usize>, Vec<f32>)>;
+    // (layer, module, part) -> (shape, values)
+    type Found = BTreeMap<(usize, &'static str, Part), (Vec<usize>, Vec<f32>)>;
     let mut found: Found = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let Some((layer, module, a)) = parse_peft_key(&name) else {
+        let Some((layer, module, part)) = parse_peft_key(&name) else {
             problems.push(format!(
                 "unexpected tensor {name} (not a LoRA factor of a decoder projection)"
             ));
             continue;
         };
+        if part == Part::Magnitude && !settings.dora {
+            problems.push(format!(
+                "tensor {name} is a DoRA magnitude but adapter_config.json has no \"use_dora\": true"
+            ));
+            continue;
+        }
         let raw = crate::model::weights::RawTensor {
             dtype: view.dtype(),
             shape: view.shape().to_vec(),
@@ -400,15 +438,36 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
         }
         match raw.to_f32() {
             Ok(values) => {
-                found.insert((layer, module, a), (view.shape().to_vec(), values));
+                found.insert((layer, module, part), (view.shape().to_vec(), values));
             }
             Err(dtype) => problems.push(format!("tensor {name} has unsupported dtype {dtype}")),
         }
     }
     let mut factors = BTreeMap::new();
     for t in &targets {
-        let a = found.remove(&(t.layer, t.module, true));
-        let b = found.remove(&(t.layer, t.module, false));
+        let a = found.remove(&(t.layer, t.module, Part::A));
+        let b = found.remove(&(t.layer, t.module, Part::B));
+        let magnitude = match found.remove(&(t.layer, t.module, Part::Magnitude)) {
+            Some((shape, m)) => {
+                if shape != [t.out_features] {
+                    problems.push(format!(
+                        "tensor {} has shape {shape:?}, expected [{}] for this base model",
+                        magnitude_key(t.layer, t.module),
+                        t.out_features
+                    ));
+                }
+                Some(m)
+            }
+            None => {
+                if t.dora {
+                    problems.push(format!(
+                        "missing tensor {} (the adapter uses DoRA)",
+                        magnitude_key(t.layer, t.module)
+                    ));
+                }
+                None
+            }
+        };
         let key_a = peft_key(t.layer, t.module, true);
         let key_b = peft_key(t.layer, t.module, false);
         match (a, b) {
@@ -430,6 +489,7 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
                         a,
                         b,
                         scaling: t.scaling,
+                        magnitude,
                     },
                 );
             }
@@ -443,10 +503,14 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
             }
         }
     }
-    for (layer, module, a) in found.keys() {
+    for (layer, module, part) in found.keys() {
+        let key = match part {
+            Part::A => peft_key(*layer, module, true),
+            Part::B => peft_key(*layer, module, false),
+            Part::Magnitude => magnitude_key(*layer, module),
+        };
         problems.push(format!(
-            "tensor {} belongs to a module the adapter config does not target",
-            peft_key(*layer, module, *a)
+            "tensor {key} belongs to a module the adapter config does not target"
         ));
     }
     if !problems.is_empty() {

@@ -43,6 +43,9 @@ pub struct LoraSettings {
     pub dropout: f64,
     pub targets: TargetSpec,
     pub rslora: bool,
+    /// DoRA (Liu et al. 2024): a trained magnitude per output row on top of the low-rank
+    /// direction update (PEFT's `use_dora`).
+    pub dora: bool,
     pub init: InitKind,
     pub layers_to_transform: Option<Vec<usize>>,
     pub rank_pattern: IndexMap<String, usize>,
@@ -57,6 +60,7 @@ impl Default for LoraSettings {
             dropout: 0.05,
             targets: TargetSpec::default(),
             rslora: false,
+            dora: false,
             init: InitKind::Default,
             layers_to_transform: None,
             rank_pattern: IndexMap::new(),
@@ -76,6 +80,8 @@ pub struct TargetModule {
     pub scaling: f64,
     pub in_features: usize,
     pub out_features: usize,
+    /// Whether the adapter has DoRA's magnitude vector.
+    pub dora: bool,
 }
 
 impl TargetModule {
@@ -227,6 +233,7 @@ impl LoraSettings {
                     scaling: self.scaling(r, alpha),
                     in_features: shape.in_features,
                     out_features: shape.out_features,
+                    dora: self.dora,
                 });
             }
         }
@@ -255,10 +262,13 @@ impl LoraSettings {
     }
 }
 
-/// Trainable parameters of the resolved targets: `r * (in + out)` each, as PEFT counts them.
+/// Trainable parameters of the resolved targets: `r * (in + out)` each (plus `out` for DoRA's
+/// magnitude), as PEFT counts them.
 pub fn trainable_parameters(targets: &[TargetModule]) -> u64 {
     targets
         .iter()
-        .map(|t| (t.r * (t.in_features + t.out_features)) as u64)
+        .map(|t| {
+            (t.r * (t.in_features + t.out_features) + usize::from(t.dora) * t.out_features) as u64
+        })
         .sum()
 }

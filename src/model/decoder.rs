@@ -227,8 +227,8 @@ impl<B: Kernels> DecoderLayer<B> {
             let p = self.projections()[i];
             match saved {
                 Some(sv) => {
-                    let (y, xa) = p.forward_parts(input, drops[i].as_ref());
-                    sv.xa[i] = xa;
+                    let (y, parts) = p.forward_parts(input, drops[i].as_ref());
+                    sv.adapters[i] = parts;
                     y
                 }
                 None => p.forward(input, drops[i].as_ref()),

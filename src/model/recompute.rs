@@ -21,8 +21,17 @@ use super::decoder::{AttentionContext, DecoderLayer, LayerDropout};
 use super::kernels::autodiff::{Prim, inner, prim, wrap};
 use super::kernels::{Dropout, Kernels};
 
-/// Gradients of one projection's LoRA factors `(dA, dB)`.
-pub type FactorGrads<B> = Option<(Tensor<B, 2>, Tensor<B, 2>)>;
+/// Gradients of one projection's adapter.
+#[derive(Debug)]
+pub struct AdapterGrads<B: Backend> {
+    pub a: Tensor<B, 2>,
+    pub b: Tensor<B, 2>,
+    /// DoRA's magnitude, `[1, out]`.
+    pub magnitude: Option<Tensor<B, 2>>,
+}
+
+/// Gradients of one projection's adapter (`None` without one).
+pub type FactorGrads<B> = Option<AdapterGrads<B>>;
 
 /// Rotated q and k, v, the attention output and its log-sum-exp.
 pub type SavedAttention<B> = (
@@ -38,8 +47,9 @@ pub type SavedAttention<B> = (
 pub struct Saved<B: Backend> {
     pub x: Option<Tensor<B, 2>>,
     pub n1: Option<Tensor<B, 2>>,
-    /// `dropout(x) A^T` of each projection, in `LINEAR_MODULES` order.
-    pub xa: [Option<Tensor<B, 2>>; 7],
+    /// What each projection's backward needs (`dropout(x) A^T`; DoRA's parts), in
+    /// `LINEAR_MODULES` order.
+    pub adapters: [Option<crate::lora::layer::AdapterSaved<B>>; 7],
     pub q_pre: Option<Tensor<B, 2>>,
     pub k_pre: Option<Tensor<B, 2>>,
     pub attention: Option<SavedAttention<B>>,
@@ -60,7 +70,7 @@ impl<B: Backend> Default for Saved<B> {
         Self {
             x: None,
             n1: None,
-            xa: Default::default(),
+            adapters: Default::default(),
             q_pre: None,
             k_pre: None,
             attention: None,
@@ -91,7 +101,7 @@ pub fn layer_backward<B: Kernels>(
     let mut sv = Saved::default();
     layer.forward_saving(x, ctx, None, dropout, Some(&mut sv));
     const FILLED: &str = "forward_saving fills every saved value";
-    let [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d] = sv.xa;
+    let [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d] = sv.adapters;
     let [dr_q, dr_k, dr_v, dr_o, dr_g, dr_u, dr_d] = sv.dropouts;
     let [pq, pk, pv, po, pg, pu, pd] = layer.projections();
     let (gate, up, act) = sv.mlp.expect(FILLED);
@@ -194,11 +204,12 @@ where
 }
 
 /// A decoder layer under gradient checkpointing: parents are the layer input and the `A`, `B`
-/// factors of the seven projections (the input again where a projection has no adapter).
+/// and DoRA magnitude of the seven projections (the input again where a projection has no
+/// adapter or no magnitude).
 #[derive(Debug)]
 struct CheckpointedLayer;
 
-impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
+impl<B: Kernels> Backward<B, 22> for CheckpointedLayer {
     /// The layer input, the layer on the inner backend, the rotary tables, the mask and the
     /// dropout streams.
     type State = (
@@ -210,7 +221,7 @@ impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
         Option<LayerDropout>,
     );
 
-    fn backward(self, ops: Ops<Self::State, 15>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 22>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad: Tensor<B, 3> =
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         let (x, layer, cos, sin, mask, dropout) = ops.state;
@@ -227,12 +238,15 @@ impl<B: Kernels> Backward<B, 15> for CheckpointedLayer {
             grads.register::<B>(p.id, prim(dx));
         }
         for (i, d) in factors.into_iter().enumerate() {
-            if let Some((da, db)) = d {
-                if let Some(p) = &parents[1 + 2 * i] {
-                    grads.register::<B>(p.id, prim(da));
+            if let Some(d) = d {
+                if let Some(p) = &parents[1 + 3 * i] {
+                    grads.register::<B>(p.id, prim(d.a));
                 }
-                if let Some(p) = &parents[2 + 2 * i] {
-                    grads.register::<B>(p.id, prim(db));
+                if let Some(p) = &parents[2 + 3 * i] {
+                    grads.register::<B>(p.id, prim(d.b));
+                }
+                if let (Some(m), Some(p)) = (d.magnitude, &parents[3 + 3 * i]) {
+                    grads.register::<B>(p.id, prim(m));
                 }
             }
         }
@@ -263,13 +277,16 @@ impl<B: Kernels, C: CheckpointStrategy> CheckpointLayer for Autodiff<B, C> {
         let mut nodes = vec![xn.clone()];
         for p in layer.projections() {
             match &p.lora {
-                Some(l) => nodes.extend([node(l.a.val()), node(l.b.val())]),
-                None => nodes.extend([xn.clone(), xn.clone()]),
+                Some(l) => {
+                    nodes.extend([node(l.a.val()), node(l.b.val())]);
+                    nodes.push(l.magnitude.as_ref().map_or(xn.clone(), |m| node(m.val())));
+                }
+                None => nodes.extend([xn.clone(), xn.clone(), xn.clone()]),
             }
         }
-        let nodes: [_; 15] = match nodes.try_into() {
+        let nodes: [_; 22] = match nodes.try_into() {
             Ok(n) => n,
-            Err(_) => unreachable!("1 input + 7 projections x 2 factors"),
+            Err(_) => unreachable!("1 input + 7 projections x 3 adapter tensors"),
         };
         match CheckpointedLayer
             .prepare::<C>(nodes)

@@ -232,6 +232,7 @@ impl Section for LoraSection {
         "dropout",
         "targets",
         "rslora",
+        "dora",
         "init",
         "init_from",
         "layers_to_transform",

@@ -63,6 +63,9 @@ pub struct LoraSection {
     pub targets: TargetSpec,
     /// rsLoRA scaling (Kalajdzievski 2023).
     pub rslora: bool,
+    /// DoRA (Liu et al. 2024, PEFT's `use_dora`): the adapted weight is renormalised per
+    /// output row and scaled by a trained magnitude vector.
+    pub dora: bool,
     /// `default` (PEFT's kaiming-uniform A) or `gaussian` (A ~ N(0, 1/r)); B starts at zero.
     pub init: InitKind,
     /// Start from an existing PEFT adapter folder instead.
@@ -83,6 +86,7 @@ impl Default for LoraSection {
             dropout: 0.05,
             targets: TargetSpec::default(),
             rslora: false,
+            dora: false,
             init: InitKind::Default,
             init_from: None,
             layers_to_transform: None,

@@ -18,7 +18,7 @@ use super::step::{StepSettings, take_step};
 use super::sync::SingleProcess;
 use crate::data::PackedRow;
 use crate::data::batch::TokenizedExample;
-use crate::lora::attach::{attach, init_factors};
+use crate::lora::attach::{attach, factor_shapes, init_factors};
 use crate::lora::settings::trainable_parameters;
 use crate::lora::{InitKind, LoraSettings, TargetSpec};
 use crate::model::config::SlidingWindow;
@@ -73,6 +73,8 @@ pub struct BenchResult {
     pub gradient_checkpointing: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
+    /// DoRA adapters (`lora.dora`).
+    pub dora: bool,
     /// Keys each query sees in every layer (`--sliding-window`); `None`: full causal attention.
     pub sliding_window: Option<usize>,
     pub steps: usize,
@@ -137,6 +139,8 @@ pub struct BenchSpec {
     pub gradient_checkpointing: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
+    /// DoRA adapters (`lora.dora`).
+    pub dora: bool,
     /// Sliding-window attention of this width in every layer (as Mistral 7B v0.1's 4096).
     pub sliding_window: Option<usize>,
     /// Time each host kernel over the timed steps (see `kernels::profile`).
@@ -170,6 +174,7 @@ pub fn run<B: TrainBackend>(
         dropout: spec.dropout,
         targets: TargetSpec::One("all-linear".into()),
         init: InitKind::Default,
+        dora: spec.dora,
         ..Default::default()
     };
     let targets = settings.resolve(&config)?;
@@ -181,10 +186,7 @@ pub fn run<B: TrainBackend>(
             .for_each(|(i, x)| *x = ((i % 7) as f32 - 3.0) * 1e-3);
         attach(&mut model.net, t, &f, spec.dropout, true, device);
     }
-    let shapes: Vec<[usize; 2]> = targets
-        .iter()
-        .flat_map(|t| [[t.r, t.in_features], [t.out_features, t.r]])
-        .collect();
+    let shapes = factor_shapes(&targets);
     let mut opt = AdamW::<B::InnerBackend>::new(
         AdamWConfig {
             beta1: 0.9,
@@ -261,6 +263,7 @@ pub fn run<B: TrainBackend>(
         loss_chunk_rows: loss_chunk_rows(config.vocab_size),
         rank: spec.rank,
         quant: spec.quantize.as_ref(),
+        dora: spec.dora,
         gradient_checkpointing: spec.gradient_checkpointing,
         threads: rayon::current_num_threads(),
     });
@@ -286,6 +289,7 @@ pub fn run<B: TrainBackend>(
         ),
         gradient_checkpointing: spec.gradient_checkpointing,
         dropout: spec.dropout,
+        dora: spec.dora,
         sliding_window: spec.sliding_window,
         rank: spec.rank,
         steps: spec.steps,

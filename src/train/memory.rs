@@ -42,6 +42,9 @@ pub struct Workload<'a> {
     pub rank: usize,
     pub quant: Option<&'a QuantSpec>,
     pub gradient_checkpointing: bool,
+    /// DoRA adapters: each projection also keeps its f32 undirected output for the
+    /// magnitude's gradient, and forms `W + s B A` (f32) for its row norms.
+    pub dora: bool,
     /// CPU threads (attention scratch is per thread).
     pub threads: usize,
 }
@@ -98,6 +101,17 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     // `x A^T` of the seven projections.
     let per_token =
         (4 * h + 2 * qd + 2 * kv + 3 * i + qk_norm) * a + nh * 4 + 7 * w.rank as u64 * 4;
+    // DoRA: each projection's f32 output before the magnitude scaling.
+    let dora_outputs: u64 = if w.dora {
+        LINEAR_MODULES
+            .iter()
+            .filter_map(|m| c.linear_shape(m))
+            .map(|s| s.out_features as u64 * 4)
+            .sum()
+    } else {
+        0
+    };
+    let per_token = per_token + dora_outputs;
     let layer = tokens * per_token;
     let layers = c.num_layers as u64;
     let kept = if w.gradient_checkpointing {
@@ -129,7 +143,18 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     let rows = w.loss_chunk_rows.min(tokens as usize) as u64 * c.vocab_size as u64;
     let loss = if on_gpu { 2 * rows * a } else { rows * 4 } + tokens * h * 4;
     let program = if on_gpu { 0 } else { CPU_PROGRAM_BYTES };
-    let workspace = backward.max(attention) + loss + program;
+    // DoRA's row norms: the widest projection's `W + s B A` in f32, its `B A` and f32 `W`.
+    let dora_norms = if w.dora {
+        LINEAR_MODULES
+            .iter()
+            .filter_map(|m| c.linear_shape(m))
+            .map(|s| (s.out_features * s.in_features) as u64 * 4 * 3)
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let workspace = backward.max(attention).max(dora_norms) + loss + program;
     MemoryEstimate {
         weights_bytes: weights,
         adapter_optimizer_bytes: adapter,
@@ -159,6 +184,7 @@ mod tests {
                 loss_chunk_rows: 276,
                 rank: 16,
                 quant: None,
+                dora: false,
                 gradient_checkpointing: ckpt,
                 threads: 2,
             })

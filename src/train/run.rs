@@ -27,7 +27,9 @@ use super::sync::GradientSync;
 use super::window::{pair_window, shards, window_micro_batches};
 use crate::data::order::epoch_order;
 use crate::error::user;
-use crate::lora::attach::{attach, extract, factor_names, init_factors};
+use crate::lora::attach::{
+    attach, extract, factor_names, factor_shapes, init_factors, loraplus_scales,
+};
 use crate::lora::peft::{HostFactors, read_adapter, write_adapter};
 use crate::model::Model;
 use crate::model::loss::loss_chunk_rows;
@@ -368,15 +370,9 @@ fn load_trainable<B: TrainBackend>(
         eps: o.eps,
         weight_decay: o.weight_decay,
     };
-    let shapes: Vec<[usize; 2]> = setup
-        .targets
-        .iter()
-        .flat_map(|tm| [[tm.r, tm.in_features], [tm.out_features, tm.r]])
-        .collect();
-    let mut optimizer = AdamW::new(config, &shapes, device);
+    let mut optimizer = AdamW::new(config, &factor_shapes(&setup.targets), device);
     if let Some(ratio) = o.loraplus_lr_ratio {
-        // Factors come as [A, B] per target module (`factor_tensors`' order).
-        optimizer.lr_scales = setup.targets.iter().flat_map(|_| [1.0, ratio]).collect();
+        optimizer.lr_scales = loraplus_scales(&setup.targets, ratio);
     }
     if let Some(c) = resume {
         let state = checkpoint::read_optimizer(&c.dir)?;
@@ -406,6 +402,11 @@ fn factors_for(
                         t.full_name()
                     ))
                 })?;
+            if f.magnitude.is_some() && !t.dora {
+                return Err(user(format!(
+                    "{what} is a DoRA adapter (it has lora_magnitude_vector tensors): set lora.dora: true in the recipe to continue training it"
+                )));
+            }
             f.scaling = t.scaling;
             Ok(f)
         })

@@ -55,6 +55,7 @@ pub fn lora_settings(r: &Recipe) -> LoraSettings {
         dropout: r.lora.dropout,
         targets: r.lora.targets.clone(),
         rslora: r.lora.rslora,
+        dora: r.lora.dora,
         init: r.lora.init,
         layers_to_transform: r.lora.layers_to_transform.clone(),
         rank_pattern: r.lora.rank_pattern.clone(),

@@ -55,6 +55,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     put("lora.dropout", json!(r.lora.dropout));
     put("lora.targets", json!(r.lora.targets));
     put("lora.rslora", json!(r.lora.rslora));
+    // Only when on, so checkpoints written before DoRA existed still resume.
+    if r.lora.dora {
+        put("lora.dora", json!(true));
+    }
     put("lora.init", json!(r.lora.init));
     put("lora.init_from", json!(r.lora.init_from));
     put(

@@ -263,6 +263,13 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         }
     }
 
+    /// A constant of the graph, computed on the inner backend (where quantized weights
+    /// dequantize).
+    fn weight_row_sq_norms(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let w = Tensor::<B, 2>::from_primitive(inner_weight(&w));
+        Tensor::from_inner(B::weight_row_sq_norms(w))
+    }
+
     fn lora_linear(
         x: Tensor<Self, 2>,
         w: Tensor<Self, 2>,

@@ -237,6 +237,12 @@ pub trait Kernels: Backend {
         generic::lora_linear_backward(x, xa, w, lora, dropout, grad, need_dx)
     }
 
+    /// `||W||^2` per output row of a frozen weight (`[1, out]` f32, never differentiated):
+    /// the constant part of DoRA's row norms. `w` may be quantized.
+    fn weight_row_sq_norms(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        generic::weight_row_sq_norms(w)
+    }
+
     /// The gated MLP's activation `act(gate) * up`.
     fn glu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>, act: Activation) -> Tensor<Self, 2> {
         generic::glu(gate, up, act)

@@ -228,6 +228,9 @@ pub fn reference_model<B: TrainBackend>(
                 proj.lora = Some(crate::lora::layer::LoraAdapter {
                     a: to(&f.a, [f.r, f.in_features]),
                     b: to(&f.b, [f.out_features, f.r]),
+                    magnitude: f.magnitude.as_ref().map(|m| to(m, [1, f.out_features])),
+                    weight_sq_norms: None,
+                    frozen_inverse_norm: None,
                     scaling: f.scaling,
                     dropout: 0.0,
                 });

@@ -172,7 +172,7 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>)
 
 /// `scale * mask * x` in f32 for a dropout, the mask drawn on the host (the composed path
 /// has no random-number kernel of its own; the draw is the one the Flex kernel makes).
-fn dropped<B: Backend>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
+pub fn dropped<B: Backend>(x: Tensor<B, 2>, dropout: Option<&Dropout>) -> Tensor<B, 2> {
     let x = as_f32(x);
     match dropout {
         Some(d) => {
@@ -285,6 +285,13 @@ pub fn lora_linear_backward_with<B: Backend>(
         dlora = Some((da, db));
     }
     (dx, dlora)
+}
+
+/// `||W||^2` per output row of a frozen weight, `[1, out]` f32.
+pub fn weight_row_sq_norms<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = as_f32(dense(w, DType::F32));
+    let [out, _] = w.dims();
+    w.powi_scalar(2).sum_dim(1).reshape([1, out])
 }
 
 /// `sqrt(2 / pi)` and the cubic coefficient of GELU's tanh approximation.
