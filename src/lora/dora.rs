@@ -165,3 +165,102 @@ pub fn backward<B: Kernels>(
     }
     (dx, dlora, dm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use burn::tensor::TensorData;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0) - 1.0
+            })
+            .collect()
+    }
+
+    fn t(v: &[f32], shape: [usize; 2]) -> Tensor<Cpu, 2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    }
+
+    /// PEFT's DoRA formulas written out on the host with the dropout's own mask:
+    /// `y = W x + bias + (g - 1) W d(x) + g s B A d(x)`, `g = m / ||W + s B A||_row` (norm of
+    /// the formed sum). The forward (either mode, with and without dropout) within 1e-5.
+    #[test]
+    fn forward_is_pefts_formula() {
+        let (rows, inp, out, r, s) = (5, 12, 7, 3, 1.5f64);
+        let (w, x, a, b) = (
+            values(out * inp, 1),
+            values(rows * inp, 2),
+            values(r * inp, 3),
+            values(out * r, 4),
+        );
+        let bias = values(out, 5);
+        let m: Vec<f32> = (0..out).map(|i| 0.5 + i as f32 * 0.3).collect();
+        let dot = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(u, v)| u * v).sum::<f32>();
+        // Row o of W + s B A, and its norm.
+        let full = |o: usize| -> Vec<f32> {
+            (0..inp)
+                .map(|j| {
+                    w[o * inp + j]
+                        + s as f32 * (0..r).map(|k| b[o * r + k] * a[k * inp + j]).sum::<f32>()
+                })
+                .collect()
+        };
+        let g: Vec<f32> = (0..out)
+            .map(|o| m[o] / dot(&full(o), &full(o)).sqrt())
+            .collect();
+        let drop = crate::model::kernels::DropoutSeed::strided(9, 0, 1).at(0, 0, 0.3, rows);
+        for dropout in [None, Some(&drop)] {
+            let mask = dropout.map_or(vec![1.0; rows * inp], |d| d.mask(rows, inp));
+            let mut want = vec![0f32; rows * out];
+            for i in 0..rows {
+                let xi = &x[i * inp..(i + 1) * inp];
+                let di: Vec<f32> = xi
+                    .iter()
+                    .zip(&mask[i * inp..])
+                    .map(|(v, k)| v * k)
+                    .collect();
+                for o in 0..out {
+                    let wo = &w[o * inp..(o + 1) * inp];
+                    let low: f32 = (0..r)
+                        .map(|k| b[o * r + k] * dot(&a[k * inp..(k + 1) * inp], &di))
+                        .sum::<f32>()
+                        * s as f32;
+                    want[i * out + o] =
+                        dot(wo, xi) + bias[o] + (g[o] - 1.0) * dot(wo, &di) + g[o] * low;
+                }
+            }
+            for save in [false, true] {
+                let f = DoraFactors {
+                    a: t(&a, [r, inp]),
+                    b: t(&b, [out, r]),
+                    magnitude: t(&m, [1, out]),
+                    scaling: s,
+                    weight_sq_norms: None,
+                    inverse_norm: None,
+                };
+                let bias_t = Tensor::<Cpu, 1>::from_data(
+                    TensorData::new(bias.clone(), [out]),
+                    &Default::default(),
+                );
+                let (y, saved) = forward(
+                    t(&x, [rows, inp]),
+                    t(&w, [out, inp]),
+                    Some(bias_t),
+                    f,
+                    dropout,
+                    save,
+                );
+                assert_eq!(saved.is_some(), save);
+                let got = y.into_data().to_vec::<f32>().unwrap();
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |d, (p, q)| d.max((p - q).abs()));
+                assert!(diff < 1e-5, "dropout {}: {diff}", dropout.is_some());
+            }
+        }
+    }
+}
