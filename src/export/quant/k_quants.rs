@@ -176,7 +176,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// q4_K: 8 sub-blocks of 32 with their own 6-bit scale and min (relative to two f16 super-block
-/// factors), 4-bit levels. Layout: d, dmin (f16), scales[12], qs[128].
+/// factors), 4-bit levels. Layout: `d`, `dmin` (f16), `scales[12]`, `qs[128]`.
 pub fn q4_k_block(x: &[f32], out: &mut [u8]) {
     let mut levels = [0u8; QK_K];
     let mut laux = [0u8; 32];
@@ -251,7 +251,7 @@ pub fn q4_k_block(x: &[f32], out: &mut [u8]) {
 }
 
 /// q6_K: 16 sub-blocks of 16 with signed 8-bit scales (relative to one f16 factor), 6-bit levels
-/// split into low nibbles and high bit pairs. Layout: ql[128], qh[64], scales[16], d (f16).
+/// split into low nibbles and high bit pairs. Layout: `ql[128]`, `qh[64]`, `scales[16]`, `d` (f16).
 pub fn q6_k_block(x: &[f32], out: &mut [u8]) {
     let mut levels = [0u8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
