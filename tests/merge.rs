@@ -237,6 +237,22 @@ fn adapter_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&p, cfg.to_string()).unwrap();
 }
 
+/// `burnish eval` of the qwen2-tied fixture with `adapter`.
+fn eval_qwen2_tied(adapter: &Path) -> std::process::Output {
+    let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
+    burnish(&[
+        "eval",
+        "--model",
+        model_dir("qwen2-tied").to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ])
+}
+
 #[test]
 fn adapters_burnish_cannot_apply_are_refused_by_name() {
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
@@ -260,18 +276,7 @@ fn adapters_burnish_cannot_apply_are_refused_by_name() {
         let tmp = tempfile::tempdir().unwrap();
         let adapter = tmp.path().join("adapter");
         adapter_with(&adapter, |c| edit(c));
-        let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
-        let o = burnish(&[
-            "eval",
-            "--model",
-            model_dir("qwen2-tied").to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]);
+        let o = eval_qwen2_tied(&adapter);
         assert_eq!(o.status.code(), Some(2), "{field}: {}", stderr(&o));
         assert!(stderr(&o).contains(field), "{field}: {}", stderr(&o));
     }
@@ -281,20 +286,7 @@ fn adapters_burnish_cannot_apply_are_refused_by_name() {
 /// config: both refused (exit 2), naming the tensor and the config key.
 #[test]
 fn dora_adapter_mismatches_are_named() {
-    let data = fixtures().join("golden/qwen2-tied.eval.jsonl");
-    let eval = |adapter: &Path| {
-        burnish(&[
-            "eval",
-            "--model",
-            model_dir("qwen2-tied").to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-    };
+    let eval = eval_qwen2_tied;
     let tmp = tempfile::tempdir().unwrap();
     let no_magnitudes = tmp.path().join("a");
     adapter_with(&no_magnitudes, |c| c["use_dora"] = true.into());

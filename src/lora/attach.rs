@@ -8,7 +8,7 @@ use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::dora::{inverse_norm, row_norms};
+use super::dora::row_norms;
 use super::layer::LoraAdapter;
 use super::peft::{AdapterFiles, HostFactors};
 use super::settings::{InitKind, TargetModule};
@@ -89,7 +89,8 @@ pub fn attach<B: Kernels>(
         };
         let frozen_inverse_norm = match &w_sq {
             Some(sq) if !trainable => {
-                let inv = inverse_norm(w, Some(sq.clone()), a.clone(), b.clone(), factors.scaling);
+                let n = row_norms(w, Some(sq.clone()), a.clone(), b.clone(), factors.scaling);
+                let inv = n.recip();
                 Some(Param::from_tensor(inv).set_require_grad(false))
             }
             _ => None,

@@ -67,17 +67,6 @@ pub fn row_norms<B: Kernels>(
     sq.clamp_min(0.0).sqrt().detach()
 }
 
-/// `1 / ||W + s B A||` as `[1, out]`, outside any autodiff graph.
-pub fn inverse_norm<B: Kernels>(
-    w: Tensor<B, 2>,
-    w_sq: Option<Tensor<B, 2>>,
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
-    s: f64,
-) -> Tensor<B, 2> {
-    row_norms(w, w_sq, a, b, s).recip()
-}
-
 /// The DoRA projection of `x: [rows, in]` (in `x`'s dtype), and with `save` (on a backend
 /// without autodiff) what [`backward`] needs.
 pub fn forward<B: Kernels>(
@@ -92,7 +81,7 @@ pub fn forward<B: Kernels>(
     let (a, b, m, s) = (f.a, f.b, f.magnitude, f.scaling);
     let inv_norm = match f.inverse_norm {
         Some(inv) => inv,
-        None => inverse_norm(w.clone(), f.weight_sq_norms, a.clone(), b.clone(), s),
+        None => row_norms(w.clone(), f.weight_sq_norms, a.clone(), b.clone(), s).recip(),
     };
     let g = m * inv_norm.clone();
     let factors = Some((a, b, s));

@@ -119,17 +119,17 @@ impl<B: Kernels> LoraLinear<B> {
         grad: Tensor<B, 2>,
     ) -> (Tensor<B, 2>, FactorGrads<B>) {
         let w = self.weight.val();
-        if let (Some(f), Some(AdapterSaved::Dora(saved))) = (self.dora_factors(), saved.clone()) {
-            let (dx, dlora, m) = dora::backward(x, saved, w, f, dropout, grad);
-            let grads = dlora.map(|(a, b)| AdapterGrads {
-                a,
-                b,
-                magnitude: Some(m),
-            });
-            return (dx, grads);
-        }
-        let xa = match saved {
-            Some(AdapterSaved::Lora(xa)) => Some(xa),
+        let xa = match (self.dora_factors(), saved) {
+            (Some(f), Some(AdapterSaved::Dora(saved))) => {
+                let (dx, dlora, m) = dora::backward(x, saved, w, f, dropout, grad);
+                let grads = dlora.map(|(a, b)| AdapterGrads {
+                    a,
+                    b,
+                    magnitude: Some(m),
+                });
+                return (dx, grads);
+            }
+            (_, Some(AdapterSaved::Lora(xa))) => Some(xa),
             _ => None,
         };
         let (dx, dlora) = B::lora_linear_backward(
