@@ -82,7 +82,8 @@ log "bench $SMALL ${SEQS%% *}"
 bench_pair $SMALL "${SEQS%% *}"
 
 # 2. Correctness against goldens nobody here wrote: eval losses vs transformers (f32, bf16),
-#    and PEFT training parity (gemma3: Gemma 3's norms, GeGLU and per-layer RoPE on the device).
+#    and PEFT training parity, LoRA and DoRA (gemma3: Gemma 3's norms, GeGLU and per-layer RoPE
+#    on the device).
 log "correctness"
 for v in qwen2-tied llama-gqa gemma3; do
   for dt in f32 bf16; do
@@ -100,6 +101,11 @@ output: {dir: $OUT/parity}
 logging: {every: 1, tensorboard: false}
 YAML
 left 60 && timeout 120 "$BIN" -q train "$OUT/parity.yaml" --overwrite >> "$OUT/log.txt" 2>&1
+# DoRA (PEFT's case 5: magnitudes from the base's row norms, LoRA+ ratio 4, weight decay 0.01).
+sed -e 's/dropout: 0.0,/dropout: 0.0, dora: true,/' \
+    -e 's/weight_decay: 0.0}/weight_decay: 0.01, loraplus_lr_ratio: 4}/' \
+    -e "s#dir: $OUT/parity#dir: $OUT/parity-dora#" "$OUT/parity.yaml" > "$OUT/parity-dora.yaml"
+left 60 && timeout 120 "$BIN" -q train "$OUT/parity-dora.yaml" --overwrite >> "$OUT/log.txt" 2>&1
 
 # 3. Longer sequences, then the 7B shape with a 4-bit base.
 for seq in ${SEQS#* }; do
@@ -141,13 +147,15 @@ for v in ("qwen2-tied", "llama-gqa", "gemma3"):
         except Exception as e:
             evals.append({"model": v, "dtype": dt, "error": str(e)})
 summary["eval_parity"] = evals
-try:
-    want = json.load(open("tests/fixtures/golden/train-parity.json"))["case1"]["losses"]
-    got = [json.loads(l)["loss"] for l in open(f"{out}/parity/metrics.jsonl")]
-    rel = max(abs(a - b) / b for a, b in zip(got, want))
-    summary["peft_training_parity"] = {"losses": got, "peft": want, "max_rel_diff": rel, "tolerance": 1e-3, "ok": rel <= 1e-3 and len(got) == len(want)}
-except Exception as e:
-    summary["peft_training_parity"] = {"error": str(e)}
+for key, case, run in (("peft_training_parity", "case1", "parity"),
+                       ("peft_dora_training_parity", "case5", "parity-dora")):
+    try:
+        want = json.load(open("tests/fixtures/golden/train-parity.json"))[case]["losses"]
+        got = [json.loads(l)["loss"] for l in open(f"{out}/{run}/metrics.jsonl")]
+        rel = max(abs(a - b) / b for a, b in zip(got, want))
+        summary[key] = {"losses": got, "peft": want, "max_rel_diff": rel, "tolerance": 1e-3, "ok": rel <= 1e-3 and len(got) == len(want)}
+    except Exception as e:
+        summary[key] = {"error": str(e)}
 peaks = {}
 for l in open(f"{out}/peaks.jsonl"):
     r = json.loads(l); peaks[r["run"]] = r["peak_mib"]
