@@ -114,6 +114,12 @@ fn f32_merge_equals_peft_and_stays_tied() {
             !info["merged_tied"].as_bool().unwrap()
         );
         assert!(out.join("generation_config.json").is_file());
+        let card = fs::read_to_string(out.join("README.md")).unwrap();
+        let method = if case == "dora" { "DoRA" } else { "LoRA" };
+        assert!(
+            card.contains(&format!("with a {method} adapter")),
+            "{case}: {card}"
+        );
     }
 }
 

@@ -218,6 +218,11 @@ fn dora_trains_like_peft() {
     }
     let cfg = read_json(&out.join("adapter/adapter_config.json"));
     assert_eq!(cfg["use_dora"], serde_json::json!(true));
+    let card = std::fs::read_to_string(out.join("adapter/README.md")).unwrap();
+    assert!(
+        card.contains("# DoRA adapter") && card.contains("- dora"),
+        "{card}"
+    );
 
     // Continuing a DoRA adapter without lora.dora would drop its magnitudes: refused.
     let out2 = tmp.path().join("run2");

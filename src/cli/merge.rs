@@ -100,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         datasets: vec![],
         summary: None,
         gguf: vec![],
+        dora: adapter.settings.dora,
     };
     crate::hub::card::ensure(&args.out, &card)?;
     if args.verify {

@@ -37,6 +37,8 @@ pub struct CardInfo {
     pub summary: Option<RunSummary>,
     /// GGUF files published beside a merged model.
     pub gguf: Vec<GgufFile>,
+    /// The adapter is DoRA (PEFT's `use_dora`), not plain LoRA.
+    pub dora: bool,
 }
 
 /// A `.gguf` file of the folder: name, llama.cpp type label (`Q4_K_M`) and size.
@@ -153,6 +155,9 @@ pub fn render(info: &CardInfo) -> String {
     if info.kind == CardKind::Adapter {
         fm.push("- peft".into());
     }
+    if info.dora {
+        fm.push("- dora".into());
+    }
     if !info.gguf.is_empty() {
         fm.push("- gguf".into());
     }
@@ -165,22 +170,23 @@ pub fn render(info: &CardInfo) -> String {
     fm.push("---".into());
     let mut body = fm.join("\n");
     body.push_str("\n\n");
+    let method = if info.dora { "DoRA" } else { "LoRA" };
     let what = match info.kind {
         CardKind::Adapter => format!(
-            "A LoRA adapter for `{}`, trained with [burnish](https://github.com/burnish-rs/burnish).",
+            "A {method} adapter for `{}`, trained with [burnish](https://github.com/burnish-rs/burnish).",
             info.base_model
         ),
         CardKind::Merged => format!(
-            "`{}` with a LoRA adapter trained by [burnish](https://github.com/burnish-rs/burnish) merged into its weights.",
+            "`{}` with a {method} adapter trained by [burnish](https://github.com/burnish-rs/burnish) merged into its weights.",
             info.base_model
         ),
     };
     body.push_str(&format!(
         "# {}\n\n{what}\n\n",
         if info.kind == CardKind::Adapter {
-            "LoRA adapter"
+            format!("{method} adapter")
         } else {
-            "Merged model"
+            "Merged model".to_string()
         }
     ));
     body.push_str("## Use\n\n```python\n");
@@ -262,6 +268,7 @@ pub fn infer(dir: &Path) -> Option<CardInfo> {
             datasets: vec![],
             summary: None,
             gguf: vec![],
+            dora: cfg["use_dora"].as_bool().unwrap_or(false),
         });
     }
     let cfg = read("config.json")?;
@@ -275,5 +282,6 @@ pub fn infer(dir: &Path) -> Option<CardInfo> {
         datasets: vec![],
         summary: None,
         gguf: gguf_files(dir),
+        dora: false,
     })
 }

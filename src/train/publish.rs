@@ -65,6 +65,7 @@ fn write_card(
         datasets: hub_datasets(setup.recipe()),
         summary: Some(summary.clone()),
         gguf: card::gguf_files(dir),
+        dora: setup.lora.dora,
     };
     std::fs::write(dir.join("README.md"), card::render(&info))?;
     Ok(())
