@@ -133,6 +133,24 @@ fn two_replicas_in_one_process_equal_one_process() {
     let r = recipe(tmp.path(), "local.yaml", &local, &rows, 6, "");
     train_ok(&r, &["--set", "train.devices=[cpu, cpu]"]);
     assert_same_run(&single, &local, "two local replicas");
+    // DoRA: the magnitudes' gradients are exchanged with the factors'.
+    let dora = ["--set", "lora.dora=true"];
+    let single = tmp.path().join("single-dora");
+    train_ok(
+        &recipe(tmp.path(), "single-dora.yaml", &single, &rows, 6, ""),
+        &dora,
+    );
+    let local = tmp.path().join("local-dora");
+    let r = recipe(tmp.path(), "local-dora.yaml", &local, &rows, 6, "");
+    train_ok(&r, &[dora[0], dora[1], "--set", "train.devices=[cpu, cpu]"]);
+    assert_same_run(&single, &local, "two local replicas, DoRA");
+    assert_eq!(
+        adapter(&local)
+            .keys()
+            .filter(|k| k.ends_with("lora_magnitude_vector"))
+            .count(),
+        14
+    );
 }
 
 /// burn-collective 0.21's websocket transport occasionally drops an exchange on loopback (a
