@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Golden values for burnish's preference objectives, from TRL's DPOTrainer (sigmoid, IPO, and
-the conservative sigmoid with label smoothing) and ORPOTrainer on the tiny fixture models.
+the conservative sigmoid with label smoothing), ORPOTrainer and CPOTrainer (SimPO) on the tiny
+fixture models.
 
 Run in the reference environment (see scripts/make_fixtures.py; TRL and `datasets` installed
 into it with pip):
@@ -33,7 +34,8 @@ Settings aligned with burnish (each would otherwise differ from burnish's or be 
   - TRL 1.16's `sigmoid` loss has no label smoothing; conservative DPO (burnish's sigmoid with
     label_smoothing) is TRL's `aot` loss with one pair per batch, where sorting is the identity.
   - ORPO's NLL in TRL covers the prompt and the chosen completion: burnish's
-    `data.train_on_inputs: true` for ORPO.
+    `data.train_on_inputs: true` for ORPO. CPO's (SimPO's `cpo_alpha` term) covers the chosen
+    completion only.
 """
 import json
 import os
@@ -208,6 +210,43 @@ def run_orpo(model_name, adapter, rows, beta, lr, batch):
     return steps(cls.losses, rec.logs, METRICS + ["nll_loss", "log_odds_ratio", "log_odds_chosen"])
 
 
+def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
+    """SimPO (Meng et al. 2024) as TRL's CPOTrainer computes it (`loss_type="simpo"`), with
+    CPO's NLL term on the chosen completions weighted by `cpo_alpha`; the rows as for ORPO."""
+    import datasets
+    import peft
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    def features(r):
+        def side(completion):
+            ids = r["prompt"] + completion
+            return {"input_ids": ids, "attention_mask": [1] * len(ids),
+                    "labels": [-100] * len(r["prompt"]) + completion}
+        c, j = side(r["chosen"]), side(r["rejected"])
+        out = {"prompt": "", "chosen": "", "rejected": "",
+               "prompt_input_ids": r["prompt"], "prompt_attention_mask": [1] * len(r["prompt"])}
+        out.update({f"chosen_{k}": v for k, v in c.items()})
+        out.update({f"rejected_{k}": v for k, v in j.items()})
+        return out
+
+    CPOTrainer.tokenize_row = lambda self, feature, model=None: feature
+    data = datasets.Dataset.from_list([features(r) for r in rows])
+    base = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.join(FIX, "models", model_name), dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, adapter, is_trainable=True)
+    rec = Recorder()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = CPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
+                         beta=beta, loss_type="simpo", simpo_gamma=gamma, cpo_alpha=cpo_alpha,
+                         max_length=512, remove_unused_columns=False, **COMMON)
+        cls = sequential(CPOTrainer)
+        cls.losses = []
+        trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
+                      callbacks=[rec])
+        trainer.train()
+    return steps(cls.losses, rec.logs, METRICS + ["nll_loss"])
+
+
 def steps(losses, logs, names):
     assert len(losses) == len(logs) == 3, (losses, logs)
     return [dict({"loss": l, "grad_norm": g["grad_norm"]}, **{n: g[n] for n in names})
@@ -274,6 +313,9 @@ def main():
                                                label_smoothing=0.1)),
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
+        "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,
+                      beta=2.0, gamma=0.8, cpo_alpha=0.5,
+                      steps=run_simpo("llama-gqa", llama, rows, 2.0, 0.8, 0.5, 1e-3, 2)),
     }
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "trl": trl.__version__}

@@ -99,6 +99,11 @@ fn three_steps_match_trl() {
         let lora_extra = format!("  init_from: {}", adapter.display());
         let section = if name == "orpo" {
             format!("  objective: orpo\n  orpo: {{beta: {}}}", case["beta"])
+        } else if name == "simpo" {
+            format!(
+                "  objective: simpo\n  simpo: {{beta: {}, gamma: {}, cpo_alpha: {}}}",
+                case["beta"], case["gamma"], case["cpo_alpha"]
+            )
         } else {
             let reference = match case["reference"].as_str().unwrap() {
                 "adapter" => adapter.display().to_string(),
@@ -297,6 +302,27 @@ fn dpo_learns_the_shipped_preferences() {
     }
     let e = eval_records(&out);
     assert!(e.last().unwrap()["eval_log_odds_ratio"].is_f64());
+
+    let out = tmp.path().join("simpo");
+    let set_out = format!("output.dir={}", out.display());
+    train_ok(
+        Path::new("recipes/simpo-demo.yaml"),
+        &[
+            "--set",
+            &set_out,
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.eval_every=0",
+        ],
+    );
+    let steps = step_records(&out);
+    assert_eq!(steps.len(), 6);
+    for key in ["nll_loss", "rewards/margins", "logps/chosen"] {
+        assert!(steps[5][key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    let card = std::fs::read_to_string(out.join("adapter/README.md")).unwrap();
+    assert!(card.contains("objective: simpo"), "{card}");
 }
 
 /// Data parallel (two CPU replicas, an odd micro-batch split between them) and gradient
@@ -322,11 +348,15 @@ fn data_parallel_and_checkpointing_match_the_plain_run() {
             ),
         );
         let mut args = vec!["--set", "lora.dropout=0.1", "--set", "data.shuffle=true"];
+        if objective == "simpo" {
+            // With CPO's NLL term, so its window normalisation is exchanged too.
+            args.extend(["--set", "train.simpo.cpo_alpha=0.5"]);
+        }
         args.extend_from_slice(extra);
         train_ok(&r, &args);
         step_records(&out)
     };
-    for objective in ["dpo", "orpo"] {
+    for objective in ["dpo", "orpo", "simpo"] {
         let plain = run(&format!("{objective}-plain"), objective, &[]);
         let dp = run(
             &format!("{objective}-dp"),
@@ -556,17 +586,40 @@ fn bad_preference_recipe_values_are_located() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
     assert!(err.contains("bad.yaml:"), "{err}");
+    // SimPO's values, and train_on_inputs (its terms cover the completions only).
+    let r = recipe(
+        tmp.path(),
+        "bad-simpo.yaml",
+        "qwen2-tied",
+        &pairs,
+        &tmp.path().join("out"),
+        "  train_on_inputs: true",
+        "",
+        "  objective: simpo\n  simpo: {beta: 0.0, gamma: -1.0, cpo_alpha: -0.5}",
+    );
+    let o = burnish(&["validate", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    for needle in [
+        "train.simpo.beta: 0 is not a positive number",
+        "train.simpo.gamma: -1 is not a number >= 0",
+        "train.simpo.cpo_alpha: -0.5 is not a number >= 0",
+        "data.train_on_inputs: has no meaning for objective simpo",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
     // Unknown names get the list of valid ones.
     for (set, needle) in [
         (
             "train.objective=dpoo",
-            "'dpoo' is not one of sft, dpo, orpo",
+            "'dpoo' is not one of sft, dpo, orpo, simpo",
         ),
         (
             "train.dpo.loss_type=hinge",
             "'hinge' is not one of sigmoid, ipo",
         ),
         ("train.dpo.bta=0.1", "unknown field 'bta'"),
+        ("train.simpo.gama=0.1", "unknown field 'gama'"),
     ] {
         let r = recipe(
             tmp.path(),

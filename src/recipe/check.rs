@@ -315,6 +315,7 @@ impl Section for TrainSection {
         "objective",
         "dpo",
         "orpo",
+        "simpo",
         "epochs",
         "max_steps",
         "micro_batch_size",
@@ -337,6 +338,7 @@ impl Section for TrainSection {
             "scheduler" => check_section::<SchedulerSection>(node, path, issues).is_some(),
             "dpo" => check_section::<DpoSection>(node, path, issues).is_some(),
             "orpo" => check_section::<OrpoSection>(node, path, issues).is_some(),
+            "simpo" => check_section::<SimpoSection>(node, path, issues).is_some(),
             _ => return false,
         };
         true
@@ -349,6 +351,10 @@ impl Section for DpoSection {
 
 impl Section for OrpoSection {
     const FIELDS: &'static [&'static str] = &["beta"];
+}
+
+impl Section for SimpoSection {
+    const FIELDS: &'static [&'static str] = &["beta", "gamma", "cpo_alpha"];
 }
 
 impl Section for DistributedSection {
@@ -401,6 +407,7 @@ mod tests {
         fields_match::<TrainSection>();
         fields_match::<DpoSection>();
         fields_match::<OrpoSection>();
+        fields_match::<SimpoSection>();
         fields_match::<OutputSection>();
         fields_match::<LoggingSection>();
         fields_match::<HubSection>();

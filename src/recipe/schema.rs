@@ -242,6 +242,10 @@ pub enum Objective {
     /// Odds-ratio preference optimisation (Hong et al. 2024): the chosen completions' NLL
     /// minus `orpo.beta` times the log-sigmoid of the log odds ratio; no reference policy.
     Orpo,
+    /// Simple preference optimisation (Meng et al. 2024): `-log sigmoid(beta * (mean token
+    /// log-probability of chosen - of rejected) - gamma)`, plus `simpo.cpo_alpha` times the
+    /// chosen completions' NLL (CPO's term); no reference policy.
+    Simpo,
 }
 
 impl std::fmt::Display for Objective {
@@ -250,6 +254,7 @@ impl std::fmt::Display for Objective {
             Objective::Sft => "sft",
             Objective::Dpo => "dpo",
             Objective::Orpo => "orpo",
+            Objective::Simpo => "simpo",
         })
     }
 }
@@ -317,13 +322,37 @@ impl Default for OrpoSection {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct SimpoSection {
+    /// Scale of the length-normalised log-probability margin (the paper's beta: 2.0-2.5).
+    pub beta: f64,
+    /// Target reward margin subtracted inside the sigmoid (TRL's `simpo_gamma`; the paper's
+    /// gamma, about half of beta).
+    pub gamma: f64,
+    /// Weight of the chosen completions' NLL (TRL's `cpo_alpha`); 0 is SimPO alone.
+    pub cpo_alpha: f64,
+}
+
+impl Default for SimpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 2.0,
+            gamma: 1.0,
+            cpo_alpha: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// `sft` (default), `dpo` or `orpo`; the last two train on `preference` data.
+    /// `sft` (default), `dpo`, `orpo` or `simpo`; the last three train on `preference` data.
     pub objective: Objective,
     /// DPO settings (`objective: dpo`).
     pub dpo: DpoSection,
     /// ORPO settings (`objective: orpo`).
     pub orpo: OrpoSection,
+    /// SimPO settings (`objective: simpo`).
+    pub simpo: SimpoSection,
     /// Passes over the training data (ignored when `max_steps` is set).
     pub epochs: usize,
     /// Total optimizer steps; overrides `epochs` (the data repeats as needed).
@@ -366,6 +395,7 @@ impl Default for TrainSection {
             objective: Objective::Sft,
             dpo: DpoSection::default(),
             orpo: OrpoSection::default(),
+            simpo: SimpoSection::default(),
             epochs: 3,
             max_steps: None,
             micro_batch_size: 4,

@@ -297,6 +297,7 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
     for (key, used) in [
         ("dpo", t.objective == Objective::Dpo),
         ("orpo", t.objective == Objective::Orpo),
+        ("simpo", t.objective == Objective::Simpo),
     ] {
         if !used && c.tree.at_path(&format!("train.{key}")).is_some() {
             c.bad(
@@ -360,6 +361,39 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             format!("{} is not a positive number", t.orpo.beta),
         );
     }
+    if t.objective == Objective::Simpo {
+        let sp = &t.simpo;
+        if !beta_ok(sp.beta) {
+            c.bad(
+                "train.simpo.beta",
+                format!("{} is not a positive number", sp.beta),
+            );
+        }
+        if !sp.gamma.is_finite() || sp.gamma < 0.0 {
+            c.bad(
+                "train.simpo.gamma",
+                format!(
+                    "{} is not a number >= 0 (the target reward margin)",
+                    sp.gamma
+                ),
+            );
+        }
+        if !sp.cpo_alpha.is_finite() || sp.cpo_alpha < 0.0 {
+            c.bad(
+                "train.simpo.cpo_alpha",
+                format!(
+                    "{} is not a number >= 0 (the NLL term's weight)",
+                    sp.cpo_alpha
+                ),
+            );
+        }
+        if r.data.train_on_inputs {
+            c.bad(
+                "data.train_on_inputs",
+                "has no meaning for objective simpo (its terms cover the completions only, as TRL's CPOTrainer); remove it",
+            );
+        }
+    }
     if preference && r.data.packing {
         c.bad(
             "data.packing",
@@ -379,7 +413,7 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             match s.format {
                 Some(Format::Preference) if !preference => c.bad(
                     &format!("{path}.{i}.format"),
-                    "preference pairs train with train.objective dpo or orpo (the objective is sft)",
+                    "preference pairs train with train.objective dpo, orpo or simpo (the objective is sft)",
                 ),
                 Some(f) if preference && f != Format::Preference => c.bad(
                     &format!("{path}.{i}.format"),

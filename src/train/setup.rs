@@ -181,7 +181,7 @@ fn check_objective_data(loaded: &LoadedRecipe, data: &PreparedData) -> anyhow::R
             )
         } else {
             format!(
-                "{}: data.train holds preference pairs; train them with train.objective: dpo or orpo",
+                "{}: data.train holds preference pairs; train them with train.objective: dpo, orpo or simpo",
                 loaded.path.display()
             )
         };
@@ -255,13 +255,14 @@ impl RunSetup {
             .unwrap_or(0)
     }
 
-    /// The preference objective of a DPO or ORPO run; `None` for SFT.
+    /// The preference objective of a DPO, ORPO or SimPO run; `None` for SFT.
     pub fn preference_objective(&self) -> Option<PreferenceObjective> {
         let r = self.recipe();
         PreferenceObjective::from_recipe(
             r.train.objective,
             &r.train.dpo,
             &r.train.orpo,
+            &r.train.simpo,
             r.data.train_on_inputs,
         )
     }

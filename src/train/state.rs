@@ -105,6 +105,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
             put("train.objective", json!(r.train.objective));
             put("train.orpo", json!(r.train.orpo));
         }
+        crate::recipe::Objective::Simpo => {
+            put("train.objective", json!(r.train.objective));
+            put("train.simpo", json!(r.train.simpo));
+        }
     }
     f
 }

@@ -42,13 +42,7 @@ pub fn pair_window<'a>(
     sync: &dyn GradientSync<impl burn::tensor::backend::Backend>,
 ) -> PairWindow<'a> {
     let pairs = &setup.data.train_pairs;
-    let on_prompt = matches!(
-        objective,
-        PreferenceObjective::Orpo {
-            nll_on_prompt: true,
-            ..
-        }
-    );
+    let on_prompt = objective.prompt_in_chosen();
     PairWindow {
         micro_batches: shards(pairs, global, sync),
         global_sizes: global.iter().map(Vec::len).collect(),

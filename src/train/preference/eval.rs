@@ -28,13 +28,9 @@ pub fn evaluate_pairs<B: ModelBackend>(
     pad_id: u32,
     chunk: usize,
 ) -> anyhow::Result<PreferenceEval> {
-    let prompt_in_chosen = matches!(
-        objective,
-        PreferenceObjective::Orpo {
-            nll_on_prompt: true,
-            ..
-        }
-    );
+    let prompt_in_chosen = objective.prompt_in_chosen();
+    // The NLL term's weight (SimPO without it reports an NLL of 0, as TRL does).
+    let nll_weight = objective.nll().map(|(_, w)| w);
     let mut sums = PreferenceSums::default();
     let mut pair_loss = 0.0f64;
     let (mut chosen_nll, mut chosen_tokens) = (0.0f64, 0usize);
@@ -59,7 +55,7 @@ pub fn evaluate_pairs<B: ModelBackend>(
             chosen_nll -= p.chosen;
             chosen_tokens += p.chosen_tokens;
         }
-        if matches!(objective, PreferenceObjective::Orpo { .. }) {
+        if nll_weight.is_some() {
             let (nll, n) = pb.chosen_nll(&values);
             sums.nll += nll;
             sums.nll_tokens += n as f64;
@@ -67,9 +63,9 @@ pub fn evaluate_pairs<B: ModelBackend>(
     }
     let n = pairs.len().max(1) as f64;
     let mut loss = pair_loss / n;
-    if matches!(objective, PreferenceObjective::Orpo { .. }) {
+    if let Some(w) = nll_weight {
         let tokens: usize = pairs.iter().map(|p| nll_tokens(p, prompt_in_chosen)).sum();
-        loss += sums.nll / tokens.max(1) as f64;
+        loss += w * sums.nll / tokens.max(1) as f64;
     }
     Ok(PreferenceEval {
         loss,

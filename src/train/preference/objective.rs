@@ -1,9 +1,10 @@
 //! The preference losses on per-sequence log-probabilities, in f64 on the host, with their
 //! derivatives: DPO (Rafailov et al. 2023) with the sigmoid loss, its conservative form with
 //! label smoothing (Mitchell 2023) and IPO (Azar et al. 2023); ORPO's odds-ratio term (Hong et
-//! al. 2024). Conventions and metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`).
+//! al. 2024); SimPO (Meng et al. 2024) with CPO's NLL term (Xu et al. 2024). Conventions and
+//! metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`, `CPOTrainer`).
 
-use crate::recipe::{DpoLoss, DpoSection, Objective, OrpoSection};
+use crate::recipe::{DpoLoss, DpoSection, Objective, OrpoSection, SimpoSection};
 
 /// What a step or an evaluation optimises over pairs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +19,13 @@ pub enum PreferenceObjective {
         /// The NLL term covers the prompt too (`data.train_on_inputs`; TRL's ORPOTrainer does).
         nll_on_prompt: bool,
     },
+    /// `-log sigmoid(beta * (mean logp(chosen) - mean logp(rejected)) - gamma)` per pair, plus
+    /// `cpo_alpha` times the chosen completions' NLL (TRL's CPOTrainer, `loss_type="simpo"`).
+    Simpo {
+        beta: f64,
+        gamma: f64,
+        cpo_alpha: f64,
+    },
 }
 
 impl PreferenceObjective {
@@ -26,6 +34,7 @@ impl PreferenceObjective {
         objective: Objective,
         dpo: &DpoSection,
         orpo: &OrpoSection,
+        simpo: &SimpoSection,
         train_on_inputs: bool,
     ) -> Option<Self> {
         match objective {
@@ -39,11 +48,31 @@ impl PreferenceObjective {
                 beta: orpo.beta,
                 nll_on_prompt: train_on_inputs,
             }),
+            Objective::Simpo => Some(Self::Simpo {
+                beta: simpo.beta,
+                gamma: simpo.gamma,
+                cpo_alpha: simpo.cpo_alpha,
+            }),
         }
     }
 
     pub fn needs_reference(&self) -> bool {
         matches!(self, Self::Dpo { .. })
+    }
+
+    /// The chosen completions' NLL term: whether it covers the prompt too, and its weight
+    /// (`None`: no such term).
+    pub fn nll(&self) -> Option<(bool, f64)> {
+        match *self {
+            Self::Dpo { .. } => None,
+            Self::Orpo { nll_on_prompt, .. } => Some((nll_on_prompt, 1.0)),
+            Self::Simpo { cpo_alpha, .. } => (cpo_alpha > 0.0).then_some((false, cpo_alpha)),
+        }
+    }
+
+    /// Whether the chosen rows' targets include the prompt (the NLL term covers it).
+    pub fn prompt_in_chosen(&self) -> bool {
+        self.nll().is_some_and(|(on_prompt, _)| on_prompt)
     }
 }
 
@@ -69,6 +98,14 @@ impl std::fmt::Display for PreferenceObjective {
                 } else {
                     "completion"
                 }
+            ),
+            Self::Simpo {
+                beta,
+                gamma,
+                cpo_alpha,
+            } => write!(
+                f,
+                "simpo (beta {beta}, gamma {gamma}, NLL weight {cpo_alpha}; no reference policy)"
             ),
         }
     }
@@ -196,6 +233,27 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 log_sigmoid_odds: ratio,
             }
         }
+        PreferenceObjective::Simpo { beta, gamma, .. } => {
+            // Log-probabilities averaged per completion token, as TRL's CPOTrainer does.
+            let (nc, nr) = (
+                p.chosen_tokens.max(1) as f64,
+                p.rejected_tokens.max(1) as f64,
+            );
+            let (ac, ar) = (p.chosen / nc, p.rejected / nr);
+            let z = beta * (ac - ar) - gamma;
+            let dz = -sigmoid(-z);
+            PairTerms {
+                loss: -log_sigmoid(z),
+                d_chosen: beta * dz / nc,
+                d_rejected: -beta * dz / nr,
+                reward_chosen: beta * ac,
+                reward_rejected: beta * ar,
+                logp_chosen: ac,
+                logp_rejected: ar,
+                log_odds: 0.0,
+                log_sigmoid_odds: 0.0,
+            }
+        }
     }
 }
 
@@ -270,6 +328,7 @@ impl PreferenceSums {
     pub fn metrics(&self, objective: &PreferenceObjective) -> PreferenceMetrics {
         let p = self.pairs.max(1.0);
         let orpo = matches!(objective, PreferenceObjective::Orpo { .. });
+        let has_nll = orpo || matches!(objective, PreferenceObjective::Simpo { .. });
         PreferenceMetrics {
             rewards_chosen: self.reward_chosen / p,
             rewards_rejected: self.reward_rejected / p,
@@ -277,8 +336,8 @@ impl PreferenceSums {
             rewards_accuracies: self.correct / p,
             logps_chosen: self.logp_chosen / p,
             logps_rejected: self.logp_rejected / p,
+            nll_loss: has_nll.then(|| self.nll / self.nll_tokens.max(1.0)),
             orpo: orpo.then(|| OrpoMetrics {
-                nll_loss: self.nll / self.nll_tokens.max(1.0),
                 log_odds_ratio: self.log_sigmoid_odds / p,
                 log_odds_chosen: self.log_odds / p,
             }),
@@ -295,12 +354,14 @@ pub struct PreferenceMetrics {
     pub rewards_accuracies: f64,
     pub logps_chosen: f64,
     pub logps_rejected: f64,
+    /// ORPO and SimPO: the chosen completions' token-mean NLL (0 for SimPO without its term,
+    /// as TRL logs it).
+    pub nll_loss: Option<f64>,
     pub orpo: Option<OrpoMetrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OrpoMetrics {
-    pub nll_loss: f64,
     pub log_odds_ratio: f64,
     pub log_odds_chosen: f64,
 }
@@ -324,8 +385,10 @@ impl PreferenceMetrics {
             ("logps/chosen", self.logps_chosen),
             ("logps/rejected", self.logps_rejected),
         ];
+        if let Some(nll) = self.nll_loss {
+            v.push(("nll_loss", nll));
+        }
         if let Some(o) = &self.orpo {
-            v.push(("nll_loss", o.nll_loss));
             v.push(("log_odds_ratio", o.log_odds_ratio));
             v.push(("log_odds_chosen", o.log_odds_chosen));
         }
@@ -398,6 +461,14 @@ mod tests {
             PreferenceObjective::Orpo {
                 beta: 0.25,
                 nll_on_prompt: false,
+            },
+            pair(),
+        );
+        check(
+            PreferenceObjective::Simpo {
+                beta: 2.0,
+                gamma: 0.8,
+                cpo_alpha: 0.5,
             },
             pair(),
         );

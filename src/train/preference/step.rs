@@ -96,12 +96,10 @@ pub fn take_preference_step<B: TrainBackend>(
         .iter()
         .map(|p| Tensor::zeros(p.dims(), (&device, DType::F32)))
         .collect();
-    let (prompt_in_chosen, nll_scale) = match objective {
-        PreferenceObjective::Orpo { nll_on_prompt, .. } => {
-            (*nll_on_prompt, 1.0 / window.nll_tokens.max(1) as f64)
-        }
-        PreferenceObjective::Dpo { .. } => (false, 0.0),
-    };
+    let prompt_in_chosen = objective.prompt_in_chosen();
+    let nll_scale = objective
+        .nll()
+        .map_or(0.0, |(_, weight)| weight / window.nll_tokens.max(1) as f64);
     let pair_scale = 1.0 / window.pairs.max(1) as f64;
     let mut sums = PreferenceSums::default();
     let (mut loss_part, mut input_tokens, mut trained_tokens) = (0.0f64, 0usize, 0usize);
