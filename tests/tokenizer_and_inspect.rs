@@ -1,4 +1,5 @@
-//! Tokenizer ids against Python `tokenizers`, and `inspect` against transformers' counts.
+//! Tokenizer ids against Python `tokenizers`, and `inspect` against transformers' and PEFT's
+//! counts.
 
 mod common;
 
@@ -116,5 +117,41 @@ fn inspect_reports_fixture_models() {
         stdout(&out).contains("yarn, x4 from 8 positions, cos/sin x1.1386"),
         "{}",
         stdout(&out)
+    );
+}
+
+/// `inspect` on PEFT adapter folders: the parameter count PEFT gives for the trainable
+/// parameters (A, B and DoRA magnitudes; scripts/make_fixtures.py), the DoRA flag, the shapes
+/// checked against the local base; a damaged weights file is a user error (exit 2).
+#[test]
+fn inspect_reports_adapters_like_peft() {
+    for case in ["qwen2-tied", "patterns", "layers", "dora"] {
+        let dir = fixtures().join(format!("lora/{case}/adapter"));
+        let o = burnish(&["inspect", dir.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let peft = read_json(&fixtures().join(format!("golden/lora-{case}.json")));
+        assert_eq!(v["parameters"], peft["trainable_parameters"], "{case}");
+        assert_eq!(v["dora"].as_bool(), Some(case == "dora"), "{case}");
+        let magnitudes = if case == "dora" { 14 } else { 0 };
+        assert_eq!(v["magnitude_vectors"].as_u64(), Some(magnitudes), "{case}");
+        assert!(v["checked_against_base"].is_string(), "{case}: {v}");
+    }
+    let dir = fixtures().join("lora/dora/adapter");
+    let o = burnish(&["inspect", dir.to_str().unwrap()]);
+    assert!(stdout(&o).contains("PEFT DoRA"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("17,408 parameters"), "{}", stdout(&o));
+
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&dir, tmp.path());
+    let weights = tmp.path().join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let o = burnish(&["inspect", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a valid safetensors file"),
+        "{}",
+        stderr(&o)
     );
 }

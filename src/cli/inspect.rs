@@ -1,4 +1,5 @@
-//! `burnish inspect <MODEL_DIR> [--json]`: what a model folder holds.
+//! `burnish inspect <MODEL_DIR> [--json]`: what a model folder (or a PEFT adapter folder,
+//! `inspect_adapter`) holds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use crate::model::{ModelConfig, WeightFiles};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A Hugging Face model folder (config.json alone is enough for the counts).
+    /// A Hugging Face model folder (config.json alone is enough for the counts), or a PEFT
+    /// adapter folder.
     pub model: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -19,6 +21,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.model.is_dir()
+        && !args.model.join("config.json").exists()
+        && args.model.join(crate::lora::peft::CONFIG_FILE).is_file()
+    {
+        return super::inspect_adapter::run(&args.model, args.json);
+    }
     let config_path = if args.model.is_file() {
         args.model.clone()
     } else {

@@ -8,6 +8,7 @@ pub mod export;
 pub mod flags;
 pub mod generate;
 pub mod inspect;
+pub mod inspect_adapter;
 pub mod merge;
 pub mod orchestrator;
 pub mod plan;
@@ -46,7 +47,7 @@ pub enum Command {
     Download(download::Args),
     /// Time LoRA training steps at a fixed shape on synthetic data.
     Bench(bench::Args),
-    /// Show a model's architecture, sizes and exact parameter count.
+    /// Show a model's architecture, sizes and exact parameter count (or an adapter's settings).
     Inspect(inspect::Args),
     /// Generate text from a prompt (streams tokens as they are produced).
     Generate(generate::GenerateArgs),

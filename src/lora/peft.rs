@@ -376,10 +376,9 @@ fn settings_from_config(path: &Path, cfg: &Map<String, Value>) -> Result<LoraSet
     })
 }
 
-/// Read an adapter folder and check it against the base model's config: every tensor must be a
-/// LoRA factor (or DoRA magnitude) of a targeted module with the right shape, and every
-/// targeted module must have both factors (and, with `use_dora`, its magnitude).
-pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, LoraError> {
+/// An adapter folder's `adapter_config.json`: the settings burnish applies and the base model it
+/// names (`base_model_name_or_path`).
+pub fn read_adapter_config(dir: &Path) -> Result<(LoraSettings, Option<String>), LoraError> {
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|source| LoraError::Io {
         path: config_path.clone(),
@@ -395,6 +394,15 @@ pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, Lo
         .get("base_model_name_or_path")
         .and_then(Value::as_str)
         .map(String::from);
+    Ok((settings, base_model))
+}
+
+/// Read an adapter folder and check it against the base model's config: every tensor must be a
+/// LoRA factor (or DoRA magnitude) of a targeted module with the right shape, and every
+/// targeted module must have both factors (and, with `use_dora`, its magnitude).
+pub fn read_adapter(dir: &Path, config: &ModelConfig) -> Result<AdapterFiles, LoraError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let (settings, base_model) = read_adapter_config(dir)?;
     let targets = settings
         .resolve(config)
         .map_err(|e| LoraError::BadAdapter {
