@@ -176,25 +176,28 @@ def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothi
     return steps(cls.losses, rec.logs, METRICS)
 
 
+def tokenized_features(r):
+    """A pretokenized pair as ORPOTrainer's and CPOTrainer's `tokenize_row` would give it
+    (prompt, prompt + chosen and prompt + rejected, completion-only labels)."""
+    def side(completion):
+        ids = r["prompt"] + completion
+        return {"input_ids": ids, "attention_mask": [1] * len(ids),
+                "labels": [-100] * len(r["prompt"]) + completion}
+    c, j = side(r["chosen"]), side(r["rejected"])
+    out = {"prompt": "", "chosen": "", "rejected": "",
+           "prompt_input_ids": r["prompt"], "prompt_attention_mask": [1] * len(r["prompt"])}
+    out.update({f"chosen_{k}": v for k, v in c.items()})
+    out.update({f"rejected_{k}": v for k, v in j.items()})
+    return out
+
+
 def run_orpo(model_name, adapter, rows, beta, lr, batch):
     import datasets
     import peft
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    def features(r):
-        def side(completion):
-            ids = r["prompt"] + completion
-            return {"input_ids": ids, "attention_mask": [1] * len(ids),
-                    "labels": [-100] * len(r["prompt"]) + completion}
-        c, j = side(r["chosen"]), side(r["rejected"])
-        out = {"prompt": "", "chosen": "", "rejected": "",
-               "prompt_input_ids": r["prompt"], "prompt_attention_mask": [1] * len(r["prompt"])}
-        out.update({f"chosen_{k}": v for k, v in c.items()})
-        out.update({f"rejected_{k}": v for k, v in j.items()})
-        return out
-
     ORPOTrainer.tokenize_row = lambda self, feature, model=None: feature
-    data = datasets.Dataset.from_list([features(r) for r in rows])
+    data = datasets.Dataset.from_list([tokenized_features(r) for r in rows])
     base = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.join(FIX, "models", model_name), dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, adapter, is_trainable=True)
@@ -217,20 +220,8 @@ def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
     import peft
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    def features(r):
-        def side(completion):
-            ids = r["prompt"] + completion
-            return {"input_ids": ids, "attention_mask": [1] * len(ids),
-                    "labels": [-100] * len(r["prompt"]) + completion}
-        c, j = side(r["chosen"]), side(r["rejected"])
-        out = {"prompt": "", "chosen": "", "rejected": "",
-               "prompt_input_ids": r["prompt"], "prompt_attention_mask": [1] * len(r["prompt"])}
-        out.update({f"chosen_{k}": v for k, v in c.items()})
-        out.update({f"rejected_{k}": v for k, v in j.items()})
-        return out
-
     CPOTrainer.tokenize_row = lambda self, feature, model=None: feature
-    data = datasets.Dataset.from_list([features(r) for r in rows])
+    data = datasets.Dataset.from_list([tokenized_features(r) for r in rows])
     base = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.join(FIX, "models", model_name), dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, adapter, is_trainable=True)
