@@ -249,9 +249,28 @@ fn first_dpo_step_of_a_fresh_adapter_is_ln2() {
     }
 }
 
+/// Six steps of a shipped demo recipe into `out` (no evaluation): its step records.
+fn six_demo_steps(recipe: &str, out: &Path) -> Vec<serde_json::Value> {
+    let set_out = format!("output.dir={}", out.display());
+    train_ok(
+        Path::new(recipe),
+        &[
+            "--set",
+            &set_out,
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.eval_every=0",
+        ],
+    );
+    let steps = step_records(out);
+    assert_eq!(steps.len(), 6, "{recipe}");
+    steps
+}
+
 /// A short DPO run of the shipped demo recipe on datasets/preference-mini.jsonl: the held-out
 /// pairs' `eval_rewards/accuracies` goes from 0 (fresh adapter: no pair strictly preferred)
-/// to at least 0.5 + 0.3. ORPO's recipe trains too, with its own metrics.
+/// to at least 0.5 + 0.3. ORPO's and SimPO's recipes train too, with their own metrics.
 #[test]
 fn dpo_learns_the_shipped_preferences() {
     let tmp = tempfile::tempdir().unwrap();
@@ -278,20 +297,7 @@ fn dpo_learns_the_shipped_preferences() {
     assert!(!card.contains("perplexity"), "{card}");
 
     let out = tmp.path().join("orpo");
-    let set_out = format!("output.dir={}", out.display());
-    train_ok(
-        Path::new("recipes/orpo-demo.yaml"),
-        &[
-            "--set",
-            &set_out,
-            "--set",
-            "train.max_steps=6",
-            "--set",
-            "train.eval_every=0",
-        ],
-    );
-    let steps = step_records(&out);
-    assert_eq!(steps.len(), 6);
+    let steps = six_demo_steps("recipes/orpo-demo.yaml", &out);
     for key in [
         "nll_loss",
         "log_odds_ratio",
@@ -304,20 +310,7 @@ fn dpo_learns_the_shipped_preferences() {
     assert!(e.last().unwrap()["eval_log_odds_ratio"].is_f64());
 
     let out = tmp.path().join("simpo");
-    let set_out = format!("output.dir={}", out.display());
-    train_ok(
-        Path::new("recipes/simpo-demo.yaml"),
-        &[
-            "--set",
-            &set_out,
-            "--set",
-            "train.max_steps=6",
-            "--set",
-            "train.eval_every=0",
-        ],
-    );
-    let steps = step_records(&out);
-    assert_eq!(steps.len(), 6);
+    let steps = six_demo_steps("recipes/simpo-demo.yaml", &out);
     for key in ["nll_loss", "rewards/margins", "logps/chosen"] {
         assert!(steps[5][key].as_f64().unwrap().is_finite(), "{key}");
     }
