@@ -40,6 +40,12 @@ SHAPES = {
                          num_key_value_heads=1, head_dim=256, vocab_size=262144, tie_word_embeddings=True,
                          query_pre_attn_scalar=256, sliding_window=512, sliding_window_pattern=6,
                          rope_theta=1e6, rope_local_base_freq=1e4),
+    # google/gemma-2-2b (Gemma2ForCausalLM; the same as `burnish bench --shape gemma-2-2b`):
+    # soft-capped attention (50) and logits (30), so transformers runs eager attention.
+    "gemma-2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=256, vocab_size=256000, tie_word_embeddings=True,
+                       query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+                       final_logit_softcapping=30.0, rope_theta=1e4),
 }
 
 
@@ -95,7 +101,9 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa or eager)")
+    ap.add_argument("--attn", default=None,
+                    help="transformers attn_implementation (sdpa or eager; default sdpa, eager for Gemma 2, "
+                         "whose soft cap SDPA would drop)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute each decoder layer in the backward pass (as burnish's flag)")
     ap.add_argument("--quant", default="none", choices=["none", "nf4"],
@@ -108,10 +116,14 @@ def main():
     dtype = torch.bfloat16 if cuda else torch.float32
     if args.shape.startswith("gemma-3"):
         config_cls, model_cls, shape = transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, {}
+    elif args.shape.startswith("gemma-2"):
+        config_cls, model_cls, shape = transformers.Gemma2Config, transformers.Gemma2ForCausalLM, {}
     else:
         config_cls, model_cls, shape = transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(rope_theta=1e6)
     shape.update(SHAPES[args.shape])
     config = config_cls(rms_norm_eps=1e-6, max_position_embeddings=32768, **shape)
+    if args.attn is None:
+        args.attn = "eager" if args.shape.startswith("gemma-2") else "sdpa"
     config._attn_implementation = args.attn
     model = model_cls(config).to(dtype).to(args.device)
     bnb_version = None

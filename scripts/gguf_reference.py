@@ -223,11 +223,14 @@ CASES = {
     # query_pre_attn_scalar set to head_dim (CONFIG_PATCH), the only scale llama.cpp's gemma3
     # graph computes for a model of this shape.
     "gemma3-spm": ("gemma3", "gemma3"),
+    # Gemma 2: soft-capped attention and logits, every other layer sliding; the same
+    # query_pre_attn_scalar patch for llama.cpp's gemma2 graph.
+    "gemma2-spm": ("gemma2", "gemma2"),
 }
 
 # Config changes a case's model folder gets (tests/export_gguf.rs applies the same, from the
 # golden).
-CONFIG_PATCH = {"gemma3-spm": {"query_pre_attn_scalar": 16}}
+CONFIG_PATCH = {"gemma3-spm": {"query_pre_attn_scalar": 16}, "gemma2-spm": {"query_pre_attn_scalar": 16}}
 
 SYNTH_CONFIG = {
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256, "intermediate_size": 512,
@@ -271,7 +274,8 @@ def synth_model(d):
     save_np(tensors, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
 TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q6_k"]
 GGUF_ARCH = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA,
-             "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma3_text": gguf.MODEL_ARCH.GEMMA3}
+             "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma3_text": gguf.MODEL_ARCH.GEMMA3,
+             "gemma2": gguf.MODEL_ARCH.GEMMA2}
 # Logit error bounds against the merged f32 model, as a fraction of the largest |logit|, with
 # about a third of margin over what these tiny random models show (f16 9e-4, bf16 1e-2, q8_0
 # 3.6e-2, q6_k 4.6e-2 on the model where it is not q8_0, q4_k_m 0.22, q4_0 0.42: with 64-wide
@@ -285,7 +289,7 @@ LOGIT_BOUNDS = {"f16": 0.002, "bf16": 0.02, "q8_0": 0.05, "q6_k": 0.07, "q4_k_m"
 # gemma3's activations run larger (embeddings scaled by sqrt(hidden), norms of 1 + w): the same
 # weight rounding moves its logits 4-6x as far (f16 4.0e-3, q8_0 0.19 of the largest); 5x with
 # the others' margin.
-CASE_BOUND_SCALE = {"gemma3-spm": 5.0}
+CASE_BOUND_SCALE = {"gemma3-spm": 5.0, "gemma2-spm": 5.0}
 FTYPE = {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18}
 
 
@@ -365,7 +369,8 @@ def field(reader, key):
 def check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_case=False):
     reader = GGUFReader(path)
     arch_name = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-                 "Qwen3ForCausalLM": "qwen3", "Gemma3ForCausalLM": "gemma3"}[config["architectures"][0]]
+                 "Qwen3ForCausalLM": "qwen3", "Gemma3ForCausalLM": "gemma3",
+                 "Gemma2ForCausalLM": "gemma2"}[config["architectures"][0]]
     arch = field(reader, "general.architecture")
     assert arch == arch_name, (arch, arch_name)
     expect_kv = {
@@ -401,6 +406,15 @@ def check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_c
         expect_kv[f"{arch}.rope.scaling.type"] = rope["rope_type"]
         expect_kv[f"{arch}.rope.scaling.factor"] = np.float32(rope["factor"])
         expect_kv["tokenizer.ggml.add_space_prefix"] = False
+    if arch == "gemma2":
+        # convert_hf_to_gguf.py (Gemma2Model): the window and both soft caps; the layers'
+        # layout is llama.cpp's default for gemma2 (sliding, full, ...), so no pattern key.
+        expect_kv[f"{arch}.attention.sliding_window"] = config["sliding_window"]
+        expect_kv[f"{arch}.attn_logit_softcapping"] = np.float32(config["attn_logit_softcapping"])
+        expect_kv[f"{arch}.final_logit_softcapping"] = np.float32(config["final_logit_softcapping"])
+        expect_kv["tokenizer.ggml.add_space_prefix"] = False
+        assert config["layer_types"] == ["sliding_attention", "full_attention"]
+        assert f"{arch}.attention.sliding_window_pattern" not in reader.fields
     expect_kv[f"{arch}.rope.freq_base"] = np.float32(rope.get("rope_theta", config.get("rope_theta")))
     expect_kv[f"{arch}.attention.layer_norm_rms_epsilon"] = np.float32(config["rms_norm_eps"])
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
@@ -429,8 +443,8 @@ def check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_c
             w = permute(w, config["num_attention_heads"], config["num_attention_heads"])
         if arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):
             w = permute(w, config["num_attention_heads"], config["num_key_value_heads"])
-        if arch == "gemma3" and hf.endswith("norm.weight"):
-            # Gemma3Model.norm_shift: llama.cpp multiplies by the stored weight, Gemma by 1 + w.
+        if arch in ("gemma3", "gemma2") and hf.endswith("norm.weight"):
+            # Gemma3Model.norm_shift (Gemma2Model adds the same 1): llama.cpp multiplies by the stored weight, Gemma by 1 + w.
             w = w + np.float32(1.0)
         expected[name] = (w.astype(np.float32), hf in changed)
     if rope.get("rope_type") == "llama3":
@@ -505,13 +519,14 @@ def load_gguf_model(tmp, fname, config, model_dir=None):
         # transformers' GGUF loader ignores qwen3.attention.key_length (Qwen3Config defaults to 128).
         kwargs["head_dim"] = config["head_dim"]
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file=fname, dtype=torch.float32, **kwargs).eval()
-    if config["model_type"] == "gemma3_text":
+    if config["model_type"] in ("gemma3_text", "gemma2"):
         # transformers' GGUF loader reads the tensors (undoing the norm shift) but builds the
-        # config from Gemma3TextConfig's defaults for what its key table lacks (layer types,
-        # local RoPE base, scaling, query_pre_attn_scalar): put the tensors into the folder's
-        # model. The keys themselves are checked in check_file and, when llama-cpp-python is
-        # installed, by llama.cpp running the file (check_llama_cpp).
-        true = transformers.Gemma3ForCausalLM(transformers.AutoConfig.from_pretrained(model_dir)).eval()
+        # config from the Gemma config class's defaults for what its key table lacks (layer
+        # types, local RoPE base, scaling, query_pre_attn_scalar, soft caps): put the tensors
+        # into the folder's model. The keys themselves are checked in check_file and, when
+        # llama-cpp-python is installed, by llama.cpp running the file (check_llama_cpp).
+        true = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.from_pretrained(model_dir)).eval()
         missing, unexpected = true.load_state_dict(model.state_dict(), strict=False)
         assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
         true.tie_weights()
@@ -563,7 +578,7 @@ def make_exports(burnish, lib):
             subprocess.run(args, check=True, env=dict(os.environ, RAYON_NUM_THREADS="2"))
             _, types = check_file(path, case, ftype, model_dir, merged, changed, config, lib, spm_case)
             if spm_case:
-                check_spm_file(path, model_dir, gemma=config["model_type"] == "gemma3_text")
+                check_spm_file(path, model_dir, gemma=config["model_type"] in ("gemma3_text", "gemma2"))
             if ftype == "f16":
                 check_llama_cpp(path, ref_logits, ids, case, ftype)
             gm = load_gguf_model(tmp, fname, config, model_dir)

@@ -154,6 +154,13 @@ VARIANTS = {
         rope_parameters={"full_attention": dict(rope_type="linear", factor=2.0, rope_theta=1e6),
                          "sliding_attention": dict(rope_type="default", rope_theta=1e4)}),
         torch.float32, None),
+    # Gemma 2: layers sliding (window 4) and full by Gemma2Config's default pattern, one RoPE
+    # base, query_pre_attn_scalar unlike head_dim (no q/k norm to fold it into), and soft caps
+    # small enough to bend most scores and logits of this tiny model (checked in golden_for).
+    "gemma2": ("Gemma2Config", dict(
+        tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+        attn_logit_softcapping=1.0, final_logit_softcapping=2.0, pad_token_id=0, rope_theta=1e4),
+        torch.float32, None),
 }
 
 CLASSES = {
@@ -162,6 +169,7 @@ CLASSES = {
     "MistralConfig": "MistralForCausalLM",
     "Qwen3Config": "Qwen3ForCausalLM",
     "Gemma3TextConfig": "Gemma3ForCausalLM",
+    "Gemma2Config": "Gemma2ForCausalLM",
 }
 
 
@@ -252,7 +260,18 @@ def golden_for(name):
     save_file(tensors, out("golden", f"{name}.safetensors"))
     info = {"variant": name, "loss": loss, "loss_tokens": loss_tokens, "versions": versions(),
             "parameters": sum(p.numel() for p in model.parameters())}
-    if save_dtype == torch.bfloat16 or name == "gemma3":
+    if name == "gemma2":
+        # The caps must matter: without them the logits move by O(1).
+        uncapped = load_model(name, torch.float32)
+        uncapped.config.attn_logit_softcapping = None
+        uncapped.config.final_logit_softcapping = None
+        for layer in uncapped.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        with torch.no_grad():
+            moved = (uncapped(input_ids=ids).logits.float() - logits).abs().max().item()
+        assert moved > 0.5, f"gemma2: the soft caps move the logits by only {moved}"
+        info["uncapped_logits_moved"] = moved
+    if save_dtype == torch.bfloat16 or name in ("gemma3", "gemma2"):
         # The same model computed in bf16 end to end, for burnish's bf16 path (Gemma: its own
         # order of norm, weight and cast).
         mbf = load_model(name, torch.bfloat16)
@@ -350,6 +369,7 @@ LORA_CASES = {
     "qwen2-swa": ("qwen2-swa", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "qwen2-yarn": ("qwen2-yarn", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
     "gemma3": ("gemma3", dict(r=8, lora_alpha=16, target_modules=ALL7), False),
+    "gemma2": ("gemma2", dict(r=8, lora_alpha=16, target_modules=ALL7), True),
     "rslora": ("qwen2-tied", dict(r=8, lora_alpha=16, target_modules=ALL7, use_rslora=True), False),
     # DoRA on a base with q/k/v biases; its magnitudes are moved off their initial row norms
     # (see make_lora), or the adapter would compute plain LoRA's output.
@@ -760,6 +780,13 @@ def make_train_parity():
                             eps=1e-8, weight_decay=0.0)
     results["case3"] = {"losses": optimizer_steps(model, opt, rows, 5), "steps": 5, "base": "gemma3"}
 
+    # Case 6: case 3 on Gemma 2 (soft-capped attention and logits), from the gemma2 adapter.
+    model = peft.PeftModel.from_pretrained(load_model("gemma2"), os.path.join(FIX, "lora", "gemma2", "adapter"),
+                                           is_trainable=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.0)
+    results["case6"] = {"losses": optimizer_steps(model, opt, rows, 5), "steps": 5, "base": "gemma2"}
+
     # Case 4: LoRA+ with PEFT's own optimizer factory: B factors at 16x the learning rate, weight
     # decay 0.01 in every group (loraplus_weight_decay), from PEFT's default init (B = 0).
     from peft.optimizers import create_loraplus_optimizer
@@ -829,7 +856,7 @@ def check_burnish_merge():
     import tempfile
     results = {}
     import peft
-    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa", "gemma3", "dora"]:
+    for case in ["qwen2-tied", "qwen2-bf16", "llama-gqa", "gemma3", "gemma2", "dora"]:
         tmp = tempfile.mkdtemp()
         merged = os.path.join(tmp, "merged")
         run_burnish("merge", "--adapter", f"tests/fixtures/lora/{case}/adapter", "--out", merged)
@@ -905,6 +932,7 @@ def make_generation():
         ("qwen3", lambda: load_model("qwen3")),
         ("mistral-swa", lambda: load_model("mistral-swa")),
         ("gemma3", lambda: load_model("gemma3")),
+        ("gemma2", lambda: load_model("gemma2")),
     ]
     for name, make in runs:
         model = make().eval()

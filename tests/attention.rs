@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Tensor};
 use burnish::backend::Cpu;
-use burnish::model::kernels::{AttentionMask, Kernels, MASK_VALUE, generic};
+use burnish::model::kernels::{AttentionMask, Kernels, MASK_VALUE, ScoreShape, generic};
 
 mod common;
 
@@ -42,7 +42,11 @@ fn dense(q: Tensor<A, 4>, k: Tensor<A, 4>, v: Tensor<A, 4>, mask: &AttentionMask
             .expand([b, nkv, rep, t, d])
             .reshape([b, nh, t, d])
     };
-    let scores = q.swap_dims(1, 2).matmul(repeat(k).swap_dims(2, 3)) / (d as f64).sqrt();
+    let shape = mask.scores();
+    let mut scores = q.swap_dims(1, 2).matmul(repeat(k).swap_dims(2, 3)) * shape.scale(d) as f64;
+    if let Some(cap) = shape.softcap {
+        scores = (scores / cap as f64).tanh() * cap as f64;
+    }
     let hidden = mask.dense::<A>(&Default::default()).expand([b, nh, s, t]);
     let p = softmax(scores.mask_fill(hidden, MASK_VALUE), 3);
     p.matmul(repeat(v)).swap_dims(1, 2)
@@ -142,6 +146,23 @@ fn sliding_window_attention_equals_the_dense_formula() {
     }
     let cached = AttentionMask::new(&[vec![0; 145]], 5, true).windowed(33);
     check_mask(4, 2, &cached, 63);
+}
+
+/// Gemma 2's scores: `q.k * query_pre_attn_scalar^-1/2`, then `cap * tanh(s / cap)`, masked
+/// after. A cap of 1.5 bends nearly every score of these N(0, 1) inputs (d 16, scale 0.4);
+/// packed, padded and sliding masks, and queries after a cache.
+#[test]
+fn soft_capped_scaled_attention_equals_the_dense_formula() {
+    let gemma2 = ScoreShape {
+        scale: Some(0.4),
+        softcap: Some(1.5),
+    };
+    let packed = vec![segments(&[40, 70, 25], 15), segments(&[120], 30)];
+    let mask = AttentionMask::new(&packed, 150, true).with_scores(gemma2);
+    check_mask(6, 2, &mask, 70);
+    check_mask(4, 2, &mask.windowed(33), 71);
+    let cached = AttentionMask::incremental(2, 140, 5).with_scores(gemma2);
+    check_mask(4, 1, &cached, 72);
 }
 
 #[test]

@@ -519,3 +519,50 @@ fn gemma3_with_a_scale_llama_cpp_cannot_compute_is_refused() {
     }
     assert!(!out.exists());
 }
+
+/// Gemma 2 models llama.cpp's gemma2 graph would compute differently are refused, each naming
+/// its key, nothing written: a scale it does not compute (the fixture's query_pre_attn_scalar
+/// 24 with head_dim 16), soft caps turned off (it always caps), an untied output projection
+/// (it always projects with the embedding). The config is checked before any weight is read.
+#[test]
+fn gemma2_models_llama_cpp_would_compute_differently_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            serde_json::json!({}),
+            vec!["query_pre_attn_scalar 24", "1/sqrt(16)"],
+        ),
+        (
+            serde_json::json!({"query_pre_attn_scalar": 16, "attn_logit_softcapping": null}),
+            vec!["attn_logit_softcapping null", "always soft-caps"],
+        ),
+        (
+            serde_json::json!({"query_pre_attn_scalar": 16, "final_logit_softcapping": null}),
+            vec!["final_logit_softcapping null"],
+        ),
+        (
+            serde_json::json!({"query_pre_attn_scalar": 16, "tie_word_embeddings": false}),
+            vec!["tie_word_embeddings false", "token embedding"],
+        ),
+    ];
+    for (i, (patch, needles)) in cases.into_iter().enumerate() {
+        let root = tmp.path().join(i.to_string());
+        let case = serde_json::json!({"model": "gemma2", "tokenizer": "tokenizer-spm-tiny",
+            "config": patch});
+        let dir = case_folder(&case, &root);
+        let out = root.join("g.gguf");
+        let o = burnish(&[
+            "export",
+            dir.to_str().unwrap(),
+            "--gguf",
+            out.to_str().unwrap(),
+            "--type",
+            "f16",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{patch}: {}", stderr(&o));
+        for needle in needles.iter().chain(&["llama.cpp"]) {
+            assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+        }
+        assert!(!out.exists(), "{patch}");
+    }
+}

@@ -65,7 +65,14 @@ fn greedy_generation_equals_transformers() {
 /// Logits through the cache (prompt, then token by token) against one full forward: 1e-5.
 #[test]
 fn kv_cache_logits_equal_a_full_forward() {
-    for variant in ["qwen2-tied", "llama-gqa", "qwen3", "qwen2-mha", "gemma3"] {
+    for variant in [
+        "qwen2-tied",
+        "llama-gqa",
+        "qwen3",
+        "qwen2-mha",
+        "gemma3",
+        "gemma2",
+    ] {
         let model = load(&model_dir(variant));
         let ids: Vec<u32> = (0..14u32).map(|i| (i * 53 + 7) % 1000 + 3).collect();
         let full = model

@@ -20,7 +20,8 @@ use burnish::backend::Cpu;
 use burnish::lora::attach::{attach, factor_tensors, init_factors};
 use burnish::lora::{InitKind, LoraSettings, TargetSpec};
 use burnish::model::kernels::{
-    Activation, AttentionMask, Dropout, DropoutSeed, Kernels, LinearGrads, LoraFactors, generic,
+    Activation, AttentionMask, Dropout, DropoutSeed, Kernels, LinearGrads, LogitChunks,
+    LoraFactors, ScoreShape, generic,
 };
 use burnish::model::loss::{Targets, cross_entropy_sum};
 use burnish::model::{HostBatch, Model, ModelFolder};
@@ -117,8 +118,10 @@ fn composed_loss_norms_and_lora_with_dropout_on_a_cubecl_runtime() {
     }
     let (h, w) = (rand([37, 24], 5), rand([301, 24], 6));
     let targets: Vec<i32> = (0..37).map(|i| i * 53 % 301).collect();
-    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 16);
-    let (l2, g2) = generic::cross_entropy_sum_and_grad::<G>(to(&h), to(&w), &targets, 16);
+    let (l1, g1) =
+        Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, LogitChunks::of(16));
+    let (l2, g2) =
+        generic::cross_entropy_sum_and_grad::<G>(to(&h), to(&w), &targets, LogitChunks::of(16));
     close(l2, l1, "cross-entropy");
     close(g2, g1, "cross-entropy gradient");
 
@@ -260,7 +263,11 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
             packed.windowed(23),
             [2, 150, 6, 2, 64],
         ),
-        ("causal packed, MHA 4/4, d 64", packed, [2, 150, 4, 4, 64]),
+        (
+            "causal packed, MHA 4/4, d 64",
+            packed.clone(),
+            [2, 150, 4, 4, 64],
+        ),
         (
             "bidirectional segments, GQA 4/1, d 64",
             AttentionMask::new(&[segments(&[33, 30], 3)], 66, false),
@@ -270,6 +277,14 @@ fn cubecl_flash_attention_equals_the_cpu_kernel() {
             "3 new queries over a 70-key cache",
             AttentionMask::incremental(2, 67, 3),
             [2, 3, 4, 2, 16],
+        ),
+        (
+            "Gemma 2's soft cap and scale, causal packed, GQA 6/2, d 16",
+            packed.clone().with_scores(ScoreShape {
+                scale: Some(0.7),
+                softcap: Some(2.0),
+            }),
+            [2, 150, 6, 2, 16],
         ),
     ];
     for (i, (what, mask, [b, s, nh, nkv, d])) in cases.into_iter().enumerate() {
@@ -363,24 +378,35 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
 
     let (h, w) = (rand([70, 24], 31), rand([1000, 24], 32));
     let targets: Vec<i32> = (0..70).map(|i| i * 389 % 1000).collect();
-    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 32);
-    let (l2, g2) = G::cross_entropy_sum_and_grad(to(&h), to(&w), &targets, 32);
+    let (l1, g1) =
+        Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, LogitChunks::of(32));
+    let (l2, g2) = G::cross_entropy_sum_and_grad(to(&h), to(&w), &targets, LogitChunks::of(32));
     close(l2, l1, "cross-entropy sum");
     close(g2, g1, "cross-entropy gradient");
-    let (r1, rg1) = Cpu::cross_entropy_rows_and_grad(h.clone(), w.clone(), &targets, 32);
-    let (r2, rg2) = G::cross_entropy_rows_and_grad(to(&h), to(&w), &targets, 32);
+    let (r1, rg1) =
+        Cpu::cross_entropy_rows_and_grad(h.clone(), w.clone(), &targets, LogitChunks::of(32));
+    let (r2, rg2) = G::cross_entropy_rows_and_grad(to(&h), to(&w), &targets, LogitChunks::of(32));
     close(r2, r1.clone(), "cross-entropy rows");
     close(rg2, rg1, "cross-entropy rows gradient");
     close(
-        G::cross_entropy_rows(to(&h), to(&w), &targets, 32),
+        G::cross_entropy_rows(to(&h), to(&w), &targets, LogitChunks::of(32)),
         r1,
         "cross-entropy rows without gradient",
     );
     close(
-        G::cross_entropy_sum(to(&h), to(&w), &targets, 70),
-        Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, 70),
+        G::cross_entropy_sum(to(&h), to(&w), &targets, LogitChunks::of(70)),
+        Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, LogitChunks::of(70)),
         "cross-entropy sum without gradient, one chunk",
     );
+    // Gemma 2's final-logit soft cap (logits here have a standard deviation near 5).
+    let capped = LogitChunks {
+        rows: 32,
+        softcap: Some(3.0),
+    };
+    let (r1, rg1) = Cpu::cross_entropy_rows_and_grad(h.clone(), w.clone(), &targets, capped);
+    let (r2, rg2) = G::cross_entropy_rows_and_grad(to(&h), to(&w), &targets, capped);
+    close(r2, r1, "soft-capped cross-entropy rows");
+    close(rg2, rg1, "soft-capped cross-entropy gradient");
     // The LoRA step with dropout drawn on the device: the same mask as the host's (odd and
     // wide rows, a split preference batch), forward and backward; two streams of one layout
     // (the second reuses the uploaded position hashes, its key's high half set).
@@ -439,7 +465,7 @@ fn cubecl_kernels_equal_the_cpu_kernels() {
         to(&Tensor::zeros([0, 24], &Default::default())),
         to(&w),
         &[],
-        32,
+        LogitChunks::of(32),
     );
     assert_eq!(host(l0).1, vec![0.0], "empty batch loss");
     assert_eq!(host(g0).0, vec![0, 24], "empty batch gradient shape");

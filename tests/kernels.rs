@@ -5,7 +5,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burnish::backend::Cpu;
-use burnish::model::kernels::{Activation, Kernels, generic};
+use burnish::model::kernels::{Activation, Kernels, LogitChunks, generic};
 
 type T<const D: usize> = Tensor<Cpu, D>;
 
@@ -37,25 +37,94 @@ fn cross_entropy_kernel_matches_composition() {
     let h = rand([37, 24], 1);
     let w = rand([301, 24], 2);
     let targets: Vec<i32> = (0..37).map(|i| i * 53 % 301).collect();
-    for chunk in [5, 16, 64] {
-        let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
-        let (l2, g2) = generic::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
-        close(l1, l2.clone(), 1e-5, "loss");
-        close(g1, g2, 1e-5, "grad");
-        close(
-            Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, chunk),
-            l2,
-            1e-5,
-            "loss only",
-        );
+    // Logits here have a standard deviation near 5: a cap of 3 bends most of them.
+    for softcap in [None, Some(3.0)] {
+        for rows in [5, 16, 64] {
+            let chunk = LogitChunks { rows, softcap };
+            let what = format!("{rows}-row chunks, cap {softcap:?}");
+            let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
+            let (l2, g2) =
+                generic::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
+            close(l1, l2.clone(), 1e-5, &format!("loss, {what}"));
+            close(g1, g2, 1e-5, &format!("grad, {what}"));
+            close(
+                Cpu::cross_entropy_sum(h.clone(), w.clone(), &targets, chunk),
+                l2,
+                1e-5,
+                &format!("loss only, {what}"),
+            );
+        }
     }
     // A vocabulary large enough for the gradient product to be split across threads.
     let w = rand([5003, 24], 12);
     let targets: Vec<i32> = (0..37).map(|i| i * 131 % 5003).collect();
-    let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, 16);
-    let (l2, g2) = generic::cross_entropy_sum_and_grad(h, w, &targets, 16);
-    close(l1, l2, 1e-5, "loss, large vocabulary");
-    close(g1, g2, 1e-5, "grad, large vocabulary");
+    for softcap in [None, Some(3.0)] {
+        let chunk = LogitChunks { rows: 16, softcap };
+        let (l1, g1) = Cpu::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
+        let (l2, g2) = generic::cross_entropy_sum_and_grad(h.clone(), w.clone(), &targets, chunk);
+        close(
+            l1,
+            l2,
+            1e-5,
+            &format!("loss, large vocabulary, cap {softcap:?}"),
+        );
+        close(
+            g1,
+            g2,
+            1e-5,
+            &format!("grad, large vocabulary, cap {softcap:?}"),
+        );
+    }
+}
+
+/// Gemma 2's final-logit soft cap against the formula `-log_softmax(cap * tanh(h w^T / cap))`
+/// differentiated by Burn's autodiff: the per-row losses and their gradient through the
+/// fused op's autodiff node (what training runs), and the Flex kernel's. f32, 1e-5.
+#[test]
+fn soft_capped_cross_entropy_equals_the_formula() {
+    use burn::backend::Autodiff;
+    use burn::tensor::activation::log_softmax;
+    type A = Autodiff<Cpu>;
+    let (h, w) = (rand([29, 24], 31), rand([517, 24], 32));
+    let targets: Vec<i32> = (0..29).map(|i| i * 71 % 517).collect();
+    let weights = rand([29], 33);
+    let cap = 3.0;
+    let track = |x: &T<2>| Tensor::<A, 2>::from_inner(x.clone()).require_grad();
+    let ha = track(&h);
+    let logits = ha
+        .clone()
+        .matmul(Tensor::<A, 2>::from_inner(w.clone()).transpose());
+    let lp = log_softmax((logits / cap).tanh() * cap, 1);
+    let idx = Tensor::<A, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(targets.clone(), [29, 1]),
+        &Default::default(),
+    );
+    let want = lp.gather(1, idx).reshape([29]).neg();
+    let wa = Tensor::<A, 1>::from_inner(weights.clone());
+    let grads = (want.clone() * wa.clone()).sum().backward();
+    let want_grad = ha.grad(&grads).unwrap();
+    let chunk = LogitChunks {
+        rows: 8,
+        softcap: Some(cap as f32),
+    };
+    let hb = track(&h);
+    let got = <A as Kernels>::cross_entropy_rows(
+        hb.clone(),
+        Tensor::<A, 2>::from_inner(w.clone()),
+        &targets,
+        chunk,
+    );
+    close(got.clone().inner(), want.inner(), 1e-5, "capped row losses");
+    let grads = (got * wa).sum().backward();
+    close(
+        hb.grad(&grads).unwrap(),
+        want_grad.clone(),
+        1e-5,
+        "capped gradient (autodiff node)",
+    );
+    let (_, g) = Cpu::cross_entropy_rows_and_grad(h, w, &targets, chunk);
+    let weighted = g * weights.reshape([29, 1]);
+    close(weighted, want_grad, 1e-5, "capped gradient (Flex kernel)");
 }
 
 #[test]

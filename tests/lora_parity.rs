@@ -27,13 +27,14 @@ fn base_of(case: &str) -> String {
 /// PEFT adapters (scripts/make_fixtures.py, LORA_CASES) whose logits and first gradients are
 /// both checked: one per architecture and rope scaling, rank/alpha patterns, and DoRA (with
 /// magnitudes away from their initial row norms, on a base with q/k/v biases).
-const ADAPTERS: [&str; 8] = [
+const ADAPTERS: [&str; 9] = [
     "qwen2-tied",
     "llama-gqa",
     "qwen3",
     "qwen2-swa",
     "qwen2-yarn",
     "gemma3",
+    "gemma2",
     "patterns",
     "dora",
 ];

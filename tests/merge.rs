@@ -67,7 +67,7 @@ fn merge(adapter: &Path, base: Option<&Path>, out: &Path, extra: &[&str]) -> std
 #[test]
 fn f32_merge_equals_peft_and_stays_tied() {
     // `dora`: each merged row rescaled to its magnitude, as PEFT's merge does.
-    for case in ["qwen2-tied", "llama-gqa", "dora"] {
+    for case in ["qwen2-tied", "llama-gqa", "gemma2", "dora"] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
         // No --base: the adapter's base_model_name_or_path (relative to the repo root) is used.

@@ -179,8 +179,9 @@ fn not_a_model_folder_and_bad_data() {
     assert_user_error(&out, &["bad.jsonl:2", "input_ids"]);
 }
 
-/// Gemma options burnish does not compute are refused by name, never trained wrongly; an
-/// image-text Gemma 3 checkpoint is told which Gemma 3 models are supported.
+/// Gemma options burnish does not compute (or that make no sense: a soft cap of 0 or below)
+/// are refused by name, never trained wrongly; an image-text Gemma 3 checkpoint is told which
+/// Gemma 3 models are supported.
 #[test]
 fn unsupported_gemma_settings_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -191,13 +192,13 @@ fn unsupported_gemma_settings_are_named() {
     for (key, value, needles) in [
         (
             "final_logit_softcapping",
-            serde_json::json!(30.0),
-            &["config.json", "final_logit_softcapping is 30"][..],
+            serde_json::json!(-30.0),
+            &["config.json", "final_logit_softcapping is -30", "> 0"][..],
         ),
         (
             "attn_logit_softcapping",
-            serde_json::json!(50.0),
-            &["attn_logit_softcapping is 50", "soft-capping"][..],
+            serde_json::json!(0.0),
+            &["attn_logit_softcapping is 0", "null for no cap"][..],
         ),
         (
             "use_bidirectional_attention",

@@ -71,7 +71,7 @@ fn round_trip_matches_the_reference_and_stays_within_half_a_step() {
 #[test]
 fn quantized_base_loss_is_close_to_the_f32_base() {
     let device = Default::default();
-    for variant in ["qwen2-tied", "llama-gqa", "qwen3", "gemma3"] {
+    for variant in ["qwen2-tied", "llama-gqa", "qwen3", "gemma3", "gemma2"] {
         let folder = ModelFolder::open(&model_dir(variant)).unwrap();
         let ids: Vec<u32> = (0..24u32)
             .map(|i| (i * 7919 + 3) % folder.config.vocab_size as u32)

@@ -71,7 +71,7 @@ fn inspect_reports_fixture_models() {
         let window = match variant {
             "mistral-swa" => serde_json::json!({"width": 5, "layers": [0, 1]}),
             "qwen2-swa" => serde_json::json!({"width": 4, "layers": [1]}),
-            "gemma3" => serde_json::json!({"width": 4, "layers": [0]}),
+            "gemma3" | "gemma2" => serde_json::json!({"width": 4, "layers": [0]}),
             _ => serde_json::Value::Null,
         };
         // Gemma 3's own rules (scripts/make_fixtures.py): GELU-tanh gating, scores scaled by
@@ -81,6 +81,12 @@ fn inspect_reports_fixture_models() {
                 "gelu_pytorch_tanh",
                 1.0 / 24f64.sqrt(),
                 serde_json::json!(1e4),
+            ),
+            // Gemma 2: the same scale and gating, one RoPE base for every layer.
+            "gemma2" => (
+                "gelu_pytorch_tanh",
+                1.0 / 24f64.sqrt(),
+                serde_json::Value::Null,
             ),
             _ => (
                 "silu",
@@ -95,6 +101,16 @@ fn inspect_reports_fixture_models() {
         );
         assert_eq!(v["sliding_rope_theta"], local, "{variant}");
         assert_eq!(v["sliding_window"], window, "{variant}");
+        // Gemma 2's soft caps as the fixture sets them; no other family caps.
+        let caps = match variant {
+            "gemma2" => (serde_json::json!(1.0), serde_json::json!(2.0)),
+            _ => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        assert_eq!(
+            (&v["attn_logit_softcapping"], &v["final_logit_softcapping"]),
+            (&caps.0, &caps.1),
+            "{variant}"
+        );
         // transformers: factor 4 gives cos/sin 0.1 ln 4 + 1 (scripts/make_fixtures.py).
         let scaling = match variant {
             "qwen2-yarn" => serde_json::json!({"type": "yarn", "factor": 4.0,

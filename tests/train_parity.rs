@@ -151,20 +151,23 @@ fn accumulation_clipping_and_weight_decay_match_pytorch() {
     }
 }
 
-/// Gemma 3 through `burnish train`, from the gemma3 PEFT adapter, against PEFT + AdamW on the
-/// same rows: per-step losses within 1e-5 relative (the bound of case 1).
+/// Gemma 3 (case 3) and Gemma 2 (case 6: soft-capped attention and logits) through `burnish
+/// train`, each from its PEFT adapter, against PEFT + AdamW on the same rows: per-step losses
+/// within 1e-5 relative (the bound of case 1).
 #[test]
-fn gemma3_trains_like_peft() {
+fn gemma_trains_like_peft() {
     let golden = read_json(&fixtures().join("golden/train-parity.json"));
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.0}\n  max_grad_norm: null";
-    let data = "tests/fixtures/golden/train-parity-1.jsonl";
-    let text = recipe_on("gemma3", "gemma3", data, extra, &out);
-    assert_losses(
-        &train(tmp.path(), "r", &text, &out),
-        &golden["case3"]["losses"],
-    );
+    for (model, case) in [("gemma3", "case3"), ("gemma2", "case6")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let extra = "  max_steps: 5\n  micro_batch_size: 2\n  grad_accum: 1\n  optimizer: {name: adamw, lr: 1.0e-3, weight_decay: 0.0}\n  max_grad_norm: null";
+        let data = "tests/fixtures/golden/train-parity-1.jsonl";
+        let text = recipe_on(model, model, data, extra, &out);
+        assert_losses(
+            &train(tmp.path(), "r", &text, &out),
+            &golden[case]["losses"],
+        );
+    }
 }
 
 /// LoRA+ against PEFT's `create_loraplus_optimizer` (B factors at 16x the learning rate, weight

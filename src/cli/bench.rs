@@ -9,7 +9,8 @@ use crate::train::bench::{BenchResult, BenchSpec, run};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b or gemma-3-270m (random weights).
+    /// small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, gemma-3-270m or gemma-2-2b (random
+    /// weights).
     #[arg(long, default_value = "small")]
     pub shape: String,
     #[arg(long, default_value_t = 1, value_parser = super::flags::positive)]

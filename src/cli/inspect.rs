@@ -67,6 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "attention_scale": config.attention_scale(),
             "rope_theta": config.rope_theta,
             "sliding_rope_theta": config.sliding_rope_theta,
+            "attn_logit_softcapping": config.attn_logit_softcapping,
+            "final_logit_softcapping": config.final_logit_softcapping,
             "rope_scaling": rope_scaling_json(&config.rope_scaling),
             "sliding_window": config.sliding_window.as_ref().map(|w| json!({
                 "width": w.width,
@@ -109,6 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("mlp              {}-gated", config.activation.hf_name());
         if let Some(q) = config.query_pre_attn_scalar {
             println!("attention scale  1/sqrt({q}) (query_pre_attn_scalar)");
+        }
+        for (what, cap) in [
+            ("attention", config.attn_logit_softcapping),
+            ("logits", config.final_logit_softcapping),
+        ] {
+            if let Some(cap) = cap {
+                println!("soft cap         {what} at {cap} (cap * tanh(x / cap))");
+            }
         }
         match config.sliding_rope_theta {
             Some(local) => println!(

@@ -7,6 +7,7 @@ use super::gguf::Value;
 use super::names::gguf_arch;
 use super::types::ExportType;
 use crate::model::ModelConfig;
+use crate::model::arch::Architecture;
 use crate::model::config::RopeScaling;
 
 /// What describes the model beyond its config.
@@ -148,20 +149,31 @@ pub fn model_keys(
     kv.push((k("attention.key_length"), Value::U32(head_dim)));
     kv.push((k("attention.value_length"), Value::U32(head_dim)));
     kv.push(("general.file_type".into(), Value::U32(ftype.file_type())));
-    if arch == "gemma3"
+    if let Some(pattern) = default_sliding_pattern(config.architecture)
         && let Some(w) = &config.sliding_window
     {
         kv.push((
             k("attention.sliding_window"),
             Value::U32(u32_of("sliding_window", w.width)?),
         ));
-        // llama.cpp assumes Gemma 3's five sliding layers to one full; any other layout is
-        // spelled out per layer (which it reads as an array of flags).
-        if w.layers != gemma3_default_layers(config.num_layers) {
+        // llama.cpp assumes Gemma 3's five sliding layers to one full (Gemma 2's one to one);
+        // any other layout is spelled out per layer (which it reads as an array of flags).
+        let default: Vec<bool> = (0..config.num_layers)
+            .map(|i| (i + 1) % pattern != 0)
+            .collect();
+        if w.layers != default {
             kv.push((
                 k("attention.sliding_window_pattern"),
                 Value::BoolArray(w.layers.clone()),
             ));
+        }
+    }
+    for (key, cap) in [
+        ("attn_logit_softcapping", config.attn_logit_softcapping),
+        ("final_logit_softcapping", config.final_logit_softcapping),
+    ] {
+        if let Some(cap) = cap {
+            kv.push((k(key), Value::F32(cap as f32)));
         }
     }
     if arch == "llama" {
@@ -176,33 +188,78 @@ pub fn model_keys(
     Ok(kv)
 }
 
-/// Gemma 3's sliding layers when `layer_types` is not given: all but every sixth.
-fn gemma3_default_layers(layers: usize) -> Vec<bool> {
-    (0..layers).map(|i| (i + 1) % 6 != 0).collect()
+/// One full-attention layer in how many, where llama.cpp's Gemma graphs assume a layout when
+/// the GGUF gives none (`load_swa_pattern`): Gemma 3's 6, Gemma 2's 2.
+fn default_sliding_pattern(arch: Architecture) -> Option<usize> {
+    match arch {
+        Architecture::Gemma3 => Some(6),
+        Architecture::Gemma2 => Some(2),
+        _ => None,
+    }
 }
 
-/// Refuse what llama.cpp would run differently from transformers. Its `gemma3` graph scales
-/// scores by `head_dim^-1/2` (the 62-layer 27B by `(hidden / heads)^-1/2`) and does not read
-/// `query_pre_attn_scalar`, and it has no GELU other than the tanh form Gemma uses.
+/// Refuse what llama.cpp would run differently from transformers. Its Gemma graphs scale
+/// scores by `head_dim^-1/2` (the 27B, 62 layers in Gemma 3 and 46 in Gemma 2, by
+/// `(hidden / heads)^-1/2`) and do not read `query_pre_attn_scalar`; they have no GELU other
+/// than the tanh form Gemma uses. Its `gemma2` graph always soft-caps both attention and
+/// logits and always ties the output projection to the embedding; `gemma3` caps only logits.
 pub fn check_llama_cpp_can_run(config: &ModelConfig) -> Result<(), ExportError> {
-    if config.architecture != crate::model::arch::Architecture::Gemma3 {
-        return Ok(());
-    }
-    let derived = if config.num_layers == 62 {
+    let arch = config.architecture;
+    let name = match arch {
+        Architecture::Gemma3 => "Gemma 3",
+        Architecture::Gemma2 => "Gemma 2",
+        _ => return Ok(()),
+    };
+    let big = if arch == Architecture::Gemma3 { 62 } else { 46 };
+    let derived = if config.num_layers == big {
         (config.hidden_size / config.num_heads.max(1)) as f64
     } else {
         config.head_dim as f64
     };
-    match config.query_pre_attn_scalar {
-        Some(q) if q != derived => Err(ExportError::Unsupported {
-            what: format!("this Gemma 3 model (query_pre_attn_scalar {q})"),
+    if let Some(q) = config.query_pre_attn_scalar
+        && q != derived
+    {
+        return Err(ExportError::Unsupported {
+            what: format!("this {name} model (query_pre_attn_scalar {q})"),
             why: format!(
-                "llama.cpp's gemma3 graph scales attention by 1/sqrt({derived}) for a model of \
-                 this shape and reads no query_pre_attn_scalar, so it would compute another model"
+                "llama.cpp's {} graph scales attention by 1/sqrt({derived}) for a model of \
+                 this shape and reads no query_pre_attn_scalar, so it would compute another model",
+                gguf_arch(arch)
             ),
-        }),
-        _ => Ok(()),
+        });
     }
+    if arch == Architecture::Gemma3
+        && let Some(cap) = config.attn_logit_softcapping
+    {
+        return Err(ExportError::Unsupported {
+            what: format!("this Gemma 3 model (attn_logit_softcapping {cap})"),
+            why: "llama.cpp's gemma3 graph does not soft-cap attention scores".into(),
+        });
+    }
+    if arch == Architecture::Gemma2 {
+        for (key, cap) in [
+            ("attn_logit_softcapping", config.attn_logit_softcapping),
+            ("final_logit_softcapping", config.final_logit_softcapping),
+        ] {
+            if cap.is_none() {
+                return Err(ExportError::Unsupported {
+                    what: format!("this Gemma 2 model ({key} null)"),
+                    why: "llama.cpp's gemma2 graph always soft-caps (50 and 30 unless told), \
+                          so it would compute another model"
+                        .into(),
+                });
+            }
+        }
+        if !config.tie_word_embeddings {
+            return Err(ExportError::Unsupported {
+                what: "this Gemma 2 model (tie_word_embeddings false)".into(),
+                why: "llama.cpp's gemma2 graph reads no output.weight; it projects with the \
+                      token embedding"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Llama 3.1's rope scaling as llama.cpp takes it: a `rope_freqs.weight` tensor of per-frequency

@@ -16,6 +16,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Llama | Architecture::Mistral => "llama",
         Architecture::Qwen3 => "qwen3",
         Architecture::Gemma3 => "gemma3",
+        Architecture::Gemma2 => "gemma2",
     }
 }
 
@@ -40,7 +41,7 @@ pub fn gguf_name(hf: &str, arch: Architecture) -> Option<String> {
     let (module, kind) = rest.rsplit_once('.')?;
     let short = match module {
         "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" if arch == Architecture::Gemma3 => "post_attention_norm",
+        "post_attention_layernorm" if arch.is_gemma() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
         "pre_feedforward_layernorm" => "ffn_norm",
         "post_feedforward_layernorm" => "post_ffw_norm",

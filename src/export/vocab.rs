@@ -162,7 +162,7 @@ pub fn tokenizer_keys(
     if dir.join("tokenizer.model").is_file() {
         let mut kv = Vec::new();
         // Gemma's SentencePiece model adds no dummy prefix; the converter always says so.
-        let gemma = config.architecture == crate::model::arch::Architecture::Gemma3;
+        let gemma = config.architecture.is_gemma();
         let prefix = if gemma {
             Some(false)
         } else {

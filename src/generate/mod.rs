@@ -35,6 +35,7 @@ fn step_logits<B: ModelBackend>(model: &Model<B>, cache: &mut KvCache<B>, ids: &
     let ctx = incremental_context::<B>(
         &model.rope,
         model.config.sliding_window.as_ref(),
+        model.config.attention_scores(),
         1,
         past,
         ids.len(),

@@ -26,6 +26,10 @@ pub enum Architecture {
     /// embeddings scaled by `sqrt(hidden_size)`, scores by `query_pre_attn_scalar^-1/2`, and
     /// sliding-window layers with their own RoPE base.
     Gemma3,
+    /// Gemma 2 (`gemma-2-2b`, `9b`, `27b`): Gemma 3's norms, embedding scale and GELU gating
+    /// without the q/k norms; attention scores and output logits soft-capped
+    /// (`cap * tanh(x / cap)`), every other layer sliding, one RoPE base for all.
+    Gemma2,
 }
 
 /// Per-family defaults for fields that `config.json` may leave out.
@@ -44,6 +48,7 @@ const TABLE: &[(Architecture, &str, &str)] = &[
     (Architecture::Mistral, "MistralForCausalLM", "mistral"),
     (Architecture::Qwen3, "Qwen3ForCausalLM", "qwen3"),
     (Architecture::Gemma3, "Gemma3ForCausalLM", "gemma3_text"),
+    (Architecture::Gemma2, "Gemma2ForCausalLM", "gemma2"),
 ];
 
 impl Architecture {
@@ -103,6 +108,12 @@ impl Architecture {
             .unwrap_or("qwen2")
     }
 
+    /// Gemma's shared traits: `1 + w` norms, scaled embeddings, sandwich norms,
+    /// `hidden_activation`, `query_pre_attn_scalar`.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Architecture::Gemma2 | Architecture::Gemma3)
+    }
+
     pub fn defaults(self) -> FamilyDefaults {
         match self {
             Architecture::Qwen2 => FamilyDefaults {
@@ -128,6 +139,14 @@ impl Architecture {
                 o_bias_follows_attention_bias: true,
                 qk_norm: true,
                 tie_word_embeddings: false,
+            },
+            Architecture::Gemma2 => FamilyDefaults {
+                rope_theta: 10_000.0,
+                rms_norm_eps: 1e-6,
+                qkv_bias: false,
+                o_bias_follows_attention_bias: true,
+                qk_norm: false,
+                tie_word_embeddings: true,
             },
             Architecture::Gemma3 => FamilyDefaults {
                 rope_theta: 1_000_000.0,

@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use super::arch::Architecture;
 use super::error::ModelError;
-use super::family::{activation, refuse_unsupported_gemma, sliding_rope_theta, sliding_window};
-use super::kernels::Activation;
+use super::family::{
+    activation, refuse_unsupported_gemma, sliding_rope_theta, sliding_window, softcapping,
+};
+use super::kernels::{Activation, ScoreShape};
 
 /// Rotary-embedding parameters as transformers 5 writes them (`rope_parameters`) or as released
 /// checkpoints write them (`rope_scaling`, with `type` or `rope_type`).
@@ -92,8 +94,11 @@ pub struct HfConfig {
     pub hidden_activation: Option<String>,
     /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-1/2`.
     pub query_pre_attn_scalar: Option<f64>,
-    pub final_logit_softcapping: Option<f64>,
-    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2 caps the logits (`cap * tanh(x / cap)`) by default; `null` turns it off.
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
     pub use_bidirectional_attention: Option<bool>,
     /// Gemma 3: every `n`-th layer attends fully, the others slide (older configs; newer ones
     /// write `layer_types`). transformers reads this key only, not `_sliding_window_pattern`.
@@ -231,6 +236,10 @@ pub struct ModelConfig {
     pub query_pre_attn_scalar: Option<f64>,
     /// Gemma 3: sliding-window layers use default RoPE with this base (and no scaling).
     pub sliding_rope_theta: Option<f64>,
+    /// Gemma 2: attention scores become `cap * tanh(score / cap)` before the mask.
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: the output logits become `cap * tanh(logit / cap)`.
+    pub final_logit_softcapping: Option<f64>,
 }
 
 /// Sliding-window attention: a query at index `i` sees keys `j` with `i - width < j <= i`
@@ -292,11 +301,14 @@ impl ModelConfig {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(format!("head_dim {head_dim} must be even and > 0")));
         }
-        let gemma = architecture == Architecture::Gemma3;
+        let gemma = architecture.is_gemma();
         let activation = activation(raw, gemma).map_err(invalid)?;
-        if gemma {
+        let softcaps = if gemma {
             refuse_unsupported_gemma(raw).map_err(invalid)?;
-        }
+            softcapping(raw, architecture).map_err(invalid)?
+        } else {
+            (None, None)
+        };
         let sliding_window = sliding_window(raw, architecture).map_err(invalid)?;
         let (full_params, sliding_params) = match &raw.rope_parameters {
             Some(RopeField::PerLayerType(p)) => {
@@ -322,7 +334,7 @@ impl ModelConfig {
                 parse_rope_scaling(p, original).map_err(invalid)?
             }
         };
-        let sliding_rope_theta = if gemma {
+        let sliding_rope_theta = if architecture == Architecture::Gemma3 {
             Some(sliding_rope_theta(raw, sliding_params).map_err(invalid)?)
         } else {
             None
@@ -370,7 +382,22 @@ impl ModelConfig {
                 None
             },
             sliding_rope_theta,
+            attn_logit_softcapping: softcaps.0,
+            final_logit_softcapping: softcaps.1,
         })
+    }
+
+    /// How attention scores are shaped in every layer. A `query_pre_attn_scalar` scale is
+    /// folded into the query norm where the model has one (Gemma 3, see `load.rs`), else the
+    /// kernels apply it (Gemma 2).
+    pub fn attention_scores(&self) -> ScoreShape {
+        ScoreShape {
+            scale: (!self.qk_norm)
+                .then_some(self.query_pre_attn_scalar)
+                .flatten()
+                .map(|q| (1.0 / q.sqrt()) as f32),
+            softcap: self.attn_logit_softcapping.map(|c| c as f32),
+        }
     }
 
     /// What attention scores are multiplied by before the softmax.

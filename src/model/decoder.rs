@@ -1,4 +1,4 @@
-//! The decoder shared by Qwen2, Llama, Mistral, Qwen3 and Gemma 3: token embedding (scaled, in
+//! The decoder shared by Qwen2, Llama, Mistral, Qwen3, Gemma 2 and Gemma 3: token embedding (scaled, in
 //! Gemma), pre-norm layers of grouped-query self-attention and a gated MLP (Gemma adds a norm
 //! after each), final RMSNorm, tied or separate `lm_head`.
 //! Module and field names follow the HF tensor names (`self_attn.q_proj`, `input_layernorm`).
@@ -11,7 +11,7 @@ use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use super::ModelBackend;
 use super::config::ModelConfig;
-use super::kernels::{Activation, AttentionMask, Dropout, DropoutSeed, Kernels};
+use super::kernels::{Activation, AttentionMask, Dropout, DropoutSeed, Kernels, LogitChunks};
 use super::norm::RmsNorm;
 use super::params::LINEAR_MODULES;
 use super::recompute::Saved;
@@ -68,6 +68,9 @@ pub struct CausalLm<B: Backend> {
     /// NEFTune's noise on the embeddings in training (`train.neftune_noise_alpha`).
     #[module(skip)]
     pub neftune_alpha: Option<f64>,
+    /// Gemma 2: logits become `cap * tanh(logit / cap)`.
+    #[module(skip)]
+    pub final_logit_softcapping: Option<f64>,
 }
 
 /// Per-forward inputs shared by every layer: rotary tables and which keys each query sees.
@@ -392,13 +395,26 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
-    /// Logits `[rows, vocab]` for hidden states `[rows, hidden]`, in f32.
+    /// Logits `[rows, vocab]` for hidden states `[rows, hidden]`, in f32 (soft-capped where
+    /// the model caps them).
     pub fn logits_2d(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let logits = hidden.matmul(self.output_weight().transpose());
-        if logits.dtype() == DType::F32 {
+        let logits = if logits.dtype() == DType::F32 {
             logits
         } else {
             logits.cast(DType::F32)
+        };
+        match self.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    /// How the fused losses form this model's logits, `rows` rows at a time.
+    pub fn logit_chunks(&self, rows: usize) -> LogitChunks {
+        LogitChunks {
+            rows,
+            softcap: self.final_logit_softcapping.map(|c| c as f32),
         }
     }
 

@@ -1,6 +1,6 @@
 //! How each family's `config.json` keys become the decoder's settings where the families
-//! differ: which layers slide and by how much, the MLP activation, Gemma 3's sliding-layer
-//! RoPE base and the Gemma options burnish refuses. Each follows the transformers 5
+//! differ: which layers slide and by how much, the MLP activation, Gemma 2's soft caps,
+//! Gemma 3's sliding-layer RoPE base and the Gemma options burnish refuses. Each follows the transformers 5
 //! configuration class of its family.
 
 use super::arch::Architecture;
@@ -13,6 +13,9 @@ const DEFAULT_SLIDING_WINDOW: usize = 4096;
 const DEFAULT_GEMMA3_PATTERN: usize = 6;
 /// Gemma3TextConfig's default RoPE base of sliding-window layers.
 const DEFAULT_GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+/// Gemma2Config's soft caps of attention scores and output logits.
+const DEFAULT_GEMMA2_ATTN_SOFTCAP: Option<f64> = Some(50.0);
+const DEFAULT_GEMMA2_FINAL_SOFTCAP: Option<f64> = Some(30.0);
 /// Qwen2/Qwen3's default count of leading full-attention layers.
 const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
 
@@ -29,6 +32,14 @@ pub(super) fn sliding_window(
     let (width, sliding) = match arch {
         Architecture::Llama => return Ok(None),
         Architecture::Mistral => (width(raw.sliding_window), vec![true; layers]),
+        Architecture::Gemma2 => {
+            // Gemma2Config: layer_types, else every other layer slides, from the first.
+            let sliding = match &raw.layer_types {
+                Some(types) => layer_types(types, layers)?,
+                None => (0..layers).map(|i| (i + 1) % 2 != 0).collect(),
+            };
+            (width(raw.sliding_window), sliding)
+        }
         Architecture::Gemma3 => {
             // Gemma3TextConfig: layer_types, else every `sliding_window_pattern`-th layer (6)
             // attends fully.
@@ -94,25 +105,40 @@ pub(super) fn activation(raw: &HfConfig, gemma: bool) -> Result<Activation, Stri
     })
 }
 
-/// Gemma options released text checkpoints leave off, which burnish does not compute: refused
-/// rather than trained wrongly.
+/// Gemma options burnish does not compute: refused rather than trained wrongly.
 pub(super) fn refuse_unsupported_gemma(raw: &HfConfig) -> Result<(), String> {
-    for (key, value) in [
-        ("attn_logit_softcapping", raw.attn_logit_softcapping),
-        ("final_logit_softcapping", raw.final_logit_softcapping),
-    ] {
-        if let Some(v) = value {
-            return Err(format!(
-                "{key} is {v}; burnish does not apply logit soft-capping (Gemma 3 sets it to null)"
-            ));
-        }
-    }
     if raw.use_bidirectional_attention == Some(true) {
         return Err(
             "use_bidirectional_attention is true (an embedding model); burnish trains causal language models".into(),
         );
     }
     Ok(())
+}
+
+/// The attention and final logit soft caps `(attn, final)`: Gemma2Config's 50 and 30 when
+/// the keys are absent (`null` turns them off), Gemma3TextConfig's none.
+pub(super) fn softcapping(
+    raw: &HfConfig,
+    arch: Architecture,
+) -> Result<(Option<f64>, Option<f64>), String> {
+    let (attn, last) = if arch == Architecture::Gemma2 {
+        (DEFAULT_GEMMA2_ATTN_SOFTCAP, DEFAULT_GEMMA2_FINAL_SOFTCAP)
+    } else {
+        (None, None)
+    };
+    let attn = raw.attn_logit_softcapping.unwrap_or(attn);
+    let last = raw.final_logit_softcapping.unwrap_or(last);
+    for (key, value) in [
+        ("attn_logit_softcapping", attn),
+        ("final_logit_softcapping", last),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && v > 0.0)
+        {
+            return Err(format!("{key} is {v}; it must be > 0 (or null for no cap)"));
+        }
+    }
+    Ok((attn, last))
 }
 
 /// Gemma 3's sliding-window layers: default RoPE with their own base (`rope_parameters`'

@@ -9,7 +9,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::config::SlidingWindow;
 use super::decoder::{AttentionContext, SlidingContext};
-use super::kernels::AttentionMask;
+use super::kernels::{AttentionMask, ScoreShape};
 use super::rope::RopeFrequencies;
 
 pub use super::kernels::mask::PAD_SEGMENT;
@@ -68,11 +68,12 @@ impl HostBatch {
         &self,
         rope: &RopeFrequencies,
         window: Option<&SlidingWindow>,
+        scores: ScoreShape,
         dtype: DType,
         device: &B::Device,
     ) -> AttentionContext<B> {
         let (cos, sin) = rope.tables::<B>(&self.positions, device);
-        let mask = AttentionMask::new(&self.segments, self.seq_len(), true);
+        let mask = AttentionMask::new(&self.segments, self.seq_len(), true).with_scores(scores);
         AttentionContext {
             cos: cast(cos, dtype),
             sin: cast(sin, dtype),
@@ -83,9 +84,11 @@ impl HostBatch {
 }
 
 /// Context for `seq` new tokens after `past` cached ones (single-example rows, no padding).
+#[allow(clippy::too_many_arguments)]
 pub fn incremental_context<B: Backend>(
     rope: &RopeFrequencies,
     window: Option<&SlidingWindow>,
+    scores: ScoreShape,
     batch: usize,
     past: usize,
     seq: usize,
@@ -96,7 +99,7 @@ pub fn incremental_context<B: Backend>(
         .map(|_| (past as i64..(past + seq) as i64).collect())
         .collect();
     let (cos, sin) = rope.tables::<B>(&positions, device);
-    let mask = AttentionMask::incremental(batch, past, seq);
+    let mask = AttentionMask::incremental(batch, past, seq).with_scores(scores);
     AttentionContext {
         cos: cast(cos, dtype),
         sin: cast(sin, dtype),

@@ -114,11 +114,13 @@ pub fn load_model_with<B: Backend>(
     };
     let norm = |name: &str| norm_scaled(name, 1.0);
     // Scores are `q.k * attention_scale`; the kernels scale by `head_dim^-1/2`, so a different
-    // scale (Gemma's `query_pre_attn_scalar`) is folded into the query norm, which feeds RoPE
-    // (a rotation) and the scores only.
-    let query_factor = config
-        .query_pre_attn_scalar
-        .map_or(1.0, |q| (config.head_dim as f64 / q).sqrt());
+    // scale (Gemma's `query_pre_attn_scalar`) is folded into the query norm where there is one
+    // (Gemma 3), which feeds RoPE (a rotation) and the scores only. Without one (Gemma 2) the
+    // kernels apply it (`ModelConfig::attention_scores`).
+    let query_factor = match config.query_pre_attn_scalar {
+        Some(q) if config.qk_norm => (config.head_dim as f64 / q).sqrt(),
+        _ => 1.0,
+    };
     let linear = |prefix: &str, module: &str| -> Result<LoraLinear<B>, ModelError> {
         let base = format!("{prefix}.{}.{module}", ModelConfig::linear_parent(module));
         let has_bias = config.linear_shape(module).is_some_and(|s| s.bias);
@@ -133,11 +135,6 @@ pub fn load_model_with<B: Backend>(
     let sandwich = |name: &str| -> Result<Option<RmsNorm<B>>, ModelError> {
         config.sandwich_norms.then(|| norm(name)).transpose()
     };
-    if !config.qk_norm && query_factor != 1.0 {
-        return Err(ModelError::Backend(
-            "query_pre_attn_scalar needs the per-head query norm to fold into".into(),
-        ));
-    }
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
@@ -201,5 +198,6 @@ pub fn load_model_with<B: Backend>(
         gradient_checkpointing: false,
         neftune_alpha: None,
         embed_scale: config.embed_scale,
+        final_logit_softcapping: config.final_logit_softcapping,
     })
 }

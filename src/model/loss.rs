@@ -115,7 +115,7 @@ pub fn cross_entropy_sum<B: Kernels>(
             rows,
             net.output_weight(),
             &tgt,
-            balanced_chunk(n, chunk_rows),
+            net.logit_chunks(balanced_chunk(n, chunk_rows)),
         ),
         n,
     )
@@ -142,7 +142,7 @@ pub fn token_losses<B: Kernels>(
         rows,
         net.output_weight(),
         &tgt,
-        balanced_chunk(n, chunk_rows),
+        net.logit_chunks(balanced_chunk(n, chunk_rows)),
     )
 }
 

@@ -151,6 +151,7 @@ impl<B: ModelBackend> Model<B> {
         let ctx = batch.context::<B>(
             &self.rope,
             self.config.sliding_window.as_ref(),
+            self.config.attention_scores(),
             self.dtype,
             &self.device,
         );
@@ -167,6 +168,7 @@ impl<B: ModelBackend> Model<B> {
         let ctx = batch.context::<B>(
             &self.rope,
             self.config.sliding_window.as_ref(),
+            self.config.attention_scores(),
             self.dtype,
             &self.device,
         );

@@ -55,6 +55,14 @@ pub fn shape_config(name: &str) -> Option<ModelConfig> {
             "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 256,
             "sliding_window": 512, "sliding_window_pattern": 6, "max_position_embeddings": 32768})
         }
+        // google/gemma-2-2b's config.json: a 256k vocabulary, head_dim 256, every other layer
+        // sliding over 4,096 keys, attention soft-capped at 50 and logits at 30.
+        "gemma-2-2b" => {
+            json!({"architectures": ["Gemma2ForCausalLM"], "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 256000, "tie_word_embeddings": true,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "max_position_embeddings": 8192})
+        }
         _ => return None,
     };
     ModelConfig::from_json(&json.to_string()).ok()
@@ -155,7 +163,7 @@ pub fn run<B: TrainBackend>(
 ) -> anyhow::Result<BenchResult> {
     let mut config = shape_config(&spec.shape).ok_or_else(|| {
         crate::error::user(format!(
-            "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, gemma-3-270m)",
+            "unknown shape '{}' (small, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, gemma-3-270m, gemma-2-2b)",
             spec.shape
         ))
     })?;

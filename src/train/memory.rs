@@ -125,7 +125,8 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
     // projection's input.
     let backward = tokens * (3 * i + 2 * h) * a + tokens * i * 4;
     // Attention scratch: per CPU thread, a 64-row block's scores and their gradient over all
-    // keys, and when the backward splits per query head, each head's f32 dK and dV; the
+    // keys (and, with Gemma 2's soft cap, the cap's slope at each score), and when the
+    // backward splits per query head, each head's f32 dK and dV; the
     // CubeCL kernels keep only `D = rowsum(dO * O)` (f32 per head and token) and the mask's
     // key ranges.
     let attention = if on_gpu {
@@ -135,7 +136,12 @@ pub fn estimate(w: &Workload<'_>) -> MemoryEstimate {
         let per_head =
             cpu_attention_splits_per_head(w.micro_batch, c.num_kv_heads, c.num_heads, threads);
         let dkv = if per_head { tokens * qd * 4 * 2 } else { 0 };
-        threads as u64 * 64 * w.seq_len as u64 * 4 * 2 + dkv
+        let blocks = if c.attn_logit_softcapping.is_some() {
+            3
+        } else {
+            2
+        };
+        threads as u64 * 64 * w.seq_len as u64 * 4 * blocks + dkv
     };
     // The loss: one chunk of logits (f32 on the CPU; on CUDA the matmul's output and the
     // fused kernel's gradient, both in the model dtype), and the gradient with respect to the

@@ -15,7 +15,7 @@ pub fn model_dir(variant: &str) -> PathBuf {
     fixtures().join("models").join(variant)
 }
 
-pub const VARIANTS: [&str; 11] = [
+pub const VARIANTS: [&str; 12] = [
     "qwen2-tied",
     "qwen2-untied",
     "qwen2-mha",
@@ -27,6 +27,7 @@ pub const VARIANTS: [&str; 11] = [
     "qwen2-swa",
     "qwen2-yarn",
     "gemma3",
+    "gemma2",
 ];
 
 /// A golden tensor: shape and values as f32 (or i64 for ids).

@@ -14,7 +14,7 @@ use burn::tensor::backend::{Backend, BackendTypes};
 use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{Activation, AttentionMask, Dropout, Kernels, LoraFactors};
+use super::{Activation, AttentionMask, Dropout, Kernels, LogitChunks, LoraFactors};
 use crate::model::quant::is_quantized;
 
 pub(crate) type Prim<B> = <B as BackendTypes>::FloatTensorPrimitive;
@@ -389,7 +389,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         let ad = h.clone().into_primitive().tensor();
         let (hi, wi) = (inner(&h), inner(&w));
@@ -412,7 +412,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         let ad = h.clone().into_primitive().tensor();
         let (hi, wi) = (inner(&h), inner(&w));

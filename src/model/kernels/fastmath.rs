@@ -26,6 +26,13 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
+/// `tanh(u)` from one exponential: `1 - 2 / (e^(2u) + 1)` (saturates to +-1; NaN stays NaN).
+/// Absolute error about 1e-7.
+#[inline(always)]
+pub fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
 /// Independent accumulators per reduction: a float sum or max carried in one register is a
 /// serial dependency LLVM will not reorder, so reductions keep `LANES` partial results (one
 /// AVX-512 vector) and combine them at the end.

@@ -7,6 +7,9 @@
 //!
 //! A query that sees no key (a padding position) attends uniformly to every key, as
 //! transformers' additive min-value mask makes it; its output never reaches a trained token.
+//!
+//! The mask also carries how the visible scores are shaped before the softmax
+//! ([`ScoreShape`]): every layer of a model shares it, and it travels wherever the mask goes.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -16,11 +19,28 @@ use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 /// Segment id of padding positions.
 pub const PAD_SEGMENT: i32 = -1;
 
+/// How a query-key dot product becomes a softmax input: `q.k * scale`, then, with a cap,
+/// `cap * tanh(score / cap)` (Gemma 2's `attn_logit_softcapping`), the mask applied after.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ScoreShape {
+    /// The factor on `q.k`; `None`: `head_dim^-1/2`.
+    pub scale: Option<f32>,
+    pub softcap: Option<f32>,
+}
+
+impl ScoreShape {
+    /// The factor on `q.k` for heads of `head_dim`.
+    pub fn scale(&self, head_dim: usize) -> f32 {
+        self.scale.unwrap_or(1.0 / (head_dim as f32).sqrt())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionMask {
     /// Per batch row, per query: the visible keys `lo..hi` (`lo == hi`: none).
     ranges: Arc<Vec<Vec<(u32, u32)>>>,
     keys: usize,
+    scores: ScoreShape,
 }
 
 impl AttentionMask {
@@ -66,7 +86,17 @@ impl AttentionMask {
         Self {
             ranges: Arc::new(ranges),
             keys,
+            scores: ScoreShape::default(),
         }
+    }
+
+    /// The same mask with the scores shaped by `scores`.
+    pub fn with_scores(self, scores: ScoreShape) -> Self {
+        Self { scores, ..self }
+    }
+
+    pub fn scores(&self) -> ScoreShape {
+        self.scores
     }
 
     /// Causal attention of `queries` new tokens after `past` cached ones, one example per row.
@@ -100,6 +130,7 @@ impl AttentionMask {
         Self {
             ranges: Arc::new(ranges),
             keys: self.keys,
+            scores: self.scores,
         }
     }
 

@@ -21,7 +21,7 @@ use burn::tensor::quantization::QuantScheme;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 pub use dropout::{Dropout, DropoutSeed};
-pub use mask::AttentionMask;
+pub use mask::{AttentionMask, ScoreShape};
 
 /// Whether the CPU attention backward keeps per-query-head dK/dV buffers (for `plan`).
 pub(crate) use flex::splits_per_head as cpu_attention_splits_per_head;
@@ -55,6 +55,25 @@ impl Activation {
     }
 }
 
+/// How a fused cross-entropy forms the logits `h w^T`: `rows` rows at a time (one chunk of
+/// logits alive at once), each logit `u` capped to `cap * tanh(u / cap)` first when `softcap`
+/// is set (Gemma 2's `final_logit_softcapping`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitChunks {
+    pub rows: usize,
+    pub softcap: Option<f32>,
+}
+
+impl LogitChunks {
+    /// Chunks of `rows` rows, logits uncapped.
+    pub fn of(rows: usize) -> Self {
+        Self {
+            rows,
+            softcap: None,
+        }
+    }
+}
+
 /// Masked scores get this before the softmax: far below any real score, finite in bf16.
 pub const MASK_VALUE: f32 = -1.0e30;
 
@@ -83,13 +102,13 @@ pub trait Kernels: Backend {
         crate::model::quant::dense(w, dtype)
     }
 
-    /// Sum over rows of `-log softmax(h w^T)[target]` (f32), computed `chunk` rows at a time.
+    /// Sum over rows of `-log softmax(h w^T)[target]` (f32), the logits formed as `chunk` says.
     /// Differentiable with respect to `h` (`w` is a frozen weight).
     fn cross_entropy_sum(
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         generic::cross_entropy_sum(h, w, targets, chunk)
     }
@@ -100,7 +119,7 @@ pub trait Kernels: Backend {
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
         generic::cross_entropy_sum_and_grad(h, w, targets, chunk)
     }
@@ -112,7 +131,7 @@ pub trait Kernels: Backend {
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         generic::cross_entropy_rows(h, w, targets, chunk)
     }
@@ -124,7 +143,7 @@ pub trait Kernels: Backend {
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
         generic::cross_entropy_rows_and_grad(h, w, targets, chunk)
     }
@@ -162,7 +181,8 @@ pub trait Kernels: Backend {
 
     /// Scaled dot-product attention: `q: [b, s, heads, d]`, `k`, `v: [b, t, kv_heads, d]`
     /// (grouped-query: each kv head serves `heads / kv_heads` query heads, without copies),
-    /// `mask` saying which keys each query sees. Returns `[b, s, heads, d]`.
+    /// `mask` saying which keys each query sees and how the scores are scaled and capped
+    /// ([`ScoreShape`]). Returns `[b, s, heads, d]`.
     fn attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

@@ -13,6 +13,9 @@
 //! rows stay in registers: what this buys over the composed version is memory and launches,
 //! not peak FLOP/s.
 //!
+//! Scores are scaled by the mask's [`ScoreShape`] and soft-capped where it says (Gemma 2): the
+//! backward takes the cap's slope `1 - (z / cap)^2` from the recomputed capped score `z`.
+//!
 //! Queries that see no key (padding) follow the composed version: the output is the mean of
 //! every value (a uniform softmax), `lse = ln t`, no gradient to q or k, `dO / t` to every v.
 
@@ -23,6 +26,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::output_like;
+use crate::model::kernels::ScoreShape;
 
 /// Queries per cube and keys per tile.
 pub const BLOCK: usize = 32;
@@ -70,6 +74,27 @@ fn dot_row(
     acc
 }
 
+/// A scaled score soft-capped, `cap * tanh(sc / cap)`, when `capped`; else unchanged.
+#[cube]
+pub(super) fn cap_score(sc: f32, cap: f32, #[comptime] capped: bool) -> f32 {
+    let mut out = sc;
+    if comptime![capped] {
+        out = cap * f32::tanh(sc / cap);
+    }
+    out
+}
+
+/// The soft cap's derivative at a capped score `z`: `1 - (z / cap)^2` (1 without a cap).
+#[cube]
+pub(super) fn cap_slope(z: f32, cap: f32, #[comptime] capped: bool) -> f32 {
+    let mut out = 1.0f32;
+    if comptime![capped] {
+        let t = z / cap;
+        out = 1.0f32 - t * t;
+    }
+    out
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn forward_kernel<F: Float, I: Int>(
@@ -81,8 +106,10 @@ fn forward_kernel<F: Float, I: Int>(
     out: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
     scale: f32,
+    cap: f32,
     #[comptime] d: usize,
     #[comptime] unroll: bool,
+    #[comptime] capped: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads, t) = (q.shape(1), q.shape(2), k.shape(1));
@@ -146,7 +173,7 @@ fn forward_kernel<F: Float, I: Int>(
                 let j = c0 + r;
                 let mut sc = f32::new(-3.0e38);
                 if j >= lo && j < hi {
-                    sc = dot_row(&qrow, &ks, r, d, unroll);
+                    sc = cap_score(dot_row(&qrow, &ks, r, d, unroll), cap, capped);
                     top = f32::max(top, sc);
                 }
                 scores[r] = sc;
@@ -204,8 +231,10 @@ fn dq_kernel<F: Float, I: Int>(
     dq: &mut Tensor<F>,
     delta: &mut Tensor<f32>,
     scale: f32,
+    cap: f32,
     #[comptime] d: usize,
     #[comptime] unroll: bool,
+    #[comptime] capped: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads) = (q.shape(1), q.shape(2));
@@ -265,8 +294,11 @@ fn dq_kernel<F: Float, I: Int>(
             for r in 0..BLOCK {
                 let j = c0 + r;
                 if j >= lo && j < hi {
-                    let p = f32::exp(dot_row(&qrow, &ks, r, d, unroll) - stat);
-                    let ds = p * (dot_row(&grow, &vs, r, d, unroll) - dsum) * scale;
+                    let z = cap_score(dot_row(&qrow, &ks, r, d, unroll), cap, capped);
+                    let p = f32::exp(z - stat);
+                    let ds = p
+                        * (dot_row(&grow, &vs, r, d, unroll) - dsum)
+                        * (scale * cap_slope(z, cap, capped));
                     #[unroll(unroll)]
                     for c in 0..d {
                         acc[c] += ds * ks[r * d + c];
@@ -300,8 +332,10 @@ fn dkv_kernel<F: Float, I: Int>(
     dk: &mut Tensor<F>,
     dv: &mut Tensor<F>,
     scale: f32,
+    cap: f32,
     #[comptime] d: usize,
     #[comptime] unroll: bool,
+    #[comptime] capped: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let (s, heads, t, kv_heads) = (q.shape(1), q.shape(2), k.shape(1), k.shape(2));
@@ -383,8 +417,11 @@ fn dkv_kernel<F: Float, I: Int>(
                                     dvr[c] += gs[r * d + c] * inv_t;
                                 }
                             } else if j >= lo && j < hi {
-                                let p = f32::exp(dot_row(&krow, &qs, r, d, unroll) - stats[r]);
-                                let dsc = p * (dot_row(&vrow, &gs, r, d, unroll) - dsums[r]);
+                                let z = cap_score(dot_row(&krow, &qs, r, d, unroll), cap, capped);
+                                let p = f32::exp(z - stats[r]);
+                                let dsc = p
+                                    * (dot_row(&vrow, &gs, r, d, unroll) - dsums[r])
+                                    * cap_slope(z, cap, capped);
                                 #[unroll(unroll)]
                                 for c in 0..d {
                                     dvr[c] += p * gs[r * d + c];
@@ -446,6 +483,7 @@ pub fn forward<R: CubeRuntime>(
     v: CubeTensor<R>,
     ranges: CubeTensor<R>,
     blocks: CubeTensor<R>,
+    scores: ScoreShape,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let [b, s, heads, d] = q.meta.shape().dims::<4>();
     let out = output_like(&q);
@@ -464,9 +502,11 @@ pub fn forward<R: CubeRuntime>(
         blocks.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
-        1.0 / (d as f32).sqrt(),
+        scores.scale(d),
+        scores.softcap.unwrap_or(1.0),
         d,
         unroll::<R>(&client, d),
+        scores.softcap.is_some(),
         dtypes,
     );
     (out, lse)
@@ -483,12 +523,17 @@ pub fn backward<R: CubeRuntime>(
     grad: CubeTensor<R>,
     ranges: CubeTensor<R>,
     blocks: CubeTensor<R>,
+    scores: ScoreShape,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let [b, s, heads, d] = q.meta.shape().dims::<4>();
     let [_, t, kv_heads, _] = k.meta.shape().dims::<4>();
     let (dq, dk, dv) = (output_like(&q), output_like(&k), output_like(&v));
     let delta = f32_tensor(&q, [b, heads, s]);
-    let scale = 1.0 / (d as f32).sqrt();
+    let (scale, cap, capped) = (
+        scores.scale(d),
+        scores.softcap.unwrap_or(1.0),
+        scores.softcap.is_some(),
+    );
     let dtypes = [q.dtype.into(), ranges.dtype.into()];
     let client = q.client.clone();
     let (count, dim) = grid(b * heads, s);
@@ -507,8 +552,10 @@ pub fn backward<R: CubeRuntime>(
         dq.clone().into_tensor_arg(),
         delta.clone().into_tensor_arg(),
         scale,
+        cap,
         d,
         unroll::<R>(&client, d),
+        capped,
         dtypes,
     );
     let (count, dim) = grid(b * kv_heads, t);
@@ -527,8 +574,10 @@ pub fn backward<R: CubeRuntime>(
         dk.clone().into_tensor_arg(),
         dv.clone().into_tensor_arg(),
         scale,
+        cap,
         d,
         unroll::<R>(&client, d),
+        capped,
         dtypes,
     );
     (dq, dk, dv)

@@ -10,6 +10,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::attention::{cap_score, cap_slope};
 use super::launch_rows;
 use super::rows::cube_sum;
 
@@ -40,7 +41,9 @@ fn softmax_ce_kernel<F: Float, G: Float, I: Int>(
     losses: &mut Tensor<f32>,
     grad: &mut Tensor<G>,
     rows: u32,
+    cap: f32,
     #[comptime] with_grad: bool,
+    #[comptime] capped: bool,
     #[define(F, G, I)] _dtypes: [StorageType; 3],
 ) {
     let row = CUBE_POS;
@@ -57,7 +60,7 @@ fn softmax_ce_kernel<F: Float, G: Float, I: Int>(
     let mut top = f32::new(-3.0e38);
     let mut j = UNIT_POS_X as usize;
     while j < vocab {
-        top = f32::max(top, f32::cast_from(logits[lb + j]));
+        top = f32::max(top, cap_score(f32::cast_from(logits[lb + j]), cap, capped));
         j += step;
     }
     scratch[UNIT_POS_X as usize] = top;
@@ -66,7 +69,7 @@ fn softmax_ce_kernel<F: Float, G: Float, I: Int>(
     let mut sum = 0.0f32;
     let mut j = UNIT_POS_X as usize;
     while j < vocab {
-        sum += f32::exp(f32::cast_from(logits[lb + j]) - m);
+        sum += f32::exp(cap_score(f32::cast_from(logits[lb + j]), cap, capped) - m);
         j += step;
     }
     scratch[UNIT_POS_X as usize] = sum;
@@ -74,28 +77,32 @@ fn softmax_ce_kernel<F: Float, G: Float, I: Int>(
 
     let target = u32::cast_from(targets[r * targets.stride(0)]) as usize;
     if UNIT_POS_X == 0 {
-        losses[r] = lse - f32::cast_from(logits[lb + target]);
+        losses[r] = lse - cap_score(f32::cast_from(logits[lb + target]), cap, capped);
     }
     if comptime![with_grad] {
         let gb = r * grad.stride(0);
         let mut j = UNIT_POS_X as usize;
         while j < vocab {
-            let mut g = f32::exp(f32::cast_from(logits[lb + j]) - lse);
+            let z = cap_score(f32::cast_from(logits[lb + j]), cap, capped);
+            let mut g = f32::exp(z - lse);
             if j == target {
                 g -= 1.0f32;
             }
-            grad[gb + j] = G::cast_from(g);
+            grad[gb + j] = G::cast_from(g * cap_slope(z, cap, capped));
             j += step;
         }
     }
 }
 
 /// Per row of `logits: [rows, vocab]`, `-log softmax(row)[target]` (f32 `[rows]`) and, with
-/// `grad_dtype`, `softmax(row) - onehot(target)` in that dtype. `targets: [rows]` (int).
+/// `grad_dtype`, `softmax(row) - onehot(target)` in that dtype. `targets: [rows]` (int). With
+/// `softcap` the logits are capped first (`cap * tanh(u / cap)`) and the gradient, taken
+/// with respect to the uncapped logits, carries the cap's slope.
 pub fn softmax_cross_entropy<R: CubeRuntime>(
     logits: CubeTensor<R>,
     targets: CubeTensor<R>,
     grad_dtype: Option<DType>,
+    softcap: Option<f32>,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let [rows, vocab] = logits.meta.shape().dims::<2>();
     let (client, device) = (logits.client.clone(), logits.device.clone());
@@ -125,7 +132,9 @@ pub fn softmax_cross_entropy<R: CubeRuntime>(
         losses.clone().into_tensor_arg(),
         grad.clone().into_tensor_arg(),
         rows as u32,
+        softcap.unwrap_or(1.0),
         grad_dtype.is_some(),
+        softcap.is_some(),
         dtypes,
     );
     (losses, grad_dtype.map(|_| grad))

@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 use super::generic::{
     self, LinearOps, as_f32, cast_to, lora_linear_backward_with, lora_linear_forward_with, total,
 };
-use super::{Activation, AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors};
+use super::{Activation, AttentionMask, Dropout, Kernels, LinearGrads, LogitChunks, LoraFactors};
 
 /// `BURNISH_GPU_KERNELS=composed` runs Burn's composed ops (the generic kernels) instead of
 /// these: to measure what the kernels buy (`scripts/gpu-check.sh` does, in one sitting), and
@@ -112,7 +112,7 @@ fn cross_entropy<B: Cube>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
     with_grad: bool,
 ) -> LossesAndGrad<B> {
     let (n, device, dtype) = (targets.len(), h.device(), h.dtype());
@@ -123,14 +123,16 @@ fn cross_entropy<B: Cube>(
     let all_targets =
         Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
     let (mut losses, mut grads) = (Vec::new(), Vec::new());
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.max(1).min(n - start);
+    let rows = chunk.rows.max(1);
+    for start in (0..n).step_by(rows) {
+        let len = rows.min(n - start);
         let logits = h
             .clone()
             .narrow(0, start, len)
             .matmul(w.clone().transpose());
         let t = int_prim(all_targets.clone().narrow(0, start, len));
-        let (rows, g) = loss::softmax_cross_entropy(prim(logits), t, with_grad.then_some(dtype));
+        let (rows, g) =
+            loss::softmax_cross_entropy(prim(logits), t, with_grad.then_some(dtype), chunk.softcap);
         losses.push(float::<B, 1>(rows));
         if let Some(g) = g {
             grads.push(float::<B, 2>(g).matmul(w.clone()));
@@ -222,7 +224,7 @@ where
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         total(Self::cross_entropy_rows(h, w, targets, chunk))
     }
@@ -231,7 +233,7 @@ where
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
         let (rows, grad) = Self::cross_entropy_rows_and_grad(h, w, targets, chunk);
         (total(rows), grad)
@@ -241,7 +243,7 @@ where
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Self, 1> {
         if composed() {
             return generic::cross_entropy_rows(h, w, targets, chunk);
@@ -253,7 +255,7 @@ where
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Self, 1>, Tensor<Self, 2>) {
         if composed() {
             return generic::cross_entropy_rows_and_grad(h, w, targets, chunk);
@@ -276,7 +278,8 @@ where
         let dtype = q.dtype();
         let (k, v) = (cast_to(k, dtype), cast_to(v, dtype));
         let (ranges, blocks) = mask_tensors::<Self>(mask, &q.device());
-        let (out, lse) = attention::forward(prim(q), prim(k), prim(v), ranges, blocks);
+        let (out, lse) =
+            attention::forward(prim(q), prim(k), prim(v), ranges, blocks, mask.scores());
         (float(out), float(lse))
     }
 
@@ -306,6 +309,7 @@ where
             prim(grad),
             ranges,
             blocks,
+            mask.scores(),
         );
         (
             float(dq),

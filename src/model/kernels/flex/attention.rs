@@ -8,7 +8,7 @@ use burn::backend::Flex;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::super::fastmath::{dot, exp, exp_sum, max};
+use super::super::fastmath::{dot, exp, exp_sum, max, tanh};
 use super::super::mask::AttentionMask;
 use super::super::profile::{Region, span};
 use super::super::simd::multiversion;
@@ -60,6 +60,37 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Scores soft-capped in place, `x <- cap * tanh(x / cap)`; with `slope`, the cap's
+    /// derivative `1 - tanh^2(x / cap)` written there for the backward.
+    fn soft_cap_row(row: &mut [f32], cap: f32, slope: Option<&mut [f32]>) {
+        let inv = 1.0 / cap;
+        match slope {
+            Some(slope) => {
+                for (x, s) in row.iter_mut().zip(slope.iter_mut()) {
+                    let t = tanh(*x * inv);
+                    *s = 1.0 - t * t;
+                    *x = cap * t;
+                }
+            }
+            None => {
+                for x in row.iter_mut() {
+                    *x = cap * tanh(*x * inv);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dp <- dp * slope`: the softmax gradient taken back through the soft cap.
+    fn scale_by(dp: &mut [f32], slope: &[f32]) {
+        for (g, &s) in dp.iter_mut().zip(slope) {
+            *g *= s;
+        }
+    }
+}
+
 /// The mean of every key's value for kv head `kvh` of batch row `bi`: the output of a query
 /// that sees no key (a uniform softmax).
 fn mean_value(vs: &[f32], bi: usize, kvh: usize, t: usize, nkv: usize, d: usize) -> Vec<f32> {
@@ -85,7 +116,7 @@ pub(super) fn forward(
     let [b, s, nh, d] = q.dims();
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
-    let scale = 1.0 / (d as f32).sqrt();
+    let (scale, softcap) = (mask.scores().scale(d), mask.scores().softcap);
     let (q, k, v) = (flex(q), flex(k), flex(v));
     let (qs, ks, vs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
     let mut out = vec![0f32; b * s * nh * d];
@@ -132,7 +163,11 @@ pub(super) fn forward(
                         row.fill(0.0);
                         continue;
                     }
-                    let l = softmax_range(row, range.start - lo, range.end - lo);
+                    let (a, z) = (range.start - lo, range.end - lo);
+                    if let Some(cap) = softcap {
+                        soft_cap_row(&mut row[a..z], cap, None);
+                    }
+                    let l = softmax_range(row, a, z);
                     unsafe { *lse_row(r0 + i) = l };
                 }
                 // O = P V over the block's keys, into the head's columns of out[bi].
@@ -344,9 +379,11 @@ fn backward_task(x: &Saved, bi: usize, heads: std::ops::Range<usize>, dqp: Share
     } = *x;
     let (qs, ks, vs, os, ls, gs, mask) = (x.q, x.k, x.v, x.out, x.lse, x.grad, x.mask);
     let kvh = heads.start / (nh / nkv);
-    let scale = 1.0 / (d as f32).sqrt();
+    let (scale, softcap) = (mask.scores().scale(d), mask.scores().softcap);
     let mut p = vec![0f32; QUERY_BLOCK.min(s) * t];
     let mut ds = vec![0f32; QUERY_BLOCK.min(s) * t];
+    // The soft cap's slope per score of a block (only with a cap).
+    let mut slopes = vec![0f32; if softcap.is_some() { p.len() } else { 0 }];
     let mut empty_grad = vec![0f32; d];
     let mut any_empty = false;
     for head in heads {
@@ -366,6 +403,7 @@ fn backward_task(x: &Saved, bi: usize, heads: std::ops::Range<usize>, dqp: Share
             };
             let (lo, e) = (keys.start, keys.len());
             let (p, ds) = (&mut p[..rows * e], &mut ds[..rows * e]);
+            let slopes = &mut slopes[..if softcap.is_some() { rows * e } else { 0 }];
             // SAFETY: this task writes only its `kv` rows and dq at (bi, its heads); GEMM
             // extents (rows r0..r1, keys lo..lo + e <= t) stay inside the buffers and the
             // block scratch. dk/dv start at zero, so their products accumulate.
@@ -398,8 +436,13 @@ fn backward_task(x: &Saved, bi: usize, heads: std::ops::Range<usize>, dqp: Share
                     if range.is_empty() {
                         row.fill(0.0);
                     } else {
+                        let (a, z) = (range.start - lo, range.end - lo);
+                        if let Some(cap) = softcap {
+                            let slope = &mut slopes[i * e + a..i * e + z];
+                            soft_cap_row(&mut row[a..z], cap, Some(slope));
+                        }
                         let l = ls[(bi * nh + head) * s + r0 + i];
-                        probs_range(row, range.start - lo, range.end - lo, l);
+                        probs_range(row, a, z, l);
                     }
                 }
                 // dV += P^T dO
@@ -441,6 +484,10 @@ fn backward_task(x: &Saved, bi: usize, heads: std::ops::Range<usize>, dqp: Share
                     let r = at(r0 + i);
                     let dsum = dot(&gs[r..r + d], &os[r..r + d]);
                     softmax_grad_row(drow, prow, dsum, scale);
+                    if softcap.is_some() {
+                        // Hidden scores have p = 0, so their stale slopes multiply zeros.
+                        scale_by(drow, &slopes[i * e..(i + 1) * e]);
+                    }
                 }
                 // dQ = dS K
                 gemm_with(

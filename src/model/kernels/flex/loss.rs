@@ -6,10 +6,10 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::super::Kernels;
-use super::super::fastmath::{exp_sum, max};
+use super::super::fastmath::{exp, exp_sum, max, tanh};
 use super::super::profile::{Region, span};
 use super::super::simd::multiversion;
+use super::super::{Kernels, LogitChunks};
 use super::gemm::{gemm_into, gemm_with};
 use super::{flex, tensor};
 
@@ -27,31 +27,89 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dh = inv * (exp row . W) - W[target]`: the gradient product of an unnormalised
-    /// softmax row turned into that of `softmax - onehot(target)`.
-    fn ce_grad_row(dh: &mut [f32], inv: f32, w_target: &[f32]) {
+    /// [`ce_row`] for soft-capped logits (Gemma 2): the row is capped in place first
+    /// (`z = cap * tanh(u / cap)`), and with `store_exp` each element becomes
+    /// `exp(z - max) * (1 - (z / cap)^2)`, the unnormalised softmax times the cap's slope, so
+    /// the gradient product is taken with respect to the uncapped logits. Also returns the
+    /// slope at the target.
+    fn ce_row_capped(row: &mut [f32], target: usize, store_exp: bool, cap: f32) -> (f64, f32, f32) {
+        let inv_cap = 1.0 / cap;
+        for x in row.iter_mut() {
+            *x = cap * tanh(*x * inv_cap);
+        }
+        let m = max(row);
+        let target_logit = row[target];
+        let sum = if store_exp {
+            const LANES: usize = 16;
+            let (mut total, mut acc) = (0.0f64, [0.0f32; LANES]);
+            let mut chunks = row.chunks_exact_mut(LANES);
+            for (i, c) in (&mut chunks).enumerate() {
+                for j in 0..LANES {
+                    let (e, t) = (exp(c[j] - m), c[j] * inv_cap);
+                    c[j] = e * (1.0 - t * t);
+                    acc[j] += e;
+                }
+                if i % 256 == 255 {
+                    total += acc.iter().map(|&a| a as f64).sum::<f64>();
+                    acc = [0.0; LANES];
+                }
+            }
+            for x in chunks.into_remainder() {
+                let (e, t) = (exp(*x - m), *x * inv_cap);
+                *x = e * (1.0 - t * t);
+                acc[0] += e;
+            }
+            total + acc.iter().map(|&a| a as f64).sum::<f64>()
+        } else {
+            exp_sum(row, m, false)
+        };
+        let t = target_logit * inv_cap;
+        (m as f64 + sum.ln() - target_logit as f64, (1.0 / sum) as f32, 1.0 - t * t)
+    }
+}
+
+multiversion! {
+    /// `dh = inv * (exp row . W) - slope * W[target]`: the gradient product of an unnormalised
+    /// softmax row turned into that of `softmax - onehot(target)` (`slope`: the soft cap's
+    /// derivative at the target, 1 without a cap).
+    fn ce_grad_row(dh: &mut [f32], inv: f32, w_target: &[f32], slope: f32) {
         for (g, &w) in dh.iter_mut().zip(w_target) {
-            *g = *g * inv - w;
+            *g = *g * inv - w * slope;
         }
     }
 }
 
-/// Row-wise log-sum-exp summed over the rows, each row's `1 / sum(exp)` written to `inv` and
-/// its loss to `row_loss`; with `store_exp` the logits become their unnormalised softmax.
+/// Per row of one chunk: `1 / sum(exp)`, the loss, and the soft cap's slope at the target.
+struct RowStats<'a> {
+    inv: &'a mut [f32],
+    loss: &'a mut [f32],
+    slope: &'a mut [f32],
+}
+
+/// Row-wise log-sum-exp summed over the rows, each row's statistics written to `stats`; with
+/// `store_exp` the logits become their unnormalised softmax (times the cap's slope).
 fn ce_rows(
     logits: &mut [f32],
     vocab: usize,
     targets: &[i32],
     store_exp: bool,
-    inv: &mut [f32],
-    row_loss: &mut [f32],
+    softcap: Option<f32>,
+    stats: RowStats,
 ) -> f64 {
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .zip(inv.par_iter_mut().zip(row_loss.par_iter_mut()))
-        .map(|((row, &t), (inv, out))| {
-            let (loss, i) = ce_row(row, t as usize, store_exp);
+        .zip(stats.inv.par_iter_mut().zip(stats.loss.par_iter_mut()))
+        .zip(stats.slope.par_iter_mut())
+        .map(|(((row, &t), (inv, out)), slope)| {
+            let (loss, i) = match softcap {
+                None => ce_row(row, t as usize, store_exp),
+                Some(cap) => {
+                    let (loss, i, s) = ce_row_capped(row, t as usize, store_exp, cap);
+                    *slope = s;
+                    (loss, i)
+                }
+            };
             *inv = i;
             *out = loss as f32;
             loss
@@ -74,14 +132,14 @@ pub(super) fn ce(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
     with_grad: bool,
 ) -> (f64, Option<Tensor<Flex, 2>>, Vec<f32>) {
     let [n, d] = h.dims();
     let vocab = w.dims()[0];
     let (h, w) = (flex(h), flex(w));
     let (hs, ws) = (h.storage::<f32>(), w.storage::<f32>());
-    let chunk = chunk.max(1);
+    let (softcap, chunk) = (chunk.softcap, chunk.rows.max(1));
     let mut dh = if with_grad {
         vec![0f32; n * d]
     } else {
@@ -116,20 +174,25 @@ pub(super) fn ce(
             }
             let tgt = &targets[start..start + len];
             let mut inv = vec![0f32; len];
+            let mut slope = vec![1f32; len];
             {
                 let _span = span(Region::LossSoftmax);
-                let rows = &mut row_loss[start..start + len];
-                loss += ce_rows(logits, vocab, tgt, with_grad, &mut inv, rows);
+                let stats = RowStats {
+                    inv: &mut inv,
+                    loss: &mut row_loss[start..start + len],
+                    slope: &mut slope,
+                };
+                loss += ce_rows(logits, vocab, tgt, with_grad, softcap, stats);
             }
             if with_grad {
                 let _span = span(Region::LossGrad);
                 let dh = &mut dh[start * d..(start + len) * d];
                 grad_times_weight(dh, len, d, vocab, logits, ws);
                 dh.par_chunks_mut(d)
-                    .zip(inv.par_iter().zip(tgt.par_iter()))
-                    .for_each(|(row, (&inv, &t))| {
+                    .zip(inv.par_iter().zip(tgt.par_iter()).zip(slope.par_iter()))
+                    .for_each(|(row, ((&inv, &t), &slope))| {
                         let t = t as usize;
-                        ce_grad_row(row, inv, &ws[t * d..(t + 1) * d]);
+                        ce_grad_row(row, inv, &ws[t * d..(t + 1) * d], slope);
                     });
             }
         }
@@ -197,7 +260,7 @@ pub(super) fn cross_entropy_default(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> Tensor<Flex, 1> {
     <Flex as Kernels>::cross_entropy_sum(h.cast(DType::F32), w.cast(DType::F32), targets, chunk)
 }
@@ -207,7 +270,7 @@ pub(super) fn cross_entropy_rows_default(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
     with_grad: bool,
 ) -> (Tensor<Flex, 1>, Option<Tensor<Flex, 2>>) {
     let dtype = h.dtype();
@@ -226,7 +289,7 @@ pub(super) fn cross_entropy_and_grad_default(
     h: Tensor<Flex, 2>,
     w: Tensor<Flex, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
     let dtype = h.dtype();
     let (loss, grad) = <Flex as Kernels>::cross_entropy_sum_and_grad(

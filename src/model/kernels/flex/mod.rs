@@ -15,7 +15,9 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
-use super::{Activation, AttentionMask, Dropout, Kernels, LinearGrads, LoraFactors, generic};
+use super::{
+    Activation, AttentionMask, Dropout, Kernels, LinearGrads, LogitChunks, LoraFactors, generic,
+};
 
 /// The tensor's values as a contiguous f32 buffer (a view when it already is one).
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
@@ -85,7 +87,7 @@ impl Kernels for Flex {
         h: Tensor<Flex, 2>,
         w: Tensor<Flex, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Flex, 1> {
         if !all_f32(&[&h, &w]) {
             return loss::cross_entropy_default(h, w, targets, chunk);
@@ -98,7 +100,7 @@ impl Kernels for Flex {
         h: Tensor<Flex, 2>,
         w: Tensor<Flex, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> Tensor<Flex, 1> {
         if !all_f32(&[&h, &w]) {
             return loss::cross_entropy_rows_default(h, w, targets, chunk, false).0;
@@ -112,7 +114,7 @@ impl Kernels for Flex {
         h: Tensor<Flex, 2>,
         w: Tensor<Flex, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
         let dims = h.dims();
         let (rows, grad) = if all_f32(&[&h, &w]) {
@@ -132,7 +134,7 @@ impl Kernels for Flex {
         h: Tensor<Flex, 2>,
         w: Tensor<Flex, 2>,
         targets: &[i32],
-        chunk: usize,
+        chunk: LogitChunks,
     ) -> (Tensor<Flex, 1>, Tensor<Flex, 2>) {
         if !all_f32(&[&h, &w]) {
             return loss::cross_entropy_and_grad_default(h, w, targets, chunk);

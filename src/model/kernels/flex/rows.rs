@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::super::Activation;
-use super::super::fastmath::{dot, dot3, exp};
+use super::super::fastmath::{dot, dot3, exp, tanh};
 use super::super::generic::{GELU_TANH_C, GELU_TANH_K};
 use super::super::profile::{Region, span};
 use super::super::simd::multiversion;
@@ -51,12 +51,6 @@ multiversion! {
             }
         }
     }
-}
-
-/// `tanh(u)` from one exponential: `1 - 2 / (e^(2u) + 1)` (saturates to +-1, never NaN).
-#[inline(always)]
-fn tanh(u: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
 }
 
 multiversion! {

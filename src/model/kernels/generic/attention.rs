@@ -59,6 +59,19 @@ fn grouped<B: Backend>(x: Tensor<B, 4>, nkv: usize) -> Tensor<B, 5> {
     x.swap_dims(1, 2).reshape([b, nkv, nh / nkv, n, d])
 }
 
+/// Scaled scores soft-capped by `cap` (`cap * tanh(s / cap)`), with the cap's slope
+/// `1 - tanh^2(s / cap)` for the backward.
+fn capped<B: Backend>(sc: Tensor<B, 4>, cap: Option<f32>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
+    match cap {
+        None => (sc, None),
+        Some(cap) => {
+            let t = (sc / cap as f64).tanh();
+            let slope = t.clone().powi_scalar(2).neg() + 1.0;
+            (t * cap as f64, Some(slope))
+        }
+    }
+}
+
 /// Rows `r0..r0 + br` of grouped `x` as `[b, kv_heads, rep * br, d]` in f32.
 fn rows_of<B: Backend>(x: &Tensor<B, 5>, r0: usize, br: usize) -> Tensor<B, 4> {
     let [b, nkv, rep, _, d] = x.dims();
@@ -75,7 +88,8 @@ pub fn forward<B: Backend>(
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
     let (dtype, device) = (q.dtype(), q.device());
-    let scale = 1.0 / (d as f64).sqrt();
+    let shape = mask.scores();
+    let scale = shape.scale(d) as f64;
     let qg = grouped(q, nkv);
     let kh = k.swap_dims(1, 2);
     let vh = v.swap_dims(1, 2);
@@ -99,8 +113,9 @@ pub fn forward<B: Backend>(
                 let kb = as_f32(kh.clone().narrow(2, c0, bc));
                 let vb = vh.clone().narrow(2, c0, bc);
                 let hidden = tile_hidden::<B>(mask, rows.clone(), c0..c0 + bc, [nkv, rep], &device);
-                let sc =
-                    (qb.clone().matmul(kb.swap_dims(2, 3)) * scale).mask_fill(hidden, MASK_VALUE);
+                let sc = capped(qb.clone().matmul(kb.swap_dims(2, 3)) * scale, shape.softcap)
+                    .0
+                    .mask_fill(hidden, MASK_VALUE);
                 // Online softmax: rescale what was summed under the old maximum.
                 let m_new = m.clone().max_pair(sc.clone().max_dim(3));
                 let p = (sc - m_new.clone()).exp();
@@ -136,7 +151,8 @@ pub fn backward<B: Backend>(
     let [_, t, nkv, _] = k.dims();
     let rep = nh / nkv;
     let (q_dtype, k_dtype, v_dtype, device) = (q.dtype(), k.dtype(), v.dtype(), q.device());
-    let scale = 1.0 / (d as f64).sqrt();
+    let shape = mask.scores();
+    let scale = shape.scale(d) as f64;
     let qg = grouped(q, nkv);
     let gg = grouped(grad, nkv);
     // D_i = dO_i . O_i, the row sum FlashAttention-2 uses for softmax's backward.
@@ -168,12 +184,17 @@ pub fn backward<B: Backend>(
                 let kb = as_f32(kh.clone().narrow(2, c0, bc));
                 let vb = as_f32(vh.clone().narrow(2, c0, bc));
                 let hidden = tile_hidden::<B>(mask, rows.clone(), c0..c0 + bc, [nkv, rep], &device);
-                let sc = (qb.clone().matmul(kb.clone().swap_dims(2, 3)) * scale)
-                    .mask_fill(hidden, MASK_VALUE);
+                let (sc, slope) = capped(
+                    qb.clone().matmul(kb.clone().swap_dims(2, 3)) * scale,
+                    shape.softcap,
+                );
                 // Hidden entries (queries that see nothing included) get exactly 0.
-                let p = (sc - lb.clone()).exp();
+                let p = (sc.mask_fill(hidden, MASK_VALUE) - lb.clone()).exp();
                 let dp = gb.clone().matmul(vb.swap_dims(2, 3));
-                let ds = p.clone() * (dp - db.clone()) * scale;
+                let mut ds = p.clone() * (dp - db.clone()) * scale;
+                if let Some(slope) = slope {
+                    ds = ds * slope;
+                }
                 let keys_c = [0..b, 0..nkv, c0..c0 + bc, 0..d];
                 let dv_t = p.swap_dims(2, 3).matmul(gb.clone());
                 let dk_t = ds.clone().swap_dims(2, 3).matmul(qb.clone());

@@ -7,8 +7,8 @@ pub mod attention;
 use burn::tensor::activation::{log_softmax, sigmoid, silu};
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 
-use super::Activation;
 use super::dropout::Dropout;
+use super::{Activation, LogitChunks};
 use crate::model::quant::dense;
 
 pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
@@ -30,24 +30,42 @@ fn targets_tensor<B: Backend>(targets: &[i32], device: &B::Device) -> Tensor<B, 
     )
 }
 
-/// The chunks of `chunk` rows the loss works through: each chunk's f32 log-softmax over the
-/// vocabulary (the only `[chunk, vocab]` tensor alive at a time) and its targets as indices.
+/// One chunk of the loss: its f32 log-softmax over the vocabulary (the only `[chunk, vocab]`
+/// tensor alive at a time), its targets as indices and, with a soft cap, the cap's slope
+/// `1 - tanh^2(u / cap)` at each logit.
+struct LogProbChunk<B: Backend> {
+    log_probs: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    slope: Option<Tensor<B, 2>>,
+}
+
+/// The chunks the loss works through, as `chunk` says.
 fn log_prob_chunks<'a, B: Backend>(
     h: &'a Tensor<B, 2>,
     w: &'a Tensor<B, 2>,
     targets: &'a [i32],
-    chunk: usize,
-) -> impl Iterator<Item = (Tensor<B, 2>, Tensor<B, 2, Int>)> + 'a {
+    chunk: LogitChunks,
+) -> impl Iterator<Item = LogProbChunk<B>> + 'a {
     let n = targets.len();
-    (0..n).step_by(chunk.max(1)).map(move |start| {
-        let len = chunk.max(1).min(n - start);
-        let logits = as_f32(
+    let rows = chunk.rows.max(1);
+    (0..n).step_by(rows).map(move |start| {
+        let len = rows.min(n - start);
+        let mut logits = as_f32(
             h.clone()
                 .narrow(0, start, len)
                 .matmul(w.clone().transpose()),
         );
-        let t = targets_tensor::<B>(&targets[start..start + len], &h.device());
-        (log_softmax(logits, 1), t)
+        let mut slope = None;
+        if let Some(cap) = chunk.softcap {
+            let t = (logits / cap as f64).tanh();
+            slope = Some(t.clone().powi_scalar(2).neg() + 1.0);
+            logits = t * cap as f64;
+        }
+        LogProbChunk {
+            log_probs: log_softmax(logits, 1),
+            targets: targets_tensor::<B>(&targets[start..start + len], &h.device()),
+            slope,
+        }
     })
 }
 
@@ -70,7 +88,7 @@ pub fn cross_entropy_sum<B: Backend>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> Tensor<B, 1> {
     total(cross_entropy_rows(h, w, targets, chunk))
 }
@@ -79,7 +97,7 @@ pub fn cross_entropy_sum_and_grad<B: Backend>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let (rows, grad) = cross_entropy_rows_and_grad(h, w, targets, chunk);
     (total(rows), grad)
@@ -89,10 +107,10 @@ pub fn cross_entropy_rows<B: Backend>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> Tensor<B, 1> {
     let parts: Vec<_> = log_prob_chunks(&h, &w, targets, chunk)
-        .map(|(lp, t)| row_losses(lp, t))
+        .map(|c| row_losses(c.log_probs, c.targets))
         .collect();
     if parts.is_empty() {
         Tensor::zeros([0], &h.device())
@@ -105,20 +123,24 @@ pub fn cross_entropy_rows_and_grad<B: Backend>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     targets: &[i32],
-    chunk: usize,
+    chunk: LogitChunks,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let device = h.device();
     let (mut losses, mut grads) = (Vec::new(), Vec::new());
-    for (lp, t) in log_prob_chunks(&h, &w, targets, chunk) {
+    for c in log_prob_chunks(&h, &w, targets, chunk) {
+        let (lp, t) = (c.log_probs, c.targets);
         let len = t.dims()[0];
         losses.push(row_losses(lp.clone(), t.clone()));
         // softmax - onehot(target): subtract 1 at each target in place (no one-hot matrix).
-        let g = lp.exp().scatter(
+        let mut g = lp.exp().scatter(
             1,
             t,
             Tensor::full([len, 1], -1.0, &device),
             IndexingUpdateOp::Add,
         );
+        if let Some(slope) = c.slope {
+            g = g * slope;
+        }
         grads.push(cast_to(g, h.dtype()).matmul(w.clone()));
     }
     if losses.is_empty() {
