@@ -498,56 +498,56 @@ fn recipe_rejects_unknown_gguf_types() {
     );
 }
 
-/// A Gemma 3 model whose attention scale llama.cpp's gemma3 graph would not compute (the
-/// gemma3 fixture's query_pre_attn_scalar is 24, its head_dim 16) is refused, nothing written.
+/// Gemma models llama.cpp's graphs would compute differently are refused, each naming its
+/// key, nothing written: a scale they do not compute (the fixtures' query_pre_attn_scalar 24
+/// with head_dim 16), and for Gemma 2 soft caps turned off (its graph always caps) or an
+/// untied output projection (it always projects with the embedding), for Gemma 3 an attention
+/// cap (its graph caps logits only). The config is checked before any weight is read.
 #[test]
-fn gemma3_with_a_scale_llama_cpp_cannot_compute_is_refused() {
+fn gemma_models_llama_cpp_would_compute_differently_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = model_folder_with("gemma3", tmp.path(), "tokenizer-spm-tiny");
-    let out = tmp.path().join("g.gguf");
-    let o = burnish(&[
-        "export",
-        dir.to_str().unwrap(),
-        "--gguf",
-        out.to_str().unwrap(),
-        "--type",
-        "f16",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    for needle in ["query_pre_attn_scalar 24", "1/sqrt(16)", "llama.cpp"] {
-        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
-    }
-    assert!(!out.exists());
-}
-
-/// Gemma 2 models llama.cpp's gemma2 graph would compute differently are refused, each naming
-/// its key, nothing written: a scale it does not compute (the fixture's query_pre_attn_scalar
-/// 24 with head_dim 16), soft caps turned off (it always caps), an untied output projection
-/// (it always projects with the embedding). The config is checked before any weight is read.
-#[test]
-fn gemma2_models_llama_cpp_would_compute_differently_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
+    let scaled = |extra: serde_json::Value| {
+        let mut patch = serde_json::json!({"query_pre_attn_scalar": 16});
+        for (k, v) in extra.as_object().unwrap() {
+            patch[k] = v.clone();
+        }
+        patch
+    };
     let cases = [
         (
+            "gemma3",
             serde_json::json!({}),
             vec!["query_pre_attn_scalar 24", "1/sqrt(16)"],
         ),
         (
-            serde_json::json!({"query_pre_attn_scalar": 16, "attn_logit_softcapping": null}),
+            "gemma3",
+            scaled(serde_json::json!({"attn_logit_softcapping": 50.0})),
+            vec!["attn_logit_softcapping 50", "does not soft-cap attention"],
+        ),
+        (
+            "gemma2",
+            serde_json::json!({}),
+            vec!["query_pre_attn_scalar 24", "1/sqrt(16)"],
+        ),
+        (
+            "gemma2",
+            scaled(serde_json::json!({"attn_logit_softcapping": null})),
             vec!["attn_logit_softcapping null", "always soft-caps"],
         ),
         (
-            serde_json::json!({"query_pre_attn_scalar": 16, "final_logit_softcapping": null}),
+            "gemma2",
+            scaled(serde_json::json!({"final_logit_softcapping": null})),
             vec!["final_logit_softcapping null"],
         ),
         (
-            serde_json::json!({"query_pre_attn_scalar": 16, "tie_word_embeddings": false}),
+            "gemma2",
+            scaled(serde_json::json!({"tie_word_embeddings": false})),
             vec!["tie_word_embeddings false", "token embedding"],
         ),
     ];
-    for (i, (patch, needles)) in cases.into_iter().enumerate() {
+    for (i, (model, patch, needles)) in cases.into_iter().enumerate() {
         let root = tmp.path().join(i.to_string());
-        let case = serde_json::json!({"model": "gemma2", "tokenizer": "tokenizer-spm-tiny",
+        let case = serde_json::json!({"model": model, "tokenizer": "tokenizer-spm-tiny",
             "config": patch});
         let dir = case_folder(&case, &root);
         let out = root.join("g.gguf");
@@ -559,10 +559,10 @@ fn gemma2_models_llama_cpp_would_compute_differently_are_refused() {
             "--type",
             "f16",
         ]);
-        assert_eq!(o.status.code(), Some(2), "{patch}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(2), "{model} {patch}: {}", stderr(&o));
         for needle in needles.iter().chain(&["llama.cpp"]) {
             assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
         }
-        assert!(!out.exists(), "{patch}");
+        assert!(!out.exists(), "{model} {patch}");
     }
 }

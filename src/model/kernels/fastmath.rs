@@ -42,14 +42,20 @@ const LANES: usize = 16;
 /// f32 partial sums over 256 values per lane, combined in f64.
 #[inline(always)]
 pub fn exp_sum(x: &mut [f32], shift: f32, store: bool) -> f64 {
+    exp_sum_with(x, shift, store.then_some(|_, e| e))
+}
+
+/// [`exp_sum`], each `x[i]` replaced by `store(x[i], exp(x[i] - shift))` when given.
+#[inline(always)]
+pub fn exp_sum_with(x: &mut [f32], shift: f32, store: Option<impl Fn(f32, f32) -> f32>) -> f64 {
     let mut total = 0.0f64;
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for (i, c) in (&mut chunks).enumerate() {
         for j in 0..LANES {
             let e = exp(c[j] - shift);
-            if store {
-                c[j] = e;
+            if let Some(f) = &store {
+                c[j] = f(c[j], e);
             }
             acc[j] += e;
         }
@@ -60,8 +66,8 @@ pub fn exp_sum(x: &mut [f32], shift: f32, store: bool) -> f64 {
     }
     for v in chunks.into_remainder() {
         let e = exp(*v - shift);
-        if store {
-            *v = e;
+        if let Some(f) = &store {
+            *v = f(*v, e);
         }
         acc[0] += e;
     }

@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::super::fastmath::{exp, exp_sum, max, tanh};
+use super::super::fastmath::{exp_sum, exp_sum_with, max, tanh};
 use super::super::profile::{Region, span};
 use super::super::simd::multiversion;
 use super::super::{Kernels, LogitChunks};
@@ -39,30 +39,12 @@ multiversion! {
         }
         let m = max(row);
         let target_logit = row[target];
-        let sum = if store_exp {
-            const LANES: usize = 16;
-            let (mut total, mut acc) = (0.0f64, [0.0f32; LANES]);
-            let mut chunks = row.chunks_exact_mut(LANES);
-            for (i, c) in (&mut chunks).enumerate() {
-                for j in 0..LANES {
-                    let (e, t) = (exp(c[j] - m), c[j] * inv_cap);
-                    c[j] = e * (1.0 - t * t);
-                    acc[j] += e;
-                }
-                if i % 256 == 255 {
-                    total += acc.iter().map(|&a| a as f64).sum::<f64>();
-                    acc = [0.0; LANES];
-                }
-            }
-            for x in chunks.into_remainder() {
-                let (e, t) = (exp(*x - m), *x * inv_cap);
-                *x = e * (1.0 - t * t);
-                acc[0] += e;
-            }
-            total + acc.iter().map(|&a| a as f64).sum::<f64>()
-        } else {
-            exp_sum(row, m, false)
+        // The slope from the capped value: 1 - tanh^2 = 1 - (z / cap)^2.
+        let slope_times_exp = |z: f32, e: f32| {
+            let t = z * inv_cap;
+            e * (1.0 - t * t)
         };
+        let sum = exp_sum_with(row, m, store_exp.then_some(slope_times_exp));
         let t = target_logit * inv_cap;
         (m as f64 + sum.ln() - target_logit as f64, (1.0 / sum) as f32, 1.0 - t * t)
     }
