@@ -302,6 +302,16 @@ def main():
                                  reference="base",
                                  steps=run_dpo("qwen2-tied", qwen, rows, "aot", 0.2, 1e-3, 1,
                                                label_smoothing=0.1)),
+        # SLiC-HF's hinge with a beta large enough that some pairs clear the margin (no
+        # gradient from them) and others do not.
+        "dpo_hinge": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2,
+                          lr=1e-3, beta=4.0, loss_type="hinge", label_smoothing=0.0,
+                          reference="base", steps=run_dpo("qwen2-tied", qwen, rows, "hinge", 4.0, 1e-3, 2)),
+        "dpo_robust": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2,
+                           lr=1e-3, beta=0.1, loss_type="robust", label_smoothing=0.2,
+                           reference="base",
+                           steps=run_dpo("llama-gqa", llama, rows, "robust", 0.1, 1e-3, 2,
+                                         label_smoothing=0.2)),
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,

@@ -571,7 +571,7 @@ fn bad_preference_recipe_values_are_located() {
     let err = stderr(&o);
     for needle in [
         "train.dpo.beta: -1 is not a positive number",
-        "train.dpo.label_smoothing: applies to loss_type sigmoid only",
+        "train.dpo.label_smoothing: applies to loss_type sigmoid (conservative DPO) and robust only, not ipo",
         "train.dpo.reference",
         "train.orpo: is set but train.objective is dpo",
         "data.packing",
@@ -608,8 +608,8 @@ fn bad_preference_recipe_values_are_located() {
             "'dpoo' is not one of sft, dpo, orpo, simpo",
         ),
         (
-            "train.dpo.loss_type=hinge",
-            "'hinge' is not one of sigmoid, ipo",
+            "train.dpo.loss_type=slic",
+            "'slic' is not one of sigmoid, ipo, hinge, robust",
         ),
         ("train.dpo.bta=0.1", "unknown field 'bta'"),
         ("train.simpo.gama=0.1", "unknown field 'gama'"),

@@ -270,6 +270,12 @@ pub enum DpoLoss {
     /// IPO (Azar et al. 2023): `(h / n - 1 / (2 beta))^2` on log-ratios averaged per completion
     /// token, as TRL computes it.
     Ipo,
+    /// SLiC-HF's hinge (Zhao et al. 2023): `max(0, 1 - beta * h)`.
+    Hinge,
+    /// Robust DPO (Chowdhury et al. 2024): the unbiased loss under preferences flipped with
+    /// probability `label_smoothing` e, `(-(1 - e) log sigmoid(beta h) + e log sigmoid(-beta h))
+    /// / (1 - 2e)`.
+    Robust,
 }
 
 impl std::fmt::Display for DpoLoss {
@@ -277,6 +283,8 @@ impl std::fmt::Display for DpoLoss {
         f.write_str(match self {
             DpoLoss::Sigmoid => "sigmoid",
             DpoLoss::Ipo => "ipo",
+            DpoLoss::Hinge => "hinge",
+            DpoLoss::Robust => "robust",
         })
     }
 }
@@ -286,9 +294,10 @@ impl std::fmt::Display for DpoLoss {
 pub struct DpoSection {
     /// Strength of the pull towards the reference policy (TRL's `beta`; IPO's tau).
     pub beta: f64,
-    /// `sigmoid` (DPO) or `ipo`.
+    /// `sigmoid` (DPO), `ipo`, `hinge` (SLiC-HF) or `robust`.
     pub loss_type: DpoLoss,
-    /// Probability that a pair's preference is flipped (conservative DPO); sigmoid loss only.
+    /// Probability that a pair's preference is flipped: conservative DPO with `sigmoid`, the
+    /// noise rate `robust` corrects for; no meaning for `ipo` and `hinge`.
     pub label_smoothing: f64,
     /// The reference policy: `base` (the base model, adapter off) or a PEFT adapter folder on
     /// the base (e.g. the SFT adapter this run starts from with `lora.init_from`).

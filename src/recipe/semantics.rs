@@ -326,11 +326,11 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
                     d.label_smoothing
                 ),
             );
-        } else if d.label_smoothing > 0.0 && d.loss_type != DpoLoss::Sigmoid {
+        } else if d.label_smoothing > 0.0 && matches!(d.loss_type, DpoLoss::Ipo | DpoLoss::Hinge) {
             c.bad(
                 "train.dpo.label_smoothing",
                 format!(
-                    "applies to loss_type sigmoid only (conservative DPO), not {}",
+                    "applies to loss_type sigmoid (conservative DPO) and robust only, not {}",
                     d.loss_type
                 ),
             );

@@ -1,6 +1,7 @@
 //! The preference losses on per-sequence log-probabilities, in f64 on the host, with their
 //! derivatives: DPO (Rafailov et al. 2023) with the sigmoid loss, its conservative form with
-//! label smoothing (Mitchell 2023) and IPO (Azar et al. 2023); ORPO's odds-ratio term (Hong et
+//! label smoothing (Mitchell 2023), IPO (Azar et al. 2023), SLiC-HF's hinge (Zhao et al. 2023)
+//! and robust DPO (Chowdhury et al. 2024); ORPO's odds-ratio term (Hong et
 //! al. 2024); SimPO (Meng et al. 2024) with CPO's NLL term (Xu et al. 2024). Conventions and
 //! metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`, `CPOTrainer`).
 
@@ -184,6 +185,20 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                     let e = label_smoothing;
                     let value = -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
                     let dz = -(1.0 - e) * sigmoid(-z) + e * sigmoid(z);
+                    (value, beta * dz, -beta * dz)
+                }
+                DpoLoss::Hinge => {
+                    // torch's relu has gradient 0 at 0, so the margin's edge counts as met.
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let dz = if z < 1.0 { -1.0 } else { 0.0 };
+                    ((1.0 - z).max(0.0), beta * dz, -beta * dz)
+                }
+                DpoLoss::Robust => {
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let e = label_smoothing;
+                    let norm = 1.0 - 2.0 * e;
+                    let value = (-(1.0 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / norm;
+                    let dz = (-(1.0 - e) * sigmoid(-z) - e * sigmoid(z)) / norm;
                     (value, beta * dz, -beta * dz)
                 }
                 DpoLoss::Ipo => {
@@ -442,9 +457,14 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences() {
-        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+        for loss in [
+            DpoLoss::Sigmoid,
+            DpoLoss::Ipo,
+            DpoLoss::Hinge,
+            DpoLoss::Robust,
+        ] {
             for label_smoothing in [0.0, 0.2] {
-                if loss == DpoLoss::Ipo && label_smoothing > 0.0 {
+                if matches!(loss, DpoLoss::Ipo | DpoLoss::Hinge) && label_smoothing > 0.0 {
                     continue;
                 }
                 check(
