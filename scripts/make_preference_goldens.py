@@ -216,6 +216,13 @@ def run_orpo(model_name, adapter, rows, beta, lr, batch):
 def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
     """SimPO (Meng et al. 2024) as TRL's CPOTrainer computes it (`loss_type="simpo"`), with
     CPO's NLL term on the chosen completions weighted by `cpo_alpha`; the rows as for ORPO."""
+    return run_cpo_trainer(model_name, adapter, rows, lr, batch, beta=beta, loss_type="simpo",
+                           simpo_gamma=gamma, cpo_alpha=cpo_alpha)
+
+
+def run_cpo_trainer(model_name, adapter, rows, lr, batch, **cpo):
+    """TRL's CPOTrainer with the CPOConfig settings `cpo` (CPO: loss_type sigmoid, hinge or
+    ipo; SimPO: simpo)."""
     import datasets
     import peft
     from trl.experimental.cpo import CPOConfig, CPOTrainer
@@ -228,8 +235,7 @@ def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
     rec = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         args = CPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
-                         beta=beta, loss_type="simpo", simpo_gamma=gamma, cpo_alpha=cpo_alpha,
-                         max_length=512, remove_unused_columns=False, **COMMON)
+                         max_length=512, remove_unused_columns=False, **cpo, **COMMON)
         cls = sequential(CPOTrainer)
         cls.losses = []
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
@@ -317,6 +323,22 @@ def main():
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,
                       beta=2.0, gamma=0.8, cpo_alpha=0.5,
                       steps=run_simpo("llama-gqa", llama, rows, 2.0, 0.8, 0.5, 1e-3, 2)),
+        # CPO (Xu et al. 2024): summed log-probabilities, label smoothing and the NLL term;
+        # its hinge with a beta that lets some pairs clear the margin; IPO on per-token means.
+        "cpo_sigmoid": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2,
+                            lr=1e-3, beta=0.1, loss_type="sigmoid", label_smoothing=0.1,
+                            cpo_alpha=1.0,
+                            steps=run_cpo_trainer("qwen2-tied", qwen, rows, 1e-3, 2, beta=0.1,
+                                                  loss_type="sigmoid", label_smoothing=0.1,
+                                                  cpo_alpha=1.0)),
+        "cpo_hinge": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2,
+                          lr=1e-3, beta=0.5, loss_type="hinge", label_smoothing=0.0, cpo_alpha=0.5,
+                          steps=run_cpo_trainer("llama-gqa", llama, rows, 1e-3, 2, beta=0.5,
+                                                loss_type="hinge", cpo_alpha=0.5)),
+        "cpo_ipo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2,
+                        lr=1e-3, beta=0.5, loss_type="ipo", label_smoothing=0.0, cpo_alpha=0.0,
+                        steps=run_cpo_trainer("qwen2-tied", qwen, rows, 1e-3, 2, beta=0.5,
+                                              loss_type="ipo", cpo_alpha=0.0)),
     }
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "trl": trl.__version__}

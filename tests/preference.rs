@@ -104,6 +104,14 @@ fn three_steps_match_trl() {
                 "  objective: simpo\n  simpo: {{beta: {}, gamma: {}, cpo_alpha: {}}}",
                 case["beta"], case["gamma"], case["cpo_alpha"]
             )
+        } else if name.starts_with("cpo") {
+            format!(
+                "  objective: cpo\n  cpo: {{beta: {}, loss_type: {}, label_smoothing: {}, cpo_alpha: {}}}",
+                case["beta"],
+                case["loss_type"].as_str().unwrap(),
+                case["label_smoothing"],
+                case["cpo_alpha"]
+            )
         } else {
             let reference = match case["reference"].as_str().unwrap() {
                 "adapter" => adapter.display().to_string(),
@@ -349,7 +357,7 @@ fn data_parallel_and_checkpointing_match_the_plain_run() {
         train_ok(&r, &args);
         step_records(&out)
     };
-    for objective in ["dpo", "orpo", "simpo"] {
+    for objective in ["dpo", "orpo", "simpo", "cpo"] {
         let plain = run(&format!("{objective}-plain"), objective, &[]);
         let dp = run(
             &format!("{objective}-dp"),
@@ -579,33 +587,51 @@ fn bad_preference_recipe_values_are_located() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
     assert!(err.contains("bad.yaml:"), "{err}");
-    // SimPO's values, and train_on_inputs (its terms cover the completions only).
-    let r = recipe(
-        tmp.path(),
-        "bad-simpo.yaml",
-        "qwen2-tied",
-        &pairs,
-        &tmp.path().join("out"),
-        "  train_on_inputs: true",
-        "",
-        "  objective: simpo\n  simpo: {beta: 0.0, gamma: -1.0, cpo_alpha: -0.5}",
-    );
-    let o = burnish(&["validate", r.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    for needle in [
-        "train.simpo.beta: 0 is not a positive number",
-        "train.simpo.gamma: -1 is not a number >= 0",
-        "train.simpo.cpo_alpha: -0.5 is not a number >= 0",
-        "data.train_on_inputs: has no meaning for objective simpo",
+    // SimPO's and CPO's values, and train_on_inputs (their terms cover the completions only).
+    for (objective, section, needles) in [
+        (
+            "simpo",
+            "simpo: {beta: 0.0, gamma: -1.0, cpo_alpha: -0.5}",
+            &[
+                "train.simpo.beta: 0 is not a positive number",
+                "train.simpo.gamma: -1 is not a number >= 0",
+                "train.simpo.cpo_alpha: -0.5 is not a number >= 0",
+                "data.train_on_inputs: has no meaning for objective simpo",
+            ][..],
+        ),
+        (
+            "cpo",
+            "cpo: {beta: -1.0, loss_type: hinge, label_smoothing: 0.1, cpo_alpha: -2.0}",
+            &[
+                "train.cpo.beta: -1 is not a positive number",
+                "train.cpo.label_smoothing: applies to loss_type sigmoid only, not hinge",
+                "train.cpo.cpo_alpha: -2 is not a number >= 0",
+                "data.train_on_inputs: has no meaning for objective cpo",
+            ][..],
+        ),
     ] {
-        assert!(err.contains(needle), "{needle}: {err}");
+        let r = recipe(
+            tmp.path(),
+            &format!("bad-{objective}.yaml"),
+            "qwen2-tied",
+            &pairs,
+            &tmp.path().join("out"),
+            "  train_on_inputs: true",
+            "",
+            &format!("  objective: {objective}\n  {section}"),
+        );
+        let o = burnish(&["validate", r.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        for needle in needles {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
     // Unknown names get the list of valid ones.
     for (set, needle) in [
         (
             "train.objective=dpoo",
-            "'dpoo' is not one of sft, dpo, orpo, simpo",
+            "'dpoo' is not one of sft, dpo, orpo, simpo, cpo",
         ),
         (
             "train.dpo.loss_type=slic",

@@ -316,6 +316,7 @@ impl Section for TrainSection {
         "dpo",
         "orpo",
         "simpo",
+        "cpo",
         "epochs",
         "max_steps",
         "micro_batch_size",
@@ -339,6 +340,7 @@ impl Section for TrainSection {
             "dpo" => check_section::<DpoSection>(node, path, issues).is_some(),
             "orpo" => check_section::<OrpoSection>(node, path, issues).is_some(),
             "simpo" => check_section::<SimpoSection>(node, path, issues).is_some(),
+            "cpo" => check_section::<CpoSection>(node, path, issues).is_some(),
             _ => return false,
         };
         true
@@ -355,6 +357,10 @@ impl Section for OrpoSection {
 
 impl Section for SimpoSection {
     const FIELDS: &'static [&'static str] = &["beta", "gamma", "cpo_alpha"];
+}
+
+impl Section for CpoSection {
+    const FIELDS: &'static [&'static str] = &["beta", "loss_type", "label_smoothing", "cpo_alpha"];
 }
 
 impl Section for DistributedSection {
@@ -408,6 +414,7 @@ mod tests {
         fields_match::<DpoSection>();
         fields_match::<OrpoSection>();
         fields_match::<SimpoSection>();
+        fields_match::<CpoSection>();
         fields_match::<OutputSection>();
         fields_match::<LoggingSection>();
         fields_match::<HubSection>();

@@ -246,6 +246,10 @@ pub enum Objective {
     /// log-probability of chosen - of rejected) - gamma)`, plus `simpo.cpo_alpha` times the
     /// chosen completions' NLL (CPO's term); no reference policy.
     Simpo,
+    /// Contrastive preference optimisation (Xu et al. 2024): `-log sigmoid(beta * (log
+    /// pi(chosen) - log pi(rejected)))` (or `cpo.loss_type` hinge / ipo) plus `cpo.cpo_alpha`
+    /// times the chosen completions' NLL; no reference policy.
+    Cpo,
 }
 
 impl std::fmt::Display for Objective {
@@ -255,6 +259,7 @@ impl std::fmt::Display for Objective {
             Objective::Dpo => "dpo",
             Objective::Orpo => "orpo",
             Objective::Simpo => "simpo",
+            Objective::Cpo => "cpo",
         })
     }
 }
@@ -351,10 +356,59 @@ impl Default for SimpoSection {
     }
 }
 
+/// The CPO loss on the policy's log-probability difference `h` (TRL's CPOTrainer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpoLoss {
+    /// `-log sigmoid(beta * h)` on summed log-probabilities (with `label_smoothing` e:
+    /// `-(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h)`).
+    #[default]
+    Sigmoid,
+    /// `max(0, 1 - beta * h)` on summed log-probabilities.
+    Hinge,
+    /// `(h - 1 / (2 beta))^2` on log-probabilities averaged per completion token.
+    Ipo,
+}
+
+impl std::fmt::Display for CpoLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CpoLoss::Sigmoid => "sigmoid",
+            CpoLoss::Hinge => "hinge",
+            CpoLoss::Ipo => "ipo",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpoSection {
+    /// Scale of the log-probability difference (TRL's `beta`).
+    pub beta: f64,
+    /// `sigmoid` (CPO), `hinge` or `ipo`.
+    pub loss_type: CpoLoss,
+    /// Probability that a pair's preference is flipped; sigmoid loss only.
+    pub label_smoothing: f64,
+    /// Weight of the chosen completions' NLL (TRL's `cpo_alpha`).
+    pub cpo_alpha: f64,
+}
+
+impl Default for CpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: CpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            cpo_alpha: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// `sft` (default), `dpo`, `orpo` or `simpo`; the last three train on `preference` data.
+    /// `sft` (default), `dpo`, `orpo`, `simpo` or `cpo`; all but `sft` train on `preference`
+    /// data.
     pub objective: Objective,
     /// DPO settings (`objective: dpo`).
     pub dpo: DpoSection,
@@ -362,6 +416,8 @@ pub struct TrainSection {
     pub orpo: OrpoSection,
     /// SimPO settings (`objective: simpo`).
     pub simpo: SimpoSection,
+    /// CPO settings (`objective: cpo`).
+    pub cpo: CpoSection,
     /// Passes over the training data (ignored when `max_steps` is set).
     pub epochs: usize,
     /// Total optimizer steps; overrides `epochs` (the data repeats as needed).
@@ -405,6 +461,7 @@ impl Default for TrainSection {
             dpo: DpoSection::default(),
             orpo: OrpoSection::default(),
             simpo: SimpoSection::default(),
+            cpo: CpoSection::default(),
             epochs: 3,
             max_steps: None,
             micro_batch_size: 4,

@@ -298,6 +298,7 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
         ("dpo", t.objective == Objective::Dpo),
         ("orpo", t.objective == Objective::Orpo),
         ("simpo", t.objective == Objective::Simpo),
+        ("cpo", t.objective == Objective::Cpo),
     ] {
         if !used && c.tree.at_path(&format!("train.{key}")).is_some() {
             c.bad(
@@ -394,6 +395,44 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             );
         }
     }
+    if t.objective == Objective::Cpo {
+        let cp = &t.cpo;
+        if !beta_ok(cp.beta) {
+            c.bad(
+                "train.cpo.beta",
+                format!("{} is not a positive number", cp.beta),
+            );
+        }
+        if !(0.0..0.5).contains(&cp.label_smoothing) {
+            c.bad(
+                "train.cpo.label_smoothing",
+                format!(
+                    "{} is not in [0, 0.5) (the probability that a preference is flipped)",
+                    cp.label_smoothing
+                ),
+            );
+        } else if cp.label_smoothing > 0.0 && cp.loss_type != CpoLoss::Sigmoid {
+            c.bad(
+                "train.cpo.label_smoothing",
+                format!("applies to loss_type sigmoid only, not {}", cp.loss_type),
+            );
+        }
+        if !cp.cpo_alpha.is_finite() || cp.cpo_alpha < 0.0 {
+            c.bad(
+                "train.cpo.cpo_alpha",
+                format!(
+                    "{} is not a number >= 0 (the NLL term's weight)",
+                    cp.cpo_alpha
+                ),
+            );
+        }
+        if r.data.train_on_inputs {
+            c.bad(
+                "data.train_on_inputs",
+                "has no meaning for objective cpo (its terms cover the completions only, as TRL's CPOTrainer); remove it",
+            );
+        }
+    }
     if preference && r.data.packing {
         c.bad(
             "data.packing",
@@ -413,7 +452,7 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             match s.format {
                 Some(Format::Preference) if !preference => c.bad(
                     &format!("{path}.{i}.format"),
-                    "preference pairs train with train.objective dpo, orpo or simpo (the objective is sft)",
+                    "preference pairs train with train.objective dpo, orpo, simpo or cpo (the objective is sft)",
                 ),
                 Some(f) if preference && f != Format::Preference => c.bad(
                     &format!("{path}.{i}.format"),

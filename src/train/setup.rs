@@ -181,7 +181,7 @@ fn check_objective_data(loaded: &LoadedRecipe, data: &PreparedData) -> anyhow::R
             )
         } else {
             format!(
-                "{}: data.train holds preference pairs; train them with train.objective: dpo, orpo or simpo",
+                "{}: data.train holds preference pairs; train them with train.objective: dpo, orpo, simpo or cpo",
                 loaded.path.display()
             )
         };
@@ -255,16 +255,10 @@ impl RunSetup {
             .unwrap_or(0)
     }
 
-    /// The preference objective of a DPO, ORPO or SimPO run; `None` for SFT.
+    /// The preference objective of a DPO, ORPO, SimPO or CPO run; `None` for SFT.
     pub fn preference_objective(&self) -> Option<PreferenceObjective> {
         let r = self.recipe();
-        PreferenceObjective::from_recipe(
-            r.train.objective,
-            &r.train.dpo,
-            &r.train.orpo,
-            &r.train.simpo,
-            r.data.train_on_inputs,
-        )
+        PreferenceObjective::from_recipe(&r.train, r.data.train_on_inputs)
     }
 
     /// Model rows per micro-batch: two per pair for preference objectives.

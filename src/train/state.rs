@@ -109,6 +109,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
             put("train.objective", json!(r.train.objective));
             put("train.simpo", json!(r.train.simpo));
         }
+        crate::recipe::Objective::Cpo => {
+            put("train.objective", json!(r.train.objective));
+            put("train.cpo", json!(r.train.cpo));
+        }
     }
     f
 }

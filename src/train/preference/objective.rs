@@ -5,7 +5,7 @@
 //! al. 2024); SimPO (Meng et al. 2024) with CPO's NLL term (Xu et al. 2024). Conventions and
 //! metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`, `CPOTrainer`).
 
-use crate::recipe::{DpoLoss, DpoSection, Objective, OrpoSection, SimpoSection};
+use crate::recipe::{CpoLoss, DpoLoss, Objective, TrainSection};
 
 /// What a step or an evaluation optimises over pairs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,18 +27,21 @@ pub enum PreferenceObjective {
         gamma: f64,
         cpo_alpha: f64,
     },
+    /// CPO's loss on `log pi(chosen) - log pi(rejected)` (summed; per-token means for ipo),
+    /// plus `cpo_alpha` times the chosen completions' NLL (TRL's CPOTrainer).
+    Cpo {
+        beta: f64,
+        loss: CpoLoss,
+        label_smoothing: f64,
+        cpo_alpha: f64,
+    },
 }
 
 impl PreferenceObjective {
     /// The recipe's objective; `None` for SFT.
-    pub fn from_recipe(
-        objective: Objective,
-        dpo: &DpoSection,
-        orpo: &OrpoSection,
-        simpo: &SimpoSection,
-        train_on_inputs: bool,
-    ) -> Option<Self> {
-        match objective {
+    pub fn from_recipe(train: &TrainSection, train_on_inputs: bool) -> Option<Self> {
+        let (dpo, orpo, simpo, cpo) = (&train.dpo, &train.orpo, &train.simpo, &train.cpo);
+        match train.objective {
             Objective::Sft => None,
             Objective::Dpo => Some(Self::Dpo {
                 beta: dpo.beta,
@@ -54,6 +57,12 @@ impl PreferenceObjective {
                 gamma: simpo.gamma,
                 cpo_alpha: simpo.cpo_alpha,
             }),
+            Objective::Cpo => Some(Self::Cpo {
+                beta: cpo.beta,
+                loss: cpo.loss_type,
+                label_smoothing: cpo.label_smoothing,
+                cpo_alpha: cpo.cpo_alpha,
+            }),
         }
     }
 
@@ -67,7 +76,9 @@ impl PreferenceObjective {
         match *self {
             Self::Dpo { .. } => None,
             Self::Orpo { nll_on_prompt, .. } => Some((nll_on_prompt, 1.0)),
-            Self::Simpo { cpo_alpha, .. } => (cpo_alpha > 0.0).then_some((false, cpo_alpha)),
+            Self::Simpo { cpo_alpha, .. } | Self::Cpo { cpo_alpha, .. } => {
+                (cpo_alpha > 0.0).then_some((false, cpo_alpha))
+            }
         }
     }
 
@@ -107,6 +118,15 @@ impl std::fmt::Display for PreferenceObjective {
             } => write!(
                 f,
                 "simpo (beta {beta}, gamma {gamma}, NLL weight {cpo_alpha}; no reference policy)"
+            ),
+            Self::Cpo {
+                beta,
+                loss,
+                label_smoothing,
+                cpo_alpha,
+            } => write!(
+                f,
+                "cpo ({loss} loss, beta {beta}, label smoothing {label_smoothing}, NLL weight {cpo_alpha}; no reference policy)"
             ),
         }
     }
@@ -269,6 +289,49 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 log_sigmoid_odds: 0.0,
             }
         }
+        PreferenceObjective::Cpo {
+            beta,
+            loss,
+            label_smoothing,
+            ..
+        } => {
+            // TRL averages per completion token for ipo only.
+            let (nc, nr) = match loss {
+                CpoLoss::Ipo => (
+                    p.chosen_tokens.max(1) as f64,
+                    p.rejected_tokens.max(1) as f64,
+                ),
+                CpoLoss::Sigmoid | CpoLoss::Hinge => (1.0, 1.0),
+            };
+            let (ac, ar) = (p.chosen / nc, p.rejected / nr);
+            let h = ac - ar;
+            let (value, dh) = match loss {
+                CpoLoss::Sigmoid => {
+                    let (z, e) = (beta * h, label_smoothing);
+                    let value = -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
+                    (value, beta * (-(1.0 - e) * sigmoid(-z) + e * sigmoid(z)))
+                }
+                CpoLoss::Hinge => {
+                    let z = beta * h;
+                    ((1.0 - z).max(0.0), if z < 1.0 { -beta } else { 0.0 })
+                }
+                CpoLoss::Ipo => {
+                    let gap = h - 1.0 / (2.0 * beta);
+                    (gap * gap, 2.0 * gap)
+                }
+            };
+            PairTerms {
+                loss: value,
+                d_chosen: dh / nc,
+                d_rejected: -dh / nr,
+                reward_chosen: beta * ac,
+                reward_rejected: beta * ar,
+                logp_chosen: ac,
+                logp_rejected: ar,
+                log_odds: 0.0,
+                log_sigmoid_odds: 0.0,
+            }
+        }
     }
 }
 
@@ -343,7 +406,11 @@ impl PreferenceSums {
     pub fn metrics(&self, objective: &PreferenceObjective) -> PreferenceMetrics {
         let p = self.pairs.max(1.0);
         let orpo = matches!(objective, PreferenceObjective::Orpo { .. });
-        let has_nll = orpo || matches!(objective, PreferenceObjective::Simpo { .. });
+        let has_nll = orpo
+            || matches!(
+                objective,
+                PreferenceObjective::Simpo { .. } | PreferenceObjective::Cpo { .. }
+            );
         PreferenceMetrics {
             rewards_chosen: self.reward_chosen / p,
             rewards_rejected: self.reward_rejected / p,
@@ -492,6 +559,22 @@ mod tests {
             },
             pair(),
         );
+        for (loss, label_smoothing) in [
+            (CpoLoss::Sigmoid, 0.0),
+            (CpoLoss::Sigmoid, 0.2),
+            (CpoLoss::Hinge, 0.0),
+            (CpoLoss::Ipo, 0.0),
+        ] {
+            check(
+                PreferenceObjective::Cpo {
+                    beta: 0.3,
+                    loss,
+                    label_smoothing,
+                    cpo_alpha: 1.0,
+                },
+                pair(),
+            );
+        }
         // Near-certain completions (average log-probability close to 0).
         check(
             PreferenceObjective::Orpo {
