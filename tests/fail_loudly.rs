@@ -396,3 +396,48 @@ fn adapter_config_keeps_to_pefts_keys() {
     );
     assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
 }
+
+/// Gemma 2's chat template (google/gemma-2-2b-it's tokenizer_config.json) raises on a system
+/// message with only "System role not supported": the error names the file and line, the
+/// template's words, and what to do about the system message.
+#[test]
+fn a_template_refusing_system_messages_says_what_to_do() {
+    const GEMMA2_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("gemma2");
+    copy_dir(&model_dir("gemma2"), &model);
+    // The fixtures' 1,024-token tokenizer, with Gemma 3's tokenizer settings.
+    std::fs::copy(
+        fixtures().join("tokenizer-tiny/tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut config = read_json(&fixtures().join("tokenizer-gemma3/tokenizer_config.json"));
+    config["chat_template"] = GEMMA2_TEMPLATE.into();
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let data = tmp.path().join("chat.jsonl");
+    let rows = [
+        r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#,
+        r#"{"messages": [{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
+    ];
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let r = tiny_recipe(
+        tmp.path(),
+        "r.yaml",
+        &format!(
+            "model: {{base: {}}}\nlora: {{r: 4, alpha: 8, targets: all-linear}}\ndata:\n  train: [{{path: {}, format: messages}}]\n  seq_len: 64\ntrain: {{max_steps: 1, micro_batch_size: 1, device: cpu}}\noutput: {{dir: {}}}\n",
+            model.display(),
+            data.display(),
+            tmp.path().join("out").display()
+        ),
+    );
+    let o = burnish(&["validate", r.to_str().unwrap()]);
+    assert_exit_2(
+        &o,
+        &[
+            "chat.jsonl:2",
+            "System role not supported",
+            "drop system messages from the data",
+        ],
+    );
+}

@@ -149,7 +149,17 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| DataError::Template(format!("chat template failed: {e}")))
+            .map_err(|e| {
+                // Templates that refuse system messages (Gemma 2's) say only that they fail.
+                let hint = if messages.iter().any(|m| m.role == "system") {
+                    "; the conversation has a system message, which some templates refuse \
+                     (Gemma 2's): drop system messages from the data, or set data.chat_template \
+                     to one that takes them"
+                } else {
+                    ""
+                };
+                DataError::Template(format!("chat template failed: {e}{hint}"))
+            })
     }
 }
 
