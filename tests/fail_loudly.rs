@@ -397,12 +397,12 @@ fn adapter_config_keeps_to_pefts_keys() {
     assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
 }
 
-/// Gemma 2's chat template (google/gemma-2-2b-it's tokenizer_config.json) raises on a system
-/// message with only "System role not supported": the error names the file and line, the
-/// template's words, and what to do about the system message.
+/// Gemma 2's chat template (google/gemma-2-2b-it's tokenizer_config.json) refuses system
+/// messages; burnish folds a leading one into the first user turn (row 1 trains), but one in
+/// the middle of a conversation makes the template raise: the error names the file and line,
+/// the template's words, and what to do about the system message.
 #[test]
 fn a_template_refusing_system_messages_says_what_to_do() {
-    const GEMMA2_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("gemma2");
     copy_dir(&model_dir("gemma2"), &model);
@@ -419,6 +419,7 @@ fn a_template_refusing_system_messages_says_what_to_do() {
     let rows = [
         r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#,
         r#"{"messages": [{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
+        r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
     ];
     std::fs::write(&data, rows.join("\n") + "\n").unwrap();
     let r = tiny_recipe(
@@ -435,8 +436,9 @@ fn a_template_refusing_system_messages_says_what_to_do() {
     assert_exit_2(
         &o,
         &[
-            "chat.jsonl:2",
-            "System role not supported",
+            "chat.jsonl:3",
+            "Conversation roles must alternate",
+            "burnish folds only a leading one",
             "drop system messages from the data",
         ],
     );

@@ -24,6 +24,10 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template refuses a system message (Gemma 2's raises "System role not supported"):
+    /// a leading one is folded into the first user turn as `system + "\n\n" + user`, the
+    /// form Gemma 3's own template renders and LLaMA-Factory's gemma template writes.
+    folds_system: bool,
 }
 
 /// `json.dumps(value, ensure_ascii=False, indent=indent)`.
@@ -126,14 +130,52 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| DataError::Template(format!("chat template does not parse: {e}")))?;
-        Ok(Self {
+        let mut template = Self {
             env,
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
-        })
+            folds_system: false,
+        };
+        let probe = |role: &str, content: &str| TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+            extra: Default::default(),
+        };
+        let (user, model) = (probe("user", "u"), probe("assistant", "a"));
+        let plain = template.render_raw(&[user.clone(), model.clone()], false);
+        let with_system = template.render_raw(&[probe("system", "s"), user, model], false);
+        template.folds_system = plain.is_ok() && with_system.is_err();
+        Ok(template)
+    }
+
+    /// Whether a leading system message is folded into the first user turn (the template
+    /// refuses system messages).
+    pub fn folds_system(&self) -> bool {
+        self.folds_system
     }
 
     pub fn render(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, DataError> {
+        match messages {
+            [system, user, rest @ ..]
+                if self.folds_system && system.role == "system" && user.role == "user" =>
+            {
+                let mut folded = Vec::with_capacity(rest.len() + 1);
+                folded.push(TemplateMessage {
+                    content: format!("{}\n\n{}", system.content, user.content),
+                    ..user.clone()
+                });
+                folded.extend_from_slice(rest);
+                self.render_raw(&folded, add_generation_prompt)
+            }
+            _ => self.render_raw(messages, add_generation_prompt),
+        }
+    }
+
+    fn render_raw(
         &self,
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
@@ -150,10 +192,12 @@ impl ChatTemplate {
                 eos_token => &self.eos_token,
             })
             .map_err(|e| {
-                // Templates that refuse system messages (Gemma 2's) say only that they fail.
+                // Templates that refuse system messages (Gemma 2's) say only that they fail;
+                // a leading one is folded, one later in the conversation is not.
                 let hint = if messages.iter().any(|m| m.role == "system") {
                     "; the conversation has a system message, which some templates refuse \
-                     (Gemma 2's): drop system messages from the data, or set data.chat_template \
+                     (Gemma 2's; burnish folds only a leading one, followed by a user turn, into \
+                     that turn): drop system messages from the data, or set data.chat_template \
                      to one that takes them"
                 } else {
                     ""

@@ -63,6 +63,11 @@ impl<'a> Tokenization<'a> {
             Some(t) => probe_end_of_turn(t)?,
             None => None,
         };
+        if template.as_ref().is_some_and(ChatTemplate::folds_system) {
+            tracing::info!(
+                "the chat template refuses system messages; a leading system message is folded into the first user turn (system, blank line, user), as Gemma 3's template does"
+            );
+        }
         let add_bos = tokenizer.is_some_and(|t| t.config.add_bos_token.unwrap_or(false));
         Ok(Self {
             tokenizer,

@@ -323,3 +323,7 @@ pub fn segments(lengths: &[usize], pad: usize) -> Vec<i32> {
     r.extend(std::iter::repeat_n(-1, pad));
     r
 }
+
+/// Gemma 2's chat template, as google/gemma-2-2b-it's tokenizer_config.json ships it: it
+/// raises on a system message.
+pub const GEMMA2_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
