@@ -26,7 +26,7 @@ pub struct Args {
     /// adapter, else its newest checkpoint).
     #[arg(long, requires = "recipe")]
     pub checkpoint: Option<PathBuf>,
-    /// Model folder, Hub repo id or builtin:<preset>.
+    /// Model folder, Hub repo id or builtin:PRESET.
     #[arg(long, conflicts_with = "recipe", required_unless_present = "recipe")]
     pub model: Option<String>,
     /// A PEFT adapter folder to apply on top of the model.

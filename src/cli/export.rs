@@ -14,7 +14,7 @@ use crate::observe::human_bytes;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model folder (a merged model), Hub id or builtin:<preset>. Leave out with --adapter.
+    /// A model folder (a merged model), Hub id or builtin:PRESET. Leave out with --adapter.
     pub model: Option<String>,
     /// The GGUF file to write; a folder gets `<name>-<TYPE>.gguf` inside it.
     #[arg(long, value_name = "OUT.gguf")]

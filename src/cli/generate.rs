@@ -17,7 +17,7 @@ use crate::model::{Model, ModelFolder, TokenizerBundle};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder, Hub repo id or builtin:<preset> (a merged folder works too).
+    /// Model folder, Hub repo id or builtin:PRESET (a merged folder works too).
     #[arg(long)]
     pub model: String,
     /// A PEFT adapter folder to apply.
