@@ -191,26 +191,33 @@ def tokenized_features(r):
     return out
 
 
-def run_orpo(model_name, adapter, rows, beta, lr, batch):
+def run_pretokenized(trainer_cls, config_cls, model_name, adapter, rows, lr, batch, metrics, **settings):
+    """A TRL trainer that takes the rows already tokenized (`tokenized_features`; ORPO's and
+    CPO's), with its config's `settings`, for three steps."""
     import datasets
     import peft
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    ORPOTrainer.tokenize_row = lambda self, feature, model=None: feature
+    trainer_cls.tokenize_row = lambda self, feature, model=None: feature
     data = datasets.Dataset.from_list([tokenized_features(r) for r in rows])
     base = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.join(FIX, "models", model_name), dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, adapter, is_trainable=True)
     rec = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
-        args = ORPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
-                          beta=beta, max_length=512, remove_unused_columns=False, **COMMON)
-        cls = sequential(ORPOTrainer)
+        args = config_cls(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
+                          max_length=512, remove_unused_columns=False, **settings, **COMMON)
+        cls = sequential(trainer_cls)
         cls.losses = []
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
                       callbacks=[rec])
         trainer.train()
-    return steps(cls.losses, rec.logs, METRICS + ["nll_loss", "log_odds_ratio", "log_odds_chosen"])
+    return steps(cls.losses, rec.logs, METRICS + metrics)
+
+
+def run_orpo(model_name, adapter, rows, beta, lr, batch):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    return run_pretokenized(ORPOTrainer, ORPOConfig, model_name, adapter, rows, lr, batch,
+                            ["nll_loss", "log_odds_ratio", "log_odds_chosen"], beta=beta)
 
 
 def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
@@ -223,25 +230,9 @@ def run_simpo(model_name, adapter, rows, beta, gamma, cpo_alpha, lr, batch):
 def run_cpo_trainer(model_name, adapter, rows, lr, batch, **cpo):
     """TRL's CPOTrainer with the CPOConfig settings `cpo` (CPO: loss_type sigmoid, hinge or
     ipo; SimPO: simpo)."""
-    import datasets
-    import peft
     from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-    CPOTrainer.tokenize_row = lambda self, feature, model=None: feature
-    data = datasets.Dataset.from_list([tokenized_features(r) for r in rows])
-    base = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.join(FIX, "models", model_name), dtype=torch.float32)
-    model = peft.PeftModel.from_pretrained(base, adapter, is_trainable=True)
-    rec = Recorder()
-    with tempfile.TemporaryDirectory() as tmp:
-        args = CPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
-                         max_length=512, remove_unused_columns=False, **cpo, **COMMON)
-        cls = sequential(CPOTrainer)
-        cls.losses = []
-        trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
-                      callbacks=[rec])
-        trainer.train()
-    return steps(cls.losses, rec.logs, METRICS + ["nll_loss"])
+    return run_pretokenized(CPOTrainer, CPOConfig, model_name, adapter, rows, lr, batch,
+                            ["nll_loss"], **cpo)
 
 
 def steps(losses, logs, names):

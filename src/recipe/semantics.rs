@@ -289,6 +289,21 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
 }
 
+/// A preference section's `label_smoothing`: a flip probability in [0, 0.5), set (above 0)
+/// only where the loss uses it (`loss_ok`: `Err` says which losses do).
+fn check_label_smoothing(c: &mut Ctx<'_>, key: &str, value: f64, loss_ok: Result<(), String>) {
+    if !(0.0..0.5).contains(&value) {
+        c.bad(
+            key,
+            format!("{value} is not in [0, 0.5) (the probability that a preference is flipped)"),
+        );
+    } else if value > 0.0
+        && let Err(which) = loss_ok
+    {
+        c.bad(key, format!("applies to loss_type {which}"));
+    }
+}
+
 /// `train.objective` and its sections, and what preference objectives need of the data.
 fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
     let t = &r.train;
@@ -319,23 +334,17 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
                 format!("{} is not a positive number", d.beta),
             );
         }
-        if !(0.0..0.5).contains(&d.label_smoothing) {
-            c.bad(
-                "train.dpo.label_smoothing",
-                format!(
-                    "{} is not in [0, 0.5) (the probability that a preference is flipped)",
-                    d.label_smoothing
-                ),
-            );
-        } else if d.label_smoothing > 0.0 && matches!(d.loss_type, DpoLoss::Ipo | DpoLoss::Hinge) {
-            c.bad(
-                "train.dpo.label_smoothing",
-                format!(
-                    "applies to loss_type sigmoid (conservative DPO) and robust only, not {}",
-                    d.loss_type
-                ),
-            );
-        }
+        check_label_smoothing(
+            c,
+            "train.dpo.label_smoothing",
+            d.label_smoothing,
+            match d.loss_type {
+                DpoLoss::Sigmoid | DpoLoss::Robust => Ok(()),
+                other => Err(format!(
+                    "sigmoid (conservative DPO) and robust only, not {other}"
+                )),
+            },
+        );
         if d.reference != "base" {
             let p = super::resolve_relative(recipe_path, &d.reference);
             if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
@@ -403,20 +412,15 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
                 format!("{} is not a positive number", cp.beta),
             );
         }
-        if !(0.0..0.5).contains(&cp.label_smoothing) {
-            c.bad(
-                "train.cpo.label_smoothing",
-                format!(
-                    "{} is not in [0, 0.5) (the probability that a preference is flipped)",
-                    cp.label_smoothing
-                ),
-            );
-        } else if cp.label_smoothing > 0.0 && cp.loss_type != CpoLoss::Sigmoid {
-            c.bad(
-                "train.cpo.label_smoothing",
-                format!("applies to loss_type sigmoid only, not {}", cp.loss_type),
-            );
-        }
+        check_label_smoothing(
+            c,
+            "train.cpo.label_smoothing",
+            cp.label_smoothing,
+            match cp.loss_type {
+                CpoLoss::Sigmoid => Ok(()),
+                other => Err(format!("sigmoid only, not {other}")),
+            },
+        );
         if !cp.cpo_alpha.is_finite() || cp.cpo_alpha < 0.0 {
             c.bad(
                 "train.cpo.cpo_alpha",
