@@ -144,6 +144,16 @@ pub struct PairLogps {
     pub ref_rejected: f64,
 }
 
+impl PairLogps {
+    /// The completions' token counts (at least 1), what per-token means divide by.
+    fn token_counts(&self) -> (f64, f64) {
+        (
+            self.chosen_tokens.max(1) as f64,
+            self.rejected_tokens.max(1) as f64,
+        )
+    }
+}
+
 /// One pair's loss term, its derivatives with respect to the summed log-probabilities, and
 /// what the metrics average.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,10 +233,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 }
                 DpoLoss::Ipo => {
                     // Log-ratios averaged per completion token, as TRL does.
-                    let (nc, nr) = (
-                        p.chosen_tokens.max(1) as f64,
-                        p.rejected_tokens.max(1) as f64,
-                    );
+                    let (nc, nr) = p.token_counts();
                     let delta = chosen_ratio / nc - rejected_ratio / nr;
                     let gap = delta - 1.0 / (2.0 * beta);
                     (gap * gap, 2.0 * gap / nc, -2.0 * gap / nr)
@@ -245,10 +252,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
             }
         }
         PreferenceObjective::Orpo { beta, .. } => {
-            let (nc, nr) = (
-                p.chosen_tokens.max(1) as f64,
-                p.rejected_tokens.max(1) as f64,
-            );
+            let (nc, nr) = p.token_counts();
             let (ac, ar) = (p.chosen / nc, p.rejected / nr);
             let log_odds = (ac - ar) - (log1mexp(ac) - log1mexp(ar));
             let ratio = log_sigmoid(log_odds);
@@ -270,10 +274,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
         }
         PreferenceObjective::Simpo { beta, gamma, .. } => {
             // Log-probabilities averaged per completion token, as TRL's CPOTrainer does.
-            let (nc, nr) = (
-                p.chosen_tokens.max(1) as f64,
-                p.rejected_tokens.max(1) as f64,
-            );
+            let (nc, nr) = p.token_counts();
             let (ac, ar) = (p.chosen / nc, p.rejected / nr);
             let z = beta * (ac - ar) - gamma;
             let dz = -sigmoid(-z);
@@ -297,10 +298,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
         } => {
             // TRL averages per completion token for ipo only.
             let (nc, nr) = match loss {
-                CpoLoss::Ipo => (
-                    p.chosen_tokens.max(1) as f64,
-                    p.rejected_tokens.max(1) as f64,
-                ),
+                CpoLoss::Ipo => p.token_counts(),
                 CpoLoss::Sigmoid | CpoLoss::Hinge => (1.0, 1.0),
             };
             let (ac, ar) = (p.chosen / nc, p.rejected / nr);
