@@ -151,6 +151,31 @@ fn two_replicas_in_one_process_equal_one_process() {
             .count(),
         14
     );
+    // Early stopping with the best checkpoint: only rank 0 evaluates, and the other replica
+    // hears its verdict, so both checkpoint and stop after the same step (a threshold no
+    // evaluation beats stops at the second evaluation, step 4 of 8).
+    let stopping = [
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.early_stopping_patience=1",
+        "--set",
+        "train.early_stopping_threshold=100",
+        "--set",
+        "train.load_best_model_at_end=true",
+    ];
+    let single = tmp.path().join("single-stop");
+    train_ok(
+        &recipe(tmp.path(), "single-stop.yaml", &single, &rows, 8, ""),
+        &stopping,
+    );
+    let local = tmp.path().join("local-stop");
+    let r = recipe(tmp.path(), "local-stop.yaml", &local, &rows, 8, "");
+    let mut args = stopping.to_vec();
+    args.extend(["--set", "train.devices=[cpu, cpu]"]);
+    train_ok(&r, &args);
+    assert_eq!(losses(&single).len(), 4);
+    assert_same_run(&single, &local, "two local replicas, early stopping");
 }
 
 /// burn-collective 0.21's websocket transport occasionally drops an exchange on loopback (a

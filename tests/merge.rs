@@ -535,6 +535,8 @@ fn a_stopped_merge_leaves_nothing() {
         merged_dir: None,
         final_eval: None,
         last_checkpoint: None,
+        best_step: None,
+        stopped_early: false,
     };
     let stop = burnish::train::signals::StopFlag::none();
     stop.request(15);

@@ -408,7 +408,9 @@ fn metrics_without_timing(out: &Path) -> Vec<String> {
 }
 
 /// A DPO run killed by SIGKILL mid-way and resumed ends with the uninterrupted run's metrics
-/// (every step's loss and rewards, the evaluations) and a byte-identical adapter.
+/// (every step's loss and rewards, the evaluations) and a byte-identical adapter: the one of
+/// the evaluation with the highest `eval_rewards/margins` (`load_best_model_at_end` with
+/// `metric_for_best_model`, its best carried across the resume).
 #[test]
 fn killed_dpo_run_resumes_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -440,6 +442,10 @@ fn killed_dpo_run_resumes_bit_for_bit() {
         "train.eval_every=5",
         "--set",
         "train.grad_accum=2",
+        "--set",
+        "train.load_best_model_at_end=true",
+        "--set",
+        "train.metric_for_best_model=rewards/margins",
     ];
     let (r, want_out) = make("uninterrupted");
     train_ok(&r, &settings);
@@ -471,6 +477,26 @@ fn killed_dpo_run_resumes_bit_for_bit() {
     assert_eq!(
         std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
         std::fs::read(want_out.join("adapter/adapter_model.safetensors")).unwrap()
+    );
+    // The first evaluation with the highest margin (a tie is no improvement).
+    let mut best: Option<(u64, f64)> = None;
+    for e in eval_records(&out) {
+        let (step, m) = (
+            e["step"].as_u64().unwrap(),
+            e["eval_rewards/margins"].as_f64().unwrap(),
+        );
+        if best.is_none_or(|(_, b)| m > b) {
+            best = Some((step, m));
+        }
+    }
+    let (step, margin) = best.unwrap();
+    eprintln!("best eval_rewards/margins {margin} at step {step}");
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(out.join(format!(
+            "checkpoints/step-{step:06}/adapter_model.safetensors"
+        )))
+        .unwrap()
     );
 }
 

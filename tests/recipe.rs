@@ -154,6 +154,61 @@ fn set_overrides_are_typed_and_validated() {
     assert_eq!(v["trainable_parameters"], 4 * (4 * 256 + 4 * 192));
 }
 
+/// The best checkpoint and early stopping decide from evaluations: each refuses a recipe
+/// without them, naming its key and what to set.
+#[test]
+fn best_checkpoint_and_early_stopping_need_evaluations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = validate(
+        tmp.path(),
+        GOOD,
+        &[
+            "--set",
+            "data.validation=null",
+            "--set",
+            "train.load_best_model_at_end=true",
+            "--set",
+            "train.early_stopping_patience=0",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "train.early_stopping_threshold=-1",
+            "--set",
+            "train.metric_for_best_model=eval_rewards/accuracies",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        "train.load_best_model_at_end: needs evaluations: set data.validation",
+        "train.early_stopping_patience: must be at least 1",
+        "train.early_stopping_patience: needs evaluations: set data.validation",
+        "train.early_stopping_patience: needs evaluations during training: set train.eval_every",
+        "train.early_stopping_threshold: must be zero or a positive difference",
+        // An SFT run records no preference metrics.
+        "train.metric_for_best_model: 'rewards/accuracies' is not one of loss, perplexity",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    let o = validate(
+        tmp.path(),
+        GOOD,
+        &[
+            "--set",
+            "data.validation={split: 0.1}",
+            "--set",
+            "train.load_best_model_at_end=true",
+            "--set",
+            "train.early_stopping_patience=3",
+            "--set",
+            "train.early_stopping_threshold=0.01",
+            "--set",
+            "train.metric_for_best_model=perplexity",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_data_rows_fail_validation_with_their_line() {
     let tmp = tempfile::tempdir().unwrap();

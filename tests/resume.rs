@@ -1,6 +1,7 @@
 //! Exact resume: a run interrupted by SIGINT, or killed by SIGKILL at an arbitrary moment, and
 //! resumed, ends with a bit-identical adapter and loss sequence to the uninterrupted run.
-//! Plus the refusals around resuming.
+//! Plus the refusals around resuming, and the best checkpoint and early stopping (decided per
+//! evaluation as transformers decides them).
 
 mod common;
 
@@ -431,4 +432,174 @@ fn dora_runs_resume_bit_for_bit() {
             .count(),
         14
     );
+}
+
+/// The steps and losses of a run's evaluations.
+fn evals(out: &Path) -> Vec<(u64, f64)> {
+    metrics(out).1
+}
+
+/// `load_best_model_at_end`: every evaluation that lowers the best loss is checkpointed, that
+/// checkpoint survives `keep_last: 1`, and `adapter/` holds its weights, not the last step's;
+/// a run killed and resumed makes the same choice (the best and the patience count live in
+/// each checkpoint's trainer state).
+#[test]
+fn the_best_evaluation_becomes_the_adapter() {
+    let (_tmp, out) = killed_and_resumed_matches("load_best_model_at_end", &|text| {
+        text.replace(
+            "  eval_every: 5\n  save_every: 2\n  keep_last: 2\n",
+            "  eval_every: 2\n  save_every: 100\n  keep_last: 1\n  load_best_model_at_end: true\n",
+        )
+    });
+    let evals = evals(&out);
+    assert_eq!(evals.len(), 12, "{evals:?}");
+    let (best_step, best_loss) = evals
+        .iter()
+        .copied()
+        .fold((0, f64::INFINITY), |b, e| if e.1 < b.1 { e } else { b });
+    // The recipe overfits its 10% validation split: the best evaluation is not the last.
+    assert!(best_step < 24, "{evals:?}");
+    let best_dir = out.join(format!("checkpoints/step-{best_step:06}"));
+    let last_dir = out.join("checkpoints/step-000024");
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [format!("step-{best_step:06}"), "step-000024".to_string()]
+    );
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(best_dir.join("adapter_model.safetensors")).unwrap(),
+        "adapter/ is not the best checkpoint's"
+    );
+    assert_ne!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(last_dir.join("adapter_model.safetensors")).unwrap()
+    );
+    let state = read_json(&last_dir.join("trainer_state.json"));
+    assert_eq!(state["best_step"], serde_json::json!(best_step));
+    assert_eq!(state["best_eval_loss"].as_f64(), Some(best_loss));
+    // `eval` of the adapter reproduces the best evaluation.
+    let o = burnish(&[
+        "train",
+        out.parent()
+            .unwrap()
+            .join("recipe-24-8.yaml")
+            .to_str()
+            .unwrap(),
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "best eval loss {best_loss:.4} (perplexity {:.2}); step {best_step}'s weights are in adapter/",
+            best_loss.exp()
+        )),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// `early_stopping_patience`: with a threshold no evaluation can beat, the run stops at the
+/// `patience`-th evaluation after the first, saves that step, writes its adapter, and a resumed
+/// run trains no further and changes nothing.
+#[test]
+fn patience_ends_the_run_and_resuming_it_trains_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = pretokenized_rows(tmp.path(), 0x5151);
+    let out = tmp.path().join("run");
+    let r = recipe(tmp.path(), &out, &rows, 30, 4);
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "  eval_every: 5\n",
+        "  eval_every: 2\n  early_stopping_patience: 2\n  early_stopping_threshold: 100.0\n",
+    );
+    std::fs::write(&r, text).unwrap();
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("stopped early at step 6"),
+        "{}",
+        stdout(&o)
+    );
+    let (steps, evals) = metrics(&out);
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 4, 6]);
+    let last = out.join("checkpoints/step-000006");
+    let state = read_json(&last.join("trainer_state.json"));
+    assert_eq!(state["stopped_early"], serde_json::json!(true));
+    assert_eq!(state["evals_without_improvement"], serde_json::json!(2));
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(last.join("adapter_model.safetensors")).unwrap()
+    );
+    let before = folder_bytes(&out);
+    let adapter_before = folder_bytes(&out.join("adapter"));
+    let o = burnish(&["train", r.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stopped early at step 6"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        folder_bytes(&out),
+        before,
+        "resuming changed the run folder"
+    );
+    assert_eq!(folder_bytes(&out.join("adapter")), adapter_before);
+    assert_eq!(metrics(&out).0.len(), 6);
+}
+
+/// The best-checkpoint and early-stopping decisions, evaluation by evaluation, equal
+/// transformers' `EarlyStoppingCallback` and `Trainer._determine_best_metric` on the same
+/// values (`scripts/early_stopping_reference.py`; exact: the same comparisons of the same
+/// f64s), with the direction (`greater_is_better`) derived from the metric's name as
+/// transformers derives it.
+#[test]
+fn early_stopping_follows_transformers() {
+    use burnish::train::best::{EvalRule, EvalWatch};
+    let golden = read_json(&fixtures().join("golden/early-stopping.json"));
+    let cases = golden["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let train = burnish::recipe::TrainSection {
+            load_best_model_at_end: true,
+            early_stopping_patience: Some(case["patience"].as_u64().unwrap() as usize),
+            early_stopping_threshold: case["threshold"].as_f64().unwrap(),
+            metric_for_best_model: case["metric_for_best_model"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        let rule = EvalRule::from_recipe(&train);
+        assert_eq!(
+            Some(rule.greater_is_better),
+            case["greater_is_better"].as_bool(),
+            "{name}"
+        );
+        let mut watch = EvalWatch::default();
+        for e in case["evaluations"].as_array().unwrap() {
+            let step = e["step"].as_u64().unwrap() as usize;
+            let v = watch.observe(e["value"].as_f64().unwrap(), step, &rule);
+            let what = format!("{name}, step {step}");
+            assert_eq!(v.save_best, e["new_best"].as_bool().unwrap(), "{what}");
+            assert_eq!(v.stop, e["stop"].as_bool().unwrap(), "{what}");
+            assert_eq!(watch.best, e["best"].as_f64(), "{what}");
+            assert_eq!(
+                watch.best_step.map(|s| s as u64),
+                e["best_step"].as_u64(),
+                "{what}"
+            );
+            assert_eq!(
+                watch.without_improvement as u64,
+                e["without_improvement"].as_u64().unwrap(),
+                "{what}"
+            );
+        }
+    }
 }

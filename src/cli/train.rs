@@ -127,19 +127,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if outcome.stopped_early {
+        println!(
+            "stopped early at step {} (train.early_stopping_patience)",
+            outcome.global_step
+        );
+    }
+    let metric = crate::train::best::EvalRule::from_recipe(&setup.recipe().train).metric;
+    let (which, whose) = match (outcome.best_step, metric.as_str()) {
+        (Some(step), "loss") => (
+            "best eval loss",
+            format!("; step {step}'s weights are in adapter/"),
+        ),
+        (Some(step), m) => (
+            "eval loss",
+            format!(" at the best eval_{m}; step {step}'s weights are in adapter/"),
+        ),
+        (None, _) => ("final eval loss", String::new()),
+    };
     if let Some(e) = &outcome.final_eval {
+        // A recorded evaluation (a resumed run's, or the best one's) keeps no token count.
+        let over = match e.tokens {
+            0 => String::new(),
+            n => format!(" over {n} tokens"),
+        };
         match setup
             .preference_objective()
             .map(|_| setup.recipe().train.objective)
         {
             // exp of a preference loss means nothing; the perplexity is the chosen completions'.
             Some(obj) => println!(
-                "final eval loss {:.4} ({obj}); chosen completions' perplexity {:.2} over {} tokens",
-                e.loss, e.perplexity, e.tokens
+                "{which} {:.4} ({obj}); chosen completions' perplexity {:.2}{over}{whose}",
+                e.loss, e.perplexity
             ),
             None => println!(
-                "final eval loss {:.4} (perplexity {:.2}) over {} tokens",
-                e.loss, e.perplexity, e.tokens
+                "{which} {:.4} (perplexity {:.2}){over}{whose}",
+                e.loss, e.perplexity
             ),
         }
     }

@@ -332,6 +332,11 @@ impl Section for TrainSection {
         "eval_every",
         "save_every",
         "keep_last",
+        "load_best_model_at_end",
+        "early_stopping_patience",
+        "early_stopping_threshold",
+        "metric_for_best_model",
+        "greater_is_better",
     ];
     fn check_child(field: &str, node: &Node, path: &str, issues: &mut Issues) -> bool {
         match field {

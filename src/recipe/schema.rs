@@ -450,8 +450,27 @@ pub struct TrainSection {
     pub neftune_noise_alpha: Option<f64>,
     /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
     pub save_every: usize,
-    /// Complete checkpoints to keep (the newest is never deleted).
+    /// Complete checkpoints to keep (the newest is never deleted, nor the best one with
+    /// `load_best_model_at_end`).
     pub keep_last: usize,
+    /// Make `adapter/` (and the merged model, GGUF files and Hub uploads made from it) the
+    /// weights with the lowest evaluation loss rather than the last step's, as transformers'
+    /// `load_best_model_at_end`. Each evaluation that lowers the best loss writes a checkpoint,
+    /// which `keep_last` never deletes. Needs `data.validation`.
+    pub load_best_model_at_end: bool,
+    /// Stop after this many evaluations in a row that do not lower the best evaluation loss
+    /// by more than `early_stopping_threshold` (transformers' `EarlyStoppingCallback`). Needs
+    /// `data.validation` and `eval_every`. Null: train to the end.
+    pub early_stopping_patience: Option<usize>,
+    /// How much an evaluation must improve on the best to reset the patience count.
+    pub early_stopping_threshold: f64,
+    /// What "best" means for `load_best_model_at_end` and early stopping, as transformers'
+    /// `metric_for_best_model`: `loss` (default), `perplexity`, or a preference objective's
+    /// evaluation metric (`rewards/accuracies`, `rewards/margins`, ...); `eval_` optional.
+    pub metric_for_best_model: String,
+    /// Whether a larger `metric_for_best_model` is better. Null: transformers' rule (names
+    /// ending in `loss` are better lower, others higher), with perplexity better lower.
+    pub greater_is_better: Option<bool>,
 }
 
 impl Default for TrainSection {
@@ -477,6 +496,11 @@ impl Default for TrainSection {
             eval_every: 100,
             save_every: 100,
             keep_last: 3,
+            load_best_model_at_end: false,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
+            metric_for_best_model: "loss".into(),
+            greater_is_better: None,
         }
     }
 }

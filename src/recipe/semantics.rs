@@ -259,6 +259,7 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     if t.keep_last == 0 {
         c.bad("train.keep_last", "must be at least 1");
     }
+    check_eval_decisions(&mut c, r);
     check_objective(&mut c, r, recipe_path);
 
     // output, logging, hub
@@ -287,6 +288,51 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             );
         }
     }
+}
+
+/// `load_best_model_at_end` and early stopping decide from evaluations, so they need some.
+fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
+    let t = &r.train;
+    let no_validation = r.data.validation.is_none();
+    if t.load_best_model_at_end && no_validation {
+        c.bad(
+            "train.load_best_model_at_end",
+            "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
+        );
+    }
+    if let Some(p) = t.early_stopping_patience {
+        if p == 0 {
+            c.bad(
+                "train.early_stopping_patience",
+                "must be at least 1 (evaluations without improvement before stopping), or null",
+            );
+        }
+        if no_validation {
+            c.bad(
+                "train.early_stopping_patience",
+                "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
+            );
+        }
+        if t.eval_every == 0 {
+            c.bad(
+                "train.early_stopping_patience",
+                "needs evaluations during training: set train.eval_every to a number of steps",
+            );
+        }
+    }
+    if !(t.early_stopping_threshold >= 0.0 && t.early_stopping_threshold.is_finite()) {
+        c.bad(
+            "train.early_stopping_threshold",
+            "must be zero or a positive difference of the metric",
+        );
+    }
+    let metric = t.metric_for_best_model.as_str();
+    let names = crate::train::best::eval_metric_names(t);
+    c.one_of(
+        "train.metric_for_best_model",
+        metric.strip_prefix("eval_").unwrap_or(metric),
+        &names,
+    );
 }
 
 /// A preference section's `label_smoothing`: a flip probability in [0, 0.5), set (above 0)

@@ -22,6 +22,7 @@ use burn_collective::{
     register,
 };
 
+use super::best::Verdict;
 use super::sync::{GradientSync, StepContribution};
 use crate::recipe::DistributedSection;
 
@@ -353,6 +354,27 @@ impl<B: Backend> GradientSync<B> for CollectiveSync<B> {
         // The global ring all-reduce needs at least one element per node.
         self.sum(Tensor::zeros([self.world.max(2)], &self.device))
             .map(|_| ())
+    }
+
+    fn share_verdict(&mut self, verdict: Verdict) -> anyhow::Result<Verdict> {
+        // The global ring all-reduce needs at least one element per node.
+        let mut values = vec![0f32; self.world.max(2)];
+        values[0] = f32::from(u8::from(verdict.save_best));
+        values[1] = f32::from(u8::from(verdict.stop));
+        let n = values.len();
+        let total = self.sum(Tensor::from_data(
+            TensorData::new(values, [n]),
+            &self.device,
+        ))?;
+        let v = total
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the shared verdict: {e:?}"))?;
+        Ok(Verdict {
+            save_best: v[0] > 0.0,
+            stop: v[1] > 0.0,
+        })
     }
 
     fn rank(&self) -> usize {

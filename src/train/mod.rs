@@ -1,7 +1,8 @@
 //! Training: the loop, optimizer, schedules, checkpoints and resume, evaluation, and the
-//! preference objectives (DPO, ORPO).
+//! preference objectives (DPO, ORPO, SimPO, CPO), the best checkpoint and early stopping.
 
 pub mod bench;
+pub mod best;
 pub mod checkpoint;
 pub mod distributed;
 pub mod evaluate;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 
+use super::best::{EvalRule, EvalWatch, Verdict};
 use super::checkpoint::output::{self, replace_folder};
 use super::checkpoint::{self, Checkpoint, CheckpointContents};
 use super::evaluate::{EvalResult, evaluate};
@@ -55,15 +56,25 @@ pub struct TrainOutcome {
     pub interrupted_by: Option<i32>,
     pub adapter_dir: Option<PathBuf>,
     pub merged_dir: Option<PathBuf>,
+    /// The evaluation of the weights in `adapter/`: the final one, or the best one with
+    /// `load_best_model_at_end`.
     pub final_eval: Option<EvalResult>,
     pub last_checkpoint: Option<PathBuf>,
+    /// The step whose weights `adapter/` holds when that is not the last step
+    /// (`load_best_model_at_end`).
+    pub best_step: Option<usize>,
+    /// The run ended before its last step because its patience ran out.
+    pub stopped_early: bool,
 }
 
 /// Where the run stands: what a checkpoint records besides the weights.
 struct Progress {
     step: usize,
     tokens_seen: u64,
-    best_eval: Option<f64>,
+    best_eval_loss: Option<f64>,
+    watch: EvalWatch,
+    /// Patience ran out (`early_stopping_patience`): the run ends at this step.
+    stopped_early: bool,
     last_lr: f64,
     elapsed_before: f64,
     started: Instant,
@@ -72,11 +83,13 @@ struct Progress {
 }
 
 impl Progress {
-    fn from(resume: Option<&Checkpoint>) -> Self {
+    fn from(resume: Option<&Checkpoint>, rule: &EvalRule) -> Self {
         Self {
             step: resume.map_or(0, |c| c.state.global_step),
             tokens_seen: resume.map_or(0, |c| c.state.tokens_seen),
-            best_eval: resume.and_then(|c| c.state.best_eval_loss),
+            best_eval_loss: resume.and_then(|c| c.state.best_eval_loss),
+            watch: resume.map_or_else(EvalWatch::default, |c| restore_watch(c, rule)),
+            stopped_early: resume.is_some_and(|c| c.state.stopped_early),
             last_lr: resume.map_or(0.0, |c| c.state.last_lr),
             elapsed_before: resume.map_or(0.0, |c| c.state.elapsed_s),
             started: Instant::now(),
@@ -109,12 +122,24 @@ pub fn train<B: TrainBackend>(
         output::resume_point(out, &opts.resume)?
     };
     check_fingerprint(resume_from.as_ref(), setup)?;
-    let mut progress = Progress::from(resume_from.as_ref());
-    // A run resumed after it completed (its final evaluation recorded) has nothing left to do
-    // but what is missing of its outputs.
-    let recorded_final_eval = final_eval_of(setup);
-    let finished_before = progress.step >= counts.total_steps
-        && (!setup.data.has_validation() || recorded_final_eval.is_some());
+    let rule = EvalRule::from_recipe(t);
+    let mut progress = Progress::from(resume_from.as_ref(), &rule);
+    // A run resumed after it completed (its final evaluation recorded) or stopped early has
+    // nothing left to do but what is missing of its outputs.
+    let end_step = match progress.stopped_early {
+        true => progress.step,
+        false => counts.total_steps,
+    };
+    let recorded_final_eval = eval_recorded_at(setup, end_step);
+    let finished_before = progress.stopped_early
+        || (progress.step >= counts.total_steps
+            && (!setup.data.has_validation() || recorded_final_eval.is_some()));
+    if progress.stopped_early {
+        tracing::info!(
+            "this run stopped early at step {} (train.early_stopping_patience): nothing is left to train",
+            progress.step
+        );
+    }
     let (mut model, mut optimizer) =
         load_trainable::<B>(setup, resume_from.as_ref(), &device, on_gpu)?;
     let objective = setup.preference_objective();
@@ -142,7 +167,7 @@ pub fn train<B: TrainBackend>(
     let mut order: Option<(usize, Vec<usize>)> = None;
     let mut interrupted_by = None;
 
-    while progress.step < counts.total_steps {
+    while progress.step < counts.total_steps && !progress.stopped_early {
         let step = progress.step;
         let step_started = Instant::now();
         let epoch = step / counts.steps_per_epoch;
@@ -210,17 +235,33 @@ pub fn train<B: TrainBackend>(
             })?;
         }
         let at_end = progress.step == counts.total_steps;
-        if t.eval_every > 0 && progress.step.is_multiple_of(t.eval_every) && !at_end && writer {
-            run_eval(
-                &model,
-                reference.as_ref(),
-                setup,
-                &mut progress,
-                observer.as_mut(),
-            )?;
+        let mut verdict = Verdict::default();
+        if t.eval_every > 0 && progress.step.is_multiple_of(t.eval_every) && !at_end {
+            if writer {
+                verdict = run_eval(
+                    &model,
+                    reference.as_ref(),
+                    setup,
+                    &rule,
+                    &mut progress,
+                    observer.as_mut(),
+                )?;
+            }
+            if rule.decides() {
+                verdict = sync.share_verdict(verdict)?;
+            }
+        }
+        if verdict.stop {
+            tracing::info!(
+                "stopping early after step {}: {} evaluations in a row without improving on the best loss by more than {} (train.early_stopping_patience)",
+                progress.step,
+                progress.watch.without_improvement,
+                t.early_stopping_threshold
+            );
+            progress.stopped_early = true;
         }
         let due = t.save_every > 0 && progress.step.is_multiple_of(t.save_every) && !at_end;
-        if due || result.stop.is_some() {
+        if due || verdict.save_best || verdict.stop || result.stop.is_some() {
             if writer {
                 save(setup, &model, &optimizer, &mut progress)?;
             }
@@ -235,6 +276,9 @@ pub fn train<B: TrainBackend>(
             interrupted_by = Some(sig);
             break;
         }
+        if progress.stopped_early {
+            break;
+        }
     }
 
     let mut outcome = TrainOutcome {
@@ -244,6 +288,8 @@ pub fn train<B: TrainBackend>(
         merged_dir: None,
         final_eval: None,
         last_checkpoint: progress.last_checkpoint.clone(),
+        best_step: None,
+        stopped_early: progress.stopped_early,
     };
     if interrupted_by.is_some() {
         if let Some(o) = observer.as_mut() {
@@ -259,13 +305,17 @@ pub fn train<B: TrainBackend>(
     if finished_before {
         progress.last_eval = recorded_final_eval;
     } else {
-        run_eval(
-            &model,
-            reference.as_ref(),
-            setup,
-            &mut progress,
-            observer.as_mut(),
-        )?;
+        // A run that stopped early evaluated at its last step already.
+        if !progress.stopped_early {
+            run_eval(
+                &model,
+                reference.as_ref(),
+                setup,
+                &rule,
+                &mut progress,
+                observer.as_mut(),
+            )?;
+        }
         if let Some(o) = observer.as_mut() {
             o.finish(true);
         }
@@ -274,28 +324,49 @@ pub fn train<B: TrainBackend>(
             Err(e) => tracing::warn!("no loss plot: {e}"),
         }
     }
-    if !finished_before || progress.last_checkpoint.is_none() {
+    // A run that stopped early in this invocation saved its last step already.
+    if (!finished_before && !progress.stopped_early) || progress.last_checkpoint.is_none() {
         save(setup, &model, &optimizer, &mut progress)?;
     }
     let adapter_dir = out.join("adapter");
+    let best = best_checkpoint(setup, &rule, &progress);
     if !finished_before || !adapter_dir.join(crate::lora::peft::WEIGHTS_FILE).is_file() {
-        let factors = extract(&model.net, &setup.targets);
-        replace_folder(out, "adapter", &|dir| {
-            write_adapter(
-                dir,
-                &setup.lora,
-                &setup.targets,
-                &factors,
-                &recipe.model.base,
-            )
-            .map_err(|e| e.to_string())
-        })?;
-        tracing::info!("adapter written to {}", adapter_dir.display());
+        match &best {
+            Some(c) => {
+                replace_folder(out, "adapter", &|dir| copy_adapter(&c.dir, dir))?;
+                tracing::info!(
+                    "adapter written to {} from {}: the best evaluation (eval_{} {:.4}) was at step {} (train.load_best_model_at_end)",
+                    adapter_dir.display(),
+                    c.dir.display(),
+                    rule.metric,
+                    progress.watch.best.unwrap_or(f64::NAN),
+                    c.state.global_step
+                );
+            }
+            None => {
+                let factors = extract(&model.net, &setup.targets);
+                replace_folder(out, "adapter", &|dir| {
+                    write_adapter(
+                        dir,
+                        &setup.lora,
+                        &setup.targets,
+                        &factors,
+                        &recipe.model.base,
+                    )
+                    .map_err(|e| e.to_string())
+                })?;
+                tracing::info!("adapter written to {}", adapter_dir.display());
+            }
+        }
     }
     sync.barrier()?;
     outcome.last_checkpoint = progress.last_checkpoint.clone();
     outcome.adapter_dir = Some(adapter_dir);
     outcome.final_eval = progress.last_eval;
+    if let Some(c) = &best {
+        outcome.best_step = Some(c.state.global_step);
+        outcome.final_eval = eval_recorded_at(setup, c.state.global_step).or(outcome.final_eval);
+    }
     // A signal during the final evaluation or save stops here, everything saved.
     if let Some(sig) = opts.stop.requested() {
         outcome.interrupted_by = Some(sig);
@@ -316,7 +387,7 @@ fn check_fingerprint(resume: Option<&Checkpoint>, setup: &RunSetup) -> anyhow::R
     let changed = changed_fields(&c.state.fingerprint, &fingerprint(setup.recipe()));
     if !changed.is_empty() {
         bail!(user(format!(
-            "cannot resume from {}: the recipe changed in ways that make it a different run:\n  {}\n(only epochs/max_steps, save_every, eval_every, keep_last, logging, output and hub may change; start a new run with --overwrite or another output.dir)",
+            "cannot resume from {}: the recipe changed in ways that make it a different run:\n  {}\n(only epochs/max_steps, save_every, eval_every, keep_last, load_best_model_at_end, early stopping, logging, output and hub may change; start a new run with --overwrite or another output.dir)",
             c.dir.display(),
             changed.join("\n  ")
         )));
@@ -446,16 +517,76 @@ fn open_observer(setup: &RunSetup, resume: Option<&Checkpoint>) -> anyhow::Resul
     })?)
 }
 
-/// Evaluate on the validation rows or pairs (when there are any) and record it.
+/// Where a checkpoint left the evaluations, if it judged them by the rule's metric; a run
+/// resumed with another `metric_for_best_model` starts its best and patience afresh.
+fn restore_watch(c: &Checkpoint, rule: &EvalRule) -> EvalWatch {
+    let s = &c.state;
+    let recorded = s
+        .metric_for_best_model
+        .as_deref()
+        .map(|m| m.strip_prefix("eval_").unwrap_or(m));
+    if recorded != Some(rule.metric.as_str()) {
+        if s.best_metric.is_some() {
+            tracing::warn!(
+                "{} judged evaluations by eval_{}; the recipe now says eval_{}: the best and the patience count start afresh",
+                c.dir.display(),
+                recorded.unwrap_or("?"),
+                rule.metric
+            );
+        }
+        return EvalWatch::default();
+    }
+    EvalWatch {
+        best: s.best_metric,
+        best_step: s.best_step,
+        without_improvement: s.evals_without_improvement,
+    }
+}
+
+/// The checkpoint whose adapter becomes `adapter/` instead of the last step's weights: the
+/// best evaluation's, with `load_best_model_at_end`, when that is not the last step. A best
+/// checkpoint that is gone or damaged is reported, and the last step's weights are used.
+fn best_checkpoint(setup: &RunSetup, rule: &EvalRule, progress: &Progress) -> Option<Checkpoint> {
+    let step = progress
+        .watch
+        .best_step
+        .filter(|&s| rule.keep_best && s != progress.step)?;
+    let dir = checkpoint::step_dir(&setup.output_dir, step);
+    match checkpoint::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "train.load_best_model_at_end: the best evaluation's checkpoint cannot be used ({e}); adapter/ holds the last step's weights instead"
+            );
+            None
+        }
+    }
+}
+
+/// Copy a checkpoint's adapter files (checked against their checksums when it was opened).
+fn copy_adapter(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    for name in [
+        crate::lora::peft::CONFIG_FILE,
+        crate::lora::peft::WEIGHTS_FILE,
+    ] {
+        std::fs::copy(from.join(name), to.join(name))
+            .map_err(|e| format!("copying {}: {e}", from.join(name).display()))?;
+    }
+    Ok(())
+}
+
+/// Evaluate on the validation rows or pairs (when there are any), record it, and say what it
+/// decides (a new best to keep, patience run out).
 fn run_eval<B: TrainBackend>(
     model: &Model<B>,
     reference: Option<&Model<B::InnerBackend>>,
     setup: &RunSetup,
+    rule: &EvalRule,
     progress: &mut Progress,
     observer: Option<&mut RunObserver>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Verdict> {
     if !setup.data.has_validation() {
-        return Ok(());
+        return Ok(Verdict::default());
     }
     let batch = setup.recipe().train.micro_batch_size;
     let (r, extra) = match setup.preference_objective() {
@@ -486,7 +617,17 @@ fn run_eval<B: TrainBackend>(
             (r, e.metrics.with_prefix("eval_"))
         }
     };
-    progress.best_eval = Some(progress.best_eval.map_or(r.loss, |b| b.min(r.loss)));
+    progress.best_eval_loss = Some(progress.best_eval_loss.map_or(r.loss, |b| b.min(r.loss)));
+    let value = match rule.metric.as_str() {
+        "loss" => Some(r.loss),
+        "perplexity" => Some(r.perplexity),
+        name => extra.get(&format!("eval_{name}")).copied(),
+    };
+    // The recipe check admits only the metrics this objective records.
+    let verdict = match value {
+        Some(v) => progress.watch.observe(v, progress.step, rule),
+        None => anyhow::bail!("no eval_{} in this evaluation's metrics", rule.metric),
+    };
     if let Some(o) = observer {
         o.eval(&EvalRecord {
             step: progress.step,
@@ -496,15 +637,15 @@ fn run_eval<B: TrainBackend>(
         })?;
     }
     progress.last_eval = Some(r);
-    Ok(())
+    Ok(verdict)
 }
 
-/// The final evaluation (at the last step) a completed run recorded in its metrics.
-fn final_eval_of(setup: &RunSetup) -> Option<EvalResult> {
+/// The evaluation at `step` recorded in the run's metrics (the final one of a completed run,
+/// or the best one).
+fn eval_recorded_at(setup: &RunSetup, step: usize) -> Option<EvalResult> {
     let records = metrics::read(&setup.output_dir.join(metrics::FILE)).ok()?;
-    let last = setup.counts.total_steps;
     records.iter().rev().find_map(|r| match r {
-        Record::Eval(e) if e.step == last => Some(EvalResult {
+        Record::Eval(e) if e.step == step => Some(EvalResult {
             loss: e.eval_loss,
             perplexity: e.eval_perplexity,
             tokens: 0,
@@ -546,7 +687,12 @@ fn save<B: AutodiffBackend>(
         seed: recipe.train.seed,
         elapsed_s: progress.elapsed(),
         tokens_seen: progress.tokens_seen,
-        best_eval_loss: progress.best_eval,
+        best_eval_loss: progress.best_eval_loss,
+        metric_for_best_model: Some(setup.recipe().train.metric_for_best_model.clone()),
+        best_metric: progress.watch.best,
+        best_step: progress.watch.best_step,
+        evals_without_improvement: progress.watch.without_improvement,
+        stopped_early: progress.stopped_early,
         fingerprint_hash: fingerprint_hash(&fp),
         fingerprint: fp,
         files: Default::default(),

@@ -29,6 +29,20 @@ pub struct TrainerState {
     /// Training tokens processed so far.
     pub tokens_seen: u64,
     pub best_eval_loss: Option<f64>,
+    /// The best value so far of `metric_for_best_model` (named here), and the checkpoint
+    /// holding its weights (`load_best_model_at_end`).
+    #[serde(default)]
+    pub metric_for_best_model: Option<String>,
+    #[serde(default)]
+    pub best_metric: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<usize>,
+    /// Evaluations in a row without enough improvement (`early_stopping_patience`).
+    #[serde(default)]
+    pub evals_without_improvement: usize,
+    /// The run ended here because its patience ran out: nothing is left to train.
+    #[serde(default)]
+    pub stopped_early: bool,
     /// Recipe values that must not change when resuming, by dotted key.
     pub fingerprint: BTreeMap<String, Value>,
     pub fingerprint_hash: String,
@@ -37,7 +51,8 @@ pub struct TrainerState {
 }
 
 /// Values that define the run's math: changing any of them makes a resumed run a different run.
-/// `epochs`/`max_steps`, `save_every`, `eval_every`, `keep_last`, logging, output and hub may change.
+/// `epochs`/`max_steps`, `save_every`, `eval_every`, `keep_last`, `load_best_model_at_end`, early
+/// stopping, logging, output and hub may change.
 pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
     let mut f = BTreeMap::new();
     let mut put = |k: &str, v: Value| {

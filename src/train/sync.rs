@@ -4,6 +4,8 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::best::Verdict;
+
 /// What one replica contributes to an optimizer step.
 pub struct StepContribution<B: Backend> {
     /// Gradients of the *summed* token loss (not yet divided by the token count).
@@ -29,6 +31,11 @@ pub trait GradientSync<B: Backend> {
     /// Wait until every replica gets here (after rank 0 wrote a checkpoint).
     fn barrier(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// Give every replica rank 0's verdict: only rank 0 evaluates, and its evaluation decides
+    /// whether all of them checkpoint or stop. The others pass the default (no).
+    fn share_verdict(&mut self, verdict: Verdict) -> anyhow::Result<Verdict> {
+        Ok(verdict)
     }
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;

@@ -86,7 +86,8 @@ pub struct CheckpointContents<'a> {
     pub optimizer: &'a OptimizerState,
 }
 
-/// Write `step-NNNNNN` atomically and prune old checkpoints beyond `keep_last`.
+/// Write `step-NNNNNN` atomically and prune old checkpoints beyond `keep_last`, except the
+/// one holding the best evaluation (`state.best_step`).
 pub fn save(
     output: &Path,
     mut state: TrainerState,
@@ -126,7 +127,7 @@ pub fn save(
     }
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     fsync(&root)?;
-    prune(output, keep_last);
+    prune(output, keep_last, state.best_step);
     Ok(final_dir)
 }
 
@@ -202,9 +203,10 @@ pub fn any(output: &Path) -> bool {
     !listed(output).is_empty()
 }
 
-/// Keep the newest `keep_last` complete checkpoints; never delete the newest complete one, and
-/// leave incomplete ones for the user to inspect only if they are newer than it.
-fn prune(output: &Path, keep_last: usize) {
+/// Keep the newest `keep_last` complete checkpoints and the `best` one (as transformers keeps
+/// the best beyond `save_total_limit`); never delete the newest complete one, and leave
+/// incomplete ones for the user to inspect only if they are newer than it.
+fn prune(output: &Path, keep_last: usize, best: Option<usize>) {
     let all = listed(output);
     let complete: Vec<&(usize, PathBuf)> = all.iter().filter(|(_, d)| open(d).is_ok()).collect();
     let keep = keep_last.max(1);
@@ -214,6 +216,7 @@ fn prune(output: &Path, keep_last: usize) {
     let cutoff = complete[complete.len() - keep].0;
     for (step, dir) in &all {
         if *step < cutoff
+            && Some(*step) != best
             && let Err(e) = std::fs::remove_dir_all(dir)
         {
             tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
