@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Golden values for burnish's preference objectives, from TRL's DPOTrainer (sigmoid, IPO, and
-the conservative sigmoid with label smoothing), ORPOTrainer and CPOTrainer (SimPO) on the tiny
-fixture models.
+"""Golden values for burnish's preference objectives, from TRL's DPOTrainer (sigmoid, IPO, the
+conservative sigmoid with label smoothing, and its other pairwise losses), ORPOTrainer and
+CPOTrainer (CPO, SimPO) on the tiny fixture models.
+
+A rerun reproduces every case to float32 rounding (the last bits move with the thread count);
+the committed cases were kept where a rerun only moved those bits.
 
 Run in the reference environment (see scripts/make_fixtures.py; TRL and `datasets` installed
 into it with pip):
@@ -146,7 +149,7 @@ METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
 
 
 def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothing=0.0,
-            reference="base"):
+            reference="base", discopop_tau=0.05):
     """`reference`: "base" (adapter disabled: TRL's reference for a new adapter) or "adapter"
     (a frozen copy of the starting adapter: TRL's reference for a pretrained one)."""
     import datasets
@@ -163,7 +166,7 @@ def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothi
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
                          beta=beta, loss_type=[loss_type], label_smoothing=label_smoothing,
-                         max_length=None, **COMMON)
+                         discopop_tau=discopop_tau, max_length=None, **COMMON)
         cls = sequential(DPOTrainer)
         cls.losses = []
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
@@ -278,6 +281,27 @@ def token_goldens():
     write_json(os.path.join(FIX, "golden", "preference-tokens.json"), out)
 
 
+def OTHER_DPO_LOSSES(qwen, llama):
+    """TRL's other pairwise DPO losses: (loss, model, adapter name, adapter, beta,
+    label_smoothing, discopop_tau), alternating the two models. EXO with the paper's epsilon;
+    DiscoPOP with a temperature at which its blend of the two losses is away from both ends.
+    sigmoid_norm runs on qwen2-tied: on llama-gqa its third step moves by 1e-4 with float32
+    rounding (Adam's first update is lr * sign(g), so gradients at rounding level each move
+    their parameter by a full lr), on both sides alike."""
+    q = ("qwen2-tied", "qwen2", qwen)
+    l = ("llama-gqa", "llama", llama)
+    return [
+        ("exo_pair", *q, 0.1, 1e-3, 0.05),
+        ("nca_pair", *l, 0.1, 0.0, 0.05),
+        ("bco_pair", *q, 0.1, 0.0, 0.05),
+        ("sppo_hard", *l, 0.1, 0.0, 0.05),
+        ("apo_zero", *q, 0.1, 0.0, 0.05),
+        ("apo_down", *l, 0.1, 0.0, 0.05),
+        ("discopop", *q, 0.1, 0.0, 2.0),
+        ("sigmoid_norm", *q, 0.5, 0.0, 0.05),
+    ]
+
+
 def main():
     import peft
     import trl
@@ -309,6 +333,12 @@ def main():
                            reference="base",
                            steps=run_dpo("llama-gqa", llama, rows, "robust", 0.1, 1e-3, 2,
                                          label_smoothing=0.2)),
+        **{f"dpo_{loss}": dict(model=model, adapter=f"preference-{short}", micro_batch_size=2,
+                               lr=1e-3, beta=beta, loss_type=loss, label_smoothing=eps,
+                               discopop_tau=tau, reference="base",
+                               steps=run_dpo(model, adapter, rows, loss, beta, 1e-3, 2,
+                                             label_smoothing=eps, discopop_tau=tau))
+           for loss, model, short, adapter, beta, eps, tau in OTHER_DPO_LOSSES(qwen, llama)},
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,

@@ -117,8 +117,12 @@ fn three_steps_match_trl() {
                 "adapter" => adapter.display().to_string(),
                 _ => "base".into(),
             };
+            let tau = case
+                .get("discopop_tau")
+                .map(|t| format!(", discopop_tau: {t}"))
+                .unwrap_or_default();
             format!(
-                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {}, label_smoothing: {}, reference: {reference}}}",
+                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {}, label_smoothing: {}{tau}, reference: {reference}}}",
                 case["beta"],
                 case["loss_type"].as_str().unwrap(),
                 case["label_smoothing"]
@@ -605,7 +609,7 @@ fn bad_preference_recipe_values_are_located() {
     let err = stderr(&o);
     for needle in [
         "train.dpo.beta: -1 is not a positive number",
-        "train.dpo.label_smoothing: applies to loss_type sigmoid (conservative DPO) and robust only, not ipo",
+        "train.dpo.label_smoothing: applies to loss_type sigmoid (conservative DPO), robust and exo_pair only, not ipo",
         "train.dpo.reference",
         "train.orpo: is set but train.objective is dpo",
         "data.packing",
@@ -635,6 +639,25 @@ fn bad_preference_recipe_values_are_located() {
                 "data.train_on_inputs: has no meaning for objective cpo",
             ][..],
         ),
+        // EXO's epsilon cannot be 0; DiscoPOP's temperature belongs to DiscoPOP.
+        (
+            "dpo",
+            "dpo: {loss_type: exo_pair}",
+            &["train.dpo.label_smoothing: must be above 0 for loss_type exo_pair"][..],
+        ),
+        (
+            "dpo",
+            "dpo: {loss_type: nca_pair, discopop_tau: 0.1, label_smoothing: 0.1}",
+            &[
+                "train.dpo.discopop_tau: applies to loss_type discopop only, not nca_pair",
+                "train.dpo.label_smoothing: applies to loss_type sigmoid (conservative DPO), robust and exo_pair only, not nca_pair",
+            ][..],
+        ),
+        (
+            "dpo",
+            "dpo: {loss_type: discopop, discopop_tau: -1.0}",
+            &["train.dpo.discopop_tau: -1 is not a positive number"][..],
+        ),
     ] {
         let r = recipe(
             tmp.path(),
@@ -661,7 +684,7 @@ fn bad_preference_recipe_values_are_located() {
         ),
         (
             "train.dpo.loss_type=slic",
-            "'slic' is not one of sigmoid, ipo, hinge, robust",
+            "'slic' is not one of sigmoid, ipo, hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sigmoid_norm",
         ),
         ("train.dpo.bta=0.1", "unknown field 'bta'"),
         ("train.simpo.gama=0.1", "unknown field 'gama'"),

@@ -353,7 +353,13 @@ impl Section for TrainSection {
 }
 
 impl Section for DpoSection {
-    const FIELDS: &'static [&'static str] = &["beta", "loss_type", "label_smoothing", "reference"];
+    const FIELDS: &'static [&'static str] = &[
+        "beta",
+        "loss_type",
+        "label_smoothing",
+        "discopop_tau",
+        "reference",
+    ];
 }
 
 impl Section for OrpoSection {

@@ -384,13 +384,36 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             c,
             "train.dpo.label_smoothing",
             d.label_smoothing,
-            match d.loss_type {
-                DpoLoss::Sigmoid | DpoLoss::Robust => Ok(()),
-                other => Err(format!(
-                    "sigmoid (conservative DPO) and robust only, not {other}"
+            match d.loss_type.uses_label_smoothing() {
+                true => Ok(()),
+                false => Err(format!(
+                    "sigmoid (conservative DPO), robust and exo_pair only, not {}",
+                    d.loss_type
                 )),
             },
         );
+        if d.loss_type == DpoLoss::ExoPair && d.label_smoothing == 0.0 {
+            c.bad(
+                "train.dpo.label_smoothing",
+                "must be above 0 for loss_type exo_pair (its epsilon: log 0 is infinite); the EXO paper suggests 0.001",
+            );
+        }
+        if !beta_ok(d.discopop_tau) {
+            c.bad(
+                "train.dpo.discopop_tau",
+                format!("{} is not a positive number", d.discopop_tau),
+            );
+        } else if d.discopop_tau != DpoSection::default().discopop_tau
+            && d.loss_type != DpoLoss::Discopop
+        {
+            c.bad(
+                "train.dpo.discopop_tau",
+                format!(
+                    "applies to loss_type discopop only, not {}; remove it",
+                    d.loss_type
+                ),
+            );
+        }
         if d.reference != "base" {
             let p = super::resolve_relative(recipe_path, &d.reference);
             if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {

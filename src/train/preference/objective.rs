@@ -14,6 +14,7 @@ pub enum PreferenceObjective {
         beta: f64,
         loss: DpoLoss,
         label_smoothing: f64,
+        discopop_tau: f64,
     },
     Orpo {
         beta: f64,
@@ -47,6 +48,7 @@ impl PreferenceObjective {
                 beta: dpo.beta,
                 loss: dpo.loss_type,
                 label_smoothing: dpo.label_smoothing,
+                discopop_tau: dpo.discopop_tau,
             }),
             Objective::Orpo => Some(Self::Orpo {
                 beta: orpo.beta,
@@ -95,10 +97,20 @@ impl std::fmt::Display for PreferenceObjective {
                 beta,
                 loss,
                 label_smoothing,
-            } => write!(
-                f,
-                "dpo ({loss} loss, beta {beta}, label smoothing {label_smoothing}; reference: the frozen base, adapters swapped, no second model)"
-            ),
+                discopop_tau,
+            } => {
+                write!(f, "dpo ({loss} loss, beta {beta}")?;
+                if loss.uses_label_smoothing() {
+                    write!(f, ", label smoothing {label_smoothing}")?;
+                }
+                if *loss == DpoLoss::Discopop {
+                    write!(f, ", tau {discopop_tau}")?;
+                }
+                write!(
+                    f,
+                    "; reference: the frozen base, adapters swapped, no second model)"
+                )
+            }
             Self::Orpo {
                 beta,
                 nll_on_prompt,
@@ -206,6 +218,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
             beta,
             loss,
             label_smoothing,
+            discopop_tau,
         } => {
             let chosen_ratio = p.chosen - p.ref_chosen;
             let rejected_ratio = p.rejected - p.ref_rejected;
@@ -237,6 +250,62 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                     let delta = chosen_ratio / nc - rejected_ratio / nr;
                     let gap = delta - 1.0 / (2.0 * beta);
                     (gap * gap, 2.0 * gap / nc, -2.0 * gap / nr)
+                }
+                DpoLoss::ExoPair => {
+                    // KL(q || [1 - e, e]) with q = (sigmoid(z), sigmoid(-z)); its slope
+                    // q_w q_l (log q_w/q_l - log (1-e)/e) uses log q_w/q_l = z.
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let e = label_smoothing;
+                    let (qw, ql) = (sigmoid(z), sigmoid(-z));
+                    let (log_pw, log_pl) = ((-e).ln_1p(), e.ln());
+                    let value = qw * (log_sigmoid(z) - log_pw) + ql * (log_sigmoid(-z) - log_pl);
+                    let dz = qw * ql * (z - (log_pw - log_pl));
+                    (value, beta * dz, -beta * dz)
+                }
+                DpoLoss::NcaPair => {
+                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+                    let value = -log_sigmoid(c) - 0.5 * log_sigmoid(-c) - 0.5 * log_sigmoid(-r);
+                    let dc = -sigmoid(-c) + 0.5 * sigmoid(c);
+                    (value, beta * dc, beta * 0.5 * sigmoid(r))
+                }
+                DpoLoss::BcoPair => {
+                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+                    let value = -log_sigmoid(c) - log_sigmoid(-r);
+                    (value, -beta * sigmoid(-c), beta * sigmoid(r))
+                }
+                DpoLoss::SppoHard => {
+                    let half = 0.5 / beta;
+                    let (gc, gr) = (chosen_ratio - half, rejected_ratio + half);
+                    (gc * gc + gr * gr, 2.0 * gc, 2.0 * gr)
+                }
+                DpoLoss::ApoZero => {
+                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+                    let value = 1.0 - sigmoid(c) + sigmoid(r);
+                    let slope = |x: f64| sigmoid(x) * sigmoid(-x);
+                    (value, -beta * slope(c), beta * slope(r))
+                }
+                DpoLoss::ApoDown => {
+                    let c = beta * chosen_ratio;
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let value = sigmoid(c) + 1.0 - sigmoid(z);
+                    let slope = |x: f64| sigmoid(x) * sigmoid(-x);
+                    (value, beta * (slope(c) - slope(z)), beta * slope(z))
+                }
+                DpoLoss::Discopop => {
+                    // Logistic and exponential parts blended by m = sigmoid(z / tau).
+                    let z = beta * (chosen_ratio - rejected_ratio);
+                    let m = sigmoid(z / discopop_tau);
+                    let dm = m * (1.0 - m) / discopop_tau;
+                    let (logistic, exp) = (-log_sigmoid(z), (-z).exp());
+                    let value = logistic * (1.0 - m) + exp * m;
+                    let dz = -sigmoid(-z) * (1.0 - m) - exp * m + dm * (exp - logistic);
+                    (value, beta * dz, -beta * dz)
+                }
+                DpoLoss::SigmoidNorm => {
+                    let (nc, nr) = p.token_counts();
+                    let z = beta * (chosen_ratio / nc - rejected_ratio / nr);
+                    let dz = -sigmoid(-z);
+                    (-log_sigmoid(z), beta * dz / nc, -beta * dz / nr)
                 }
             };
             PairTerms {
@@ -522,24 +591,26 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences() {
-        for loss in [
-            DpoLoss::Sigmoid,
-            DpoLoss::Ipo,
-            DpoLoss::Hinge,
-            DpoLoss::Robust,
-        ] {
+        for loss in DpoLoss::ALL {
             for label_smoothing in [0.0, 0.2] {
-                if matches!(loss, DpoLoss::Ipo | DpoLoss::Hinge) && label_smoothing > 0.0 {
+                let smoothed = label_smoothing > 0.0;
+                if (smoothed && !loss.uses_label_smoothing())
+                    || (!smoothed && loss == DpoLoss::ExoPair)
+                {
                     continue;
                 }
-                check(
-                    PreferenceObjective::Dpo {
-                        beta: 0.3,
-                        loss,
-                        label_smoothing,
-                    },
-                    pair(),
-                );
+                // Both sides of the hinge's margin; DiscoPOP's blend near its middle too.
+                for (beta, tau) in [(0.3, 0.05), (3.0, 5.0)] {
+                    check(
+                        PreferenceObjective::Dpo {
+                            beta,
+                            loss,
+                            label_smoothing,
+                            discopop_tau: tau,
+                        },
+                        pair(),
+                    );
+                }
             }
         }
         check(
@@ -598,6 +669,7 @@ mod tests {
             beta: 0.1,
             loss: DpoLoss::Sigmoid,
             label_smoothing: 0.0,
+            discopop_tau: 0.05,
         };
         let t = pair_terms(&obj, &p);
         assert_eq!(t.loss, std::f64::consts::LN_2);
