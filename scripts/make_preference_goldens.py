@@ -149,9 +149,10 @@ METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
 
 
 def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothing=0.0,
-            reference="base", discopop_tau=0.05):
+            reference="base", discopop_tau=0.05, loss_weights=None):
     """`reference`: "base" (adapter disabled: TRL's reference for a new adapter) or "adapter"
-    (a frozen copy of the starting adapter: TRL's reference for a pretrained one)."""
+    (a frozen copy of the starting adapter: TRL's reference for a pretrained one). `loss_type`:
+    a name, or a list of names summed with `loss_weights`."""
     import datasets
     import peft
     from trl import DPOConfig, DPOTrainer
@@ -165,7 +166,9 @@ def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothi
     rec = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=lr,
-                         beta=beta, loss_type=[loss_type], label_smoothing=label_smoothing,
+                         beta=beta,
+                         loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
+                         loss_weights=loss_weights, label_smoothing=label_smoothing,
                          discopop_tau=discopop_tau, max_length=None, **COMMON)
         cls = sequential(DPOTrainer)
         cls.losses = []
@@ -281,6 +284,10 @@ def token_goldens():
     write_json(os.path.join(FIX, "golden", "preference-tokens.json"), out)
 
 
+MPO = ["sigmoid", "bco_pair", "sft"]
+MPO_WEIGHTS = [0.8, 0.2, 1.0]
+
+
 def OTHER_DPO_LOSSES(qwen, llama):
     """TRL's other pairwise DPO losses: (loss, model, adapter name, adapter, beta,
     label_smoothing, discopop_tau), alternating the two models. EXO with the paper's epsilon;
@@ -339,6 +346,18 @@ def main():
                                steps=run_dpo(model, adapter, rows, loss, beta, 1e-3, 2,
                                              label_smoothing=eps, discopop_tau=tau))
            for loss, model, short, adapter, beta, eps, tau in OTHER_DPO_LOSSES(qwen, llama)},
+        # Several losses summed (TRL's loss_type list): MPO's mix with its paper's weights, and
+        # RPO (DPO plus the chosen completions' NLL).
+        "dpo_mpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2,
+                        lr=1e-3, beta=0.1, loss_type=MPO, loss_weights=MPO_WEIGHTS,
+                        label_smoothing=0.0, reference="base",
+                        steps=run_dpo("qwen2-tied", qwen, rows, MPO, 0.1, 1e-3, 2,
+                                      loss_weights=MPO_WEIGHTS)),
+        "dpo_rpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2,
+                        lr=1e-3, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
+                        label_smoothing=0.0, reference="base",
+                        steps=run_dpo("llama-gqa", llama, rows, ["sigmoid", "sft"], 0.1, 1e-3, 2,
+                                      loss_weights=[1.0, 0.5])),
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,

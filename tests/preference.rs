@@ -117,15 +117,22 @@ fn three_steps_match_trl() {
                 "adapter" => adapter.display().to_string(),
                 _ => "base".into(),
             };
-            let tau = case
-                .get("discopop_tau")
-                .map(|t| format!(", discopop_tau: {t}"))
-                .unwrap_or_default();
+            // Optional keys; a list of losses is written as YAML's flow list (JSON's form).
+            let optional = |key: &str| {
+                case.get(key)
+                    .map(|v| format!(", {key}: {v}"))
+                    .unwrap_or_default()
+            };
+            let loss_type = match &case["loss_type"] {
+                serde_json::Value::String(name) => name.clone(),
+                list => list.to_string(),
+            };
             format!(
-                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {}, label_smoothing: {}{tau}, reference: {reference}}}",
+                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {loss_type}, label_smoothing: {}{}{}, reference: {reference}}}",
                 case["beta"],
-                case["loss_type"].as_str().unwrap(),
-                case["label_smoothing"]
+                case["label_smoothing"],
+                optional("discopop_tau"),
+                optional("loss_weights"),
             )
         };
         let train_extra = format!(
@@ -658,6 +665,27 @@ fn bad_preference_recipe_values_are_located() {
             "dpo: {loss_type: discopop, discopop_tau: -1.0}",
             &["train.dpo.discopop_tau: -1 is not a positive number"][..],
         ),
+        // Lists of losses: weights one per loss, each loss once, not sft alone.
+        (
+            "dpo",
+            "dpo: {loss_type: [sigmoid, sft, sigmoid], loss_weights: [1.0, -0.5]}",
+            &[
+                "train.dpo.loss_type: lists sigmoid twice",
+                "train.dpo.loss_weights: has 2 weights for 3 losses ([sigmoid, sft, sigmoid]); give one per loss_type",
+                "train.dpo.loss_weights: -0.5 is not a number >= 0",
+            ][..],
+        ),
+        (
+            "dpo",
+            "dpo: {loss_type: [sft]}",
+            &["train.dpo.loss_type: sft alone is supervised fine-tuning on the chosen completions"]
+                [..],
+        ),
+        (
+            "dpo",
+            "dpo: {loss_type: [sigmoid, slic]}",
+            &["train.dpo.loss_type: 'slic' is not one of sigmoid, ipo"][..],
+        ),
     ] {
         let r = recipe(
             tmp.path(),
@@ -684,7 +712,7 @@ fn bad_preference_recipe_values_are_located() {
         ),
         (
             "train.dpo.loss_type=slic",
-            "'slic' is not one of sigmoid, ipo, hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sigmoid_norm",
+            "'slic' is not one of sigmoid, ipo, hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sigmoid_norm, sft",
         ),
         ("train.dpo.bta=0.1", "unknown field 'bta'"),
         ("train.simpo.gama=0.1", "unknown field 'gama'"),

@@ -356,6 +356,7 @@ impl Section for DpoSection {
     const FIELDS: &'static [&'static str] = &[
         "beta",
         "loss_type",
+        "loss_weights",
         "label_smoothing",
         "discopop_tau",
         "reference",

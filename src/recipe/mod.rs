@@ -2,6 +2,7 @@
 //! every problem with its file, line and column before anything is loaded or downloaded.
 
 pub mod check;
+pub mod dpo_loss;
 pub mod node;
 pub mod schema;
 mod semantics;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use check::Issue;
+pub use dpo_loss::{DpoLoss, DpoLosses};
 pub use node::{Node, Origin};
 pub use schema::*;
 pub use values::*;

@@ -4,6 +4,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use super::dpo_loss::DpoLosses;
 use super::values::{
     DeviceList, DeviceSpec, MergeDtype, OptimizerKind, SchedulerKind, WeightDtype,
 };
@@ -264,98 +265,17 @@ impl std::fmt::Display for Objective {
     }
 }
 
-/// The DPO loss on the policy's and the reference's log-ratios (`h`: the chosen one minus the
-/// rejected one; `c`, `r`: each alone), TRL's `loss_type` names and formulas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DpoLoss {
-    /// `-log sigmoid(beta * h)` (with `label_smoothing` e: conservative DPO,
-    /// `-(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h)`).
-    #[default]
-    Sigmoid,
-    /// IPO (Azar et al. 2023): `(h / n - 1 / (2 beta))^2` on log-ratios averaged per completion
-    /// token, as TRL computes it.
-    Ipo,
-    /// SLiC-HF's hinge (Zhao et al. 2023): `max(0, 1 - beta * h)`.
-    Hinge,
-    /// Robust DPO (Chowdhury et al. 2024): the unbiased loss under preferences flipped with
-    /// probability `label_smoothing` e, `(-(1 - e) log sigmoid(beta h) + e log sigmoid(-beta h))
-    /// / (1 - 2e)`.
-    Robust,
-    /// EXO (Ji et al. 2024, pairwise): the KL divergence from `[(1 - e), e]` of the softmax of
-    /// `beta c` and `beta r`, with `label_smoothing` e > 0 (the paper suggests 1e-3).
-    ExoPair,
-    /// NCA (Chen et al. 2024, pairwise): `-log sigmoid(beta c) - log sigmoid(-beta c) / 2 - log
-    /// sigmoid(-beta r) / 2`, which pushes the rejected completion's likelihood down on its own.
-    NcaPair,
-    /// BCO's pairwise form (Jung et al. 2024) as TRL 1.16 computes it, without the running
-    /// reward shift: `-log sigmoid(beta c) - log sigmoid(-beta r)`.
-    BcoPair,
-    /// SPPO with hard probabilities (Wu et al. 2024): `(c - 1 / (2 beta))^2 + (r + 1 / (2
-    /// beta))^2`.
-    SppoHard,
-    /// APO-zero (D'Oosterlinck et al. 2024), for chosen completions better than the model's
-    /// own: `1 - sigmoid(beta c) + sigmoid(beta r)`.
-    ApoZero,
-    /// APO-down, for chosen completions worse than the model's own: `sigmoid(beta c) + 1 -
-    /// sigmoid(beta h)`.
-    ApoDown,
-    /// DiscoPOP (Chris Lu et al. 2024): the logistic loss of `beta h` blended with `exp(-beta
-    /// h)` by `sigmoid(beta h / discopop_tau)`.
-    Discopop,
-    /// The sigmoid loss on log-ratios averaged per completion token (like `ipo`'s).
-    SigmoidNorm,
-}
-
-impl DpoLoss {
-    pub const ALL: [DpoLoss; 12] = [
-        DpoLoss::Sigmoid,
-        DpoLoss::Ipo,
-        DpoLoss::Hinge,
-        DpoLoss::Robust,
-        DpoLoss::ExoPair,
-        DpoLoss::NcaPair,
-        DpoLoss::BcoPair,
-        DpoLoss::SppoHard,
-        DpoLoss::ApoZero,
-        DpoLoss::ApoDown,
-        DpoLoss::Discopop,
-        DpoLoss::SigmoidNorm,
-    ];
-
-    /// Whether `dpo.label_smoothing` means something for this loss.
-    pub fn uses_label_smoothing(self) -> bool {
-        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::ExoPair)
-    }
-}
-
-impl std::fmt::Display for DpoLoss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DpoLoss::Sigmoid => "sigmoid",
-            DpoLoss::Ipo => "ipo",
-            DpoLoss::Hinge => "hinge",
-            DpoLoss::Robust => "robust",
-            DpoLoss::ExoPair => "exo_pair",
-            DpoLoss::NcaPair => "nca_pair",
-            DpoLoss::BcoPair => "bco_pair",
-            DpoLoss::SppoHard => "sppo_hard",
-            DpoLoss::ApoZero => "apo_zero",
-            DpoLoss::ApoDown => "apo_down",
-            DpoLoss::Discopop => "discopop",
-            DpoLoss::SigmoidNorm => "sigmoid_norm",
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DpoSection {
     /// Strength of the pull towards the reference policy (TRL's `beta`; IPO's tau).
     pub beta: f64,
     /// `sigmoid` (DPO), `ipo`, `hinge` (SLiC-HF), `robust`, `exo_pair`, `nca_pair`,
-    /// `bco_pair`, `sppo_hard`, `apo_zero`, `apo_down`, `discopop` or `sigmoid_norm`.
-    pub loss_type: DpoLoss,
+    /// `bco_pair`, `sppo_hard`, `apo_zero`, `apo_down`, `discopop`, `sigmoid_norm`, or a list
+    /// of them (and `sft`) whose losses are summed.
+    pub loss_type: DpoLosses,
+    /// The weight of each `loss_type` in the sum (1 each by default; TRL's `loss_weights`).
+    pub loss_weights: Option<Vec<f64>>,
     /// Probability that a pair's preference is flipped: conservative DPO with `sigmoid`, the
     /// noise rate `robust` corrects for, EXO's epsilon; no meaning for the other losses.
     pub label_smoothing: f64,
@@ -370,7 +290,8 @@ impl Default for DpoSection {
     fn default() -> Self {
         Self {
             beta: 0.1,
-            loss_type: DpoLoss::Sigmoid,
+            loss_type: DpoLosses::default(),
+            loss_weights: None,
             label_smoothing: 0.0,
             discopop_tau: 0.05,
             reference: "base".into(),

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::check::{Issues, suggestion};
+use super::dpo_loss::DpoLoss;
 use super::node::{Node, Origin};
 use super::schema::*;
 use crate::data::formats::Format;
@@ -350,6 +351,73 @@ fn check_label_smoothing(c: &mut Ctx<'_>, key: &str, value: f64, loss_ok: Result
     }
 }
 
+/// `train.dpo.loss_type`, its weights, and the settings that only some losses read.
+fn check_dpo_losses(c: &mut Ctx<'_>, d: &DpoSection) {
+    let losses = &d.loss_type;
+    for (i, l) in losses.0.iter().enumerate() {
+        if losses.0[..i].contains(l) {
+            c.bad("train.dpo.loss_type", format!("lists {l} twice"));
+        }
+    }
+    if losses.0.iter().all(|&l| l == DpoLoss::Sft) {
+        c.bad(
+            "train.dpo.loss_type",
+            "sft alone is supervised fine-tuning on the chosen completions: use train.objective: sft, or add a pairwise loss (e.g. [sigmoid, sft])",
+        );
+    }
+    if let Some(w) = &d.loss_weights {
+        if w.len() != losses.0.len() {
+            c.bad(
+                "train.dpo.loss_weights",
+                format!(
+                    "has {} weight{} for {} loss{} ({losses}); give one per loss_type",
+                    w.len(),
+                    if w.len() == 1 { "" } else { "s" },
+                    losses.0.len(),
+                    if losses.0.len() == 1 { "" } else { "es" }
+                ),
+            );
+        }
+        if let Some(bad) = w.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+            c.bad(
+                "train.dpo.loss_weights",
+                format!("{bad} is not a number >= 0"),
+            );
+        }
+    }
+    let smoothed = losses.0.iter().any(|l| l.uses_label_smoothing());
+    check_label_smoothing(
+        c,
+        "train.dpo.label_smoothing",
+        d.label_smoothing,
+        match smoothed {
+            true => Ok(()),
+            false => Err(format!(
+                "sigmoid (conservative DPO), robust and exo_pair only, not {losses}"
+            )),
+        },
+    );
+    if losses.contains(DpoLoss::ExoPair) && d.label_smoothing == 0.0 {
+        c.bad(
+            "train.dpo.label_smoothing",
+            "must be above 0 for loss_type exo_pair (its epsilon: log 0 is infinite); the EXO paper suggests 0.001",
+        );
+    }
+    if !(d.discopop_tau > 0.0 && d.discopop_tau.is_finite()) {
+        c.bad(
+            "train.dpo.discopop_tau",
+            format!("{} is not a positive number", d.discopop_tau),
+        );
+    } else if d.discopop_tau != DpoSection::default().discopop_tau
+        && !losses.contains(DpoLoss::Discopop)
+    {
+        c.bad(
+            "train.dpo.discopop_tau",
+            format!("applies to loss_type discopop only, not {losses}; remove it"),
+        );
+    }
+}
+
 /// `train.objective` and its sections, and what preference objectives need of the data.
 fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
     let t = &r.train;
@@ -380,40 +448,7 @@ fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
                 format!("{} is not a positive number", d.beta),
             );
         }
-        check_label_smoothing(
-            c,
-            "train.dpo.label_smoothing",
-            d.label_smoothing,
-            match d.loss_type.uses_label_smoothing() {
-                true => Ok(()),
-                false => Err(format!(
-                    "sigmoid (conservative DPO), robust and exo_pair only, not {}",
-                    d.loss_type
-                )),
-            },
-        );
-        if d.loss_type == DpoLoss::ExoPair && d.label_smoothing == 0.0 {
-            c.bad(
-                "train.dpo.label_smoothing",
-                "must be above 0 for loss_type exo_pair (its epsilon: log 0 is infinite); the EXO paper suggests 0.001",
-            );
-        }
-        if !beta_ok(d.discopop_tau) {
-            c.bad(
-                "train.dpo.discopop_tau",
-                format!("{} is not a positive number", d.discopop_tau),
-            );
-        } else if d.discopop_tau != DpoSection::default().discopop_tau
-            && d.loss_type != DpoLoss::Discopop
-        {
-            c.bad(
-                "train.dpo.discopop_tau",
-                format!(
-                    "applies to loss_type discopop only, not {}; remove it",
-                    d.loss_type
-                ),
-            );
-        }
+        check_dpo_losses(c, d);
         if d.reference != "base" {
             let p = super::resolve_relative(recipe_path, &d.reference);
             if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {

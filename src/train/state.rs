@@ -114,7 +114,7 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
         crate::recipe::Objective::Sft => {}
         crate::recipe::Objective::Dpo => {
             put("train.objective", json!(r.train.objective));
-            put("train.dpo", json!(r.train.dpo));
+            put("train.dpo", dpo_fingerprint(&r.train.dpo));
         }
         crate::recipe::Objective::Orpo => {
             put("train.objective", json!(r.train.objective));
@@ -130,6 +130,22 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
         }
     }
     f
+}
+
+/// `train.dpo` without the keys added after DPO shipped while they hold their defaults, so
+/// older DPO checkpoints still resume.
+fn dpo_fingerprint(d: &crate::recipe::DpoSection) -> Value {
+    let mut v = json!(d);
+    let default = crate::recipe::DpoSection::default();
+    if let Some(o) = v.as_object_mut() {
+        if d.loss_weights.is_none() {
+            o.remove("loss_weights");
+        }
+        if d.discopop_tau == default.discopop_tau {
+            o.remove("discopop_tau");
+        }
+    }
+    v
 }
 
 pub fn fingerprint_hash(f: &BTreeMap<String, Value>) -> String {
@@ -170,5 +186,31 @@ fn show(v: Option<&Value>) -> String {
                 s
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{DpoLoss, DpoLosses, DpoSection};
+
+    /// A DPO section without the newer keys fingerprints as it did before they existed
+    /// (what older checkpoints recorded); with them, they count.
+    #[test]
+    fn dpo_fingerprints_keep_their_older_form() {
+        assert_eq!(
+            dpo_fingerprint(&DpoSection::default()),
+            json!({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "reference": "base"})
+        );
+        let mpo = DpoSection {
+            loss_type: DpoLosses(vec![DpoLoss::Sigmoid, DpoLoss::BcoPair, DpoLoss::Sft]),
+            loss_weights: Some(vec![0.8, 0.2, 1.0]),
+            discopop_tau: 0.1,
+            ..DpoSection::default()
+        };
+        let f = dpo_fingerprint(&mpo);
+        assert_eq!(f["loss_type"], json!(["sigmoid", "bco_pair", "sft"]));
+        assert_eq!(f["loss_weights"], json!([0.8, 0.2, 1.0]));
+        assert_eq!(f["discopop_tau"], json!(0.1));
     }
 }

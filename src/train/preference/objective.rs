@@ -12,7 +12,7 @@ use crate::recipe::{CpoLoss, DpoLoss, Objective, TrainSection};
 pub enum PreferenceObjective {
     Dpo {
         beta: f64,
-        loss: DpoLoss,
+        losses: DpoMix,
         label_smoothing: f64,
         discopop_tau: f64,
     },
@@ -38,6 +38,60 @@ pub enum PreferenceObjective {
     },
 }
 
+/// DPO's losses and their weights, in the recipe's order (TRL's `loss_type` list and
+/// `loss_weights`); a fixed array so objectives stay `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoMix {
+    terms: [(DpoLoss, f64); DpoLoss::ALL.len()],
+    len: usize,
+}
+
+impl DpoMix {
+    /// The recipe check refuses a loss listed twice, so every list fits.
+    pub fn new(terms: &[(DpoLoss, f64)]) -> Self {
+        let mut mix = Self {
+            terms: [(DpoLoss::Sigmoid, 0.0); DpoLoss::ALL.len()],
+            len: 0,
+        };
+        for (slot, term) in mix.terms.iter_mut().zip(terms) {
+            *slot = *term;
+            mix.len += 1;
+        }
+        mix
+    }
+
+    pub fn single(loss: DpoLoss) -> Self {
+        Self::new(&[(loss, 1.0)])
+    }
+
+    pub fn terms(&self) -> &[(DpoLoss, f64)] {
+        &self.terms[..self.len]
+    }
+
+    pub fn weight(&self, loss: DpoLoss) -> Option<f64> {
+        self.terms()
+            .iter()
+            .find(|(l, _)| *l == loss)
+            .map(|&(_, w)| w)
+    }
+}
+
+impl std::fmt::Display for DpoMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let [(loss, w)] = self.terms()
+            && *w == 1.0
+        {
+            return write!(f, "{loss}");
+        }
+        let parts: Vec<String> = self
+            .terms()
+            .iter()
+            .map(|(l, w)| format!("{w} {l}"))
+            .collect();
+        f.write_str(&parts.join(" + "))
+    }
+}
+
 impl PreferenceObjective {
     /// The recipe's objective; `None` for SFT.
     pub fn from_recipe(train: &TrainSection, train_on_inputs: bool) -> Option<Self> {
@@ -46,7 +100,7 @@ impl PreferenceObjective {
             Objective::Sft => None,
             Objective::Dpo => Some(Self::Dpo {
                 beta: dpo.beta,
-                loss: dpo.loss_type,
+                losses: DpoMix::new(&dpo.loss_type.weighted(dpo.loss_weights.as_deref())),
                 label_smoothing: dpo.label_smoothing,
                 discopop_tau: dpo.discopop_tau,
             }),
@@ -76,7 +130,7 @@ impl PreferenceObjective {
     /// (`None`: no such term).
     pub fn nll(&self) -> Option<(bool, f64)> {
         match *self {
-            Self::Dpo { .. } => None,
+            Self::Dpo { losses, .. } => losses.weight(DpoLoss::Sft).map(|w| (false, w)),
             Self::Orpo { nll_on_prompt, .. } => Some((nll_on_prompt, 1.0)),
             Self::Simpo { cpo_alpha, .. } | Self::Cpo { cpo_alpha, .. } => {
                 (cpo_alpha > 0.0).then_some((false, cpo_alpha))
@@ -95,15 +149,15 @@ impl std::fmt::Display for PreferenceObjective {
         match self {
             Self::Dpo {
                 beta,
-                loss,
+                losses,
                 label_smoothing,
                 discopop_tau,
             } => {
-                write!(f, "dpo ({loss} loss, beta {beta}")?;
-                if loss.uses_label_smoothing() {
+                write!(f, "dpo ({losses} loss, beta {beta}")?;
+                if losses.terms().iter().any(|(l, _)| l.uses_label_smoothing()) {
                     write!(f, ", label smoothing {label_smoothing}")?;
                 }
-                if *loss == DpoLoss::Discopop {
+                if losses.weight(DpoLoss::Discopop).is_some() {
                     write!(f, ", tau {discopop_tau}")?;
                 }
                 write!(
@@ -212,102 +266,139 @@ pub fn log1mexp(x: f64) -> f64 {
     }
 }
 
+/// DPO's settings that shape its losses.
+struct DpoShape {
+    beta: f64,
+    label_smoothing: f64,
+    discopop_tau: f64,
+}
+
+/// One DPO loss of a pair with log-ratios `chosen_ratio` and `rejected_ratio`, and its
+/// derivatives with respect to them (`sft`: none; it is the NLL term).
+fn dpo_loss(
+    loss: DpoLoss,
+    shape: &DpoShape,
+    p: &PairLogps,
+    chosen_ratio: f64,
+    rejected_ratio: f64,
+) -> (f64, f64, f64) {
+    let DpoShape {
+        beta,
+        label_smoothing,
+        discopop_tau,
+    } = *shape;
+    match loss {
+        DpoLoss::Sigmoid => {
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let e = label_smoothing;
+            let value = -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
+            let dz = -(1.0 - e) * sigmoid(-z) + e * sigmoid(z);
+            (value, beta * dz, -beta * dz)
+        }
+        DpoLoss::Hinge => {
+            // torch's relu has gradient 0 at 0, so the margin's edge counts as met.
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let dz = if z < 1.0 { -1.0 } else { 0.0 };
+            ((1.0 - z).max(0.0), beta * dz, -beta * dz)
+        }
+        DpoLoss::Robust => {
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let e = label_smoothing;
+            let norm = 1.0 - 2.0 * e;
+            let value = (-(1.0 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / norm;
+            let dz = (-(1.0 - e) * sigmoid(-z) - e * sigmoid(z)) / norm;
+            (value, beta * dz, -beta * dz)
+        }
+        DpoLoss::Ipo => {
+            // Log-ratios averaged per completion token, as TRL does.
+            let (nc, nr) = p.token_counts();
+            let delta = chosen_ratio / nc - rejected_ratio / nr;
+            let gap = delta - 1.0 / (2.0 * beta);
+            (gap * gap, 2.0 * gap / nc, -2.0 * gap / nr)
+        }
+        DpoLoss::ExoPair => {
+            // KL(q || [1 - e, e]) with q = (sigmoid(z), sigmoid(-z)); its slope
+            // q_w q_l (log q_w/q_l - log (1-e)/e) uses log q_w/q_l = z.
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let e = label_smoothing;
+            let (qw, ql) = (sigmoid(z), sigmoid(-z));
+            let (log_pw, log_pl) = ((-e).ln_1p(), e.ln());
+            let value = qw * (log_sigmoid(z) - log_pw) + ql * (log_sigmoid(-z) - log_pl);
+            let dz = qw * ql * (z - (log_pw - log_pl));
+            (value, beta * dz, -beta * dz)
+        }
+        DpoLoss::NcaPair => {
+            let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+            let value = -log_sigmoid(c) - 0.5 * log_sigmoid(-c) - 0.5 * log_sigmoid(-r);
+            let dc = -sigmoid(-c) + 0.5 * sigmoid(c);
+            (value, beta * dc, beta * 0.5 * sigmoid(r))
+        }
+        DpoLoss::BcoPair => {
+            let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+            let value = -log_sigmoid(c) - log_sigmoid(-r);
+            (value, -beta * sigmoid(-c), beta * sigmoid(r))
+        }
+        DpoLoss::SppoHard => {
+            let half = 0.5 / beta;
+            let (gc, gr) = (chosen_ratio - half, rejected_ratio + half);
+            (gc * gc + gr * gr, 2.0 * gc, 2.0 * gr)
+        }
+        DpoLoss::ApoZero => {
+            let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
+            let value = 1.0 - sigmoid(c) + sigmoid(r);
+            let slope = |x: f64| sigmoid(x) * sigmoid(-x);
+            (value, -beta * slope(c), beta * slope(r))
+        }
+        DpoLoss::ApoDown => {
+            let c = beta * chosen_ratio;
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let value = sigmoid(c) + 1.0 - sigmoid(z);
+            let slope = |x: f64| sigmoid(x) * sigmoid(-x);
+            (value, beta * (slope(c) - slope(z)), beta * slope(z))
+        }
+        DpoLoss::Discopop => {
+            // Logistic and exponential parts blended by m = sigmoid(z / tau).
+            let z = beta * (chosen_ratio - rejected_ratio);
+            let m = sigmoid(z / discopop_tau);
+            let dm = m * (1.0 - m) / discopop_tau;
+            let (logistic, exp) = (-log_sigmoid(z), (-z).exp());
+            let value = logistic * (1.0 - m) + exp * m;
+            let dz = -sigmoid(-z) * (1.0 - m) - exp * m + dm * (exp - logistic);
+            (value, beta * dz, -beta * dz)
+        }
+        DpoLoss::SigmoidNorm => {
+            let (nc, nr) = p.token_counts();
+            let z = beta * (chosen_ratio / nc - rejected_ratio / nr);
+            let dz = -sigmoid(-z);
+            (-log_sigmoid(z), beta * dz / nc, -beta * dz / nr)
+        }
+        DpoLoss::Sft => (0.0, 0.0, 0.0),
+    }
+}
+
 pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
     match *objective {
         PreferenceObjective::Dpo {
             beta,
-            loss,
+            losses,
             label_smoothing,
             discopop_tau,
         } => {
             let chosen_ratio = p.chosen - p.ref_chosen;
             let rejected_ratio = p.rejected - p.ref_rejected;
-            let (value, d_chosen, d_rejected) = match loss {
-                DpoLoss::Sigmoid => {
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let e = label_smoothing;
-                    let value = -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
-                    let dz = -(1.0 - e) * sigmoid(-z) + e * sigmoid(z);
-                    (value, beta * dz, -beta * dz)
-                }
-                DpoLoss::Hinge => {
-                    // torch's relu has gradient 0 at 0, so the margin's edge counts as met.
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let dz = if z < 1.0 { -1.0 } else { 0.0 };
-                    ((1.0 - z).max(0.0), beta * dz, -beta * dz)
-                }
-                DpoLoss::Robust => {
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let e = label_smoothing;
-                    let norm = 1.0 - 2.0 * e;
-                    let value = (-(1.0 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / norm;
-                    let dz = (-(1.0 - e) * sigmoid(-z) - e * sigmoid(z)) / norm;
-                    (value, beta * dz, -beta * dz)
-                }
-                DpoLoss::Ipo => {
-                    // Log-ratios averaged per completion token, as TRL does.
-                    let (nc, nr) = p.token_counts();
-                    let delta = chosen_ratio / nc - rejected_ratio / nr;
-                    let gap = delta - 1.0 / (2.0 * beta);
-                    (gap * gap, 2.0 * gap / nc, -2.0 * gap / nr)
-                }
-                DpoLoss::ExoPair => {
-                    // KL(q || [1 - e, e]) with q = (sigmoid(z), sigmoid(-z)); its slope
-                    // q_w q_l (log q_w/q_l - log (1-e)/e) uses log q_w/q_l = z.
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let e = label_smoothing;
-                    let (qw, ql) = (sigmoid(z), sigmoid(-z));
-                    let (log_pw, log_pl) = ((-e).ln_1p(), e.ln());
-                    let value = qw * (log_sigmoid(z) - log_pw) + ql * (log_sigmoid(-z) - log_pl);
-                    let dz = qw * ql * (z - (log_pw - log_pl));
-                    (value, beta * dz, -beta * dz)
-                }
-                DpoLoss::NcaPair => {
-                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
-                    let value = -log_sigmoid(c) - 0.5 * log_sigmoid(-c) - 0.5 * log_sigmoid(-r);
-                    let dc = -sigmoid(-c) + 0.5 * sigmoid(c);
-                    (value, beta * dc, beta * 0.5 * sigmoid(r))
-                }
-                DpoLoss::BcoPair => {
-                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
-                    let value = -log_sigmoid(c) - log_sigmoid(-r);
-                    (value, -beta * sigmoid(-c), beta * sigmoid(r))
-                }
-                DpoLoss::SppoHard => {
-                    let half = 0.5 / beta;
-                    let (gc, gr) = (chosen_ratio - half, rejected_ratio + half);
-                    (gc * gc + gr * gr, 2.0 * gc, 2.0 * gr)
-                }
-                DpoLoss::ApoZero => {
-                    let (c, r) = (beta * chosen_ratio, beta * rejected_ratio);
-                    let value = 1.0 - sigmoid(c) + sigmoid(r);
-                    let slope = |x: f64| sigmoid(x) * sigmoid(-x);
-                    (value, -beta * slope(c), beta * slope(r))
-                }
-                DpoLoss::ApoDown => {
-                    let c = beta * chosen_ratio;
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let value = sigmoid(c) + 1.0 - sigmoid(z);
-                    let slope = |x: f64| sigmoid(x) * sigmoid(-x);
-                    (value, beta * (slope(c) - slope(z)), beta * slope(z))
-                }
-                DpoLoss::Discopop => {
-                    // Logistic and exponential parts blended by m = sigmoid(z / tau).
-                    let z = beta * (chosen_ratio - rejected_ratio);
-                    let m = sigmoid(z / discopop_tau);
-                    let dm = m * (1.0 - m) / discopop_tau;
-                    let (logistic, exp) = (-log_sigmoid(z), (-z).exp());
-                    let value = logistic * (1.0 - m) + exp * m;
-                    let dz = -sigmoid(-z) * (1.0 - m) - exp * m + dm * (exp - logistic);
-                    (value, beta * dz, -beta * dz)
-                }
-                DpoLoss::SigmoidNorm => {
-                    let (nc, nr) = p.token_counts();
-                    let z = beta * (chosen_ratio / nc - rejected_ratio / nr);
-                    let dz = -sigmoid(-z);
-                    (-log_sigmoid(z), beta * dz / nc, -beta * dz / nr)
-                }
+            let shape = DpoShape {
+                beta,
+                label_smoothing,
+                discopop_tau,
             };
+            let (mut value, mut d_chosen, mut d_rejected) = (0.0, 0.0, 0.0);
+            // The losses' weighted sum (sft is the NLL term, outside the pair's terms).
+            for &(loss, weight) in losses.terms() {
+                let (v, dc, dr) = dpo_loss(loss, &shape, p, chosen_ratio, rejected_ratio);
+                value += weight * v;
+                d_chosen += weight * dc;
+                d_rejected += weight * dr;
+            }
             PairTerms {
                 loss: value,
                 d_chosen,
@@ -604,7 +695,7 @@ mod tests {
                     check(
                         PreferenceObjective::Dpo {
                             beta,
-                            loss,
+                            losses: DpoMix::single(loss),
                             label_smoothing,
                             discopop_tau: tau,
                         },
@@ -658,6 +749,37 @@ mod tests {
         );
     }
 
+    /// MPO's mix: the pair's terms are the weighted sum of each loss's, and `sft` is the
+    /// NLL term with its weight.
+    #[test]
+    fn a_mix_of_losses_is_their_weighted_sum() {
+        let dpo = |losses| PreferenceObjective::Dpo {
+            beta: 0.3,
+            losses,
+            label_smoothing: 0.0,
+            discopop_tau: 0.05,
+        };
+        let mix = dpo(DpoMix::new(&[
+            (DpoLoss::Sigmoid, 0.8),
+            (DpoLoss::BcoPair, 0.2),
+            (DpoLoss::Sft, 1.5),
+        ]));
+        let t = pair_terms(&mix, &pair());
+        let s = pair_terms(&dpo(DpoMix::single(DpoLoss::Sigmoid)), &pair());
+        let b = pair_terms(&dpo(DpoMix::single(DpoLoss::BcoPair)), &pair());
+        let near = |x: f64, y: f64| (x - y).abs() < 1e-12;
+        assert!(near(t.loss, 0.8 * s.loss + 0.2 * b.loss));
+        assert!(near(t.d_chosen, 0.8 * s.d_chosen + 0.2 * b.d_chosen));
+        assert!(near(t.d_rejected, 0.8 * s.d_rejected + 0.2 * b.d_rejected));
+        assert_eq!(mix.nll(), Some((false, 1.5)));
+        assert_eq!(dpo(DpoMix::single(DpoLoss::Ipo)).nll(), None);
+        check(mix, pair());
+        assert_eq!(
+            mix.to_string(),
+            "dpo (0.8 sigmoid + 0.2 bco_pair + 1.5 sft loss, beta 0.3, label smoothing 0; reference: the frozen base, adapters swapped, no second model)"
+        );
+    }
+
     #[test]
     fn equal_policies_give_ln2_and_no_margin() {
         let p = PairLogps {
@@ -667,7 +789,7 @@ mod tests {
         };
         let obj = PreferenceObjective::Dpo {
             beta: 0.1,
-            loss: DpoLoss::Sigmoid,
+            losses: DpoMix::single(DpoLoss::Sigmoid),
             label_smoothing: 0.0,
             discopop_tau: 0.05,
         };
