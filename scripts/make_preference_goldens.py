@@ -149,10 +149,11 @@ METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
 
 
 def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothing=0.0,
-            reference="base", discopop_tau=0.05, loss_weights=None):
+            reference="base", discopop_tau=0.05, loss_weights=None, **divergence):
     """`reference`: "base" (adapter disabled: TRL's reference for a new adapter) or "adapter"
     (a frozen copy of the starting adapter: TRL's reference for a pretrained one). `loss_type`:
-    a name, or a list of names summed with `loss_weights`."""
+    a name, or a list of names summed with `loss_weights`. `divergence`: DPOConfig's
+    `f_divergence_type` and `f_alpha_divergence_coef`."""
     import datasets
     import peft
     from trl import DPOConfig, DPOTrainer
@@ -169,7 +170,7 @@ def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothi
                          beta=beta,
                          loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
                          loss_weights=loss_weights, label_smoothing=label_smoothing,
-                         discopop_tau=discopop_tau, max_length=None, **COMMON)
+                         discopop_tau=discopop_tau, max_length=None, **divergence, **COMMON)
         cls = sequential(DPOTrainer)
         cls.losses = []
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer(),
@@ -288,6 +289,17 @@ MPO = ["sigmoid", "bco_pair", "sft"]
 MPO_WEIGHTS = [0.8, 0.2, 1.0]
 
 
+def F_DIVERGENCES(qwen, llama):
+    """f-DPO's other divergences (f_divergence_type, loss, model, adapter name, adapter, other
+    DPOConfig settings): each with another loss that takes it, alpha with RPO's mix."""
+    return [
+        ("forward_kl", "sigmoid", "qwen2-tied", "qwen2", qwen, {}),
+        ("js_divergence", "ipo", "llama-gqa", "llama", llama, {}),
+        ("alpha_divergence", ["sigmoid", "sft"], "qwen2-tied", "qwen2", qwen,
+         {"f_alpha_divergence_coef": 0.3, "loss_weights": [1.0, 0.5]}),
+    ]
+
+
 def OTHER_DPO_LOSSES(qwen, llama):
     """TRL's other pairwise DPO losses: (loss, model, adapter name, adapter, beta,
     label_smoothing, discopop_tau), alternating the two models. EXO with the paper's epsilon;
@@ -358,6 +370,12 @@ def main():
                         label_smoothing=0.0, reference="base",
                         steps=run_dpo("llama-gqa", llama, rows, ["sigmoid", "sft"], 0.1, 1e-3, 2,
                                       loss_weights=[1.0, 0.5])),
+        **{f"dpo_{div}": dict(model=model, adapter=f"preference-{short}", micro_batch_size=2,
+                              lr=1e-3, beta=0.1, loss_type=loss, label_smoothing=0.0,
+                              reference="base", f_divergence_type=div, **extra,
+                              steps=run_dpo(model, adapter, rows, loss, 0.1, 1e-3, 2,
+                                            f_divergence_type=div, **extra))
+           for div, loss, model, short, adapter, extra in F_DIVERGENCES(qwen, llama)},
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,

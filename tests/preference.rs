@@ -128,11 +128,13 @@ fn three_steps_match_trl() {
                 list => list.to_string(),
             };
             format!(
-                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {loss_type}, label_smoothing: {}{}{}, reference: {reference}}}",
+                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {loss_type}, label_smoothing: {}{}{}{}{}, reference: {reference}}}",
                 case["beta"],
                 case["label_smoothing"],
                 optional("discopop_tau"),
                 optional("loss_weights"),
+                optional("f_divergence_type"),
+                optional("f_alpha_divergence_coef"),
             )
         };
         let train_extra = format!(
@@ -673,6 +675,16 @@ fn bad_preference_recipe_values_are_located() {
                 "train.dpo.loss_type: lists sigmoid twice",
                 "train.dpo.loss_weights: has 2 weights for 3 losses ([sigmoid, sft, sigmoid]); give one per loss_type",
                 "train.dpo.loss_weights: -0.5 is not a number >= 0",
+            ][..],
+        ),
+        // Another f-divergence needs losses that compare scores; alpha belongs to alpha.
+        (
+            "dpo",
+            "dpo: {loss_type: [sigmoid, nca_pair], f_divergence_type: js_divergence, f_alpha_divergence_coef: 0.2}",
+            &[
+                "train.dpo.f_divergence_type: js_divergence applies to the losses that compare chosen and rejected scores",
+                "not nca_pair; use reverse_kl with them",
+                "train.dpo.f_alpha_divergence_coef: applies to f_divergence_type alpha_divergence only, not js_divergence",
             ][..],
         ),
         (

@@ -359,6 +359,8 @@ impl Section for DpoSection {
         "loss_weights",
         "label_smoothing",
         "discopop_tau",
+        "f_divergence_type",
+        "f_alpha_divergence_coef",
         "reference",
     ];
 }

@@ -93,6 +93,51 @@ impl std::fmt::Display for DpoLoss {
     }
 }
 
+/// `train.dpo.f_divergence_type`: the f-divergence whose derivative turns each log-ratio into
+/// the score the losses compare (Wang et al. 2023, "Beyond reverse KL"; TRL's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergence {
+    /// The log-ratio itself: standard DPO.
+    #[default]
+    ReverseKl,
+    /// `1 - exp(-x)`.
+    ForwardKl,
+    /// Jensen-Shannon: `log 2 + log sigmoid(x)`.
+    JsDivergence,
+    /// `(exp((a - 1) x) - 1) / (a - 1)` with `a` = `f_alpha_divergence_coef`.
+    AlphaDivergence,
+}
+
+impl std::fmt::Display for FDivergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FDivergence::ReverseKl => "reverse_kl",
+            FDivergence::ForwardKl => "forward_kl",
+            FDivergence::JsDivergence => "js_divergence",
+            FDivergence::AlphaDivergence => "alpha_divergence",
+        })
+    }
+}
+
+impl DpoLoss {
+    /// Whether the loss compares the chosen and rejected scores (so another f-divergence
+    /// applies); the others read the log-ratios themselves (TRL's list).
+    pub fn takes_f_divergence(self) -> bool {
+        matches!(
+            self,
+            DpoLoss::Sigmoid
+                | DpoLoss::SigmoidNorm
+                | DpoLoss::Hinge
+                | DpoLoss::Ipo
+                | DpoLoss::ExoPair
+                | DpoLoss::Robust
+                | DpoLoss::Discopop
+                | DpoLoss::Sft
+        )
+    }
+}
+
 /// One loss or several, in the recipe's order: a name or a list of names in YAML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpoLosses(pub Vec<DpoLoss>);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use check::Issue;
-pub use dpo_loss::{DpoLoss, DpoLosses};
+pub use dpo_loss::{DpoLoss, DpoLosses, FDivergence};
 pub use node::{Node, Origin};
 pub use schema::*;
 pub use values::*;

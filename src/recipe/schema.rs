@@ -4,7 +4,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::dpo_loss::DpoLosses;
+use super::dpo_loss::{DpoLosses, FDivergence};
 use super::values::{
     DeviceList, DeviceSpec, MergeDtype, OptimizerKind, SchedulerKind, WeightDtype,
 };
@@ -281,6 +281,11 @@ pub struct DpoSection {
     pub label_smoothing: f64,
     /// DiscoPOP's temperature (TRL's `discopop_tau`; the paper's 0.05).
     pub discopop_tau: f64,
+    /// The f-divergence regularizer (f-DPO): `reverse_kl` (DPO), `forward_kl`,
+    /// `js_divergence` or `alpha_divergence`.
+    pub f_divergence_type: FDivergence,
+    /// The alpha of `alpha_divergence` (TRL's `f_alpha_divergence_coef`).
+    pub f_alpha_divergence_coef: f64,
     /// The reference policy: `base` (the base model, adapter off) or a PEFT adapter folder on
     /// the base (e.g. the SFT adapter this run starts from with `lora.init_from`).
     pub reference: String,
@@ -294,6 +299,8 @@ impl Default for DpoSection {
             loss_weights: None,
             label_smoothing: 0.0,
             discopop_tau: 0.05,
+            f_divergence_type: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: 0.5,
             reference: "base".into(),
         }
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::check::{Issues, suggestion};
-use super::dpo_loss::DpoLoss;
+use super::dpo_loss::{DpoLoss, FDivergence};
 use super::node::{Node, Origin};
 use super::schema::*;
 use crate::data::formats::Format;
@@ -401,6 +401,41 @@ fn check_dpo_losses(c: &mut Ctx<'_>, d: &DpoSection) {
         c.bad(
             "train.dpo.label_smoothing",
             "must be above 0 for loss_type exo_pair (its epsilon: log 0 is infinite); the EXO paper suggests 0.001",
+        );
+    }
+    if d.f_divergence_type != FDivergence::ReverseKl {
+        let other: Vec<String> = losses
+            .0
+            .iter()
+            .filter(|l| !l.takes_f_divergence())
+            .map(ToString::to_string)
+            .collect();
+        if !other.is_empty() {
+            c.bad(
+                "train.dpo.f_divergence_type",
+                format!(
+                    "{} applies to the losses that compare chosen and rejected scores (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft), not {}; use reverse_kl with them",
+                    d.f_divergence_type,
+                    other.join(", ")
+                ),
+            );
+        }
+    }
+    let alpha = d.f_alpha_divergence_coef;
+    if !alpha.is_finite() {
+        c.bad(
+            "train.dpo.f_alpha_divergence_coef",
+            format!("{alpha} is not a finite number"),
+        );
+    } else if alpha != DpoSection::default().f_alpha_divergence_coef
+        && d.f_divergence_type != FDivergence::AlphaDivergence
+    {
+        c.bad(
+            "train.dpo.f_alpha_divergence_coef",
+            format!(
+                "applies to f_divergence_type alpha_divergence only, not {}; remove it",
+                d.f_divergence_type
+            ),
         );
     }
     if !(d.discopop_tau > 0.0 && d.discopop_tau.is_finite()) {

@@ -144,6 +144,12 @@ fn dpo_fingerprint(d: &crate::recipe::DpoSection) -> Value {
         if d.discopop_tau == default.discopop_tau {
             o.remove("discopop_tau");
         }
+        if d.f_divergence_type == default.f_divergence_type {
+            o.remove("f_divergence_type");
+        }
+        if d.f_alpha_divergence_coef == default.f_alpha_divergence_coef {
+            o.remove("f_alpha_divergence_coef");
+        }
     }
     v
 }

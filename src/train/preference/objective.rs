@@ -5,7 +5,7 @@
 //! al. 2024); SimPO (Meng et al. 2024) with CPO's NLL term (Xu et al. 2024). Conventions and
 //! metric definitions are TRL's (`DPOTrainer`, `ORPOTrainer`, `CPOTrainer`).
 
-use crate::recipe::{CpoLoss, DpoLoss, Objective, TrainSection};
+use crate::recipe::{CpoLoss, DpoLoss, FDivergence, Objective, TrainSection};
 
 /// What a step or an evaluation optimises over pairs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,6 +15,8 @@ pub enum PreferenceObjective {
         losses: DpoMix,
         label_smoothing: f64,
         discopop_tau: f64,
+        /// The f-divergence and its alpha (`alpha_divergence`).
+        divergence: (FDivergence, f64),
     },
     Orpo {
         beta: f64,
@@ -103,6 +105,7 @@ impl PreferenceObjective {
                 losses: DpoMix::new(&dpo.loss_type.weighted(dpo.loss_weights.as_deref())),
                 label_smoothing: dpo.label_smoothing,
                 discopop_tau: dpo.discopop_tau,
+                divergence: (dpo.f_divergence_type, dpo.f_alpha_divergence_coef),
             }),
             Objective::Orpo => Some(Self::Orpo {
                 beta: orpo.beta,
@@ -152,8 +155,14 @@ impl std::fmt::Display for PreferenceObjective {
                 losses,
                 label_smoothing,
                 discopop_tau,
+                divergence: (divergence, alpha),
             } => {
                 write!(f, "dpo ({losses} loss, beta {beta}")?;
+                match divergence {
+                    FDivergence::ReverseKl => {}
+                    FDivergence::AlphaDivergence => write!(f, ", {divergence} {alpha}")?,
+                    _ => write!(f, ", {divergence}")?,
+                }
                 if losses.terms().iter().any(|(l, _)| l.uses_label_smoothing()) {
                     write!(f, ", label smoothing {label_smoothing}")?;
                 }
@@ -263,6 +272,30 @@ pub fn log1mexp(x: f64) -> f64 {
         (-x.exp()).ln_1p()
     } else {
         (-x.exp_m1()).ln()
+    }
+}
+
+/// The f-divergence's score of a log-ratio `x` and its derivative, TRL's formulas (alpha within
+/// 1e-6 of 1 is reverse KL's limit; the alpha exponent is clamped at 80, past which the score
+/// is flat).
+fn f_score(divergence: FDivergence, alpha: f64, x: f64) -> (f64, f64) {
+    match divergence {
+        FDivergence::ReverseKl => (x, 1.0),
+        FDivergence::ForwardKl => {
+            let e = (-x).exp();
+            (1.0 - e, e)
+        }
+        FDivergence::JsDivergence => (std::f64::consts::LN_2 + log_sigmoid(x), sigmoid(-x)),
+        FDivergence::AlphaDivergence if (alpha - 1.0).abs() < 1e-6 => (x, 1.0),
+        FDivergence::AlphaDivergence => {
+            let t = (alpha - 1.0) * x;
+            let (e, slope) = if t > 80.0 {
+                (80f64.exp(), 0.0)
+            } else {
+                (t.exp(), t.exp())
+            };
+            ((e - 1.0) / (alpha - 1.0), slope)
+        }
     }
 }
 
@@ -383,6 +416,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
             losses,
             label_smoothing,
             discopop_tau,
+            divergence: (divergence, alpha),
         } => {
             let chosen_ratio = p.chosen - p.ref_chosen;
             let rejected_ratio = p.rejected - p.ref_rejected;
@@ -391,10 +425,18 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 label_smoothing,
                 discopop_tau,
             };
+            let (chosen_score, d_chosen_score) = f_score(divergence, alpha, chosen_ratio);
+            let (rejected_score, d_rejected_score) = f_score(divergence, alpha, rejected_ratio);
             let (mut value, mut d_chosen, mut d_rejected) = (0.0, 0.0, 0.0);
             // The losses' weighted sum (sft is the NLL term, outside the pair's terms).
             for &(loss, weight) in losses.terms() {
-                let (v, dc, dr) = dpo_loss(loss, &shape, p, chosen_ratio, rejected_ratio);
+                let (v, dc, dr) = match loss.takes_f_divergence() {
+                    true => {
+                        let (v, dc, dr) = dpo_loss(loss, &shape, p, chosen_score, rejected_score);
+                        (v, dc * d_chosen_score, dr * d_rejected_score)
+                    }
+                    false => dpo_loss(loss, &shape, p, chosen_ratio, rejected_ratio),
+                };
                 value += weight * v;
                 d_chosen += weight * dc;
                 d_rejected += weight * dr;
@@ -698,6 +740,7 @@ mod tests {
                             losses: DpoMix::single(loss),
                             label_smoothing,
                             discopop_tau: tau,
+                            divergence: (FDivergence::ReverseKl, 0.5),
                         },
                         pair(),
                     );
@@ -749,6 +792,52 @@ mod tests {
         );
     }
 
+    /// The f-divergences' scores carry their slopes into every loss that takes them.
+    #[test]
+    fn f_divergence_derivatives_match_finite_differences() {
+        for divergence in [
+            (FDivergence::ForwardKl, 0.5),
+            (FDivergence::JsDivergence, 0.5),
+            (FDivergence::AlphaDivergence, 0.5),
+            (FDivergence::AlphaDivergence, 1.7),
+        ] {
+            for loss in DpoLoss::ALL.into_iter().filter(|l| l.takes_f_divergence()) {
+                let label_smoothing = if loss.uses_label_smoothing() {
+                    0.1
+                } else {
+                    0.0
+                };
+                check(
+                    PreferenceObjective::Dpo {
+                        beta: 0.3,
+                        losses: DpoMix::single(loss),
+                        label_smoothing,
+                        discopop_tau: 0.05,
+                        divergence,
+                    },
+                    pair(),
+                );
+            }
+        }
+        // Alpha at 1 is reverse KL's limit: the plain log-ratios.
+        let at = |divergence| {
+            pair_terms(
+                &PreferenceObjective::Dpo {
+                    beta: 0.3,
+                    losses: DpoMix::single(DpoLoss::Sigmoid),
+                    label_smoothing: 0.0,
+                    discopop_tau: 0.05,
+                    divergence,
+                },
+                &pair(),
+            )
+        };
+        assert_eq!(
+            at((FDivergence::AlphaDivergence, 1.0)),
+            at((FDivergence::ReverseKl, 0.5))
+        );
+    }
+
     /// MPO's mix: the pair's terms are the weighted sum of each loss's, and `sft` is the
     /// NLL term with its weight.
     #[test]
@@ -758,6 +847,7 @@ mod tests {
             losses,
             label_smoothing: 0.0,
             discopop_tau: 0.05,
+            divergence: (FDivergence::ReverseKl, 0.5),
         };
         let mix = dpo(DpoMix::new(&[
             (DpoLoss::Sigmoid, 0.8),
@@ -792,6 +882,7 @@ mod tests {
             losses: DpoMix::single(DpoLoss::Sigmoid),
             label_smoothing: 0.0,
             discopop_tau: 0.05,
+            divergence: (FDivergence::ReverseKl, 0.5),
         };
         let t = pair_terms(&obj, &p);
         assert_eq!(t.loss, std::f64::consts::LN_2);
