@@ -153,7 +153,7 @@ def run_dpo(model_name, adapter, rows, loss_type, beta, lr, batch, label_smoothi
     """`reference`: "base" (adapter disabled: TRL's reference for a new adapter) or "adapter"
     (a frozen copy of the starting adapter: TRL's reference for a pretrained one). `loss_type`:
     a name, or a list of names summed with `loss_weights`. `divergence`: DPOConfig's
-    `f_divergence_type` and `f_alpha_divergence_coef`."""
+    `f_divergence_type`, `f_alpha_divergence_coef` and `ld_alpha`."""
     import datasets
     import peft
     from trl import DPOConfig, DPOTrainer
@@ -376,6 +376,12 @@ def main():
                               steps=run_dpo(model, adapter, rows, loss, 0.1, 1e-3, 2,
                                             f_divergence_type=div, **extra))
            for div, loss, model, short, adapter, extra in F_DIVERGENCES(qwen, llama)},
+        # LD-DPO: the tokens past each pair's shorter completion weigh ld_alpha.
+        "dpo_ld_alpha": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2,
+                             lr=1e-3, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
+                             reference="base", ld_alpha=0.3,
+                             steps=run_dpo("qwen2-tied", qwen, rows, "sigmoid", 0.1, 1e-3, 2,
+                                           ld_alpha=0.3)),
         "orpo": dict(model="qwen2-tied", adapter="preference-qwen2", micro_batch_size=2, lr=1e-3,
                      beta=0.1, steps=run_orpo("qwen2-tied", qwen, rows, 0.1, 1e-3, 2)),
         "simpo": dict(model="llama-gqa", adapter="preference-llama", micro_batch_size=2, lr=1e-3,

@@ -128,13 +128,14 @@ fn three_steps_match_trl() {
                 list => list.to_string(),
             };
             format!(
-                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {loss_type}, label_smoothing: {}{}{}{}{}, reference: {reference}}}",
+                "  objective: dpo\n  dpo: {{beta: {}, loss_type: {loss_type}, label_smoothing: {}{}{}{}{}{}, reference: {reference}}}",
                 case["beta"],
                 case["label_smoothing"],
                 optional("discopop_tau"),
                 optional("loss_weights"),
                 optional("f_divergence_type"),
                 optional("f_alpha_divergence_coef"),
+                optional("ld_alpha"),
             )
         };
         let train_extra = format!(
@@ -686,6 +687,11 @@ fn bad_preference_recipe_values_are_located() {
                 "not nca_pair; use reverse_kl with them",
                 "train.dpo.f_alpha_divergence_coef: applies to f_divergence_type alpha_divergence only, not js_divergence",
             ][..],
+        ),
+        (
+            "dpo",
+            "dpo: {ld_alpha: 1.5}",
+            &["train.dpo.ld_alpha: 1.5 is not in [0, 1]"][..],
         ),
         (
             "dpo",

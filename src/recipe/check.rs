@@ -361,6 +361,7 @@ impl Section for DpoSection {
         "discopop_tau",
         "f_divergence_type",
         "f_alpha_divergence_coef",
+        "ld_alpha",
         "reference",
     ];
 }

@@ -286,6 +286,9 @@ pub struct DpoSection {
     pub f_divergence_type: FDivergence,
     /// The alpha of `alpha_divergence` (TRL's `f_alpha_divergence_coef`).
     pub f_alpha_divergence_coef: f64,
+    /// LD-DPO (Liu et al. 2024): the weight, in [0, 1], of each completion's tokens past the
+    /// length of the pair's shorter completion (TRL's `ld_alpha`); unset: 1.
+    pub ld_alpha: Option<f64>,
     /// The reference policy: `base` (the base model, adapter off) or a PEFT adapter folder on
     /// the base (e.g. the SFT adapter this run starts from with `lora.init_from`).
     pub reference: String,
@@ -301,6 +304,7 @@ impl Default for DpoSection {
             discopop_tau: 0.05,
             f_divergence_type: FDivergence::ReverseKl,
             f_alpha_divergence_coef: 0.5,
+            ld_alpha: None,
             reference: "base".into(),
         }
     }

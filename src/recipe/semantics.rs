@@ -438,6 +438,14 @@ fn check_dpo_losses(c: &mut Ctx<'_>, d: &DpoSection) {
             ),
         );
     }
+    if let Some(a) = d.ld_alpha
+        && !(0.0..=1.0).contains(&a)
+    {
+        c.bad(
+            "train.dpo.ld_alpha",
+            format!("{a} is not in [0, 1] (the weight of the tokens past the shorter completion)"),
+        );
+    }
     if !(d.discopop_tau > 0.0 && d.discopop_tau.is_finite()) {
         c.bad(
             "train.dpo.discopop_tau",

@@ -141,6 +141,9 @@ fn dpo_fingerprint(d: &crate::recipe::DpoSection) -> Value {
         if d.loss_weights.is_none() {
             o.remove("loss_weights");
         }
+        if d.ld_alpha.is_none() {
+            o.remove("ld_alpha");
+        }
         if d.discopop_tau == default.discopop_tau {
             o.remove("discopop_tau");
         }

@@ -15,6 +15,9 @@ pub struct PairBatch {
     /// it is a completion token (else a prompt token, trained by ORPO's NLL only).
     pub token_row: Vec<usize>,
     pub is_completion: Vec<bool>,
+    /// Per trained token, its weight in its row's sequence log-probability: 1, or LD-DPO's
+    /// alpha for completion tokens past the shorter completion of the pair.
+    pub token_weight: Vec<f64>,
     pub input_tokens: usize,
 }
 
@@ -57,28 +60,71 @@ impl PairBatch {
                 }
             }
         }
+        let token_weight = vec![1.0; token_row.len()];
         Self {
             batch,
             targets,
             pairs: k,
             token_row,
             is_completion,
+            token_weight,
             input_tokens: rows.iter().map(PackedRow::len).sum(),
         }
     }
 
-    /// Per row, the summed log-probability of its completion tokens and their count, from the
-    /// per-token losses.
+    /// LD-DPO (Liu et al. 2024): each completion's tokens past the length of the pair's
+    /// shorter completion count `alpha` times in its sequence log-probability (TRL's
+    /// `ld_alpha`), so a longer completion no longer wins by its length alone.
+    pub fn with_length_weight(mut self, alpha: Option<f64>) -> Self {
+        let Some(alpha) = alpha else {
+            return self;
+        };
+        let k = self.pairs;
+        let mut lens = vec![0usize; 2 * k];
+        for (&row, &completion) in self.token_row.iter().zip(&self.is_completion) {
+            lens[row] += usize::from(completion);
+        }
+        let mut position = vec![0usize; 2 * k];
+        for ((&row, &completion), w) in self
+            .token_row
+            .iter()
+            .zip(&self.is_completion)
+            .zip(&mut self.token_weight)
+        {
+            if completion {
+                position[row] += 1;
+                let shared = lens[row % k].min(lens[k + row % k]);
+                if position[row] > shared {
+                    *w = alpha;
+                }
+            }
+        }
+        self
+    }
+
+    /// Per row, the (weighted) summed log-probability of its completion tokens and their
+    /// count, from the per-token losses.
     pub fn sequence_logps(&self, token_losses: &[f32]) -> Vec<(f64, usize)> {
+        self.completion_sums(token_losses, &self.token_weight)
+    }
+
+    /// Per row, the completion tokens' plain log-probability sum and count (LD-DPO's weights
+    /// left out): what perplexity is of.
+    pub fn plain_logps(&self, token_losses: &[f32]) -> Vec<(f64, usize)> {
+        self.completion_sums(token_losses, &vec![1.0; token_losses.len()])
+    }
+
+    fn completion_sums(&self, token_losses: &[f32], weights: &[f64]) -> Vec<(f64, usize)> {
         let mut out = vec![(0.0f64, 0usize); 2 * self.pairs];
-        for ((&row, &completion), &l) in self
+        for (((&row, &completion), &l), &w) in self
             .token_row
             .iter()
             .zip(&self.is_completion)
             .zip(token_losses)
+            .zip(weights)
         {
             if completion {
-                out[row].0 -= f64::from(l);
+                out[row].0 -= w * f64::from(l);
                 out[row].1 += 1;
             }
         }
@@ -144,5 +190,39 @@ mod tests {
         assert!(!pb.is_completion[0]);
         assert_eq!(nll_tokens(&a, true), 4);
         assert_eq!(nll_tokens(&a, false), 3);
+    }
+
+    /// LD-DPO: tokens past the shorter completion of each pair count alpha times; the
+    /// plain sums and the token counts stay whole.
+    #[test]
+    fn length_weights_cover_each_pairs_tail() {
+        let a = PreferencePair {
+            prompt: vec![1, 2],
+            chosen: vec![3, 4, 5],
+            rejected: vec![6],
+        };
+        let b = PreferencePair {
+            prompt: vec![7],
+            chosen: vec![8],
+            rejected: vec![9, 10],
+        };
+        let pb = PairBatch::new(&[&a, &b], 0, false).with_length_weight(Some(0.5));
+        // Rows: a chosen (3 tokens, shared 1), b chosen (1), a rejected (1), b rejected (2, shared 1).
+        assert_eq!(pb.token_weight, vec![1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 0.5]);
+        let losses = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        assert_eq!(
+            pb.sequence_logps(&losses),
+            vec![(-3.5, 3), (-4.0, 1), (-5.0, 1), (-9.5, 2)]
+        );
+        assert_eq!(
+            pb.plain_logps(&losses),
+            vec![(-6.0, 3), (-4.0, 1), (-5.0, 1), (-13.0, 2)]
+        );
+        // ORPO-style prompt tokens in the chosen rows are not completion tokens: untouched.
+        let pb = PairBatch::new(&[&a, &b], 0, true).with_length_weight(Some(0.0));
+        assert_eq!(
+            pb.token_weight,
+            vec![1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+        );
     }
 }

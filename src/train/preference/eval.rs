@@ -36,7 +36,8 @@ pub fn evaluate_pairs<B: ModelBackend>(
     let (mut chosen_nll, mut chosen_tokens) = (0.0f64, 0usize);
     for chunk_pairs in pairs.chunks(batch_size.max(1)) {
         let refs: Vec<&PreferencePair> = chunk_pairs.iter().collect();
-        let pb = PairBatch::new(&refs, pad_id, prompt_in_chosen);
+        let pb = PairBatch::new(&refs, pad_id, prompt_in_chosen)
+            .with_length_weight(objective.length_weight());
         let reference_rows = match reference {
             Some(r) if objective.needs_reference() => Some(reference_logps(r, &pb, chunk)?),
             _ => None,
@@ -52,8 +53,10 @@ pub fn evaluate_pairs<B: ModelBackend>(
             let t = pair_terms(objective, &p);
             pair_loss += t.loss;
             sums.add(&t);
-            chosen_nll -= p.chosen;
-            chosen_tokens += p.chosen_tokens;
+        }
+        for &(logp, tokens) in &pb.plain_logps(&values)[..pb.pairs] {
+            chosen_nll -= logp;
+            chosen_tokens += tokens;
         }
         if nll_weight.is_some() {
             let (nll, n) = pb.chosen_nll(&values);

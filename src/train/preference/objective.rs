@@ -17,6 +17,8 @@ pub enum PreferenceObjective {
         discopop_tau: f64,
         /// The f-divergence and its alpha (`alpha_divergence`).
         divergence: (FDivergence, f64),
+        /// LD-DPO's weight of the tokens past the shorter completion (`dpo.ld_alpha`).
+        ld_alpha: Option<f64>,
     },
     Orpo {
         beta: f64,
@@ -106,6 +108,7 @@ impl PreferenceObjective {
                 label_smoothing: dpo.label_smoothing,
                 discopop_tau: dpo.discopop_tau,
                 divergence: (dpo.f_divergence_type, dpo.f_alpha_divergence_coef),
+                ld_alpha: dpo.ld_alpha,
             }),
             Objective::Orpo => Some(Self::Orpo {
                 beta: orpo.beta,
@@ -122,6 +125,14 @@ impl PreferenceObjective {
                 label_smoothing: cpo.label_smoothing,
                 cpo_alpha: cpo.cpo_alpha,
             }),
+        }
+    }
+
+    /// LD-DPO's weight of each completion's tokens past the pair's shorter one.
+    pub fn length_weight(&self) -> Option<f64> {
+        match *self {
+            Self::Dpo { ld_alpha, .. } => ld_alpha,
+            _ => None,
         }
     }
 
@@ -156,8 +167,12 @@ impl std::fmt::Display for PreferenceObjective {
                 label_smoothing,
                 discopop_tau,
                 divergence: (divergence, alpha),
+                ld_alpha,
             } => {
                 write!(f, "dpo ({losses} loss, beta {beta}")?;
+                if let Some(a) = ld_alpha {
+                    write!(f, ", LD-DPO alpha {a}")?;
+                }
                 match divergence {
                     FDivergence::ReverseKl => {}
                     FDivergence::AlphaDivergence => write!(f, ", {divergence} {alpha}")?,
@@ -417,6 +432,7 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
             label_smoothing,
             discopop_tau,
             divergence: (divergence, alpha),
+            ..
         } => {
             let chosen_ratio = p.chosen - p.ref_chosen;
             let rejected_ratio = p.rejected - p.ref_rejected;
@@ -741,6 +757,7 @@ mod tests {
                             label_smoothing,
                             discopop_tau: tau,
                             divergence: (FDivergence::ReverseKl, 0.5),
+                            ld_alpha: None,
                         },
                         pair(),
                     );
@@ -814,6 +831,7 @@ mod tests {
                         label_smoothing,
                         discopop_tau: 0.05,
                         divergence,
+                        ld_alpha: None,
                     },
                     pair(),
                 );
@@ -828,6 +846,7 @@ mod tests {
                     label_smoothing: 0.0,
                     discopop_tau: 0.05,
                     divergence,
+                    ld_alpha: None,
                 },
                 &pair(),
             )
@@ -848,6 +867,7 @@ mod tests {
             label_smoothing: 0.0,
             discopop_tau: 0.05,
             divergence: (FDivergence::ReverseKl, 0.5),
+            ld_alpha: None,
         };
         let mix = dpo(DpoMix::new(&[
             (DpoLoss::Sigmoid, 0.8),
@@ -883,6 +903,7 @@ mod tests {
             label_smoothing: 0.0,
             discopop_tau: 0.05,
             divergence: (FDivergence::ReverseKl, 0.5),
+            ld_alpha: None,
         };
         let t = pair_terms(&obj, &p);
         assert_eq!(t.loss, std::f64::consts::LN_2);

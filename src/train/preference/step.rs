@@ -107,7 +107,8 @@ pub fn take_preference_step<B: TrainBackend>(
         if pairs.is_empty() {
             continue;
         }
-        let pb = PairBatch::new(pairs, settings.pad_id, prompt_in_chosen);
+        let pb = PairBatch::new(pairs, settings.pad_id, prompt_in_chosen)
+            .with_length_weight(objective.length_weight());
         input_tokens += pb.input_tokens;
         trained_tokens += pb.token_row.len();
         let reference_rows = match reference {
@@ -144,14 +145,15 @@ pub fn take_preference_step<B: TrainBackend>(
             sums.nll += nll;
             sums.nll_tokens += n as f64;
         }
-        // A token loss is minus a log-probability: its weight is minus its row's derivative,
-        // plus the NLL's share for the chosen rows.
+        // A token loss is minus a log-probability: its weight is minus its row's derivative
+        // (times its weight in the row's sum), plus the NLL's share for the chosen rows.
         let weights: Vec<f32> = pb
             .token_row
             .iter()
             .zip(&pb.is_completion)
-            .map(|(&row, &completion)| {
-                let pair_part = if completion { -d_row[row] } else { 0.0 };
+            .zip(&pb.token_weight)
+            .map(|((&row, &completion), &w)| {
+                let pair_part = if completion { -d_row[row] * w } else { 0.0 };
                 let nll_part = if row < pb.pairs { nll_scale } else { 0.0 };
                 (pair_part + nll_part) as f32
             })
