@@ -45,7 +45,7 @@ train:
         "{err}"
     );
     // A name outside a fixed set is a type error too, reported in the same pass.
-    assert!(err.contains("recipe.yaml:13:21: train.scheduler.name: 'cosin' is not one of cosine, linear, constant (did you mean 'cosine'?)"), "{err}");
+    assert!(err.contains("recipe.yaml:13:21: train.scheduler.name: 'cosin' is not one of cosine, cosine_with_min_lr, linear, constant, constant_with_warmup, cosine_with_restarts, polynomial, inverse_sqrt, warmup_stable_decay (did you mean 'cosine'?)"), "{err}");
     // Value checks run once the types are right: these appear after fixing the above.
     let text2 = text
         .replace("  alpah: 32\n", "")

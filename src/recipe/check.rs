@@ -307,7 +307,18 @@ impl Section for OptimizerSection {
 }
 
 impl Section for SchedulerSection {
-    const FIELDS: &'static [&'static str] = &["name", "warmup_steps", "warmup_ratio", "min_lr"];
+    const FIELDS: &'static [&'static str] = &[
+        "name",
+        "warmup_steps",
+        "warmup_ratio",
+        "min_lr",
+        "num_cycles",
+        "power",
+        "timescale",
+        "decay_steps",
+        "decay_ratio",
+        "decay_type",
+    ];
 }
 
 impl Section for TrainSection {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpo_loss::{DpoLosses, FDivergence};
 use super::values::{
-    DeviceList, DeviceSpec, MergeDtype, OptimizerKind, SchedulerKind, WeightDtype,
+    DecayType, DeviceList, DeviceSpec, MergeDtype, OptimizerKind, SchedulerKind, WeightDtype,
 };
 use crate::data::formats::Format;
 use crate::lora::{InitKind, TargetSpec};
@@ -210,13 +210,26 @@ impl Default for OptimizerSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerSection {
-    /// `cosine`, `linear` or `constant`, each after a linear warmup from 0.
+    /// `cosine`, `linear`, `constant`, `cosine_with_restarts`, `polynomial`, `inverse_sqrt` or
+    /// `warmup_stable_decay`, each after a linear warmup (from 0; from `min_lr` for WSD).
     pub name: SchedulerKind,
     pub warmup_steps: usize,
     /// Warmup as a fraction of all steps (used when `warmup_steps` is 0).
     pub warmup_ratio: f64,
-    /// Learning rate at the end of a cosine or linear decay.
+    /// Learning rate at the end of the decay (polynomial's `lr_end`; WSD's `min_lr_ratio`
+    /// times the peak).
     pub min_lr: f64,
+    /// Cosine waves: the restarts of `cosine_with_restarts` (1), WSD's cosine decay (0.5).
+    pub num_cycles: Option<f64>,
+    /// `polynomial`'s exponent (1).
+    pub power: Option<f64>,
+    /// `inverse_sqrt`'s timescale in steps (the warmup steps, or 10,000 without warmup).
+    pub timescale: Option<usize>,
+    /// WSD's decay stage, in steps or as a fraction of all steps (one of the two).
+    pub decay_steps: Option<usize>,
+    pub decay_ratio: Option<f64>,
+    /// WSD's decay shape: `cosine`, `linear` or `1-sqrt`.
+    pub decay_type: Option<DecayType>,
 }
 
 impl Default for SchedulerSection {
@@ -226,6 +239,12 @@ impl Default for SchedulerSection {
             warmup_steps: 10,
             warmup_ratio: 0.0,
             min_lr: 0.0,
+            num_cycles: None,
+            power: None,
+            timescale: None,
+            decay_steps: None,
+            decay_ratio: None,
+            decay_type: None,
         }
     }
 }

@@ -226,6 +226,7 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
             format!("must be between 0 and the learning rate ({})", o.lr),
         );
     }
+    check_schedule_keys(&mut c, s);
     if let Some(n) = t.max_grad_norm
         && (n.is_nan() || n <= 0.0)
     {
@@ -348,6 +349,93 @@ fn check_label_smoothing(c: &mut Ctx<'_>, key: &str, value: f64, loss_ok: Result
         && let Err(which) = loss_ok
     {
         c.bad(key, format!("applies to loss_type {which}"));
+    }
+}
+
+/// The settings only some schedules read: each is refused under another schedule, and
+/// WSD needs the length of its decay.
+fn check_schedule_keys(c: &mut Ctx<'_>, s: &SchedulerSection) {
+    use crate::recipe::SchedulerKind as K;
+    let set = [
+        (
+            "num_cycles",
+            s.num_cycles.is_some(),
+            &[K::CosineWithRestarts, K::WarmupStableDecay][..],
+        ),
+        ("power", s.power.is_some(), &[K::Polynomial][..]),
+        ("timescale", s.timescale.is_some(), &[K::InverseSqrt][..]),
+        (
+            "decay_steps",
+            s.decay_steps.is_some(),
+            &[K::WarmupStableDecay][..],
+        ),
+        (
+            "decay_ratio",
+            s.decay_ratio.is_some(),
+            &[K::WarmupStableDecay][..],
+        ),
+        (
+            "decay_type",
+            s.decay_type.is_some(),
+            &[K::WarmupStableDecay][..],
+        ),
+    ];
+    for (key, present, kinds) in set {
+        if present && !kinds.contains(&s.name) {
+            let names: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+            c.bad(
+                &format!("train.scheduler.{key}"),
+                format!(
+                    "applies to name {} only, not {}; remove it",
+                    names.join(" and "),
+                    s.name
+                ),
+            );
+        }
+    }
+    let positive = |x: f64| x > 0.0 && x.is_finite();
+    if let Some(n) = s.num_cycles
+        && !positive(n)
+    {
+        c.bad(
+            "train.scheduler.num_cycles",
+            format!("{n} is not a positive number"),
+        );
+    }
+    if let Some(p) = s.power
+        && !positive(p)
+    {
+        c.bad(
+            "train.scheduler.power",
+            format!("{p} is not a positive number"),
+        );
+    }
+    if s.timescale == Some(0) {
+        c.bad("train.scheduler.timescale", "must be at least 1 step");
+    }
+    if s.name == K::InverseSqrt && s.min_lr > 0.0 {
+        c.bad(
+            "train.scheduler.min_lr",
+            "inverse_sqrt decays without a floor; remove min_lr or use another schedule",
+        );
+    }
+    if s.name == K::WarmupStableDecay {
+        match (s.decay_steps, s.decay_ratio) {
+            (None, None) => c.bad(
+                "train.scheduler.decay_steps",
+                "warmup_stable_decay needs the length of its decay: set decay_steps or decay_ratio (e.g. 0.1 of the steps)",
+            ),
+            (Some(_), Some(_)) => c.bad(
+                "train.scheduler.decay_ratio",
+                "set decay_steps or decay_ratio, not both",
+            ),
+            (_, Some(r)) if !(r > 0.0 && r <= 1.0) => c.bad(
+                "train.scheduler.decay_ratio",
+                format!("{r} is not in (0, 1]"),
+            ),
+            (Some(0), _) => c.bad("train.scheduler.decay_steps", "must be at least 1 step"),
+            _ => {}
+        }
     }
 }
 

@@ -201,14 +201,24 @@ pub enum MergeDtype {
     F16,
 }
 
-/// Learning-rate schedule after the warmup (transformers' `get_*_schedule_with_warmup`).
+/// Learning-rate schedule after the warmup (transformers' `get_scheduler` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum SchedulerKind {
     #[default]
+    #[serde(alias = "cosine_with_min_lr")]
     Cosine,
     Linear,
+    #[serde(alias = "constant_with_warmup")]
     Constant,
+    /// Cosine decays restarting from the peak `num_cycles` times.
+    CosineWithRestarts,
+    /// `(peak - min_lr) * remaining^power + min_lr`.
+    Polynomial,
+    /// `peak / sqrt((step + timescale - warmup) / timescale)`.
+    InverseSqrt,
+    /// Warmup, a constant stage, then `decay_steps` of decay (WSD).
+    WarmupStableDecay,
 }
 
 impl fmt::Display for SchedulerKind {
@@ -217,6 +227,32 @@ impl fmt::Display for SchedulerKind {
             SchedulerKind::Cosine => "cosine",
             SchedulerKind::Linear => "linear",
             SchedulerKind::Constant => "constant",
+            SchedulerKind::CosineWithRestarts => "cosine_with_restarts",
+            SchedulerKind::Polynomial => "polynomial",
+            SchedulerKind::InverseSqrt => "inverse_sqrt",
+            SchedulerKind::WarmupStableDecay => "warmup_stable_decay",
+        })
+    }
+}
+
+/// The decay of `warmup_stable_decay` (transformers' `decay_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DecayType {
+    #[default]
+    #[serde(rename = "cosine")]
+    Cosine,
+    #[serde(rename = "linear")]
+    Linear,
+    #[serde(rename = "1-sqrt")]
+    OneMinusSqrt,
+}
+
+impl fmt::Display for DecayType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecayType::Cosine => "cosine",
+            DecayType::Linear => "linear",
+            DecayType::OneMinusSqrt => "1-sqrt",
         })
     }
 }

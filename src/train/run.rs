@@ -144,14 +144,7 @@ pub fn train<B: TrainBackend>(
         load_trainable::<B>(setup, resume_from.as_ref(), &device, on_gpu)?;
     let objective = setup.preference_objective();
     let reference = load_reference(setup, &model, objective.as_ref())?;
-    let schedule = Schedule::new(
-        t.scheduler.name,
-        t.optimizer.lr,
-        t.scheduler.min_lr,
-        t.scheduler.warmup_steps,
-        t.scheduler.warmup_ratio,
-        counts.total_steps,
-    );
+    let schedule = Schedule::from_recipe(&t.scheduler, t.optimizer.lr, counts.total_steps);
     // A finished run that is resumed writes nothing more to its logs.
     let mut observer = match writer && !finished_before {
         true => Some(open_observer(setup, resume_from.as_ref())?),

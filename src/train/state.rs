@@ -103,7 +103,12 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
         o.remove("loraplus_lr_ratio");
     }
     put("train.optimizer", optimizer);
-    put("train.scheduler", json!(r.train.scheduler));
+    // The keys of the newer schedules only when set, so older checkpoints still resume.
+    let mut scheduler = json!(r.train.scheduler);
+    if let Some(o) = scheduler.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    put("train.scheduler", scheduler);
     put("train.max_grad_norm", json!(r.train.max_grad_norm));
     // Only when set, so checkpoints written before the key existed resume.
     if let Some(alpha) = r.train.neftune_noise_alpha {
