@@ -175,11 +175,14 @@ fn best_checkpoint_and_early_stopping_need_evaluations() {
             "train.early_stopping_threshold=-1",
             "--set",
             "train.metric_for_best_model=eval_rewards/accuracies",
+            "--set",
+            "train.eval_on_start=true",
         ],
     );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     for want in [
+        "train.eval_on_start: needs evaluations: set data.validation",
         "train.load_best_model_at_end: needs evaluations: set data.validation",
         "train.early_stopping_patience: must be at least 1",
         "train.early_stopping_patience: needs evaluations: set data.validation",

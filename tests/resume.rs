@@ -603,3 +603,44 @@ fn early_stopping_follows_transformers() {
         }
     }
 }
+
+/// `train.eval_on_start` records a baseline at step 0 and decides nothing: the training and
+/// the other evaluations are bit for bit those of the same run without it, and it is no
+/// candidate for the best checkpoint. With `greater_is_better` on the loss the untrained
+/// step 0 (the highest loss) would be the best if it counted, and it has no checkpoint.
+#[test]
+fn eval_on_start_records_a_baseline_that_decides_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
+    let common = [
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.load_best_model_at_end=true",
+        "--set",
+        "train.greater_is_better=true",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--set", "train.eval_on_start=true"]);
+    let steps_with = train_demo(&with, 4, &args);
+    let steps_without = train_demo(&without, 4, &common);
+    assert_eq!(steps_with, steps_without);
+    let (_, evals_with) = metrics(&with);
+    let (_, evals_without) = metrics(&without);
+    assert_eq!(evals_with[0].0, 0, "{evals_with:?}");
+    assert_eq!(evals_with[1..], evals_without[..]);
+    assert_eq!(
+        evals_with.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [0, 2, 4]
+    );
+    assert!(
+        evals_with[0].1 > evals_with[1].1 && evals_with[0].1 > evals_with[2].1,
+        "the baseline must have the highest loss for this test to mean anything: {evals_with:?}"
+    );
+    let state = read_json(&with.join("checkpoints/step-000004/trainer_state.json"));
+    assert_eq!(state["best_step"], serde_json::json!(2));
+    assert_eq!(
+        std::fs::read(with.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(with.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap()
+    );
+}

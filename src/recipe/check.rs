@@ -341,6 +341,7 @@ impl Section for TrainSection {
         "gradient_checkpointing",
         "neftune_noise_alpha",
         "eval_every",
+        "eval_on_start",
         "save_every",
         "keep_last",
         "load_best_model_at_end",

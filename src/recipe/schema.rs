@@ -449,6 +449,10 @@ pub struct TrainSection {
     pub devices: Option<DeviceList>,
     /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
     pub eval_every: usize,
+    /// Also evaluate before the first step, recorded at step 0: the baseline the run improves
+    /// on (transformers' `eval_on_start`; it neither counts for the best checkpoint nor for
+    /// early stopping).
+    pub eval_on_start: bool,
     /// Keep only each decoder layer's input for the backward pass and recompute the rest there:
     /// much less activation memory for about a third more compute (LoRA dropout included: the
     /// recomputed layers draw the same masks).
@@ -503,6 +507,7 @@ impl Default for TrainSection {
             gradient_checkpointing: false,
             neftune_noise_alpha: None,
             eval_every: 100,
+            eval_on_start: false,
             save_every: 100,
             keep_last: 3,
             load_best_model_at_end: false,

@@ -296,6 +296,12 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
 fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
     let t = &r.train;
     let no_validation = r.data.validation.is_none();
+    if t.eval_on_start && no_validation {
+        c.bad(
+            "train.eval_on_start",
+            "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
+        );
+    }
     if t.load_best_model_at_end && no_validation {
         c.bad(
             "train.load_best_model_at_end",

@@ -159,6 +159,18 @@ pub fn train<B: TrainBackend>(
     let items = setup.data.train_len();
     let mut order: Option<(usize, Vec<usize>)> = None;
     let mut interrupted_by = None;
+    // The baseline before any training; a run resumed from a checkpoint recorded it already.
+    if t.eval_on_start && progress.step == 0 && writer && !finished_before {
+        run_eval(
+            &model,
+            reference.as_ref(),
+            setup,
+            &rule,
+            &mut progress,
+            observer.as_mut(),
+            false,
+        )?;
+    }
 
     while progress.step < counts.total_steps && !progress.stopped_early {
         let step = progress.step;
@@ -238,6 +250,7 @@ pub fn train<B: TrainBackend>(
                     &rule,
                     &mut progress,
                     observer.as_mut(),
+                    true,
                 )?;
             }
             if rule.decides() {
@@ -307,6 +320,7 @@ pub fn train<B: TrainBackend>(
                 &rule,
                 &mut progress,
                 observer.as_mut(),
+                true,
             )?;
         }
         if let Some(o) = observer.as_mut() {
@@ -568,8 +582,9 @@ fn copy_adapter(from: &std::path::Path, to: &std::path::Path) -> Result<(), Stri
     Ok(())
 }
 
-/// Evaluate on the validation rows or pairs (when there are any), record it, and say what it
-/// decides (a new best to keep, patience run out).
+/// Evaluate on the validation rows or pairs (when there are any), record it, and, when it
+/// `decides` (every evaluation but `eval_on_start`'s), say what it decides (a new best to
+/// keep, patience run out).
 fn run_eval<B: TrainBackend>(
     model: &Model<B>,
     reference: Option<&Model<B::InnerBackend>>,
@@ -577,6 +592,7 @@ fn run_eval<B: TrainBackend>(
     rule: &EvalRule,
     progress: &mut Progress,
     observer: Option<&mut RunObserver>,
+    decides: bool,
 ) -> anyhow::Result<Verdict> {
     if !setup.data.has_validation() {
         return Ok(Verdict::default());
@@ -610,16 +626,20 @@ fn run_eval<B: TrainBackend>(
             (r, e.metrics.with_prefix("eval_"))
         }
     };
-    progress.best_eval_loss = Some(progress.best_eval_loss.map_or(r.loss, |b| b.min(r.loss)));
     let value = match rule.metric.as_str() {
         "loss" => Some(r.loss),
         "perplexity" => Some(r.perplexity),
         name => extra.get(&format!("eval_{name}")).copied(),
     };
     // The recipe check admits only the metrics this objective records.
-    let verdict = match value {
-        Some(v) => progress.watch.observe(v, progress.step, rule),
-        None => anyhow::bail!("no eval_{} in this evaluation's metrics", rule.metric),
+    let verdict = match (decides, value) {
+        (false, _) => Verdict::default(),
+        (true, Some(v)) => {
+            progress.best_eval_loss =
+                Some(progress.best_eval_loss.map_or(r.loss, |b| b.min(r.loss)));
+            progress.watch.observe(v, progress.step, rule)
+        }
+        (true, None) => anyhow::bail!("no eval_{} in this evaluation's metrics", rule.metric),
     };
     if let Some(o) = observer {
         o.eval(&EvalRecord {
