@@ -695,6 +695,11 @@ fn bad_preference_recipe_values_are_located() {
         ),
         (
             "dpo",
+            "dpo: {loss_type: [sigmoid, ipo, hinge, robust, nca_pair, bco_pair, sft]}",
+            &["train.dpo.loss_type: lists 7 losses; at most 6 can be summed"][..],
+        ),
+        (
+            "dpo",
             "dpo: {loss_type: [sft]}",
             &["train.dpo.loss_type: sft alone is supervised fine-tuning on the chosen completions"]
                 [..],

@@ -149,6 +149,9 @@ impl Default for DpoLosses {
 }
 
 impl DpoLosses {
+    /// The most losses one list may sum (MPO uses three).
+    pub const MAX: usize = 6;
+
     pub fn contains(&self, loss: DpoLoss) -> bool {
         self.0.contains(&loss)
     }

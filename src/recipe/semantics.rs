@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::check::{Issues, suggestion};
-use super::dpo_loss::{DpoLoss, FDivergence};
+use super::dpo_loss::{DpoLoss, DpoLosses, FDivergence};
 use super::node::{Node, Origin};
 use super::schema::*;
 use crate::data::formats::Format;
@@ -452,6 +452,16 @@ fn check_dpo_losses(c: &mut Ctx<'_>, d: &DpoSection) {
         if losses.0[..i].contains(l) {
             c.bad("train.dpo.loss_type", format!("lists {l} twice"));
         }
+    }
+    if losses.0.len() > DpoLosses::MAX {
+        c.bad(
+            "train.dpo.loss_type",
+            format!(
+                "lists {} losses; at most {} can be summed",
+                losses.0.len(),
+                DpoLosses::MAX
+            ),
+        );
     }
     if losses.0.iter().all(|&l| l == DpoLoss::Sft) {
         c.bad(

@@ -43,18 +43,18 @@ pub enum PreferenceObjective {
 }
 
 /// DPO's losses and their weights, in the recipe's order (TRL's `loss_type` list and
-/// `loss_weights`); a fixed array so objectives stay `Copy`.
+/// `loss_weights`); a small fixed array so objectives stay `Copy`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DpoMix {
-    terms: [(DpoLoss, f64); DpoLoss::ALL.len()],
+    terms: [(DpoLoss, f64); crate::recipe::DpoLosses::MAX],
     len: usize,
 }
 
 impl DpoMix {
-    /// The recipe check refuses a loss listed twice, so every list fits.
+    /// The recipe check refuses longer lists, so every recipe's fits.
     pub fn new(terms: &[(DpoLoss, f64)]) -> Self {
         let mut mix = Self {
-            terms: [(DpoLoss::Sigmoid, 0.0); DpoLoss::ALL.len()],
+            terms: [(DpoLoss::Sigmoid, 0.0); crate::recipe::DpoLosses::MAX],
             len: 0,
         };
         for (slot, term) in mix.terms.iter_mut().zip(terms) {
