@@ -159,8 +159,7 @@ pub fn nll_tokens(p: &PreferencePair, prompt_in_chosen: bool) -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_targets_and_sequence_sums() {
+    fn two_pairs() -> (PreferencePair, PreferencePair) {
         let a = PreferencePair {
             prompt: vec![1, 2],
             chosen: vec![3, 4, 5],
@@ -171,6 +170,12 @@ mod tests {
             chosen: vec![8],
             rejected: vec![9, 10],
         };
+        (a, b)
+    }
+
+    #[test]
+    fn rows_targets_and_sequence_sums() {
+        let (a, b) = two_pairs();
         let pb = PairBatch::new(&[&a, &b], 0, false);
         assert_eq!(pb.batch.input_ids.len(), 4);
         assert_eq!(pb.batch.input_ids[0], vec![1, 2, 3, 4, 5]);
@@ -196,16 +201,7 @@ mod tests {
     /// plain sums and the token counts stay whole.
     #[test]
     fn length_weights_cover_each_pairs_tail() {
-        let a = PreferencePair {
-            prompt: vec![1, 2],
-            chosen: vec![3, 4, 5],
-            rejected: vec![6],
-        };
-        let b = PreferencePair {
-            prompt: vec![7],
-            chosen: vec![8],
-            rejected: vec![9, 10],
-        };
+        let (a, b) = two_pairs();
         let pb = PairBatch::new(&[&a, &b], 0, false).with_length_weight(Some(0.5));
         // Rows: a chosen (3 tokens, shared 1), b chosen (1), a rejected (1), b rejected (2, shared 1).
         assert_eq!(pb.token_weight, vec![1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 0.5]);

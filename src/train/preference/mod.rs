@@ -1,10 +1,13 @@
-//! Preference tuning: DPO (Rafailov et al. 2023, with its IPO and conservative variants) and
-//! ORPO (Hong et al. 2024) on `preference` pairs. With LoRA, DPO's reference policy is the
-//! base with the adapter switched off (or another adapter on the same frozen weights), so no
-//! second copy of the model is loaded. Losses, metrics and their names follow TRL.
+//! Preference tuning on `preference` pairs: DPO (Rafailov et al. 2023) with TRL's loss
+//! variants, their weighted sums and f-divergences, ORPO (Hong et al. 2024), SimPO (Meng et al.
+//! 2024) and CPO (Xu et al. 2024). With LoRA, DPO's reference policy is the base with the
+//! adapter switched off (or another adapter on the same frozen weights), so no second copy of
+//! the model is loaded. Losses, metrics and their names follow TRL.
 
 pub mod batch;
+pub mod dpo;
 pub mod eval;
+mod math;
 pub mod objective;
 pub mod step;
 
