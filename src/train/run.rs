@@ -259,9 +259,10 @@ pub fn train<B: TrainBackend>(
         }
         if verdict.stop {
             tracing::info!(
-                "stopping early after step {}: {} evaluations in a row without improving on the best loss by more than {} (train.early_stopping_patience)",
+                "stopping early after step {}: {} evaluations in a row without improving on the best eval_{} by more than {} (train.early_stopping_patience)",
                 progress.step,
                 progress.watch.without_improvement,
+                rule.metric,
                 t.early_stopping_threshold
             );
             progress.stopped_early = true;
