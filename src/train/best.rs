@@ -4,7 +4,10 @@
 //! only an improvement larger than the threshold resets its count, while any improvement at
 //! all makes a new best.
 
+use std::path::Path;
+
 use crate::recipe::{Objective, TrainSection};
+use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::preference::{PreferenceObjective, PreferenceSums};
 
 /// The evaluation metrics a run of this objective records, without their `eval_` prefix.
@@ -115,6 +118,68 @@ impl EvalWatch {
             stop: rule.patience.is_some_and(|p| self.without_improvement >= p),
         }
     }
+}
+
+/// Where a checkpoint left the evaluations, if it judged them by the rule's metric; a run
+/// resumed with another `metric_for_best_model` starts its best and patience afresh.
+pub fn restore_watch(c: &Checkpoint, rule: &EvalRule) -> EvalWatch {
+    let s = &c.state;
+    let recorded = s
+        .metric_for_best_model
+        .as_deref()
+        .map(|m| m.strip_prefix("eval_").unwrap_or(m));
+    if recorded != Some(rule.metric.as_str()) {
+        if s.best_metric.is_some() {
+            tracing::warn!(
+                "{} judged evaluations by eval_{}; the recipe now says eval_{}: the best and the patience count start afresh",
+                c.dir.display(),
+                recorded.unwrap_or("?"),
+                rule.metric
+            );
+        }
+        return EvalWatch::default();
+    }
+    EvalWatch {
+        best: s.best_metric,
+        best_step: s.best_step,
+        without_improvement: s.evals_without_improvement,
+    }
+}
+
+/// The checkpoint whose adapter becomes `adapter/` instead of the last step's weights: the
+/// best evaluation's, with `load_best_model_at_end`, when that is not `last_step`. A best
+/// checkpoint that is gone or damaged is reported, and the last step's weights are used.
+pub fn best_checkpoint(
+    output_dir: &Path,
+    rule: &EvalRule,
+    watch: &EvalWatch,
+    last_step: usize,
+) -> Option<Checkpoint> {
+    let step = watch
+        .best_step
+        .filter(|&s| rule.keep_best && s != last_step)?;
+    let dir = checkpoint::step_dir(output_dir, step);
+    match checkpoint::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "train.load_best_model_at_end: the best evaluation's checkpoint cannot be used ({e}); adapter/ holds the last step's weights instead"
+            );
+            None
+        }
+    }
+}
+
+/// Copy a checkpoint's adapter files (checked against their checksums when it was opened).
+pub fn copy_adapter(from: &Path, to: &Path) -> Result<(), String> {
+    for name in [
+        crate::lora::peft::CONFIG_FILE,
+        crate::lora::peft::WEIGHTS_FILE,
+    ] {
+        std::fs::copy(from.join(name), to.join(name))
+            .map_err(|e| format!("copying {}: {e}", from.join(name).display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

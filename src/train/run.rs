@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 
-use super::best::{EvalRule, EvalWatch, Verdict};
+use super::best::{EvalRule, EvalWatch, Verdict, best_checkpoint, copy_adapter, restore_watch};
 use super::checkpoint::output::{self, replace_folder};
 use super::checkpoint::{self, Checkpoint, CheckpointContents};
 use super::evaluate::{EvalResult, evaluate};
@@ -337,7 +337,7 @@ pub fn train<B: TrainBackend>(
         save(setup, &model, &optimizer, &mut progress)?;
     }
     let adapter_dir = out.join("adapter");
-    let best = best_checkpoint(setup, &rule, &progress);
+    let best = best_checkpoint(&setup.output_dir, &rule, &progress.watch, progress.step);
     if !finished_before || !adapter_dir.join(crate::lora::peft::WEIGHTS_FILE).is_file() {
         match &best {
             Some(c) => {
@@ -523,64 +523,6 @@ fn open_observer(setup: &RunSetup, resume: Option<&Checkpoint>) -> anyhow::Resul
         recipe_text: &recipe_text,
         hparams: hparams(setup),
     })?)
-}
-
-/// Where a checkpoint left the evaluations, if it judged them by the rule's metric; a run
-/// resumed with another `metric_for_best_model` starts its best and patience afresh.
-fn restore_watch(c: &Checkpoint, rule: &EvalRule) -> EvalWatch {
-    let s = &c.state;
-    let recorded = s
-        .metric_for_best_model
-        .as_deref()
-        .map(|m| m.strip_prefix("eval_").unwrap_or(m));
-    if recorded != Some(rule.metric.as_str()) {
-        if s.best_metric.is_some() {
-            tracing::warn!(
-                "{} judged evaluations by eval_{}; the recipe now says eval_{}: the best and the patience count start afresh",
-                c.dir.display(),
-                recorded.unwrap_or("?"),
-                rule.metric
-            );
-        }
-        return EvalWatch::default();
-    }
-    EvalWatch {
-        best: s.best_metric,
-        best_step: s.best_step,
-        without_improvement: s.evals_without_improvement,
-    }
-}
-
-/// The checkpoint whose adapter becomes `adapter/` instead of the last step's weights: the
-/// best evaluation's, with `load_best_model_at_end`, when that is not the last step. A best
-/// checkpoint that is gone or damaged is reported, and the last step's weights are used.
-fn best_checkpoint(setup: &RunSetup, rule: &EvalRule, progress: &Progress) -> Option<Checkpoint> {
-    let step = progress
-        .watch
-        .best_step
-        .filter(|&s| rule.keep_best && s != progress.step)?;
-    let dir = checkpoint::step_dir(&setup.output_dir, step);
-    match checkpoint::open(&dir) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(
-                "train.load_best_model_at_end: the best evaluation's checkpoint cannot be used ({e}); adapter/ holds the last step's weights instead"
-            );
-            None
-        }
-    }
-}
-
-/// Copy a checkpoint's adapter files (checked against their checksums when it was opened).
-fn copy_adapter(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
-    for name in [
-        crate::lora::peft::CONFIG_FILE,
-        crate::lora::peft::WEIGHTS_FILE,
-    ] {
-        std::fs::copy(from.join(name), to.join(name))
-            .map_err(|e| format!("copying {}: {e}", from.join(name).display()))?;
-    }
-    Ok(())
 }
 
 /// Evaluate on the validation rows or pairs (when there are any), record it, and, when it

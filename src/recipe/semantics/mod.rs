@@ -293,21 +293,18 @@ pub fn check(r: &Recipe, tree: &Node, recipe_path: &Path, issues: &mut Issues) {
     }
 }
 
+const NEEDS_VALIDATION: &str =
+    "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)";
+
 /// `load_best_model_at_end` and early stopping decide from evaluations, so they need some.
 fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
     let t = &r.train;
     let no_validation = r.data.validation.is_none();
     if t.eval_on_start && no_validation {
-        c.bad(
-            "train.eval_on_start",
-            "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
-        );
+        c.bad("train.eval_on_start", NEEDS_VALIDATION);
     }
     if t.load_best_model_at_end && no_validation {
-        c.bad(
-            "train.load_best_model_at_end",
-            "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
-        );
+        c.bad("train.load_best_model_at_end", NEEDS_VALIDATION);
     }
     if let Some(p) = t.early_stopping_patience {
         if p == 0 {
@@ -317,10 +314,7 @@ fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
             );
         }
         if no_validation {
-            c.bad(
-                "train.early_stopping_patience",
-                "needs evaluations: set data.validation (a split such as {split: 0.05} or sources)",
-            );
+            c.bad("train.early_stopping_patience", NEEDS_VALIDATION);
         }
         if t.eval_every == 0 {
             c.bad(
