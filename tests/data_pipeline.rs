@@ -304,6 +304,7 @@ fn plan_for(
         system_prompt: None,
         seed: 3,
         vocab_size: 151_936,
+        unpair: false,
     }
 }
 

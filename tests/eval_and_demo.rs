@@ -68,6 +68,7 @@ fn eval_uses_the_training_pipeline_for_every_format() {
             system_prompt: None,
             seed: 0,
             vocab_size: 151_936,
+            unpair: false,
         };
         let d = prepare(&plan, Some(&tok)).unwrap();
         assert_eq!(

@@ -784,6 +784,7 @@ fn pairs_tokenize_as_trl_does() {
         system_prompt: None,
         seed: 1,
         vocab_size: 151_936,
+        unpair: false,
     };
     let data = prepare(&plan, Some(&tokenizer)).unwrap();
     assert_eq!(data.train_pairs.len(), cases.len());

@@ -644,3 +644,67 @@ fn eval_on_start_records_a_baseline_that_decides_nothing() {
         std::fs::read(with.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap()
     );
 }
+
+/// `evals_per_epoch` and `saves_per_epoch` (axolotl's names): evaluations every
+/// `ceil(steps per epoch / N)` steps, checkpoints at each epoch's end (transformers'
+/// `eval_strategy`/`save_strategy: epoch` with 1), and a recipe setting both a count and a step
+/// interval is refused.
+#[test]
+fn evaluations_and_checkpoints_per_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = pretokenized_rows(tmp.path(), 3);
+    let out = tmp.path().join("out");
+    let r = recipe(tmp.path(), &out, &rows, 1, 4);
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("  max_steps: 1\n", "  epochs: 2\n");
+    let per_epoch = text.replace(
+        "  eval_every: 5\n  save_every: 2\n  keep_last: 2\n",
+        "  evals_per_epoch: 2\n  saves_per_epoch: 1\n  keep_last: 10\n",
+    );
+    std::fs::write(&r, &per_epoch).unwrap();
+    let o = burnish(&["train", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = records.iter().filter(|v| v.get("loss").is_some()).count() as u64;
+    let spe = records
+        .iter()
+        .find(|v| v.get("epoch").and_then(|e| e.as_f64()) == Some(1.0))
+        .map(|v| v["step"].as_u64().unwrap())
+        .expect("a step ending the first epoch");
+    assert_eq!(steps, 2 * spe);
+    let every = spe.div_ceil(2);
+    let mut want: Vec<u64> = (1..)
+        .map(|k| k * every)
+        .take_while(|&s| s < steps)
+        .collect();
+    want.push(steps);
+    let evals: Vec<u64> = metrics(&out).1.iter().map(|e| e.0).collect();
+    assert_eq!(
+        evals, want,
+        "evaluations every {every} of {spe} steps per epoch"
+    );
+    let mut saved: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    saved.sort();
+    assert_eq!(
+        saved,
+        vec![format!("step-{spe:06}"), format!("step-{:06}", 2 * spe)]
+    );
+    // Both a count and a step interval: refused, naming the keys.
+    let both = per_epoch.replace("  keep_last: 10\n", "  keep_last: 10\n  eval_every: 3\n");
+    std::fs::write(&r, both).unwrap();
+    let o = burnish(&["train", r.to_str().unwrap(), "--overwrite"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("train.evals_per_epoch: and train.eval_every are both set"),
+        "{}",
+        stderr(&o)
+    );
+}

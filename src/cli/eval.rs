@@ -138,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 system_prompt: None,
                 seed: 0,
                 vocab_size: folder.config.vocab_size,
+                unpair: false,
             };
             let prepared =
                 prepare(&plan, tokenizer.as_ref()).with_context(|| format!("reading {data}"))?;

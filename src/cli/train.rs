@@ -155,11 +155,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .preference_objective()
             .map(|_| setup.recipe().train.objective)
         {
-            // exp of a preference loss means nothing; the perplexity is the chosen completions'.
-            Some(obj) => println!(
-                "{which} {:.4} ({obj}); chosen completions' perplexity {:.2}{over}{whose}",
-                e.loss, e.perplexity
-            ),
+            // exp of a preference loss means nothing; the perplexity is the chosen (KTO:
+            // desirable) completions'. The count is of pairs (KTO: rows), not tokens.
+            Some(obj) => {
+                let (side, unit) = match obj {
+                    crate::recipe::Objective::Kto => ("desirable", "rows"),
+                    _ => ("chosen", "pairs"),
+                };
+                let over = match e.tokens {
+                    0 => String::new(),
+                    n => format!(" over {n} {unit}"),
+                };
+                println!(
+                    "{which} {:.4} ({obj}); {side} completions' perplexity {:.2}{over}{whose}",
+                    e.loss, e.perplexity
+                )
+            }
             None => println!(
                 "{which} {:.4} (perplexity {:.2}){over}{whose}",
                 e.loss, e.perplexity
@@ -264,7 +275,13 @@ fn log_plan(s: &RunSetup, on_gpu: bool) -> anyhow::Result<()> {
         "data: {} train / {} validation {}, {} rows, {} tokens ({} trained), objective {}",
         d.train_examples,
         d.validation_examples,
-        if s.data.is_preference() {
+        if s.data
+            .train_pairs
+            .first()
+            .is_some_and(|p| p.label.is_some())
+        {
+            "unpaired rows"
+        } else if s.data.is_preference() {
             "pairs"
         } else {
             "examples"

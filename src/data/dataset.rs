@@ -15,6 +15,7 @@ use super::pack::{pack, unpacked};
 use super::preference::{self, PreferencePair};
 use super::source::{Row, read_rows};
 use super::tokenize::Tokenization;
+use super::unpaired;
 use crate::model::TokenizerBundle;
 
 /// A dataset source resolved to local files.
@@ -55,6 +56,8 @@ pub struct DataPlan {
     pub seed: u64,
     /// Largest valid token id + 1 (the model's vocabulary).
     pub vocab_size: usize,
+    /// Read preference pairs as two unpaired rows each (KTO), as TRL does.
+    pub unpair: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -167,13 +170,27 @@ fn pair_of(
         message,
     };
     let example = preference::parse(row, &src.fields, &src.roles)?;
-    let mut pair = preference::tokenize(tok, &example).map_err(bad)?;
+    let pair = preference::tokenize(tok, &example).map_err(bad)?;
+    checked(pair, row, plan, stats)
+}
+
+/// A tokenized pair (or unpaired row) checked against the vocabulary, and cut to `seq_len`
+/// or dropped as `truncation` says.
+fn checked(
+    mut pair: PreferencePair,
+    row: &Row,
+    plan: &DataPlan,
+    stats: &mut DataStats,
+) -> Result<Option<PreferencePair>, DataError> {
     let ids = pair.prompt.iter().chain(&pair.chosen).chain(&pair.rejected);
     if let Some(id) = ids.copied().find(|&id| id as usize >= plan.vocab_size) {
-        return Err(bad(format!(
-            "token id {id} is outside the model's vocabulary ({})",
-            plan.vocab_size
-        )));
+        return Err(DataError::BadRow {
+            at: row.at.clone(),
+            message: format!(
+                "token id {id} is outside the model's vocabulary ({})",
+                plan.vocab_size
+            ),
+        });
     }
     if pair.longest() > plan.seq_len {
         match plan.too_long {
@@ -190,6 +207,43 @@ fn pair_of(
     Ok(Some(pair))
 }
 
+/// A block of a source's `unpaired` rows, or of its pairs made unpaired rows (the block's
+/// chosen completions, then its rejected ones, as TRL's `unpair_preference_dataset`), each
+/// checked against the vocabulary and `seq_len`.
+fn unpaired_rows(
+    block: &[Row],
+    format: Format,
+    src: &LocalSource,
+    plan: &DataPlan,
+    tok: &Tokenization<'_>,
+    stats: &mut DataStats,
+) -> Result<Vec<PreferencePair>, DataError> {
+    let mut parsed = Vec::with_capacity(block.len());
+    if format == Format::Unpaired {
+        for row in block {
+            parsed.push((row, unpaired::parse(row, &src.fields, &src.roles)?));
+        }
+    } else {
+        let mut rejected = Vec::with_capacity(block.len());
+        for row in block {
+            let [c, r] = unpaired::unpair(preference::parse(row, &src.fields, &src.roles)?);
+            parsed.push((row, c));
+            rejected.push((row, r));
+        }
+        parsed.extend(rejected);
+    }
+    let mut out = Vec::with_capacity(parsed.len());
+    for (row, example) in parsed {
+        let bad = |message: String| DataError::BadRow {
+            at: row.at.clone(),
+            message,
+        };
+        let item = unpaired::tokenize(tok, &example).map_err(bad)?;
+        out.extend(checked(item, row, plan, stats)?);
+    }
+    Ok(out)
+}
+
 fn tokenize_sources(
     sources: &[LocalSource],
     plan: &DataPlan,
@@ -203,7 +257,7 @@ fn tokenize_sources(
         let (rows, format) = read_source(src)?;
         formats.push(format);
         stats.rows_read += rows.len();
-        let is_pairs = format == Format::Preference;
+        let is_pairs = matches!(format, Format::Preference | Format::Unpaired);
         if let Some(first) = rows.first()
             && (is_pairs && !examples.is_empty() || !is_pairs && !pairs.is_empty())
         {
@@ -211,6 +265,12 @@ fn tokenize_sources(
                 at: first.at.clone(),
                 message: "preference pairs and single examples cannot be mixed in one run (they train with different objectives)".into(),
             });
+        }
+        if is_pairs && (format == Format::Unpaired || plan.unpair) {
+            for block in rows.chunks(unpaired::UNPAIR_BLOCK) {
+                pairs.extend(unpaired_rows(block, format, src, plan, tok, stats)?);
+            }
+            continue;
         }
         for row in &rows {
             if is_pairs {

@@ -28,16 +28,20 @@ pub enum Format {
     Pretokenized,
     /// `prompt`, `chosen`, `rejected` pairs for `dpo`/`orpo` (see `data::preference`).
     Preference,
+    /// `prompt`, `completion`, `label` rows for `kto`: one completion each, desirable or not
+    /// (TRL's unpaired preference type; see `data::unpaired`).
+    Unpaired,
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Text,
         Format::Alpaca,
         Format::Messages,
         Format::Sharegpt,
         Format::Pretokenized,
         Format::Preference,
+        Format::Unpaired,
     ];
 
     /// The canonical column names of this format (what `fields` may remap).
@@ -49,6 +53,7 @@ impl Format {
             Format::Sharegpt => &["conversations", "from", "value"],
             Format::Pretokenized => &["input_ids", "labels"],
             Format::Preference => &super::preference::FIELDS,
+            Format::Unpaired => &super::unpaired::FIELDS,
         }
     }
 
@@ -57,6 +62,8 @@ impl Format {
         let has = |k: &str| row.get(k).is_some();
         if has("chosen") && has("rejected") {
             Some(Format::Preference)
+        } else if has("completion") && has("label") {
+            Some(Format::Unpaired)
         } else if has("input_ids") {
             Some(Format::Pretokenized)
         } else if has("messages") {
@@ -82,6 +89,7 @@ impl fmt::Display for Format {
             Format::Sharegpt => "sharegpt",
             Format::Pretokenized => "pretokenized",
             Format::Preference => "preference",
+            Format::Unpaired => "unpaired",
         })
     }
 }
@@ -92,7 +100,7 @@ impl FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.to_string() == s)
-            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt, pretokenized or preference)"))
+            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt, pretokenized, preference or unpaired)"))
     }
 }
 
@@ -166,10 +174,9 @@ pub fn parse_example(
         }
     };
     match format {
-        Format::Preference => Err(bad(
-            "preference pairs train with train.objective dpo or orpo, not as single examples"
-                .into(),
-        )),
+        Format::Preference | Format::Unpaired => Err(bad(format!(
+            "{format} rows train with a preference objective (train.objective dpo, orpo, simpo, cpo or kto), not as single examples"
+        ))),
         Format::Text => Ok(Example::Text(text("text", true)?.unwrap_or_default())),
         Format::Alpaca => Ok(Example::Alpaca {
             instruction: text("instruction", true)?.unwrap_or_default(),

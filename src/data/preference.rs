@@ -22,6 +22,17 @@ pub enum Side {
     Tokens(Vec<u32>),
 }
 
+impl Side {
+    /// No text, no tokens, or no message with content.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Side::Text(t) => t.is_empty(),
+            Side::Messages(m) => m.is_empty() || m.iter().all(|m| m.content.is_empty()),
+            Side::Tokens(t) => t.is_empty(),
+        }
+    }
+}
+
 /// A parsed preference row: the prompt made explicit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreferenceExample {
@@ -31,11 +42,15 @@ pub struct PreferenceExample {
 }
 
 /// A tokenized pair: the shared prompt and the two completions (the tokens that are scored).
+/// An unpaired row (KTO) is one too: its completion in `chosen`, `rejected` empty, and its
+/// label set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreferencePair {
     pub prompt: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
+    /// `None` for a pair; for an unpaired row, whether its completion is desirable.
+    pub label: Option<bool>,
 }
 
 impl PreferencePair {
@@ -98,40 +113,19 @@ pub fn parse(
         message,
     };
     let side = |canonical: &str, required: bool| -> Result<Option<Side>, DataError> {
-        let key = name(canonical);
-        match row.value.get(&key) {
-            None | Some(Value::Null) if !required => Ok(None),
-            None | Some(Value::Null) => Err(bad(format!(
-                "missing field '{key}': a preference pair needs a prompt (or a shared prefix), a chosen and a rejected completion (map columns with `fields:` in the recipe)"
-            ))),
-            Some(Value::String(s)) => Ok(Some(Side::Text(s.clone()))),
-            Some(Value::Array(list)) if list.first().is_some_and(Value::is_number) => list
-                .iter()
-                .map(|v| v.as_u64().and_then(|i| u32::try_from(i).ok()))
-                .collect::<Option<Vec<u32>>>()
-                .map(|ids| Some(Side::Tokens(ids)))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "'{key}' must hold token ids (non-negative integers)"
-                    ))
-                }),
-            Some(Value::Array(list)) => messages(list, &key, fields, roles)
-                .map(|m| Some(Side::Messages(m)))
-                .map_err(bad),
-            Some(other) => Err(bad(format!(
-                "field '{key}' must be a string or a list of messages, found {}",
-                super::formats::type_name(other)
-            ))),
+        let found = side_of(row, &name(canonical), fields, roles).map_err(bad)?;
+        if found.is_none() && required {
+            return Err(bad(format!(
+                "missing field '{}': a preference pair needs a prompt (or a shared prefix), a chosen and a rejected completion (map columns with `fields:` in the recipe)",
+                name(canonical)
+            )));
         }
+        Ok(found)
     };
     let chosen = side("chosen", true)?.unwrap_or(Side::Text(String::new()));
     let rejected = side("rejected", true)?.unwrap_or(Side::Text(String::new()));
     let prompt = side("prompt", false)?;
-    let empty = |s: &Side| match s {
-        Side::Text(t) => t.is_empty(),
-        Side::Messages(m) => m.is_empty() || m.iter().all(|m| m.content.is_empty()),
-        Side::Tokens(t) => t.is_empty(),
-    };
+    let empty = Side::is_empty;
     let empty_completion = |which: &str| {
         bad(format!(
             "the {which} completion ('{}') is empty",
@@ -166,6 +160,33 @@ pub fn parse(
         )));
     }
     Ok(example)
+}
+
+/// Field `key` of a row as one side of an example: a string, token ids or chat messages;
+/// `None` when missing or null.
+pub(super) fn side_of(
+    row: &Row,
+    key: &str,
+    fields: &FieldMap,
+    roles: &RoleMap,
+) -> Result<Option<Side>, String> {
+    match row.value.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Side::Text(s.clone()))),
+        Some(Value::Array(list)) if list.first().is_some_and(Value::is_number) => list
+            .iter()
+            .map(|v| v.as_u64().and_then(|i| u32::try_from(i).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .map(|ids| Some(Side::Tokens(ids)))
+            .ok_or_else(|| format!("'{key}' must hold token ids (non-negative integers)")),
+        Some(Value::Array(list)) => {
+            messages(list, key, fields, roles).map(|m| Some(Side::Messages(m)))
+        }
+        Some(other) => Err(format!(
+            "field '{key}' must be a string or a list of messages, found {}",
+            super::formats::type_name(other)
+        )),
+    }
 }
 
 fn messages(
@@ -280,46 +301,14 @@ fn explicit_prompt(
 /// being what follows their common prefix (shorter than the prompt only when tokens merge
 /// across the boundary, or a template renders the prompt alone differently; as TRL does).
 pub fn tokenize(tok: &Tokenization<'_>, e: &PreferenceExample) -> Result<PreferencePair, String> {
-    let (prompt, chosen, rejected) = match (&e.prompt, &e.chosen, &e.rejected) {
-        (Side::Tokens(p), Side::Tokens(c), Side::Tokens(r)) => {
-            let join = |x: &[u32]| p.iter().chain(x).copied().collect::<Vec<u32>>();
-            (p.clone(), join(c), join(r))
-        }
-        (Side::Text(p), Side::Text(c), Side::Text(r)) => {
-            let eos = tok.eos_text().ok_or_else(|| {
-                "the tokenizer has no EOS token to end plain-text completions with".to_string()
-            })?;
-            let with_eos = |s: &str| {
-                if s.ends_with(eos) {
-                    s.to_string()
-                } else {
-                    format!("{s}{eos}")
-                }
-            };
-            (
-                tok.encode_text(p)?,
-                tok.encode_text(&format!("{p}{}", with_eos(c)))?,
-                tok.encode_text(&format!("{p}{}", with_eos(r)))?,
-            )
-        }
-        (Side::Messages(p), Side::Messages(c), Side::Messages(r)) => {
-            let full = |completion: &[Message]| -> Result<Vec<u32>, String> {
-                let all: Vec<Message> = p.iter().chain(completion).cloned().collect();
-                tok.encode_rendered(&tok.render_messages(&all, false)?)
-            };
-            (
-                tok.encode_rendered(&tok.render_messages(p, true)?)?,
-                full(c)?,
-                full(r)?,
-            )
-        }
-        _ => return Err("prompt and completions mix text, messages and token ids".into()),
-    };
+    let (prompt, chosen) = encode(tok, &e.prompt, &e.chosen)?;
+    let (_, rejected) = encode(tok, &e.prompt, &e.rejected)?;
     let shared = common_prefix(&prompt, &chosen).min(common_prefix(&prompt, &rejected));
     let pair = PreferencePair {
         prompt: prompt[..shared].to_vec(),
         chosen: chosen[shared..].to_vec(),
         rejected: rejected[shared..].to_vec(),
+        label: None,
     };
     if pair.prompt.is_empty() {
         return Err("the prompt tokenizes to nothing".into());
@@ -333,7 +322,39 @@ pub fn tokenize(tok: &Tokenization<'_>, e: &PreferenceExample) -> Result<Prefere
     Ok(pair)
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+/// The ids of `prompt` alone and of `prompt` followed by `completion`: token ids as they
+/// are, texts with the EOS appended to the completion, conversations rendered with the chat
+/// template (the prompt with the generation prompt).
+pub(super) fn encode(
+    tok: &Tokenization<'_>,
+    prompt: &Side,
+    completion: &Side,
+) -> Result<(Vec<u32>, Vec<u32>), String> {
+    match (prompt, completion) {
+        (Side::Tokens(p), Side::Tokens(c)) => Ok((p.clone(), p.iter().chain(c).copied().collect())),
+        (Side::Text(p), Side::Text(c)) => {
+            let eos = tok.eos_text().ok_or_else(|| {
+                "the tokenizer has no EOS token to end plain-text completions with".to_string()
+            })?;
+            let c = if c.ends_with(eos) {
+                c.clone()
+            } else {
+                format!("{c}{eos}")
+            };
+            Ok((tok.encode_text(p)?, tok.encode_text(&format!("{p}{c}"))?))
+        }
+        (Side::Messages(p), Side::Messages(c)) => {
+            let all: Vec<Message> = p.iter().chain(c).cloned().collect();
+            Ok((
+                tok.encode_rendered(&tok.render_messages(p, true)?)?,
+                tok.encode_rendered(&tok.render_messages(&all, false)?)?,
+            ))
+        }
+        _ => Err("prompt and completions mix text, messages and token ids".into()),
+    }
+}
+
+pub(super) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -343,6 +364,7 @@ mod tests {
 
     fn pair(p: usize, c: usize, r: usize) -> PreferencePair {
         PreferencePair {
+            label: None,
             prompt: (0..p as u32).collect(),
             chosen: (100..100 + c as u32).collect(),
             rejected: (200..200 + r as u32).collect(),

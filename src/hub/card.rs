@@ -21,7 +21,8 @@ pub struct RunSummary {
     pub trainable_parameters: u64,
     pub train_examples: usize,
     pub has_plot: bool,
-    /// `dpo` or `orpo` for preference tuning (empty: supervised fine-tuning).
+    /// `dpo`, `orpo`, `simpo`, `cpo` or `kto` for preference tuning (empty: supervised
+    /// fine-tuning).
     pub objective: String,
     /// The last step's and the final evaluation's preference metrics (TRL's names).
     pub preference_metrics: Vec<(String, f64)>,
@@ -161,6 +162,10 @@ pub fn render(info: &CardInfo) -> String {
     if !info.gguf.is_empty() {
         fm.push("- gguf".into());
     }
+    // The objective's tag, as TRL's trainers tag their cards (`dpo`, `kto`, ...).
+    if let Some(s) = info.summary.as_ref().filter(|s| !s.objective.is_empty()) {
+        fm.push(format!("- {}", s.objective));
+    }
     if !info.datasets.is_empty() {
         fm.push("datasets:".into());
         for d in &info.datasets {
@@ -204,10 +209,11 @@ pub fn render(info: &CardInfo) -> String {
     if let Some(s) = &info.summary {
         body.push_str("## Training\n\n");
         if !s.objective.is_empty() {
-            body.push_str(&format!(
-                "- objective: {} (preference pairs)\n",
-                s.objective
-            ));
+            let data = match s.objective.as_str() {
+                "kto" => "labelled completions",
+                _ => "preference pairs",
+            };
+            body.push_str(&format!("- objective: {} ({data})\n", s.objective));
         }
         body.push_str(&format!("- optimizer steps: {}\n", s.steps));
         body.push_str(&format!("- training examples: {}\n", s.train_examples));

@@ -328,6 +328,7 @@ impl Section for TrainSection {
         "orpo",
         "simpo",
         "cpo",
+        "kto",
         "epochs",
         "max_steps",
         "micro_batch_size",
@@ -341,8 +342,10 @@ impl Section for TrainSection {
         "gradient_checkpointing",
         "neftune_noise_alpha",
         "eval_every",
+        "evals_per_epoch",
         "eval_on_start",
         "save_every",
+        "saves_per_epoch",
         "keep_last",
         "load_best_model_at_end",
         "early_stopping_patience",
@@ -358,6 +361,7 @@ impl Section for TrainSection {
             "orpo" => check_section::<OrpoSection>(node, path, issues).is_some(),
             "simpo" => check_section::<SimpoSection>(node, path, issues).is_some(),
             "cpo" => check_section::<CpoSection>(node, path, issues).is_some(),
+            "kto" => check_section::<KtoSection>(node, path, issues).is_some(),
             _ => return false,
         };
         true
@@ -388,6 +392,16 @@ impl Section for SimpoSection {
 
 impl Section for CpoSection {
     const FIELDS: &'static [&'static str] = &["beta", "loss_type", "label_smoothing", "cpo_alpha"];
+}
+
+impl Section for KtoSection {
+    const FIELDS: &'static [&'static str] = &[
+        "beta",
+        "loss_type",
+        "desirable_weight",
+        "undesirable_weight",
+        "reference",
+    ];
 }
 
 impl Section for DistributedSection {

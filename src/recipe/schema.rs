@@ -270,6 +270,10 @@ pub enum Objective {
     /// pi(chosen) - log pi(rejected)))` (or `cpo.loss_type` hinge / ipo) plus `cpo.cpo_alpha`
     /// times the chosen completions' NLL; no reference policy.
     Cpo,
+    /// Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on `unpaired` rows, each one
+    /// completion labelled desirable or not (or on `preference` pairs, unpaired as TRL does),
+    /// against a reference policy and a batch estimate of their KL divergence.
+    Kto,
 }
 
 impl std::fmt::Display for Objective {
@@ -280,6 +284,7 @@ impl std::fmt::Display for Objective {
             Objective::Orpo => "orpo",
             Objective::Simpo => "simpo",
             Objective::Cpo => "cpo",
+            Objective::Kto => "kto",
         })
     }
 }
@@ -413,11 +418,62 @@ impl Default for CpoSection {
     }
 }
 
+/// KTO's loss on each completion's log-ratio `r` against the policies' KL estimate `z`
+/// (TRL's KTOTrainer `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KtoLoss {
+    /// `1 - sigmoid(beta * (r - z))` for desirable completions, `1 - sigmoid(beta * (z - r))`
+    /// for undesirable ones (the paper's eq. 7).
+    #[default]
+    Kto,
+    /// APO-zero unpaired (D'Oosterlinck et al. 2024): `1 - sigmoid(beta * r)` and
+    /// `sigmoid(beta * r)`; no KL estimate.
+    ApoZeroUnpaired,
+}
+
+impl std::fmt::Display for KtoLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KtoLoss::Kto => "kto",
+            KtoLoss::ApoZeroUnpaired => "apo_zero_unpaired",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtoSection {
+    /// Scale of the log-ratios inside the sigmoid (TRL's `beta`).
+    pub beta: f64,
+    /// `kto` or `apo_zero_unpaired`.
+    pub loss_type: KtoLoss,
+    /// Weight of the desirable completions' losses (TRL's `desirable_weight`).
+    pub desirable_weight: f64,
+    /// Weight of the undesirable completions' losses (TRL's `undesirable_weight`).
+    pub undesirable_weight: f64,
+    /// The reference policy: `base` (the base model, adapter off) or a PEFT adapter folder on
+    /// the base, as `dpo.reference`.
+    pub reference: String,
+}
+
+impl Default for KtoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: KtoLoss::Kto,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            reference: "base".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// `sft` (default), `dpo`, `orpo`, `simpo` or `cpo`; all but `sft` train on `preference`
-    /// data.
+    /// `sft` (default), `dpo`, `orpo`, `simpo`, `cpo` or `kto`; all but `sft` train on
+    /// `preference` data (`kto` on `unpaired` rows too).
     pub objective: Objective,
     /// DPO settings (`objective: dpo`).
     pub dpo: DpoSection,
@@ -427,6 +483,8 @@ pub struct TrainSection {
     pub simpo: SimpoSection,
     /// CPO settings (`objective: cpo`).
     pub cpo: CpoSection,
+    /// KTO settings (`objective: kto`).
+    pub kto: KtoSection,
     /// Passes over the training data (ignored when `max_steps` is set).
     pub epochs: usize,
     /// Total optimizer steps; overrides `epochs` (the data repeats as needed).
@@ -449,6 +507,9 @@ pub struct TrainSection {
     pub devices: Option<DeviceList>,
     /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
     pub eval_every: usize,
+    /// Evaluate this many times per epoch instead, every `ceil(steps per epoch / N)` steps
+    /// (axolotl's `evals_per_epoch`; 1 is transformers' `eval_strategy: epoch`).
+    pub evals_per_epoch: Option<usize>,
     /// Also evaluate before the first step, recorded at step 0: the baseline the run improves
     /// on (transformers' `eval_on_start`; it neither counts for the best checkpoint nor for
     /// early stopping).
@@ -463,6 +524,9 @@ pub struct TrainSection {
     pub neftune_noise_alpha: Option<f64>,
     /// Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.
     pub save_every: usize,
+    /// Save this many times per epoch instead, every `ceil(steps per epoch / N)` steps
+    /// (axolotl's `saves_per_epoch`; 1 is transformers' `save_strategy: epoch`).
+    pub saves_per_epoch: Option<usize>,
     /// Complete checkpoints to keep (the newest is never deleted, nor the best one with
     /// `load_best_model_at_end`).
     pub keep_last: usize,
@@ -486,6 +550,28 @@ pub struct TrainSection {
     pub greater_is_better: Option<bool>,
 }
 
+impl TrainSection {
+    /// The steps between evaluations (0: only at the end) in a run of `steps_per_epoch`.
+    pub fn eval_interval(&self, steps_per_epoch: usize) -> usize {
+        per_epoch_interval(self.eval_every, self.evals_per_epoch, steps_per_epoch)
+    }
+
+    /// The steps between checkpoints (0: only at the end) in a run of `steps_per_epoch`.
+    pub fn save_interval(&self, steps_per_epoch: usize) -> usize {
+        per_epoch_interval(self.save_every, self.saves_per_epoch, steps_per_epoch)
+    }
+}
+
+/// `every` steps, or `per_epoch` times an epoch: `ceil(steps_per_epoch / per_epoch)` steps,
+/// as transformers reads axolotl's ratio (`eval_steps = 1 / (evals_per_epoch * epochs)` of
+/// all steps, rounded up).
+fn per_epoch_interval(every: usize, per_epoch: Option<usize>, steps_per_epoch: usize) -> usize {
+    match per_epoch {
+        Some(n) => steps_per_epoch.div_ceil(n.max(1)).max(1),
+        None => every,
+    }
+}
+
 impl Default for TrainSection {
     fn default() -> Self {
         Self {
@@ -494,6 +580,7 @@ impl Default for TrainSection {
             orpo: OrpoSection::default(),
             simpo: SimpoSection::default(),
             cpo: CpoSection::default(),
+            kto: KtoSection::default(),
             epochs: 3,
             max_steps: None,
             micro_batch_size: 4,
@@ -507,8 +594,10 @@ impl Default for TrainSection {
             gradient_checkpointing: false,
             neftune_noise_alpha: None,
             eval_every: 100,
+            evals_per_epoch: None,
             eval_on_start: false,
             save_every: 100,
+            saves_per_epoch: None,
             keep_last: 3,
             load_best_model_at_end: false,
             early_stopping_patience: None,

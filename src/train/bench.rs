@@ -223,6 +223,7 @@ pub fn run<B: TrainBackend>(
         chunk: loss_chunk_rows(config.vocab_size),
         seed: 5,
         max_grad_norm: Some(1.0),
+        seq_len: usize::MAX,
     };
     let stop = StopFlag::none();
     let mut times = Vec::new();

@@ -8,14 +8,13 @@ use std::path::Path;
 
 use crate::recipe::{Objective, TrainSection};
 use crate::train::checkpoint::{self, Checkpoint};
-use crate::train::preference::{PreferenceObjective, PreferenceSums};
+use crate::train::preference::{PreferenceMetrics, PreferenceObjective};
 
 /// The evaluation metrics a run of this objective records, without their `eval_` prefix.
 pub fn eval_metric_names(t: &TrainSection) -> Vec<&'static str> {
     let mut names = vec!["loss", "perplexity"];
     if let Some(obj) = PreferenceObjective::from_recipe(t, false) {
-        let m = PreferenceSums::default().metrics(&obj);
-        names.extend(m.named().into_iter().map(|(name, _)| name));
+        names.extend(PreferenceMetrics::names(&obj));
     }
     debug_assert!(t.objective != Objective::Sft || names.len() == 2);
     names

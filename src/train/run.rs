@@ -18,7 +18,7 @@ use super::checkpoint::output::{self, replace_folder};
 use super::checkpoint::{self, Checkpoint, CheckpointContents};
 use super::evaluate::{EvalResult, evaluate};
 use super::optimizer::{AdamW, AdamWConfig};
-use super::preference::{evaluate_pairs, load_reference, take_preference_step};
+use super::preference::{EvalBatches, evaluate_pairs, load_reference, take_preference_step};
 use super::schedule::Schedule;
 use super::setup::RunSetup;
 use super::signals::StopFlag;
@@ -155,6 +155,7 @@ pub fn train<B: TrainBackend>(
         chunk: loss_chunk_rows(model.config.vocab_size),
         seed: t.seed,
         max_grad_norm: t.max_grad_norm,
+        seq_len: setup.recipe().data.seq_len,
     };
     let items = setup.data.train_len();
     let mut order: Option<(usize, Vec<usize>)> = None;
@@ -241,7 +242,8 @@ pub fn train<B: TrainBackend>(
         }
         let at_end = progress.step == counts.total_steps;
         let mut verdict = Verdict::default();
-        if t.eval_every > 0 && progress.step.is_multiple_of(t.eval_every) && !at_end {
+        let eval_every = t.eval_interval(counts.steps_per_epoch);
+        if eval_every > 0 && progress.step.is_multiple_of(eval_every) && !at_end {
             if writer {
                 verdict = run_eval(
                     &model,
@@ -267,7 +269,8 @@ pub fn train<B: TrainBackend>(
             );
             progress.stopped_early = true;
         }
-        let due = t.save_every > 0 && progress.step.is_multiple_of(t.save_every) && !at_end;
+        let save_every = t.save_interval(counts.steps_per_epoch);
+        let due = save_every > 0 && progress.step.is_multiple_of(save_every) && !at_end;
         if due || verdict.save_best || verdict.stop || result.stop.is_some() {
             if writer {
                 save(setup, &model, &optimizer, &mut progress)?;
@@ -552,15 +555,9 @@ fn run_eval<B: TrainBackend>(
             ObjectiveMetrics::new(),
         ),
         Some(obj) => {
-            let e = evaluate_pairs(
-                &model.valid(),
-                reference,
-                &setup.data.validation_pairs,
-                batch,
-                &obj,
-                setup.pad_id(),
-                loss_chunk_rows(model.config.vocab_size),
-            )?;
+            let batches = EvalBatches::of_run(setup, loss_chunk_rows(model.config.vocab_size));
+            let pairs = &setup.data.validation_pairs;
+            let e = evaluate_pairs(&model.valid(), reference, pairs, &obj, &batches)?;
             let r = EvalResult {
                 loss: e.loss,
                 perplexity: e.perplexity,
@@ -582,7 +579,15 @@ fn run_eval<B: TrainBackend>(
                 Some(progress.best_eval_loss.map_or(r.loss, |b| b.min(r.loss)));
             progress.watch.observe(v, progress.step, rule)
         }
-        (true, None) => anyhow::bail!("no eval_{} in this evaluation's metrics", rule.metric),
+        // A KTO evaluation set without rows of one side records no metrics of that side:
+        // such an evaluation is never the best, as a NaN one.
+        (true, None) => {
+            tracing::warn!(
+                "no eval_{} in this evaluation (its validation rows have none of that side); it counts as no improvement",
+                rule.metric
+            );
+            progress.watch.observe(f64::NAN, progress.step, rule)
+        }
     };
     if let Some(o) = observer {
         o.eval(&EvalRecord {

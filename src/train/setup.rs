@@ -143,6 +143,7 @@ pub fn data_plan(loaded: &LoadedRecipe, config: &ModelConfig) -> anyhow::Result<
         system_prompt: d.system_prompt.clone(),
         seed: r.train.seed,
         vocab_size: config.vocab_size,
+        unpair: r.train.objective == crate::recipe::Objective::Kto,
     })
 }
 
@@ -181,11 +182,22 @@ fn check_objective_data(loaded: &LoadedRecipe, data: &PreparedData) -> anyhow::R
             )
         } else {
             format!(
-                "{}: data.train holds preference pairs; train them with train.objective: dpo, orpo, simpo or cpo",
+                "{}: data.train holds preference pairs; train them with train.objective: dpo, orpo, simpo, cpo or kto",
                 loaded.path.display()
             )
         };
         anyhow::bail!(crate::error::user(message));
+    }
+    let unpaired = data
+        .train_pairs
+        .iter()
+        .chain(&data.validation_pairs)
+        .any(|p| p.label.is_some());
+    if unpaired && objective != Objective::Kto {
+        anyhow::bail!(crate::error::user(format!(
+            "{}: the data holds unpaired rows (prompt, completion and label; format: unpaired), which train with train.objective: kto, not {objective}",
+            loaded.path.display()
+        )));
     }
     Ok(())
 }

@@ -133,6 +133,10 @@ pub fn fingerprint(r: &Recipe) -> BTreeMap<String, Value> {
             put("train.objective", json!(r.train.objective));
             put("train.cpo", json!(r.train.cpo));
         }
+        crate::recipe::Objective::Kto => {
+            put("train.objective", json!(r.train.objective));
+            put("train.kto", json!(r.train.kto));
+        }
     }
     f
 }

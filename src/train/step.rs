@@ -28,6 +28,8 @@ pub struct StepSettings {
     pub seed: u64,
     /// Global gradient-norm clipping.
     pub max_grad_norm: Option<f64>,
+    /// `data.seq_len`: KTO's mismatched rows are cut to it.
+    pub seq_len: usize,
 }
 
 /// What a step did, summed over all replicas.

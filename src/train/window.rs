@@ -45,6 +45,10 @@ pub fn pair_window<'a>(
     let on_prompt = objective.prompt_in_chosen();
     PairWindow {
         micro_batches: shards(pairs, global, sync),
+        whole: global
+            .iter()
+            .map(|mb| mb.iter().map(|&i| &pairs[i]).collect())
+            .collect(),
         global_sizes: global.iter().map(Vec::len).collect(),
         pairs: global.iter().map(Vec::len).sum(),
         nll_tokens: global

@@ -299,6 +299,24 @@ const NEEDS_VALIDATION: &str =
 /// `load_best_model_at_end` and early stopping decide from evaluations, so they need some.
 fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
     let t = &r.train;
+    // A count per epoch replaces the step interval: both set is a contradiction.
+    for (per_epoch, value, every) in [
+        ("evals_per_epoch", t.evals_per_epoch, "eval_every"),
+        ("saves_per_epoch", t.saves_per_epoch, "save_every"),
+    ] {
+        let key = format!("train.{per_epoch}");
+        match value {
+            Some(0) => c.bad(&key, "must be at least 1 (or null, to use the step interval)"),
+            Some(_) if c.tree.at_path(&format!("train.{every}")).is_some() => c.bad(
+                &key,
+                format!("and train.{every} are both set; keep one (a count per epoch, or a number of steps)"),
+            ),
+            _ => {}
+        }
+    }
+    if t.evals_per_epoch.is_some() && r.data.validation.is_none() {
+        c.bad("train.evals_per_epoch", NEEDS_VALIDATION);
+    }
     let no_validation = r.data.validation.is_none();
     if t.eval_on_start && no_validation {
         c.bad("train.eval_on_start", NEEDS_VALIDATION);
@@ -316,10 +334,10 @@ fn check_eval_decisions(c: &mut Ctx<'_>, r: &Recipe) {
         if no_validation {
             c.bad("train.early_stopping_patience", NEEDS_VALIDATION);
         }
-        if t.eval_every == 0 {
+        if t.eval_every == 0 && t.evals_per_epoch.is_none() {
             c.bad(
                 "train.early_stopping_patience",
-                "needs evaluations during training: set train.eval_every to a number of steps",
+                "needs evaluations during training: set train.eval_every to a number of steps (or train.evals_per_epoch)",
             );
         }
     }

@@ -153,6 +153,7 @@ pub(super) fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
         ("orpo", t.objective == Objective::Orpo),
         ("simpo", t.objective == Objective::Simpo),
         ("cpo", t.objective == Objective::Cpo),
+        ("kto", t.objective == Objective::Kto),
     ] {
         if !used && c.tree.at_path(&format!("train.{key}")).is_some() {
             c.bad(
@@ -174,19 +175,7 @@ pub(super) fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             );
         }
         check_dpo_losses(c, d);
-        if d.reference != "base" {
-            let p = crate::recipe::resolve_relative(recipe_path, &d.reference);
-            if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
-                c.bad(
-                    "train.dpo.reference",
-                    format!(
-                        "'{}' is neither base nor an adapter folder ({} has no adapter_config.json)",
-                        d.reference,
-                        p.display()
-                    ),
-                );
-            }
-        }
+        check_reference(c, "train.dpo.reference", &d.reference, recipe_path);
         if r.data.train_on_inputs {
             c.bad(
                 "data.train_on_inputs",
@@ -266,6 +255,9 @@ pub(super) fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             );
         }
     }
+    if t.objective == Objective::Kto {
+        check_kto(c, r, recipe_path);
+    }
     if preference && r.data.packing {
         c.bad(
             "data.packing",
@@ -285,8 +277,16 @@ pub(super) fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
             match s.format {
                 Some(Format::Preference) if !preference => c.bad(
                     &format!("{path}.{i}.format"),
-                    "preference pairs train with train.objective dpo, orpo, simpo or cpo (the objective is sft)",
+                    "preference pairs train with train.objective dpo, orpo, simpo, cpo or kto (the objective is sft)",
                 ),
+                Some(Format::Unpaired) if t.objective != Objective::Kto => c.bad(
+                    &format!("{path}.{i}.format"),
+                    format!(
+                        "unpaired rows (one completion and a label each) train with train.objective: kto (the objective is {})",
+                        t.objective
+                    ),
+                ),
+                Some(Format::Unpaired) => {}
                 Some(f) if preference && f != Format::Preference => c.bad(
                     &format!("{path}.{i}.format"),
                     format!(
@@ -297,5 +297,54 @@ pub(super) fn check_objective(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
                 _ => {}
             }
         }
+    }
+}
+
+/// `train.dpo.reference` or `train.kto.reference`: `base` or an adapter folder.
+fn check_reference(c: &mut Ctx<'_>, key: &str, reference: &str, recipe_path: &Path) {
+    if reference == "base" {
+        return;
+    }
+    let p = crate::recipe::resolve_relative(recipe_path, reference);
+    if !p.join(crate::lora::peft::CONFIG_FILE).is_file() {
+        c.bad(
+            key,
+            format!(
+                "'{reference}' is neither base nor an adapter folder ({} has no adapter_config.json)",
+                p.display()
+            ),
+        );
+    }
+}
+
+/// KTO's settings, and the batch its KL estimate needs.
+fn check_kto(c: &mut Ctx<'_>, r: &Recipe, recipe_path: &Path) {
+    let k = &r.train.kto;
+    if !(k.beta > 0.0 && k.beta.is_finite()) {
+        c.bad(
+            "train.kto.beta",
+            format!("{} is not a positive number", k.beta),
+        );
+    }
+    for (key, w) in [
+        ("train.kto.desirable_weight", k.desirable_weight),
+        ("train.kto.undesirable_weight", k.undesirable_weight),
+    ] {
+        if !(w > 0.0 && w.is_finite()) {
+            c.bad(key, format!("{w} is not a positive number"));
+        }
+    }
+    check_reference(c, "train.kto.reference", &k.reference, recipe_path);
+    if k.loss_type == KtoLoss::Kto && r.train.micro_batch_size < 2 {
+        c.bad(
+            "train.micro_batch_size",
+            "must be at least 2 for KTO: its KL estimate pairs each prompt with another row's completion of the same micro-batch (with 1 it would equal the reward); or use kto.loss_type: apo_zero_unpaired, which has none",
+        );
+    }
+    if r.data.train_on_inputs {
+        c.bad(
+            "data.train_on_inputs",
+            "has no meaning for objective kto (its log-ratios cover the completions only); remove it",
+        );
     }
 }

@@ -6,11 +6,16 @@ use crate::data::{PackedRow, PreferencePair, TokenizedExample, collate};
 use crate::model::HostBatch;
 use crate::model::loss::{IGNORE_INDEX, Targets};
 
+/// A sequence of a batch: its prompt, its completion, and whether the prompt is trained too.
+pub type Sequence<'a> = (&'a [u32], &'a [u32], bool);
+
 /// `k` pairs as `2k` rows: rows `0..k` chosen, `k..2k` rejected.
 pub struct PairBatch {
     pub batch: HostBatch,
     pub targets: Targets,
     pub pairs: usize,
+    /// Rows (sequences) in the batch.
+    pub rows: usize,
     /// Per trained token (in the order of [`Targets::row_of_trained`]): its row, and whether
     /// it is a completion token (else a prompt token, trained by ORPO's NLL only).
     pub token_row: Vec<usize>,
@@ -25,30 +30,41 @@ impl PairBatch {
     /// `prompt_in_chosen`: the chosen rows train on their prompt tokens too (ORPO's NLL with
     /// `train_on_inputs`); completions are always trained.
     pub fn new(pairs: &[&PreferencePair], pad_id: u32, prompt_in_chosen: bool) -> Self {
-        let k = pairs.len();
-        let seq = |p: &PreferencePair, completion: &[u32], prompt_trained: bool| {
-            let ids: Vec<u32> = p.prompt.iter().chain(completion).copied().collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(t, &id)| {
-                    if prompt_trained || t >= p.prompt.len() {
-                        id as i64
-                    } else {
-                        IGNORE_INDEX
-                    }
-                })
-                .collect();
-            PackedRow::single(&TokenizedExample { ids, labels })
-        };
-        let rows: Vec<PackedRow> = pairs
+        let sequences: Vec<Sequence<'_>> = pairs
             .iter()
-            .map(|p| seq(p, &p.chosen, prompt_in_chosen))
-            .chain(pairs.iter().map(|p| seq(p, &p.rejected, false)))
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice(), prompt_in_chosen))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice(), false)),
+            )
+            .collect();
+        Self::of_sequences(&sequences, pairs.len(), pad_id)
+    }
+
+    /// One row per sequence (prompt, completion, whether the prompt is trained too); `pairs`
+    /// is what [`Self::pairs`] reports (KTO: the row count).
+    pub fn of_sequences(sequences: &[Sequence<'_>], pairs: usize, pad_id: u32) -> Self {
+        let rows: Vec<PackedRow> = sequences
+            .iter()
+            .map(|&(prompt, completion, prompt_trained)| {
+                let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+                let labels = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &id)| {
+                        if prompt_trained || t >= prompt.len() {
+                            id as i64
+                        } else {
+                            IGNORE_INDEX
+                        }
+                    })
+                    .collect();
+                PackedRow::single(&TokenizedExample { ids, labels })
+            })
             .collect();
         let refs: Vec<&PackedRow> = rows.iter().collect();
         let (batch, targets) = collate(&refs, pad_id);
-        let prompt_len = |row: usize| pairs[row % k.max(1)].prompt.len();
         let mut token_row = Vec::new();
         let mut is_completion = Vec::new();
         for (b, row) in targets.rows.iter().enumerate() {
@@ -56,7 +72,7 @@ impl PairBatch {
                 if y != IGNORE_INDEX {
                     token_row.push(b);
                     // Position t predicts token t + 1.
-                    is_completion.push(t + 1 >= prompt_len(b));
+                    is_completion.push(t + 1 >= sequences[b].0.len());
                 }
             }
         }
@@ -64,7 +80,8 @@ impl PairBatch {
         Self {
             batch,
             targets,
-            pairs: k,
+            pairs,
+            rows: sequences.len(),
             token_row,
             is_completion,
             token_weight,
@@ -115,7 +132,7 @@ impl PairBatch {
     }
 
     fn completion_sums(&self, token_losses: &[f32], weights: &[f64]) -> Vec<(f64, usize)> {
-        let mut out = vec![(0.0f64, 0usize); 2 * self.pairs];
+        let mut out = vec![(0.0f64, 0usize); self.rows];
         for (((&row, &completion), &l), &w) in self
             .token_row
             .iter()
@@ -161,11 +178,13 @@ mod tests {
 
     fn two_pairs() -> (PreferencePair, PreferencePair) {
         let a = PreferencePair {
+            label: None,
             prompt: vec![1, 2],
             chosen: vec![3, 4, 5],
             rejected: vec![6],
         };
         let b = PreferencePair {
+            label: None,
             prompt: vec![7],
             chosen: vec![8],
             rejected: vec![9, 10],

@@ -1,7 +1,10 @@
 //! Evaluation on held-out preference pairs (no dropout, no gradients): the objective's loss and
 //! TRL's reward metrics over all pairs, and the perplexity of the chosen completions.
 
+use anyhow::Context;
+
 use super::batch::{PairBatch, nll_tokens};
+use super::kto::{Kto, evaluate_unpaired};
 use super::objective::{PreferenceMetrics, PreferenceObjective, PreferenceSums, pair_terms};
 use super::step::{pair_logps, reference_logps};
 use crate::data::PreferencePair;
@@ -18,16 +21,56 @@ pub struct PreferenceEval {
     pub pairs: usize,
 }
 
-/// Evaluate `pairs` in batches of `batch_size` pairs; `reference` is DPO's reference policy.
+/// How evaluation batches are made: pairs (rows) per batch, `data.seq_len`, the padding id and
+/// the loss's vocabulary chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalBatches {
+    pub size: usize,
+    pub seq_len: usize,
+    pub pad_id: u32,
+    pub chunk: usize,
+}
+
+impl EvalBatches {
+    /// A run's: micro-batches of validation pairs (rows), cut to `data.seq_len`.
+    pub fn of_run(setup: &crate::train::setup::RunSetup, chunk: usize) -> Self {
+        let r = setup.recipe();
+        Self {
+            size: r.train.micro_batch_size,
+            seq_len: r.data.seq_len,
+            pad_id: setup.pad_id(),
+            chunk,
+        }
+    }
+}
+
+/// Evaluate `pairs` (KTO: unpaired rows) in batches; `reference` is DPO's and KTO's
+/// reference policy.
 pub fn evaluate_pairs<B: ModelBackend>(
     policy: &Model<B>,
     reference: Option<&Model<B>>,
     pairs: &[PreferencePair],
-    batch_size: usize,
     objective: &PreferenceObjective,
-    pad_id: u32,
-    chunk: usize,
+    batches: &EvalBatches,
 ) -> anyhow::Result<PreferenceEval> {
+    let EvalBatches {
+        size: batch_size,
+        seq_len,
+        pad_id,
+        chunk,
+    } = *batches;
+    if let Some(kto) = Kto::of(objective) {
+        let reference = reference.context("KTO needs its reference policy")?;
+        let (loss, sums, (nll, tokens)) = evaluate_unpaired(
+            policy, reference, pairs, &kto, batch_size, seq_len, pad_id, chunk,
+        )?;
+        return Ok(PreferenceEval {
+            loss,
+            perplexity: (nll / tokens.max(1) as f64).exp(),
+            metrics: sums.metrics(objective),
+            pairs: pairs.len(),
+        });
+    }
     let prompt_in_chosen = objective.prompt_in_chosen();
     // The NLL term's weight (SimPO without it reports an NLL of 0, as TRL does).
     let nll_weight = objective.nll().map(|(_, w)| w);

@@ -8,7 +8,8 @@
 pub use super::dpo::DpoMix;
 use super::dpo::{DpoShape, dpo_terms};
 pub use super::math::{log_sigmoid, log1mexp, sigmoid};
-use crate::recipe::{CpoLoss, DpoLoss, FDivergence, Objective, TrainSection};
+pub use super::metrics::{KtoMetrics, OrpoMetrics, PreferenceMetrics, PreferenceSums};
+use crate::recipe::{CpoLoss, DpoLoss, FDivergence, KtoLoss, Objective, TrainSection};
 
 /// What a step or an evaluation optimises over pairs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,12 +44,25 @@ pub enum PreferenceObjective {
         label_smoothing: f64,
         cpo_alpha: f64,
     },
+    /// KTO on unpaired rows (TRL's KTOTrainer; the loss in `super::kto`).
+    Kto {
+        beta: f64,
+        loss: KtoLoss,
+        desirable_weight: f64,
+        undesirable_weight: f64,
+    },
 }
 
 impl PreferenceObjective {
     /// The recipe's objective; `None` for SFT.
     pub fn from_recipe(train: &TrainSection, train_on_inputs: bool) -> Option<Self> {
-        let (dpo, orpo, simpo, cpo) = (&train.dpo, &train.orpo, &train.simpo, &train.cpo);
+        let (dpo, orpo, simpo, cpo, kto) = (
+            &train.dpo,
+            &train.orpo,
+            &train.simpo,
+            &train.cpo,
+            &train.kto,
+        );
         match train.objective {
             Objective::Sft => None,
             Objective::Dpo => Some(Self::Dpo {
@@ -74,6 +88,12 @@ impl PreferenceObjective {
                 label_smoothing: cpo.label_smoothing,
                 cpo_alpha: cpo.cpo_alpha,
             }),
+            Objective::Kto => Some(Self::Kto {
+                beta: kto.beta,
+                loss: kto.loss_type,
+                desirable_weight: kto.desirable_weight,
+                undesirable_weight: kto.undesirable_weight,
+            }),
         }
     }
 
@@ -86,7 +106,12 @@ impl PreferenceObjective {
     }
 
     pub fn needs_reference(&self) -> bool {
-        matches!(self, Self::Dpo { .. })
+        matches!(self, Self::Dpo { .. } | Self::Kto { .. })
+    }
+
+    /// KTO: each row is one labelled completion, not a pair.
+    pub fn is_unpaired(&self) -> bool {
+        matches!(self, Self::Kto { .. })
     }
 
     /// The chosen completions' NLL term: whether it covers the prompt too, and its weight
@@ -98,6 +123,7 @@ impl PreferenceObjective {
             Self::Simpo { cpo_alpha, .. } | Self::Cpo { cpo_alpha, .. } => {
                 (cpo_alpha > 0.0).then_some((false, cpo_alpha))
             }
+            Self::Kto { .. } => None,
         }
     }
 
@@ -166,6 +192,15 @@ impl std::fmt::Display for PreferenceObjective {
             } => write!(
                 f,
                 "cpo ({loss} loss, beta {beta}, label smoothing {label_smoothing}, NLL weight {cpo_alpha}; no reference policy)"
+            ),
+            Self::Kto {
+                beta,
+                loss,
+                desirable_weight,
+                undesirable_weight,
+            } => write!(
+                f,
+                "kto ({loss} loss, beta {beta}, weights {desirable_weight} desirable / {undesirable_weight} undesirable; reference: the frozen base, adapters swapped, no second model)"
             ),
         }
     }
@@ -286,6 +321,18 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 log_sigmoid_odds: 0.0,
             }
         }
+        // KTO's rows are unpaired; its loss is `super::kto`'s.
+        PreferenceObjective::Kto { .. } => PairTerms {
+            loss: 0.0,
+            d_chosen: 0.0,
+            d_rejected: 0.0,
+            reward_chosen: 0.0,
+            reward_rejected: 0.0,
+            logp_chosen: 0.0,
+            logp_rejected: 0.0,
+            log_odds: 0.0,
+            log_sigmoid_odds: 0.0,
+        },
         PreferenceObjective::Cpo {
             beta,
             loss,
@@ -326,149 +373,6 @@ pub fn pair_terms(objective: &PreferenceObjective, p: &PairLogps) -> PairTerms {
                 log_sigmoid_odds: 0.0,
             }
         }
-    }
-}
-
-/// Sums over pairs behind the metrics, in a fixed order so replicas can add them up.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct PreferenceSums {
-    pub pairs: f64,
-    pub reward_chosen: f64,
-    pub reward_rejected: f64,
-    pub correct: f64,
-    pub logp_chosen: f64,
-    pub logp_rejected: f64,
-    pub log_odds: f64,
-    pub log_sigmoid_odds: f64,
-    /// ORPO: summed NLL and its token count.
-    pub nll: f64,
-    pub nll_tokens: f64,
-}
-
-impl PreferenceSums {
-    pub const LEN: usize = 10;
-
-    pub fn add(&mut self, t: &PairTerms) {
-        self.pairs += 1.0;
-        self.reward_chosen += t.reward_chosen;
-        self.reward_rejected += t.reward_rejected;
-        // TRL counts a pair as correct when its chosen reward is strictly higher.
-        self.correct += f64::from(u8::from(t.reward_chosen > t.reward_rejected));
-        self.logp_chosen += t.logp_chosen;
-        self.logp_rejected += t.logp_rejected;
-        self.log_odds += t.log_odds;
-        self.log_sigmoid_odds += t.log_sigmoid_odds;
-    }
-
-    pub fn merge(&mut self, o: &Self) {
-        let (a, b) = (self.to_vec(), o.to_vec());
-        *self = Self::from_slice(&a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>());
-    }
-
-    pub fn to_vec(&self) -> Vec<f64> {
-        vec![
-            self.pairs,
-            self.reward_chosen,
-            self.reward_rejected,
-            self.correct,
-            self.logp_chosen,
-            self.logp_rejected,
-            self.log_odds,
-            self.log_sigmoid_odds,
-            self.nll,
-            self.nll_tokens,
-        ]
-    }
-
-    pub fn from_slice(v: &[f64]) -> Self {
-        let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
-        Self {
-            pairs: at(0),
-            reward_chosen: at(1),
-            reward_rejected: at(2),
-            correct: at(3),
-            logp_chosen: at(4),
-            logp_rejected: at(5),
-            log_odds: at(6),
-            log_sigmoid_odds: at(7),
-            nll: at(8),
-            nll_tokens: at(9),
-        }
-    }
-
-    /// The means TRL logs.
-    pub fn metrics(&self, objective: &PreferenceObjective) -> PreferenceMetrics {
-        let p = self.pairs.max(1.0);
-        let orpo = matches!(objective, PreferenceObjective::Orpo { .. });
-        let has_nll = orpo
-            || matches!(
-                objective,
-                PreferenceObjective::Simpo { .. } | PreferenceObjective::Cpo { .. }
-            );
-        PreferenceMetrics {
-            rewards_chosen: self.reward_chosen / p,
-            rewards_rejected: self.reward_rejected / p,
-            rewards_margins: (self.reward_chosen - self.reward_rejected) / p,
-            rewards_accuracies: self.correct / p,
-            logps_chosen: self.logp_chosen / p,
-            logps_rejected: self.logp_rejected / p,
-            nll_loss: has_nll.then(|| self.nll / self.nll_tokens.max(1.0)),
-            orpo: orpo.then(|| OrpoMetrics {
-                log_odds_ratio: self.log_sigmoid_odds / p,
-                log_odds_chosen: self.log_odds / p,
-            }),
-        }
-    }
-}
-
-/// Means over a step's (or an evaluation's) pairs, with TRL's names.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PreferenceMetrics {
-    pub rewards_chosen: f64,
-    pub rewards_rejected: f64,
-    pub rewards_margins: f64,
-    pub rewards_accuracies: f64,
-    pub logps_chosen: f64,
-    pub logps_rejected: f64,
-    /// ORPO and SimPO: the chosen completions' token-mean NLL (0 for SimPO without its term,
-    /// as TRL logs it).
-    pub nll_loss: Option<f64>,
-    pub orpo: Option<OrpoMetrics>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OrpoMetrics {
-    pub log_odds_ratio: f64,
-    pub log_odds_chosen: f64,
-}
-
-impl PreferenceMetrics {
-    /// `(TRL's name, value)` in the order TRL logs them.
-    /// [`Self::named`] with `prefix` before each name (`eval_` for evaluations).
-    pub fn with_prefix(&self, prefix: &str) -> crate::observe::metrics::ObjectiveMetrics {
-        self.named()
-            .into_iter()
-            .map(|(k, v)| (format!("{prefix}{k}"), v))
-            .collect()
-    }
-
-    pub fn named(&self) -> Vec<(&'static str, f64)> {
-        let mut v = vec![
-            ("rewards/chosen", self.rewards_chosen),
-            ("rewards/rejected", self.rewards_rejected),
-            ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", self.rewards_margins),
-            ("logps/chosen", self.logps_chosen),
-            ("logps/rejected", self.logps_rejected),
-        ];
-        if let Some(nll) = self.nll_loss {
-            v.push(("nll_loss", nll));
-        }
-        if let Some(o) = &self.orpo {
-            v.push(("log_odds_ratio", o.log_odds_ratio));
-            v.push(("log_odds_chosen", o.log_odds_chosen));
-        }
-        v
     }
 }
 

@@ -11,6 +11,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use anyhow::Context;
 
 use super::batch::PairBatch;
+use super::kto::{Kto, take_kto_step};
 use super::objective::{PairLogps, PreferenceObjective, PreferenceSums, pair_terms};
 use crate::backend::TrainBackend;
 use crate::data::PreferencePair;
@@ -31,6 +32,8 @@ use crate::train::sync::{GradientSync, StepContribution};
 pub struct PairWindow<'a> {
     /// This replica's pairs of each micro-batch.
     pub micro_batches: Vec<Vec<&'a PreferencePair>>,
+    /// Each whole micro-batch (every replica's pairs; KTO's KL estimate covers them all).
+    pub whole: Vec<Vec<&'a PreferencePair>>,
     /// Pairs in each whole micro-batch (all replicas).
     pub global_sizes: Vec<usize>,
     /// Pairs in the whole window.
@@ -40,7 +43,7 @@ pub struct PairWindow<'a> {
 }
 
 /// The policy's and the reference's per-token losses of a batch of pairs.
-fn token_values<B: ModelBackend>(t: Tensor<B, 1>) -> anyhow::Result<Vec<f32>> {
+pub(super) fn token_values<B: ModelBackend>(t: Tensor<B, 1>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -76,7 +79,92 @@ pub fn pair_logps(
         .collect()
 }
 
-/// Take optimizer step `step` over `window`. `reference` is the reference policy (DPO).
+/// What a step's micro-batches add up on this replica before the replicas' sums.
+pub(super) struct StepTotals<B: TrainBackend> {
+    pub grad_sums: Vec<Tensor<B::InnerBackend, 2>>,
+    pub loss: f64,
+    pub input_tokens: usize,
+    pub trained_tokens: usize,
+    pub sums: PreferenceSums,
+}
+
+impl<B: TrainBackend> StepTotals<B> {
+    pub fn new(
+        net: &crate::model::CausalLm<B>,
+        targets: &[TargetModule],
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            grad_sums: factor_tensors(net, targets)
+                .iter()
+                .map(|p| Tensor::zeros(p.dims(), (device, DType::F32)))
+                .collect(),
+            loss: 0.0,
+            input_tokens: 0,
+            trained_tokens: 0,
+            sums: PreferenceSums::default(),
+        }
+    }
+
+    /// Add a micro-batch's gradients of the adapter factors.
+    pub fn add_gradients(
+        &mut self,
+        net: &crate::model::CausalLm<B>,
+        targets: &[TargetModule],
+        grads: B::Gradients,
+    ) {
+        for (acc, p) in self.grad_sums.iter_mut().zip(factor_tensors(net, targets)) {
+            if let Some(g) = p.grad(&grads) {
+                *acc = acc.clone() + g;
+            }
+        }
+    }
+}
+
+/// Sum the replicas' totals and update the adapters.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish_step<B: TrainBackend>(
+    model: &mut Model<B>,
+    targets: &[TargetModule],
+    optimizer: &mut AdamW<B::InnerBackend>,
+    totals: StepTotals<B>,
+    step: usize,
+    lr: f64,
+    settings: &StepSettings,
+    sync: &mut dyn GradientSync<B::InnerBackend>,
+    stop: &StopFlag,
+) -> anyhow::Result<(StepResult, PreferenceSums)> {
+    let local_stop = stop.requested();
+    let total = sync.all_reduce(StepContribution {
+        grad_sums: totals.grad_sums,
+        trained_tokens: totals.trained_tokens,
+        loss_sum: totals.loss,
+        input_tokens: totals.input_tokens,
+        stop: local_stop.is_some(),
+        step,
+        metric_sums: totals.sums.to_vec(),
+    })?;
+    let stop = stop_after(local_stop, total.stop);
+    let update = Update {
+        step,
+        lr,
+        loss: total.loss_sum,
+        max_grad_norm: settings.max_grad_norm,
+    };
+    let grad_norm = apply_update(model, targets, optimizer, total.grad_sums, 1.0, &update)?;
+    Ok((
+        StepResult {
+            loss: total.loss_sum,
+            grad_norm,
+            input_tokens: total.input_tokens,
+            trained_tokens: total.trained_tokens,
+            stop,
+        },
+        PreferenceSums::from_slice(&total.metric_sums),
+    ))
+}
+
+/// Take optimizer step `step` over `window`. `reference` is the reference policy (DPO, KTO).
 #[allow(clippy::too_many_arguments)]
 pub fn take_preference_step<B: TrainBackend>(
     model: &mut Model<B>,
@@ -91,26 +179,27 @@ pub fn take_preference_step<B: TrainBackend>(
     sync: &mut dyn GradientSync<B::InnerBackend>,
     stop: &StopFlag,
 ) -> anyhow::Result<(StepResult, PreferenceSums)> {
+    if let Some(kto) = Kto::of(objective) {
+        let reference = reference.context("KTO needs its reference policy")?;
+        return take_kto_step(
+            model, reference, targets, optimizer, window, &kto, step, lr, settings, sync, stop,
+        );
+    }
     let device = model.device.clone();
-    let mut grad_sums: Vec<Tensor<B::InnerBackend, 2>> = factor_tensors(&model.net, targets)
-        .iter()
-        .map(|p| Tensor::zeros(p.dims(), (&device, DType::F32)))
-        .collect();
+    let mut totals = StepTotals::<B>::new(&model.net, targets, &device);
     let prompt_in_chosen = objective.prompt_in_chosen();
     let nll_scale = objective
         .nll()
         .map_or(0.0, |(_, weight)| weight / window.nll_tokens.max(1) as f64);
     let pair_scale = 1.0 / window.pairs.max(1) as f64;
-    let mut sums = PreferenceSums::default();
-    let (mut loss_part, mut input_tokens, mut trained_tokens) = (0.0f64, 0usize, 0usize);
     for (j, pairs) in window.micro_batches.iter().enumerate() {
         if pairs.is_empty() {
             continue;
         }
         let pb = PairBatch::new(pairs, settings.pad_id, prompt_in_chosen)
             .with_length_weight(objective.length_weight());
-        input_tokens += pb.input_tokens;
-        trained_tokens += pb.token_row.len();
+        totals.input_tokens += pb.input_tokens;
+        totals.trained_tokens += pb.token_row.len();
         let reference_rows = match reference {
             Some(r) if objective.needs_reference() => {
                 Some(reference_logps(r, &pb, settings.chunk)?)
@@ -134,16 +223,16 @@ pub fn take_preference_step<B: TrainBackend>(
         let mut d_row = vec![0.0f64; 2 * pb.pairs];
         for (i, p) in logps.iter().enumerate() {
             let t = pair_terms(objective, p);
-            loss_part += t.loss * pair_scale;
+            totals.loss += t.loss * pair_scale;
             d_row[i] = t.d_chosen * pair_scale;
             d_row[pb.pairs + i] = t.d_rejected * pair_scale;
-            sums.add(&t);
+            totals.sums.add(&t);
         }
         if nll_scale > 0.0 {
             let (nll, n) = pb.chosen_nll(&values);
-            loss_part += nll * nll_scale;
-            sums.nll += nll;
-            sums.nll_tokens += n as f64;
+            totals.loss += nll * nll_scale;
+            totals.sums.nll += nll;
+            totals.sums.nll_tokens += n as f64;
         }
         // A token loss is minus a log-probability: its weight is minus its row's derivative
         // (times its weight in the row's sum), plus the NLL's share for the chosen rows.
@@ -160,44 +249,11 @@ pub fn take_preference_step<B: TrainBackend>(
             .collect();
         let n = weights.len();
         let w = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), (&device, DType::F32));
-        let grads = (losses * w).sum().backward();
-        for (acc, p) in grad_sums
-            .iter_mut()
-            .zip(factor_tensors(&model.net, targets))
-        {
-            if let Some(g) = p.grad(&grads) {
-                *acc = acc.clone() + g;
-            }
-        }
+        totals.add_gradients(&model.net, targets, (losses * w).sum().backward());
     }
-    let local_stop = stop.requested();
-    let total = sync.all_reduce(StepContribution {
-        grad_sums,
-        trained_tokens,
-        loss_sum: loss_part,
-        input_tokens,
-        stop: local_stop.is_some(),
-        step,
-        metric_sums: sums.to_vec(),
-    })?;
-    let stop = stop_after(local_stop, total.stop);
-    let update = Update {
-        step,
-        lr,
-        loss: total.loss_sum,
-        max_grad_norm: settings.max_grad_norm,
-    };
-    let grad_norm = apply_update(model, targets, optimizer, total.grad_sums, 1.0, &update)?;
-    Ok((
-        StepResult {
-            loss: total.loss_sum,
-            grad_norm,
-            input_tokens: total.input_tokens,
-            trained_tokens: total.trained_tokens,
-            stop,
-        },
-        PreferenceSums::from_slice(&total.metric_sums),
-    ))
+    finish_step(
+        model, targets, optimizer, totals, step, lr, settings, sync, stop,
+    )
 }
 
 /// The reference policy for `model`: the same network with the adapters off (`None`), or
@@ -240,8 +296,9 @@ pub fn reference_model<B: TrainBackend>(
     reference
 }
 
-/// DPO's reference policy: the base with the adapters off, or `train.dpo.reference`'s
-/// adapter on the same frozen weights. `None` for objectives without one.
+/// DPO's and KTO's reference policy: the base with the adapters off, or `train.dpo.reference`'s
+/// (`train.kto.reference`'s) adapter on the same frozen weights. `None` for objectives without
+/// one.
 pub fn load_reference<B: TrainBackend>(
     setup: &RunSetup,
     model: &Model<B>,
@@ -250,14 +307,18 @@ pub fn load_reference<B: TrainBackend>(
     if !objective.is_some_and(PreferenceObjective::needs_reference) {
         return Ok(None);
     }
-    let r = &setup.recipe().train.dpo.reference;
+    let t = &setup.recipe().train;
+    let (key, r) = match t.objective {
+        crate::recipe::Objective::Kto => ("train.kto.reference", &t.kto.reference),
+        _ => ("train.dpo.reference", &t.dpo.reference),
+    };
     let files = if r == "base" {
         None
     } else {
         let dir = setup.loaded.resolve_path(r);
         Some(
             read_adapter(&dir, &model.config)
-                .with_context(|| format!("train.dpo.reference {}", dir.display()))?,
+                .with_context(|| format!("{key} {}", dir.display()))?,
         )
     };
     Ok(Some(reference_model(model, files.as_ref())))
