@@ -430,3 +430,60 @@ fn bad_rows_name_file_and_line() {
         "{err}"
     );
 }
+
+/// Prompt-completion rows (text and conversational, detected from their columns) tokenize to
+/// TRL 1.16's SFTTrainer ids and labels (scripts/make_prompt_completion_goldens.py): only the
+/// completion is trained; with `train_on_inputs` every token is.
+#[test]
+fn prompt_completion_rows_tokenize_as_trl() {
+    let golden = read_json(&fixtures().join("golden/prompt-completion-tokens.json"));
+    let cases = golden.as_array().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = cases.iter().map(|c| format!("{}\n", c["row"])).collect();
+    let file = tmp.path().join("rows.jsonl");
+    std::fs::write(&file, rows).unwrap();
+    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
+    let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    let ints = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    for train_on_inputs in [false, true] {
+        let mut plan = plan_for(vec![file.clone()], None, 512, false, TooLong::Truncate);
+        plan.train_on_inputs = train_on_inputs;
+        let data = prepare(&plan, Some(&tokenizer)).unwrap();
+        assert_eq!(data.formats, vec![burnish::data::Format::PromptCompletion]);
+        assert_eq!(data.train.len(), cases.len());
+        for (i, (row, c)) in data.train.iter().zip(cases).enumerate() {
+            let ids = ints(&c["input_ids"]);
+            let want: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+            assert_eq!(row.ids, want, "row {i} ids");
+            let labels = if train_on_inputs {
+                ids.clone()
+            } else {
+                ints(&c["labels"])
+            };
+            assert_eq!(row.labels, labels, "row {i} labels");
+        }
+    }
+    // A row without its completion is located.
+    std::fs::write(&file, "{\"prompt\": \"a\", \"completion\": \"\"}\n").unwrap();
+    let plan = plan_for(
+        vec![file.clone()],
+        Some(burnish::data::Format::PromptCompletion),
+        512,
+        false,
+        TooLong::Truncate,
+    );
+    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
+        panic!("an empty completion was accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("rows.jsonl") && err.contains("completion ('completion') is empty"),
+        "{err}"
+    );
+}

@@ -37,7 +37,7 @@ train:
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("recipe.yaml:5:3: lora.alpah: unknown field 'alpah' (did you mean 'alpha'?); expected one of r, alpha"), "{err}");
     assert!(
-        err.contains("recipe.yaml:9:15: data.train.0.format: 'alpacca' is not one of text, alpaca, messages, sharegpt, pretokenized, preference, unpaired (did you mean 'alpaca'?)"),
+        err.contains("recipe.yaml:9:15: data.train.0.format: 'alpacca' is not one of text, alpaca, messages, sharegpt, pretokenized, preference, unpaired, prompt_completion (did you mean 'alpaca'?)"),
         "{err}"
     );
     assert!(

@@ -278,7 +278,14 @@ fn tokenize_sources(
                 continue;
             }
             let example = parse_example(row, format, &src.fields, &src.roles)?;
-            if matches!(example, Example::Chat(_)) && !tok.has_template() {
+            let conversation = match &example {
+                Example::Chat(_) => true,
+                Example::PromptCompletion { prompt, .. } => {
+                    matches!(prompt, preference::Side::Messages(_))
+                }
+                _ => false,
+            };
+            if conversation && !tok.has_template() {
                 return Err(DataError::BadRow {
                     at: row.at.clone(),
                     message: "conversations need a chat template, and this tokenizer has none; set data.chat_template".into(),

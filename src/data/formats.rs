@@ -31,10 +31,14 @@ pub enum Format {
     /// `prompt`, `completion`, `label` rows for `kto`: one completion each, desirable or not
     /// (TRL's unpaired preference type; see `data::unpaired`).
     Unpaired,
+    /// `prompt` and `completion` (TRL's prompt-completion type): texts or messages; only the
+    /// completion is trained.
+    #[serde(rename = "prompt_completion")]
+    PromptCompletion,
 }
 
 impl Format {
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 8] = [
         Format::Text,
         Format::Alpaca,
         Format::Messages,
@@ -42,6 +46,7 @@ impl Format {
         Format::Pretokenized,
         Format::Preference,
         Format::Unpaired,
+        Format::PromptCompletion,
     ];
 
     /// The canonical column names of this format (what `fields` may remap).
@@ -54,6 +59,7 @@ impl Format {
             Format::Pretokenized => &["input_ids", "labels"],
             Format::Preference => &super::preference::FIELDS,
             Format::Unpaired => &super::unpaired::FIELDS,
+            Format::PromptCompletion => &["prompt", "completion", "role", "content"],
         }
     }
 
@@ -64,6 +70,8 @@ impl Format {
             Some(Format::Preference)
         } else if has("completion") && has("label") {
             Some(Format::Unpaired)
+        } else if has("prompt") && has("completion") {
+            Some(Format::PromptCompletion)
         } else if has("input_ids") {
             Some(Format::Pretokenized)
         } else if has("messages") {
@@ -90,6 +98,7 @@ impl fmt::Display for Format {
             Format::Pretokenized => "pretokenized",
             Format::Preference => "preference",
             Format::Unpaired => "unpaired",
+            Format::PromptCompletion => "prompt_completion",
         })
     }
 }
@@ -100,7 +109,7 @@ impl FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.to_string() == s)
-            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt, pretokenized, preference or unpaired)"))
+            .ok_or_else(|| format!("unknown format '{s}' (expected text, alpaca, messages, sharegpt, pretokenized, preference, unpaired or prompt_completion)"))
     }
 }
 
@@ -128,6 +137,12 @@ pub enum Example {
     Tokens {
         input_ids: Vec<u32>,
         labels: Option<Vec<i64>>,
+    },
+    /// A prompt and its completion, both texts or both conversations (a text completion to a
+    /// conversation is the assistant's reply).
+    PromptCompletion {
+        prompt: super::preference::Side,
+        completion: super::preference::Side,
     },
 }
 
@@ -177,6 +192,23 @@ pub fn parse_example(
         Format::Preference | Format::Unpaired => Err(bad(format!(
             "{format} rows train with a preference objective (train.objective dpo, orpo, simpo, cpo or kto), not as single examples"
         ))),
+        Format::PromptCompletion => {
+            let side = |canonical: &str| -> Result<super::preference::Side, DataError> {
+                let key = name(canonical);
+                match super::preference::side_of(row, &key, fields, roles).map_err(bad)? {
+                    None => Err(bad(format!(
+                        "missing field '{key}' (format {format}; map columns with `fields:` in the recipe)"
+                    ))),
+                    Some(s) if s.is_empty() => {
+                        Err(bad(format!("the {canonical} ('{key}') is empty")))
+                    }
+                    Some(s) => Ok(s),
+                }
+            };
+            let prompt = side("prompt")?;
+            let completion = super::preference::as_reply(&prompt, side("completion")?);
+            Ok(Example::PromptCompletion { prompt, completion })
+        }
         Format::Text => Ok(Example::Text(text("text", true)?.unwrap_or_default())),
         Format::Alpaca => Ok(Example::Alpaca {
             instruction: text("instruction", true)?.unwrap_or_default(),

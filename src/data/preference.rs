@@ -162,9 +162,22 @@ pub fn parse(
     Ok(example)
 }
 
+/// A completion as the prompt's kind: a text reply to a conversation becomes the assistant's
+/// message.
+pub fn as_reply(prompt: &Side, completion: Side) -> Side {
+    match (prompt, completion) {
+        (Side::Messages(_), Side::Text(content)) => Side::Messages(vec![Message {
+            role: "assistant".into(),
+            content,
+            extra: Default::default(),
+        }]),
+        (_, c) => c,
+    }
+}
+
 /// Field `key` of a row as one side of an example: a string, token ids or chat messages;
 /// `None` when missing or null.
-pub(super) fn side_of(
+pub fn side_of(
     row: &Row,
     key: &str,
     fields: &FieldMap,
@@ -325,7 +338,7 @@ pub fn tokenize(tok: &Tokenization<'_>, e: &PreferenceExample) -> Result<Prefere
 /// The ids of `prompt` alone and of `prompt` followed by `completion`: token ids as they
 /// are, texts with the EOS appended to the completion, conversations rendered with the chat
 /// template (the prompt with the generation prompt).
-pub(super) fn encode(
+pub fn encode(
     tok: &Tokenization<'_>,
     prompt: &Side,
     completion: &Side,
@@ -354,7 +367,7 @@ pub(super) fn encode(
     }
 }
 
-pub(super) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

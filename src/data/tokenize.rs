@@ -12,6 +12,7 @@
 use super::TokenizedExample;
 use super::error::DataError;
 use super::formats::{Example, Message};
+use super::preference::Side;
 use super::template::{ChatTemplate, TemplateMessage};
 use crate::model::TokenizerBundle;
 use crate::model::loss::IGNORE_INDEX;
@@ -172,6 +173,9 @@ impl<'a> Tokenization<'a> {
                 }
             }
             Example::Chat(messages) => self.chat(messages),
+            Example::PromptCompletion { prompt, completion } => {
+                self.prompt_completion(prompt, completion)
+            }
             Example::Tokens { input_ids, labels } => Ok(TokenizedExample {
                 ids: input_ids.clone(),
                 labels: labels
@@ -284,6 +288,33 @@ impl<'a> Tokenization<'a> {
             .zip(&offsets)
             .map(|(&id, &(start, _))| {
                 if spans.iter().any(|&(s, e)| start >= s && start < e) {
+                    id as i64
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect();
+        Ok(TokenizedExample { ids, labels })
+    }
+
+    /// TRL's SFT tokenization of a prompt-completion row: the ids of prompt + completion (EOS
+    /// appended to a text completion), trained from where they stop matching the prompt's own
+    /// ids (all of them with `train_on_inputs`).
+    fn prompt_completion(
+        &self,
+        prompt: &Side,
+        completion: &Side,
+    ) -> Result<TokenizedExample, String> {
+        let (prompt_ids, ids) = super::preference::encode(self, prompt, completion)?;
+        let shared = super::preference::common_prefix(&prompt_ids, &ids);
+        if shared == ids.len() {
+            return Err("the completion tokenizes to nothing".into());
+        }
+        let labels = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &id)| {
+                if self.train_on_inputs || t >= shared {
                     id as i64
                 } else {
                     IGNORE_INDEX

@@ -8,8 +8,10 @@
 use serde_json::Value;
 
 use super::error::DataError;
-use super::formats::{FieldMap, Message, RoleMap};
-use super::preference::{PreferenceExample, PreferencePair, Side, common_prefix, encode, side_of};
+use super::formats::{FieldMap, RoleMap};
+use super::preference::{
+    PreferenceExample, PreferencePair, Side, as_reply, common_prefix, encode, side_of,
+};
 use super::source::Row;
 use super::tokenize::Tokenization;
 
@@ -67,15 +69,7 @@ pub fn parse(row: &Row, fields: &FieldMap, roles: &RoleMap) -> Result<UnpairedEx
             )));
         }
     };
-    let completion = match (&prompt, completion) {
-        // A conversation's reply given as text: the assistant's message.
-        (Side::Messages(_), Side::Text(content)) => Side::Messages(vec![Message {
-            role: "assistant".into(),
-            content,
-            extra: Default::default(),
-        }]),
-        (_, c) => c,
-    };
+    let completion = as_reply(&prompt, completion);
     Ok(UnpairedExample {
         prompt,
         completion,
