@@ -76,7 +76,7 @@ fn chat_templates_render_and_mask_like_transformers() {
                 case["prompt_with_generation"].as_str().unwrap(),
                 "{name}/{kind}: generation prompt"
             );
-            let t = tz.tokenize(&Example::Chat(msgs.clone())).unwrap();
+            let t = tz.tokenize(&Example::Chat(msgs.clone(), None)).unwrap();
             let want_ids: Vec<u32> = case["input_ids"]
                 .as_array()
                 .unwrap()
@@ -103,7 +103,7 @@ fn chat_templates_render_and_mask_like_transformers() {
             // With train_on_inputs every token is trained.
             let all = Tokenization::new(Some(&tok), None, true, None)
                 .unwrap()
-                .tokenize(&Example::Chat(msgs.clone()))
+                .tokenize(&Example::Chat(msgs.clone(), None))
                 .unwrap();
             assert!(all.labels.iter().all(|&l| l != IGNORE_INDEX));
             if name == "gemma3" {
@@ -116,7 +116,7 @@ fn chat_templates_render_and_mask_like_transformers() {
                     case["prompt_with_generation"].as_str().unwrap(),
                     "gemma2/{kind}: generation prompt"
                 );
-                let t2 = g2.tokenize(&Example::Chat(msgs)).unwrap();
+                let t2 = g2.tokenize(&Example::Chat(msgs, None)).unwrap();
                 assert_eq!(t2.ids, want_ids, "gemma2/{kind}: ids");
                 assert_eq!(t2.labels, t.labels, "gemma2/{kind}: trained tokens");
             }
@@ -484,6 +484,63 @@ fn prompt_completion_rows_tokenize_as_trl() {
     let err = err.to_string();
     assert!(
         err.contains("rows.jsonl") && err.contains("completion ('completion') is empty"),
+        "{err}"
+    );
+}
+
+/// Conversations with a `tools` column (a list, or a JSON string) render the tool definitions
+/// and tool calls as transformers' `apply_chat_template(tools=...)` does in TRL's SFTTrainer
+/// (Qwen2.5's template, scripts/make_prompt_completion_goldens.py); a `tools` string that is not
+/// a JSON list is located.
+#[test]
+fn tool_definitions_render_as_trl() {
+    let golden = read_json(&fixtures().join("golden/tool-chat-tokens.json"));
+    let cases = golden.as_array().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = cases.iter().map(|c| format!("{}\n", c["row"])).collect();
+    let file = tmp.path().join("rows.jsonl");
+    std::fs::write(&file, rows).unwrap();
+    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
+    let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    let plan = plan_for(vec![file.clone()], None, 512, false, TooLong::Truncate);
+    let data = prepare(&plan, Some(&tokenizer)).unwrap();
+    assert_eq!(data.train.len(), cases.len());
+    for (i, (row, c)) in data.train.iter().zip(cases).enumerate() {
+        let want: Vec<u32> = c["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(row.ids, want, "row {i}");
+        // The tool definitions are context: only assistant turns are trained.
+        assert!(row.labels.iter().any(|&l| l != IGNORE_INDEX), "row {i}");
+    }
+    std::fs::write(
+        &file,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}], \"tools\": \"not json\"}\n",
+    )
+    .unwrap();
+    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
+        panic!("a bad tools string was accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("rows.jsonl") && err.contains("'tools'"),
+        "{err}"
+    );
+    // Rows whose formats do not render tools refuse them rather than drop them.
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"a\", \"completion\": \"b\", \"tools\": []}\n",
+    )
+    .unwrap();
+    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
+        panic!("tools on a prompt-completion row were accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("rows.jsonl") && err.contains("not prompt_completion rows"),
         "{err}"
     );
 }

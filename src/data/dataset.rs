@@ -279,7 +279,7 @@ fn tokenize_sources(
             }
             let example = parse_example(row, format, &src.fields, &src.roles)?;
             let conversation = match &example {
-                Example::Chat(_) => true,
+                Example::Chat(..) => true,
                 Example::PromptCompletion { prompt, .. } => {
                     matches!(prompt, preference::Side::Messages(_))
                 }

@@ -54,8 +54,8 @@ impl Format {
         match self {
             Format::Text => &["text"],
             Format::Alpaca => &["instruction", "input", "output", "system"],
-            Format::Messages => &["messages", "role", "content"],
-            Format::Sharegpt => &["conversations", "from", "value"],
+            Format::Messages => &["messages", "role", "content", "tools"],
+            Format::Sharegpt => &["conversations", "from", "value", "tools"],
             Format::Pretokenized => &["input_ids", "labels"],
             Format::Preference => &super::preference::FIELDS,
             Format::Unpaired => &super::unpaired::FIELDS,
@@ -133,7 +133,9 @@ pub enum Example {
         output: String,
         system: Option<String>,
     },
-    Chat(Vec<Message>),
+    /// A conversation, with the tool definitions its template renders (a `tools` column:
+    /// JSON schemas, as a list or a JSON string, as TRL reads it).
+    Chat(Vec<Message>, Option<Value>),
     Tokens {
         input_ids: Vec<u32>,
         labels: Option<Vec<i64>>,
@@ -205,6 +207,7 @@ pub fn parse_example(
                     Some(s) => Ok(s),
                 }
             };
+            super::preference::refuse_tools(row, fields, "prompt_completion").map_err(bad)?;
             let prompt = side("prompt")?;
             let completion = super::preference::as_reply(&prompt, side("completion")?);
             Ok(Example::PromptCompletion { prompt, completion })
@@ -251,7 +254,27 @@ pub fn parse_example(
                     "conversation has no assistant message to train on".into()
                 ));
             }
-            Ok(Example::Chat(messages))
+            let tools = match get("tools") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(list)) => Some(Value::Array(list.clone())),
+                Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+                    Ok(v @ Value::Array(_)) => Some(v),
+                    _ => {
+                        return Err(bad(format!(
+                            "field '{}' is a string but not a JSON list of tool definitions",
+                            name("tools")
+                        )));
+                    }
+                },
+                Some(other) => {
+                    return Err(bad(format!(
+                        "field '{}' must be a list of tool definitions (JSON schemas), found {}",
+                        name("tools"),
+                        type_name(other)
+                    )));
+                }
+            };
+            Ok(Example::Chat(messages, tools))
         }
         Format::Pretokenized => {
             let ints = |canonical: &str, required: bool| -> Result<Option<Vec<i64>>, DataError> {

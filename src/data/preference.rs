@@ -112,6 +112,7 @@ pub fn parse(
         at: row.at.clone(),
         message,
     };
+    refuse_tools(row, fields, "preference").map_err(bad)?;
     let side = |canonical: &str, required: bool| -> Result<Option<Side>, DataError> {
         let found = side_of(row, &name(canonical), fields, roles).map_err(bad)?;
         if found.is_none() && required {
@@ -160,6 +161,18 @@ pub fn parse(
         )));
     }
     Ok(example)
+}
+
+/// Tool definitions (a `tools` column) are rendered for `messages` and `sharegpt` rows only;
+/// elsewhere they would be dropped silently, so they are refused.
+pub fn refuse_tools(row: &Row, fields: &FieldMap, format: &str) -> Result<(), String> {
+    let key = fields.get("tools").map_or("tools", String::as_str);
+    match row.value.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(format!(
+            "'{key}': tool definitions are rendered for messages and sharegpt rows, not {format} rows; drop the column, or write the conversation as messages"
+        )),
+    }
 }
 
 /// A completion as the prompt's kind: a text reply to a conversation becomes the assistant's

@@ -142,8 +142,8 @@ impl ChatTemplate {
             extra: Default::default(),
         };
         let (user, model) = (probe("user", "u"), probe("assistant", "a"));
-        let plain = template.render_raw(&[user.clone(), model.clone()], false);
-        let with_system = template.render_raw(&[probe("system", "s"), user, model], false);
+        let plain = template.render_raw(&[user.clone(), model.clone()], false, None);
+        let with_system = template.render_raw(&[probe("system", "s"), user, model], false, None);
         template.folds_system = plain.is_ok() && with_system.is_err();
         Ok(template)
     }
@@ -159,6 +159,17 @@ impl ChatTemplate {
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
     ) -> Result<String, DataError> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// [`Self::render`] with the conversation's tool definitions (the JSON schemas
+    /// transformers' `apply_chat_template(tools=...)` passes to the template as `tools`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, DataError> {
         match messages {
             [system, user, rest @ ..]
                 if self.folds_system && system.role == "system" && user.role == "user" =>
@@ -169,9 +180,9 @@ impl ChatTemplate {
                     ..user.clone()
                 });
                 folded.extend_from_slice(rest);
-                self.render_raw(&folded, add_generation_prompt)
+                self.render_raw(&folded, add_generation_prompt, tools)
             }
-            _ => self.render_raw(messages, add_generation_prompt),
+            _ => self.render_raw(messages, add_generation_prompt, tools),
         }
     }
 
@@ -179,6 +190,7 @@ impl ChatTemplate {
         &self,
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
     ) -> Result<String, DataError> {
         let template = self
             .env
@@ -187,6 +199,7 @@ impl ChatTemplate {
         template
             .render(context! {
                 messages => JValue::from(minijinja::value::Serde(messages)),
+                tools => tools.map(|t| JValue::from(minijinja::value::Serde(t))),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,

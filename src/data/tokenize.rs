@@ -10,6 +10,8 @@
 //! ids, so an EOS that equals the pad id is still trained.
 
 use super::TokenizedExample;
+use serde_json::Value;
+
 use super::error::DataError;
 use super::formats::{Example, Message};
 use super::preference::Side;
@@ -132,7 +134,7 @@ impl<'a> Tokenization<'a> {
                         content: output.clone(),
                         extra: Default::default(),
                     });
-                    self.chat(&messages)
+                    self.chat(&messages, None)
                 } else {
                     let prompt = if input.is_empty() {
                         ALPACA_NO_INPUT.replace("{instruction}", instruction)
@@ -172,7 +174,7 @@ impl<'a> Tokenization<'a> {
                     Ok(TokenizedExample { ids, labels })
                 }
             }
-            Example::Chat(messages) => self.chat(messages),
+            Example::Chat(messages, tools) => self.chat(messages, tools.as_ref()),
             Example::PromptCompletion { prompt, completion } => {
                 self.prompt_completion(prompt, completion)
             }
@@ -207,13 +209,22 @@ impl<'a> Tokenization<'a> {
         messages: &[TemplateMessage],
         generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with_tools(messages, generation_prompt, None)
+    }
+
+    fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        generation_prompt: bool,
+        tools: Option<&Value>,
+    ) -> Result<String, String> {
         self.template
             .as_ref()
             .ok_or_else(|| {
                 "this tokenizer has no chat template; set data.chat_template in the recipe"
                     .to_string()
             })?
-            .render(messages, generation_prompt)
+            .render_with_tools(messages, generation_prompt, tools)
             .map_err(|e| e.to_string())
     }
 
@@ -222,6 +233,7 @@ impl<'a> Tokenization<'a> {
         &self,
         rendered: &str,
         messages: &[TemplateMessage],
+        tools: Option<&Value>,
     ) -> Result<Vec<(usize, usize)>, String> {
         let mut spans = Vec::new();
         let mut cursor = 0;
@@ -229,7 +241,7 @@ impl<'a> Tokenization<'a> {
             if m.role != "assistant" {
                 continue;
             }
-            let prefix = self.render(&messages[..i], true)?;
+            let prefix = self.render_with_tools(&messages[..i], true, tools)?;
             let start = if rendered.starts_with(&prefix) && prefix.len() >= cursor {
                 prefix.len()
             } else {
@@ -250,7 +262,7 @@ impl<'a> Tokenization<'a> {
                     .unwrap_or(rendered.len()),
                 None => {
                     if i + 1 < messages.len() {
-                        let upto = self.render(&messages[..=i], false)?;
+                        let upto = self.render_with_tools(&messages[..=i], false, tools)?;
                         if rendered.starts_with(&upto) {
                             upto.trim_end().len()
                         } else {
@@ -267,7 +279,11 @@ impl<'a> Tokenization<'a> {
         Ok(spans)
     }
 
-    fn chat(&self, messages: &[Message]) -> Result<TokenizedExample, String> {
+    fn chat(
+        &self,
+        messages: &[Message],
+        tools: Option<&Value>,
+    ) -> Result<TokenizedExample, String> {
         let tm: Vec<TemplateMessage> = messages
             .iter()
             .map(|m| TemplateMessage {
@@ -276,11 +292,11 @@ impl<'a> Tokenization<'a> {
                 extra: m.extra.clone(),
             })
             .collect();
-        let rendered = self.render(&tm, false)?;
+        let rendered = self.render_with_tools(&tm, false, tools)?;
         let spans = if self.train_on_inputs {
             vec![(0, rendered.len())]
         } else {
-            self.assistant_spans(&rendered, &tm)?
+            self.assistant_spans(&rendered, &tm, tools)?
         };
         let (ids, offsets) = self.encode_offsets(&rendered)?;
         let labels = ids

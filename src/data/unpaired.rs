@@ -53,6 +53,7 @@ pub fn parse(row: &Row, fields: &FieldMap, roles: &RoleMap) -> Result<UnpairedEx
             Some(s) => Ok(s),
         }
     };
+    super::preference::refuse_tools(row, fields, "unpaired").map_err(bad)?;
     let prompt = side("prompt")?;
     let completion = side("completion")?;
     let key = name("label");
