@@ -529,7 +529,7 @@ fn tool_definitions_render_as_trl() {
         err.contains("rows.jsonl") && err.contains("'tools'"),
         "{err}"
     );
-    // Rows whose formats do not render tools refuse them rather than drop them.
+    // A row of texts renders no tools: refused rather than dropped.
     std::fs::write(
         &file,
         "{\"prompt\": \"a\", \"completion\": \"b\", \"tools\": []}\n",
@@ -540,7 +540,81 @@ fn tool_definitions_render_as_trl() {
     };
     let err = err.to_string();
     assert!(
-        err.contains("rows.jsonl") && err.contains("not prompt_completion rows"),
+        err.contains("rows.jsonl") && err.contains("for conversations (lists of messages) only"),
+        "{err}"
+    );
+}
+
+/// The same tools on a prompt-completion row, a preference pair and an unpaired row render as
+/// TRL's SFTTrainer, DPOTrainer and KTOTrainer render them (scripts/make_prompt_completion_goldens.py);
+/// tools on a row of plain texts are refused rather than dropped.
+#[test]
+fn tools_on_prompt_completion_preference_and_unpaired_rows() {
+    use burnish::data::Format;
+    let golden = read_json(&fixtures().join("golden/tool-rows-tokens.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
+    let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let file = tmp.path().join("rows.jsonl");
+    for case in golden.as_array().unwrap() {
+        let kind = case["kind"].as_str().unwrap();
+        std::fs::write(&file, format!("{}\n", case["row"])).unwrap();
+        let format = match kind {
+            "prompt_completion" => Format::PromptCompletion,
+            "preference" => Format::Preference,
+            _ => Format::Unpaired,
+        };
+        let plan = plan_for(
+            vec![file.clone()],
+            Some(format),
+            512,
+            false,
+            TooLong::Truncate,
+        );
+        let data = prepare(&plan, Some(&tokenizer)).unwrap();
+        match kind {
+            "prompt_completion" => {
+                assert_eq!(data.train[0].ids, ids(&case["input_ids"]), "{kind}");
+                let labels: Vec<i64> = case["labels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect();
+                assert_eq!(data.train[0].labels, labels, "{kind}");
+            }
+            "preference" => {
+                let p = &data.train_pairs[0];
+                assert_eq!(p.prompt, ids(&case["prompt_ids"]), "{kind}");
+                assert_eq!(p.chosen, ids(&case["chosen_ids"]), "{kind}");
+                assert_eq!(p.rejected, ids(&case["rejected_ids"]), "{kind}");
+            }
+            _ => {
+                let p = &data.train_pairs[0];
+                assert_eq!(p.prompt, ids(&case["prompt_ids"]), "{kind}");
+                assert_eq!(p.chosen, ids(&case["completion_ids"]), "{kind}");
+            }
+        }
+    }
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\", \"tools\": []}\n",
+    )
+    .unwrap();
+    let plan = plan_for(vec![file.clone()], None, 512, false, TooLong::Truncate);
+    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
+        panic!("tools on a text pair were accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("rows.jsonl") && err.contains("for conversations (lists of messages) only"),
         "{err}"
     );
 }

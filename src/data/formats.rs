@@ -59,7 +59,7 @@ impl Format {
             Format::Pretokenized => &["input_ids", "labels"],
             Format::Preference => &super::preference::FIELDS,
             Format::Unpaired => &super::unpaired::FIELDS,
-            Format::PromptCompletion => &["prompt", "completion", "role", "content"],
+            Format::PromptCompletion => &["prompt", "completion", "role", "content", "tools"],
         }
     }
 
@@ -145,6 +145,7 @@ pub enum Example {
     PromptCompletion {
         prompt: super::preference::Side,
         completion: super::preference::Side,
+        tools: Option<Value>,
     },
 }
 
@@ -207,10 +208,16 @@ pub fn parse_example(
                     Some(s) => Ok(s),
                 }
             };
-            super::preference::refuse_tools(row, fields, "prompt_completion").map_err(bad)?;
+            let tools = super::tools::tools_of(row, fields).map_err(bad)?;
             let prompt = side("prompt")?;
             let completion = super::preference::as_reply(&prompt, side("completion")?);
-            Ok(Example::PromptCompletion { prompt, completion })
+            let conversation = matches!(prompt, super::preference::Side::Messages(_));
+            super::tools::check_rendered(&tools, conversation, fields).map_err(bad)?;
+            Ok(Example::PromptCompletion {
+                prompt,
+                completion,
+                tools,
+            })
         }
         Format::Text => Ok(Example::Text(text("text", true)?.unwrap_or_default())),
         Format::Alpaca => Ok(Example::Alpaca {
@@ -254,26 +261,7 @@ pub fn parse_example(
                     "conversation has no assistant message to train on".into()
                 ));
             }
-            let tools = match get("tools") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(list)) => Some(Value::Array(list.clone())),
-                Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-                    Ok(v @ Value::Array(_)) => Some(v),
-                    _ => {
-                        return Err(bad(format!(
-                            "field '{}' is a string but not a JSON list of tool definitions",
-                            name("tools")
-                        )));
-                    }
-                },
-                Some(other) => {
-                    return Err(bad(format!(
-                        "field '{}' must be a list of tool definitions (JSON schemas), found {}",
-                        name("tools"),
-                        type_name(other)
-                    )));
-                }
-            };
+            let tools = super::tools::tools_of(row, fields).map_err(bad)?;
             Ok(Example::Chat(messages, tools))
         }
         Format::Pretokenized => {

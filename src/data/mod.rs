@@ -11,6 +11,7 @@ pub mod preference;
 pub mod source;
 pub mod template;
 pub mod tokenize;
+pub mod tools;
 pub mod unpaired;
 
 pub use batch::{PackedRow, TokenizedExample, collate};

@@ -23,11 +23,14 @@ pub enum Side {
 }
 
 impl Side {
-    /// No text, no tokens, or no message with content.
+    /// No text, no tokens, or no message with content or other fields (a tool call's message
+    /// may have empty content).
     pub fn is_empty(&self) -> bool {
         match self {
             Side::Text(t) => t.is_empty(),
-            Side::Messages(m) => m.is_empty() || m.iter().all(|m| m.content.is_empty()),
+            Side::Messages(m) => {
+                m.is_empty() || m.iter().all(|m| m.content.is_empty() && m.extra.is_empty())
+            }
             Side::Tokens(t) => t.is_empty(),
         }
     }
@@ -39,6 +42,8 @@ pub struct PreferenceExample {
     pub prompt: Side,
     pub chosen: Side,
     pub rejected: Side,
+    /// The row's tool definitions (conversations only).
+    pub tools: Option<Value>,
 }
 
 /// A tokenized pair: the shared prompt and the two completions (the tokens that are scored).
@@ -93,7 +98,7 @@ impl PreferencePair {
 }
 
 /// The canonical column names of the `preference` format (what `fields` may remap).
-pub const FIELDS: [&str; 5] = ["prompt", "chosen", "rejected", "role", "content"];
+pub const FIELDS: [&str; 6] = ["prompt", "chosen", "rejected", "role", "content", "tools"];
 
 /// Parse a `preference` row. Missing sides, identical completions and empty completions or
 /// prompts are errors naming the row.
@@ -112,7 +117,7 @@ pub fn parse(
         at: row.at.clone(),
         message,
     };
-    refuse_tools(row, fields, "preference").map_err(bad)?;
+    let tools = super::tools::tools_of(row, fields).map_err(bad)?;
     let side = |canonical: &str, required: bool| -> Result<Option<Side>, DataError> {
         let found = side_of(row, &name(canonical), fields, roles).map_err(bad)?;
         if found.is_none() && required {
@@ -139,7 +144,10 @@ pub fn parse(
             return Err(empty_completion(which));
         }
     }
-    let example = explicit_prompt(prompt, chosen, rejected).map_err(bad)?;
+    let mut example = explicit_prompt(prompt, chosen, rejected).map_err(bad)?;
+    let conversation = matches!(example.prompt, Side::Messages(_));
+    super::tools::check_rendered(&tools, conversation, fields).map_err(bad)?;
+    example.tools = tools;
     if empty(&example.prompt) {
         return Err(bad(format!(
             "the prompt is empty (no '{}' and no shared beginning of '{}' and '{}'): both completions must answer a prompt",
@@ -161,18 +169,6 @@ pub fn parse(
         )));
     }
     Ok(example)
-}
-
-/// Tool definitions (a `tools` column) are rendered for `messages` and `sharegpt` rows only;
-/// elsewhere they would be dropped silently, so they are refused.
-pub fn refuse_tools(row: &Row, fields: &FieldMap, format: &str) -> Result<(), String> {
-    let key = fields.get("tools").map_or("tools", String::as_str);
-    match row.value.get(key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(format!(
-            "'{key}': tool definitions are rendered for messages and sharegpt rows, not {format} rows; drop the column, or write the conversation as messages"
-        )),
-    }
 }
 
 /// A completion as the prompt's kind: a text reply to a conversation becomes the assistant's
@@ -247,6 +243,7 @@ fn explicit_prompt(
                         }
                     };
                     return Ok(PreferenceExample {
+                tools: None,
                         chosen: Side::Messages(strip(c)),
                         rejected: Side::Messages(strip(r)),
                         prompt: Side::Messages(p),
@@ -261,6 +258,7 @@ fn explicit_prompt(
                 _ => c[..shared].to_vec(),
             };
             Ok(PreferenceExample {
+                tools: None,
                 prompt: Side::Messages(prompt),
                 chosen: Side::Messages(c[shared..].to_vec()),
                 rejected: Side::Messages(r[shared..].to_vec()),
@@ -275,12 +273,14 @@ fn explicit_prompt(
                 }])
             };
             Ok(PreferenceExample {
+                tools: None,
                 prompt: Side::Messages(p),
                 chosen: reply(c),
                 rejected: reply(r),
             })
         }
         (Some(Side::Tokens(p)), Side::Tokens(c), Side::Tokens(r)) => Ok(PreferenceExample {
+                tools: None,
             prompt: Side::Tokens(p),
             chosen: Side::Tokens(c),
             rejected: Side::Tokens(r),
@@ -288,12 +288,14 @@ fn explicit_prompt(
         (None, Side::Tokens(c), Side::Tokens(r)) => {
             let shared = common_prefix(&c, &r);
             Ok(PreferenceExample {
+                tools: None,
                 prompt: Side::Tokens(c[..shared].to_vec()),
                 chosen: Side::Tokens(c[shared..].to_vec()),
                 rejected: Side::Tokens(r[shared..].to_vec()),
             })
         }
         (Some(Side::Text(p)), Side::Text(c), Side::Text(r)) => Ok(PreferenceExample {
+                tools: None,
             prompt: Side::Text(p),
             chosen: Side::Text(c),
             rejected: Side::Text(r),
@@ -312,6 +314,7 @@ fn explicit_prompt(
                 idx -= 1;
             }
             Ok(PreferenceExample {
+                tools: None,
                 prompt: Side::Text(c[..idx].to_string()),
                 chosen: Side::Text(c[idx..].to_string()),
                 rejected: Side::Text(r[idx..].to_string()),
@@ -327,8 +330,8 @@ fn explicit_prompt(
 /// being what follows their common prefix (shorter than the prompt only when tokens merge
 /// across the boundary, or a template renders the prompt alone differently; as TRL does).
 pub fn tokenize(tok: &Tokenization<'_>, e: &PreferenceExample) -> Result<PreferencePair, String> {
-    let (prompt, chosen) = encode(tok, &e.prompt, &e.chosen)?;
-    let (_, rejected) = encode(tok, &e.prompt, &e.rejected)?;
+    let (prompt, chosen) = encode(tok, &e.prompt, &e.chosen, e.tools.as_ref())?;
+    let (_, rejected) = encode(tok, &e.prompt, &e.rejected, e.tools.as_ref())?;
     let shared = common_prefix(&prompt, &chosen).min(common_prefix(&prompt, &rejected));
     let pair = PreferencePair {
         prompt: prompt[..shared].to_vec(),
@@ -355,6 +358,7 @@ pub fn encode(
     tok: &Tokenization<'_>,
     prompt: &Side,
     completion: &Side,
+    tools: Option<&Value>,
 ) -> Result<(Vec<u32>, Vec<u32>), String> {
     match (prompt, completion) {
         (Side::Tokens(p), Side::Tokens(c)) => Ok((p.clone(), p.iter().chain(c).copied().collect())),
@@ -372,8 +376,8 @@ pub fn encode(
         (Side::Messages(p), Side::Messages(c)) => {
             let all: Vec<Message> = p.iter().chain(c).cloned().collect();
             Ok((
-                tok.encode_rendered(&tok.render_messages(p, true)?)?,
-                tok.encode_rendered(&tok.render_messages(&all, false)?)?,
+                tok.encode_rendered(&tok.render_messages(p, true, tools)?)?,
+                tok.encode_rendered(&tok.render_messages(&all, false, tools)?)?,
             ))
         }
         _ => Err("prompt and completions mix text, messages and token ids".into()),

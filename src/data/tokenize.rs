@@ -175,9 +175,11 @@ impl<'a> Tokenization<'a> {
                 }
             }
             Example::Chat(messages, tools) => self.chat(messages, tools.as_ref()),
-            Example::PromptCompletion { prompt, completion } => {
-                self.prompt_completion(prompt, completion)
-            }
+            Example::PromptCompletion {
+                prompt,
+                completion,
+                tools,
+            } => self.prompt_completion(prompt, completion, tools.as_ref()),
             Example::Tokens { input_ids, labels } => Ok(TokenizedExample {
                 ids: input_ids.clone(),
                 labels: labels
@@ -320,8 +322,9 @@ impl<'a> Tokenization<'a> {
         &self,
         prompt: &Side,
         completion: &Side,
+        tools: Option<&Value>,
     ) -> Result<TokenizedExample, String> {
-        let (prompt_ids, ids) = super::preference::encode(self, prompt, completion)?;
+        let (prompt_ids, ids) = super::preference::encode(self, prompt, completion, tools)?;
         let shared = super::preference::common_prefix(&prompt_ids, &ids);
         if shared == ids.len() {
             return Err("the completion tokenizes to nothing".into());
@@ -359,6 +362,7 @@ impl<'a> Tokenization<'a> {
         &self,
         messages: &[Message],
         generation_prompt: bool,
+        tools: Option<&Value>,
     ) -> Result<String, String> {
         let tm: Vec<TemplateMessage> = messages
             .iter()
@@ -368,7 +372,7 @@ impl<'a> Tokenization<'a> {
                 extra: m.extra.clone(),
             })
             .collect();
-        self.render(&tm, generation_prompt)
+        self.render_with_tools(&tm, generation_prompt, tools)
     }
 
     /// The EOS token's text (appended to plain-text completions).

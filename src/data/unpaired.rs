@@ -16,7 +16,7 @@ use super::source::Row;
 use super::tokenize::Tokenization;
 
 /// The canonical column names of the `unpaired` format (what `fields` may remap).
-pub const FIELDS: [&str; 5] = ["prompt", "completion", "label", "role", "content"];
+pub const FIELDS: [&str; 6] = ["prompt", "completion", "label", "role", "content", "tools"];
 
 /// Pairs unpaired together: TRL's `unpair_preference_dataset` maps batches of this many rows,
 /// each to its chosen completions, then its rejected ones.
@@ -28,6 +28,8 @@ pub struct UnpairedExample {
     pub prompt: Side,
     pub completion: Side,
     pub desirable: bool,
+    /// The row's tool definitions (conversations only).
+    pub tools: Option<Value>,
 }
 
 /// Parse an `unpaired` row. A missing or empty prompt or completion, or a label that is not
@@ -53,9 +55,11 @@ pub fn parse(row: &Row, fields: &FieldMap, roles: &RoleMap) -> Result<UnpairedEx
             Some(s) => Ok(s),
         }
     };
-    super::preference::refuse_tools(row, fields, "unpaired").map_err(bad)?;
+    let tools = super::tools::tools_of(row, fields).map_err(bad)?;
     let prompt = side("prompt")?;
     let completion = side("completion")?;
+    let conversation = matches!(prompt, Side::Messages(_));
+    super::tools::check_rendered(&tools, conversation, fields).map_err(bad)?;
     let key = name("label");
     let desirable = match row.value.get(&key) {
         Some(Value::Bool(b)) => *b,
@@ -75,6 +79,7 @@ pub fn parse(row: &Row, fields: &FieldMap, roles: &RoleMap) -> Result<UnpairedEx
         prompt,
         completion,
         desirable,
+        tools,
     })
 }
 
@@ -85,11 +90,13 @@ pub fn unpair(e: PreferenceExample) -> [UnpairedExample; 2] {
             prompt: e.prompt.clone(),
             completion: e.chosen,
             desirable: true,
+            tools: e.tools.clone(),
         },
         UnpairedExample {
             prompt: e.prompt,
             completion: e.rejected,
             desirable: false,
+            tools: e.tools,
         },
     ]
 }
@@ -98,7 +105,7 @@ pub fn unpair(e: PreferenceExample) -> [UnpairedExample; 2] {
 /// ids and the prompt + completion's. It is held as a [`PreferencePair`] with the completion
 /// in `chosen`, `rejected` empty and the label set.
 pub fn tokenize(tok: &Tokenization<'_>, e: &UnpairedExample) -> Result<PreferencePair, String> {
-    let (prompt, full) = encode(tok, &e.prompt, &e.completion)?;
+    let (prompt, full) = encode(tok, &e.prompt, &e.completion, e.tools.as_ref())?;
     let shared = common_prefix(&prompt, &full);
     let row = PreferencePair {
         prompt: prompt[..shared].to_vec(),
