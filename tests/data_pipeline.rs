@@ -431,19 +431,61 @@ fn bad_rows_name_file_and_line() {
     );
 }
 
-/// Prompt-completion rows (text and conversational, detected from their columns) tokenize to
-/// TRL 1.16's SFTTrainer ids and labels (scripts/make_prompt_completion_goldens.py): only the
-/// completion is trained; with `train_on_inputs` every token is.
-#[test]
-fn prompt_completion_rows_tokenize_as_trl() {
-    let golden = read_json(&fixtures().join("golden/prompt-completion-tokens.json"));
-    let cases = golden.as_array().unwrap();
+/// A golden file of rows (`{"row": ...}` cases): the cases, their rows written to
+/// `<dir>/rows.jsonl`, and the Qwen2.5 tokenizer (its folder kept alive alongside).
+struct GoldenRows {
+    cases: Vec<serde_json::Value>,
+    file: std::path::PathBuf,
+    tokenizer: TokenizerBundle,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn golden_rows(name: &str) -> GoldenRows {
+    let golden = read_json(&fixtures().join("golden").join(name));
+    let cases = golden.as_array().unwrap().clone();
     let tmp = tempfile::tempdir().unwrap();
     let rows: String = cases.iter().map(|c| format!("{}\n", c["row"])).collect();
     let file = tmp.path().join("rows.jsonl");
     std::fs::write(&file, rows).unwrap();
     let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
     let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    GoldenRows {
+        cases,
+        file,
+        tokenizer,
+        _dirs: (tmp, tok_dir),
+    }
+}
+
+/// A JSON list of token ids.
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The error `prepare` must give for `plan` (`what`: the bad input, for the failure message).
+fn prepare_error(plan: &DataPlan, tokenizer: &TokenizerBundle, what: &str) -> String {
+    match prepare(plan, Some(tokenizer)) {
+        Ok(_) => panic!("{what} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Prompt-completion rows (text and conversational, detected from their columns) tokenize to
+/// TRL 1.16's SFTTrainer ids and labels (scripts/make_prompt_completion_goldens.py): only the
+/// completion is trained; with `train_on_inputs` every token is.
+#[test]
+fn prompt_completion_rows_tokenize_as_trl() {
+    let GoldenRows {
+        cases,
+        file,
+        tokenizer,
+        // Bound, so the folders live to the end of the test.
+        _dirs: _keep,
+    } = golden_rows("prompt-completion-tokens.json");
     let ints = |v: &serde_json::Value| -> Vec<i64> {
         v.as_array()
             .unwrap()
@@ -457,10 +499,9 @@ fn prompt_completion_rows_tokenize_as_trl() {
         let data = prepare(&plan, Some(&tokenizer)).unwrap();
         assert_eq!(data.formats, vec![burnish::data::Format::PromptCompletion]);
         assert_eq!(data.train.len(), cases.len());
-        for (i, (row, c)) in data.train.iter().zip(cases).enumerate() {
+        for (i, (row, c)) in data.train.iter().zip(&cases).enumerate() {
             let ids = ints(&c["input_ids"]);
-            let want: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-            assert_eq!(row.ids, want, "row {i} ids");
+            assert_eq!(row.ids, u32s(&c["input_ids"]), "row {i} ids");
             let labels = if train_on_inputs {
                 ids.clone()
             } else {
@@ -478,10 +519,7 @@ fn prompt_completion_rows_tokenize_as_trl() {
         false,
         TooLong::Truncate,
     );
-    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
-        panic!("an empty completion was accepted");
-    };
-    let err = err.to_string();
+    let err = prepare_error(&plan, &tokenizer, "an empty completion");
     assert!(
         err.contains("rows.jsonl") && err.contains("completion ('completion') is empty"),
         "{err}"
@@ -494,25 +532,18 @@ fn prompt_completion_rows_tokenize_as_trl() {
 /// a JSON list is located.
 #[test]
 fn tool_definitions_render_as_trl() {
-    let golden = read_json(&fixtures().join("golden/tool-chat-tokens.json"));
-    let cases = golden.as_array().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let rows: String = cases.iter().map(|c| format!("{}\n", c["row"])).collect();
-    let file = tmp.path().join("rows.jsonl");
-    std::fs::write(&file, rows).unwrap();
-    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
-    let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
+    let GoldenRows {
+        cases,
+        file,
+        tokenizer,
+        // Bound, so the folders live to the end of the test.
+        _dirs: _keep,
+    } = golden_rows("tool-chat-tokens.json");
     let plan = plan_for(vec![file.clone()], None, 512, false, TooLong::Truncate);
     let data = prepare(&plan, Some(&tokenizer)).unwrap();
     assert_eq!(data.train.len(), cases.len());
-    for (i, (row, c)) in data.train.iter().zip(cases).enumerate() {
-        let want: Vec<u32> = c["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(row.ids, want, "row {i}");
+    for (i, (row, c)) in data.train.iter().zip(&cases).enumerate() {
+        assert_eq!(row.ids, u32s(&c["input_ids"]), "row {i}");
         // The tool definitions are context: only assistant turns are trained.
         assert!(row.labels.iter().any(|&l| l != IGNORE_INDEX), "row {i}");
     }
@@ -521,10 +552,7 @@ fn tool_definitions_render_as_trl() {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}], \"tools\": \"not json\"}\n",
     )
     .unwrap();
-    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
-        panic!("a bad tools string was accepted");
-    };
-    let err = err.to_string();
+    let err = prepare_error(&plan, &tokenizer, "a bad tools string");
     assert!(
         err.contains("rows.jsonl") && err.contains("'tools'"),
         "{err}"
@@ -535,10 +563,7 @@ fn tool_definitions_render_as_trl() {
         "{\"prompt\": \"a\", \"completion\": \"b\", \"tools\": []}\n",
     )
     .unwrap();
-    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
-        panic!("tools on a prompt-completion row were accepted");
-    };
-    let err = err.to_string();
+    let err = prepare_error(&plan, &tokenizer, "tools on a text row");
     assert!(
         err.contains("rows.jsonl") && err.contains("for conversations (lists of messages) only"),
         "{err}"
@@ -551,19 +576,15 @@ fn tool_definitions_render_as_trl() {
 #[test]
 fn tools_on_prompt_completion_preference_and_unpaired_rows() {
     use burnish::data::Format;
-    let golden = read_json(&fixtures().join("golden/tool-rows-tokens.json"));
-    let tmp = tempfile::tempdir().unwrap();
-    let tok_dir = tokenizer_folder("tokenizer-qwen2.5");
-    let tokenizer = TokenizerBundle::from_dir(tok_dir.path()).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let file = tmp.path().join("rows.jsonl");
-    for case in golden.as_array().unwrap() {
+    let GoldenRows {
+        cases,
+        file,
+        tokenizer,
+        // Bound, so the folders live to the end of the test.
+        _dirs: _keep,
+    } = golden_rows("tool-rows-tokens.json");
+    let ids = u32s;
+    for case in &cases {
         let kind = case["kind"].as_str().unwrap();
         std::fs::write(&file, format!("{}\n", case["row"])).unwrap();
         let format = match kind {
@@ -609,10 +630,7 @@ fn tools_on_prompt_completion_preference_and_unpaired_rows() {
     )
     .unwrap();
     let plan = plan_for(vec![file.clone()], None, 512, false, TooLong::Truncate);
-    let Err(err) = prepare(&plan, Some(&tokenizer)) else {
-        panic!("tools on a text pair were accepted");
-    };
-    let err = err.to_string();
+    let err = prepare_error(&plan, &tokenizer, "tools on a text pair");
     assert!(
         err.contains("rows.jsonl") && err.contains("for conversations (lists of messages) only"),
         "{err}"
